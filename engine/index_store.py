@@ -1,0 +1,219 @@
+"""Versioned index artifacts on disk, and the CURRENT pointer that publishes one atomically.
+
+Layout under settings.index_dir:
+    CURRENT            the serving version's name, replaced with os.replace (atomic)
+    v000007/           manifest.json, index.faiss, items.json (row → id, category, text hash),
+                       vectors.npy ((n, dim) float32 unit vectors: reused by the next build)
+    .staging-*/        a build in progress; a crash leaves one behind, never a half version
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.ann import AnnIndex, load_index
+from engine.errors import NotFound, NotReady
+
+log = logging.getLogger(__name__)
+
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+ITEMS = "items.json"
+VECTORS = "vectors.npy"
+_VERSION_RE = re.compile(r"^v(\d{6,})$")
+# A staging folder this old is left over from a crashed build, not one still running.
+STALE_STAGING_S = 24 * 3600
+
+
+@dataclass
+class IndexArtifact:
+    """A loaded index version: the ANN index plus its row → item map."""
+
+    version: str
+    folder: Path
+    manifest: dict[str, Any]
+    ann: AnnIndex
+    ids: list[str]
+    categories: list[str | None]
+    text_hashes: list[str]
+    _category_rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["dimension"])
+
+    def rows_for_category(self, category: str) -> np.ndarray:
+        """Sorted int64 rows of the category (empty for an unknown one)."""
+        if not self._category_rows:
+            by_cat: dict[str, list[int]] = {}
+            for row, cat in enumerate(self.categories):
+                if cat is not None:
+                    by_cat.setdefault(cat, []).append(row)
+            self._category_rows = {c: np.asarray(r, dtype=np.int64) for c, r in by_cat.items()}
+        return self._category_rows.get(category, np.empty(0, dtype=np.int64))
+
+    def vectors(self) -> np.ndarray:
+        """(n, dim) float32 unit vectors, memory-mapped read-only."""
+        return np.load(self.folder / VECTORS, mmap_mode="r")
+
+
+class IndexStore:
+    """The index folder: lists, loads, stages and publishes versions."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def current_version(self) -> str | None:
+        try:
+            name = (self.root / CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def versions(self) -> list[str]:
+        """Published versions, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.root / version / MANIFEST
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise NotFound(f"index version {version!r}") from None
+
+    def load(self, version: str | None = None) -> IndexArtifact:
+        """Load a version (default: CURRENT); raises NotReady when nothing is published."""
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise NotReady(
+                    "no index is published yet: run `recsearch build` after `recsearch ingest`"
+                )
+        folder = self.root / version
+        manifest = self.manifest(version)
+        rows = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
+        ann = load_index(folder, manifest["index"])
+        return IndexArtifact(
+            version=version,
+            folder=folder,
+            manifest=manifest,
+            ann=ann,
+            ids=rows["ids"],
+            categories=rows["categories"],
+            text_hashes=rows["text_hashes"],
+        )
+
+    def stage(self) -> Path:
+        """A fresh private folder for a build to write into."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_staging()
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staging.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
+        return staging
+
+    def publish(self, staging: Path) -> str:
+        """Turn a staged folder into the next version and point CURRENT at it, atomically.
+
+        The manifest in staging gets its "version" filled in. Concurrent publishers each get
+        their own version number (rename fails if the name is taken).
+        """
+        manifest_path = staging / MANIFEST
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        while True:
+            existing = self.versions()
+            number = int(existing[-1][1:]) + 1 if existing else 1
+            version = f"v{number:06d}"
+            manifest["version"] = version
+            _write_json_durably(manifest_path, manifest)
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, self.root / version)
+                break
+            except OSError:
+                if not (self.root / version).exists():
+                    raise
+                # Another build took that number first: take the next one.
+        self.point_current_at(version)
+        return version
+
+    def point_current_at(self, version: str) -> None:
+        """Atomically switch CURRENT to an existing version (publish and rollback)."""
+        if not (self.root / version / MANIFEST).is_file():
+            raise NotFound(f"index version {version!r}")
+        tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+        log.info("index version %s is now current", version)
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions, never the current one."""
+        current = self.current_version()
+        versions = self.versions()
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+        for version in doomed:
+            shutil.rmtree(self.root / version, ignore_errors=True)
+        return doomed
+
+    def _remove_stale_staging(self) -> None:
+        cutoff = time.time() - STALE_STAGING_S
+        for path in self.root.glob(".staging-*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+            except FileNotFoundError:
+                pass
+
+
+def write_artifact_files(
+    folder: Path,
+    *,
+    manifest: dict[str, Any],
+    ids: list[str],
+    categories: list[str | None],
+    text_hashes: list[str],
+    vectors: np.ndarray,
+) -> None:
+    """Write the row map, the vectors and the manifest of a staged version."""
+    _write_json_durably(
+        folder / ITEMS, {"ids": ids, "categories": categories, "text_hashes": text_hashes}
+    )
+    with open(folder / VECTORS, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    _write_json_durably(folder / MANIFEST, manifest)
+
+
+def _write_json_durably(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

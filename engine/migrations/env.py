@@ -1,0 +1,37 @@
+"""Alembic environment: runs on the connection engine.db hands it, or on RECSEARCH_* settings."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from engine.models import Base
+
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    # Plain `alembic upgrade head` from a shell: use the same configuration as the CLI.
+    from engine.config import Settings
+    from engine.db import make_engine
+
+    engine = make_engine(Settings.from_env())
+    with engine.begin() as conn:
+        _run(conn)
+
+
+def _run(connection: object) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,  # SQLite alters tables by copying them
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations_online()

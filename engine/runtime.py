@@ -1,0 +1,64 @@
+"""One process's engine objects: settings, database, encoder and searcher, created once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.config import Settings
+from engine.db import ensure_schema, make_engine, session_factory
+from engine.embedder import Embedder
+from engine.search import Searcher
+
+
+class Runtime:
+    """Holds what a CLI command or a server shares across calls.
+
+    The schema is brought to head on creation, so a new database works with no extra step.
+    The encoder loads on first use (seconds), or is handed in (tests share one).
+    """
+
+    def __init__(self, settings: Settings, *, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db: Engine = make_engine(settings)
+        ensure_schema(self.db)
+        self.sessions: sessionmaker[Session] = session_factory(self.db)
+        self._embedder = embedder
+        self._searcher: Searcher | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    self._embedder = Embedder(self.settings)
+        return self._embedder
+
+    @property
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            embedder = self.embedder
+            with self._lock:
+                if self._searcher is None:
+                    self._searcher = Searcher(self.settings, embedder)
+        return self._searcher
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success, rolled back on error, always closed."""
+        with self.sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,1 @@
+"""Batch jobs (ingest, build) and the `recsearch` command line; plain functions over the engine."""

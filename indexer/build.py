@@ -1,0 +1,289 @@
+"""The build job: embed the catalog, build an ANN index, measure recall, publish a version."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine import __version__
+from engine.ann import create_index
+from engine.ann.faiss import choose_factory, exact_top_k
+from engine.catalog import embedding_text, utcnow
+from engine.config import Settings
+from engine.embedder import Embedder
+from engine.errors import Conflict, InvalidInput
+from engine.index_store import IndexStore, write_artifact_files
+from engine.models import IndexVersion, Item
+from indexer.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+RECALL_K = 10
+_ADD_CHUNK = 10_000
+
+
+@dataclass
+class BuildReport:
+    version: str | None
+    item_count: int
+    factory: str
+    params: dict[str, Any]
+    recall_at_10: float | None
+    build_seconds: float
+    embed_seconds: float
+    embedded: int
+    reused: int
+    items_per_second: float
+    skipped: bool = False
+    pruned: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _CatalogRows:
+    ids: list[str]
+    categories: list[str | None]
+    texts: list[str]
+    text_hashes: list[str]
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for item_id, cat, th in zip(self.ids, self.categories, self.text_hashes, strict=True):
+            digest.update(f"{item_id}\0{cat or ''}\0{th}\n".encode())
+        return digest.hexdigest()
+
+
+def build(
+    settings: Settings,
+    session: Session,
+    embedder: Embedder,
+    progress: Progress = no_progress,
+    *,
+    if_stale: bool = False,
+) -> BuildReport:
+    """Embed every item, build and check the index, publish it as the next version.
+
+    Raises InvalidInput on an empty catalog and Conflict when measured recall@10 is under
+    settings.min_recall (nothing is published then). With if_stale, a catalog and setup
+    identical to the current version's skips the build. A crash at any point leaves the
+    previous version serving.
+    """
+    started = time.perf_counter()
+    store = IndexStore(settings.index_dir)
+    rows = _load_catalog(session, embedder.name, progress)
+    n = len(rows.ids)
+    if n == 0:
+        raise InvalidInput("the catalog is empty: run `recsearch ingest FILE` before building")
+    factory = choose_factory(settings, n)
+    fingerprint = rows.fingerprint()
+
+    current = store.current_version()
+    previous = store.manifest(current) if current else None
+    if if_stale and previous and _same_build(previous, fingerprint, factory, embedder, settings):
+        log.info("index %s is up to date with the catalog; nothing to build", current)
+        return BuildReport(
+            version=current,
+            item_count=n,
+            factory=factory,
+            params=dict(previous["index"].get("params", {})),
+            recall_at_10=previous.get("recall_at_10"),
+            build_seconds=time.perf_counter() - started,
+            embed_seconds=0.0,
+            embedded=0,
+            reused=n,
+            items_per_second=0.0,
+            skipped=True,
+        )
+
+    vectors, reused, embed_s = _embed(rows, embedder, store, previous, progress)
+
+    index = create_index("faiss", embedder.dim, n, settings)
+    progress("index", 0, n)
+    for start in range(0, n, _ADD_CHUNK):
+        index.add(vectors[start : start + _ADD_CHUNK])
+        progress("index", min(n, start + _ADD_CHUNK), n)
+
+    recall = measure_recall(index, vectors, settings.recall_sample, progress)
+    if recall < settings.min_recall:
+        raise Conflict(
+            f"measured recall@10 {recall:.3f} is below RECSEARCH_MIN_RECALL "
+            f"{settings.min_recall:.3f} for index {index.description['factory']!r}: not published; "
+            "raise efSearch/nprobe or choose another index type"
+        )
+
+    staging = store.stage()
+    index_section = index.save(staging)
+    build_s = time.perf_counter() - started
+    manifest = {
+        "version": None,
+        "model": {"name": embedder.name, "dimension": embedder.dim, "normalized": True},
+        "metric": "inner_product",
+        "index": index_section,
+        "item_count": n,
+        "catalog_fingerprint": fingerprint,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(build_s, 3),
+        "embed_seconds": round(embed_s, 3),
+        "embedded": n - reused,
+        "reused_embeddings": reused,
+        "recall_at_10": recall,
+        "recall_sample": min(settings.recall_sample, n),
+        "engine_version": __version__,
+        "host": platform.node(),
+    }
+    write_artifact_files(
+        staging,
+        manifest=manifest,
+        ids=rows.ids,
+        categories=rows.categories,
+        text_hashes=rows.text_hashes,
+        vectors=vectors,
+    )
+    progress("publish", 0, 1)  # staged and durable; the next step makes it live
+    version = store.publish(staging)
+    session.add(
+        IndexVersion(
+            version=version,
+            created_at=utcnow(),
+            item_count=n,
+            index_type=index_section["factory"],
+            recall_at_10=recall,
+            build_seconds=build_s,
+            path=str((settings.index_dir / version).resolve()),
+        )
+    )
+    session.commit()
+    pruned = store.prune(settings.keep_versions)
+    progress("publish", 1, 1)
+    embedded = n - reused
+    log.info("published index %s: %d items, recall@10 %.3f", version, n, recall)
+    return BuildReport(
+        version=version,
+        item_count=n,
+        factory=index_section["factory"],
+        params=dict(index_section["params"]),
+        recall_at_10=recall,
+        build_seconds=build_s,
+        embed_seconds=embed_s,
+        embedded=embedded,
+        reused=reused,
+        items_per_second=(embedded / embed_s) if embed_s > 0 and embedded else 0.0,
+        pruned=pruned,
+    )
+
+
+def _load_catalog(session: Session, model_name: str, progress: Progress) -> _CatalogRows:
+    rows = _CatalogRows([], [], [], [])
+    query = select(Item.id, Item.title, Item.text, Item.category, Item.tags).order_by(Item.id)
+    progress("load", 0, 0)
+    for item_id, title, text, category, tags in session.execute(
+        query.execution_options(yield_per=5_000)
+    ):
+        content = embedding_text(title, text, category, tags or [])
+        rows.ids.append(item_id)
+        rows.categories.append(category)
+        rows.texts.append(content)
+        rows.text_hashes.append(
+            hashlib.sha1(f"{model_name}\0{content}".encode(), usedforsecurity=False).hexdigest()
+        )
+    progress("load", len(rows.ids), len(rows.ids))
+    return rows
+
+
+def _same_build(
+    previous: dict[str, Any],
+    fingerprint: str,
+    factory: str,
+    embedder: Embedder,
+    settings: Settings,
+) -> bool:
+    index = previous.get("index", {})
+    return (
+        previous.get("catalog_fingerprint") == fingerprint
+        and previous.get("model", {}).get("name") == embedder.name
+        and index.get("factory") == factory
+        and index.get("params", {}).get("efSearch", settings.hnsw_ef_search)
+        == settings.hnsw_ef_search
+    )
+
+
+def _embed(
+    rows: _CatalogRows,
+    embedder: Embedder,
+    store: IndexStore,
+    previous: dict[str, Any] | None,
+    progress: Progress,
+) -> tuple[np.ndarray, int, float]:
+    """All item vectors, reusing the previous version's for texts that did not change."""
+    n = len(rows.ids)
+    vectors = np.empty((n, embedder.dim), dtype=np.float32)
+    todo = list(range(n))
+    reused = 0
+    if previous and previous["model"]["name"] == embedder.name:
+        old = store.load(previous["version"])
+        if old.dim == embedder.dim:
+            old_rows = {h: r for r, h in enumerate(old.text_hashes)}
+            old_vectors = old.vectors()
+            todo = []
+            for row, text_hash in enumerate(rows.text_hashes):
+                old_row = old_rows.get(text_hash)
+                if old_row is None:
+                    todo.append(row)
+                else:
+                    vectors[row] = old_vectors[old_row]
+            reused = n - len(todo)
+    done = reused
+    progress("embed", done, n)
+
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        progress("embed", done, n)
+
+    started = time.perf_counter()
+    if todo:
+        vectors[todo] = embedder.encode([rows.texts[r] for r in todo], progress=advance)
+    return vectors, reused, time.perf_counter() - started
+
+
+def measure_recall(
+    index: Any, vectors: np.ndarray, sample_size: int, progress: Progress = no_progress
+) -> float:
+    """Recall@10 of the index against exact search, on catalog items used as queries.
+
+    Each query's own row is dropped from both lists (it would be a free hit), and a result
+    tied with the exact 10th neighbour counts as correct.
+    """
+    n = vectors.shape[0]
+    if n <= 1:
+        return 1.0
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(n, size=min(sample_size, n), replace=False))
+    queries = np.ascontiguousarray(vectors[sample])
+    k = min(RECALL_K, n - 1)
+    progress("recall", 0, len(sample))
+    exact_scores, exact_rows = exact_top_k(queries, vectors, k + 1)
+    _, ann_rows = index.search(queries, k + 1)
+    hits = 0
+    for i, row in enumerate(sample):
+        truth = [r for r in exact_rows[i] if r != row][:k]
+        truth_scores = [s for s, r in zip(exact_scores[i], exact_rows[i], strict=True) if r != row]
+        kth = truth_scores[k - 1] if len(truth_scores) >= k else -np.inf
+        found = [r for r in ann_rows[i] if r != row and r >= 0][:k]
+        truth_set = set(truth)
+        for r in found:
+            if r in truth_set or float(queries[i] @ vectors[r]) >= kth - 1e-6:
+                hits += 1
+    progress("recall", len(sample), len(sample))
+    return round(hits / (len(sample) * k), 4)

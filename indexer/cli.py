@@ -1,0 +1,283 @@
+"""The `recsearch` command line: ingest, delete, build, search, serve, db upgrade, status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.config import Settings
+from engine.errors import InvalidInput, RecsearchError
+from engine.runtime import Runtime
+from indexer.progress import Progress
+
+MAX_PROBLEMS_SHOWN = 50
+
+
+class _Context:
+    def __init__(self, settings: Settings, quiet: bool, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        self.quiet = quiet
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = Runtime(self.settings)
+        return self._runtime
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """recsearch: personalized search and recommendations.
+
+    Configuration comes from RECSEARCH_* environment variables (RECSEARCH_DATA_DIR,
+    RECSEARCH_DATABASE_URL, RECSEARCH_MODEL, RECSEARCH_INDEX_TYPE, ...); every command reads
+    the same ones, so commands run in separate processes share one state.
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ctx.obj is None:  # tests hand in a context with a shared encoder
+        ctx.obj = _Context(Settings.from_env(), quiet)
+
+
+@contextmanager
+def _bar(enabled: bool) -> Iterator[Progress]:
+    """A tqdm bar per phase on stderr; a no-op when quiet."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if not enabled:
+            return
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[phase] = tqdm(
+                total=total or None, desc=f"{phase:>8}", unit="it", file=sys.stderr, leave=True
+            )
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield report
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(obj: _Context) -> None:
+    """Apply pending schema migrations (every command also does this on its own)."""
+    from engine.db import make_engine, upgrade
+
+    engine = make_engine(obj.settings)
+    before, after = upgrade(engine)
+    if before == after:
+        click.echo(f"database is up to date (revision {after})")
+    else:
+        click.echo(f"database upgraded from {before or 'empty'} to {after}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--skip-invalid", is_flag=True, help="Commit the valid rows; write rejects to a file."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(path_type=Path),
+    help="Where --skip-invalid writes rejected rows (default: DATA_DIR/rejects/).",
+)
+@pass_ctx
+def ingest(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) -> None:
+    """Validate a JSONL or CSV catalog and upsert its items (all or nothing by default)."""
+    from indexer.ingest import ingest as run_ingest
+
+    if skip_invalid and rejects is None:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        rejects = obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
+    started = time.perf_counter()
+    with obj.runtime.session() as session, _bar(not obj.quiet) as progress:
+        report = run_ingest(
+            session, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
+        )
+    took = time.perf_counter() - started
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+        click.echo(f"  {problem}", err=True)
+    if len(report.problems) > MAX_PROBLEMS_SHOWN:
+        click.echo(f"  ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more", err=True)
+    c = report.counts
+    if not report.committed:
+        click.echo(
+            f"{file}: {report.rejected} invalid row(s) of {report.rows}; nothing was changed. "
+            "Fix them, or rerun with --skip-invalid to load the valid rows.",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(
+        f"{file}: {report.rows} rows in {took:.1f}s: {c.inserted} inserted, {c.updated} updated, "
+        f"{c.unchanged} unchanged, {report.rejected} rejected"
+    )
+    if report.rejects_path:
+        click.echo(f"rejected rows with reasons: {report.rejects_path}")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--missing-ok", is_flag=True, help="Delete the ids that exist; ignore the rest.")
+@pass_ctx
+def delete(obj: _Context, ids: tuple[str, ...], missing_ok: bool) -> None:
+    """Delete items by id (all or nothing unless --missing-ok)."""
+    from engine.catalog import delete_items
+
+    with obj.runtime.session() as session:
+        missing = delete_items(session, list(ids))
+        if missing and missing_ok:
+            present = [i for i in ids if i not in missing]
+            if present:
+                delete_items(session, present)
+    if missing and not missing_ok:
+        raise InvalidInput(f"no such item(s): {', '.join(map(repr, missing))}; nothing deleted")
+    click.echo(f"deleted {len(ids) - len(missing)} item(s)")
+    click.echo("they stop showing in search results now; run `recsearch build` to compact")
+
+
+@cli.command()
+@click.option("--if-stale", is_flag=True, help="Skip when the catalog has not changed.")
+@click.option(
+    "--index-type",
+    help="Override RECSEARCH_INDEX_TYPE: auto, flat, hnsw, ivf or a FAISS factory string.",
+)
+@pass_ctx
+def build(obj: _Context, if_stale: bool, index_type: str | None) -> None:
+    """Embed the catalog, build the ANN index, measure recall and publish a new version."""
+    from indexer.build import build as run_build
+
+    runtime = obj.runtime
+    settings = runtime.settings.replace(index_type=index_type) if index_type else runtime.settings
+    settings.validate()
+    with runtime.session() as session, _bar(not obj.quiet) as progress:
+        report = run_build(settings, session, runtime.embedder, progress, if_stale=if_stale)
+    if report.skipped:
+        click.echo(f"index {report.version} is up to date ({report.item_count} items); not rebuilt")
+        return
+    click.echo(
+        f"published index {report.version}: {report.item_count} items, {report.factory} "
+        f"{report.params or ''}, recall@10 {report.recall_at_10:.3f}, "
+        f"built in {report.build_seconds:.1f}s ({report.embedded} embedded at "
+        f"{report.items_per_second:.0f} items/s, {report.reused} reused)"
+    )
+
+
+@cli.command()
+@click.argument("query")
+@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("--category", help="Only items of this category.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON the API would return.")
+@pass_ctx
+def search(obj: _Context, query: str, k: int, category: str | None, as_json: bool) -> None:
+    """Search from the terminal and print a table."""
+    from dataclasses import asdict
+
+    from engine.search import SearchRequest
+
+    runtime = obj.runtime
+    request = SearchRequest.parse(
+        {"q": query, "k": k, "category": category}, runtime.settings.max_k
+    )
+    with runtime.session() as session:
+        response = runtime.searcher.search(session, request)
+    if as_json:
+        results = [asdict(h) for h in response.results]
+        body = {"results": results, "index_version": response.index_version}
+        click.echo(json.dumps(body, indent=1, ensure_ascii=False))
+        return
+    click.echo(f"{'#':>3}  {'score':>6}  {'category':<12}  {'id':<34}  title")
+    for rank, hit in enumerate(response.results, start=1):
+        click.echo(
+            f"{rank:>3}  {hit.score:>6.3f}  {(hit.category or '-')[:12]:<12}  {hit.id[:34]:<34}  "
+            f"{hit.title}"
+        )
+    click.echo(f"index {response.index_version}, {response.took_ms:.1f} ms")
+
+
+@cli.command()
+@pass_ctx
+def status(obj: _Context) -> None:
+    """Show the database, the catalog size and the published index."""
+    from sqlalchemy import func, select
+
+    from engine.db import current_revision
+    from engine.index_store import IndexStore
+    from engine.models import Item
+
+    runtime = obj.runtime
+    with runtime.session() as session:
+        n_items = session.scalar(select(func.count()).select_from(Item))
+    store = IndexStore(runtime.settings.index_dir)
+    version = store.current_version()
+    click.echo(f"database   {runtime.db.url.render_as_string(hide_password=True)}")
+    click.echo(f"schema     {current_revision(runtime.db)}")
+    click.echo(f"items      {n_items}")
+    if version is None:
+        click.echo("index      none published: run `recsearch build`")
+        return
+    m = store.manifest(version)
+    click.echo(
+        f"index      {version}: {m['item_count']} items, {m['index']['factory']} "
+        f"{m['index']['params']}, recall@10 {m['recall_at_10']}, built {m['built_at']}"
+    )
+    click.echo(f"versions   {', '.join(store.versions())}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@pass_ctx
+def serve(obj: _Context, host: str, port: int) -> None:
+    """Run the HTTP API with Flask's server (for production use gunicorn; see README)."""
+    # The one place the CLI reaches into web/: serving is what this command is for.
+    from web import create_app
+
+    runtime = obj.runtime
+    app = create_app(runtime=runtime)
+    runtime.searcher  # load the model before the first request, not during it  # noqa: B018
+    click.echo(f"recsearch serving on http://{host}:{port}  (Ctrl-C to stop)")
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except RecsearchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a server you can query: install, ingest the sample
+# catalog, build the index (skipped when nothing changed), serve on 127.0.0.1:8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+host="${HOST:-127.0.0.1}"
+port="${PORT:-8000}"
+
+recsearch ingest data/catalog.jsonl
+recsearch build --if-stale
+
+cat <<MSG
+
+recsearch is starting on http://$host:$port — try, from another terminal:
+  curl 'http://$host:$port/v1/search?q=quiet+beach+with+snorkeling&k=5'
+  curl 'http://$host:$port/v1/search?q=museums+and+cafes&category=city&k=3'
+  curl -X POST http://$host:$port/v1/search -H 'Content-Type: application/json' \\
+       -d '{"q": "skiing in the alps", "k": 5}'
+  .venv/bin/recsearch search "trekking in the himalayas"
+
+MSG
+exec recsearch serve --host "$host" --port "$port"

@@ -1,0 +1,146 @@
+"""Shared fixtures: a real encoder loaded once, a fresh database per test (SQLite always,
+PostgreSQL when RECSEARCH_TEST_DATABASE_URL is set), and a built copy of the sample catalog."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from engine.config import Settings
+from engine.embedder import Embedder
+from engine.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CATALOG = ROOT / "data" / "catalog.jsonl"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PG_URL = os.environ.get("RECSEARCH_TEST_DATABASE_URL", "")
+PG_REASON = (
+    "RECSEARCH_TEST_DATABASE_URL is not set: database tests ran on SQLite only "
+    "(.ci/run points it at the local PostgreSQL)"
+)
+
+DATABASES = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason=PG_REASON)),
+]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    target = make_url(PG_URL).render_as_string(hide_password=True) if PG_URL else "not set"
+    return f"recsearch: PostgreSQL tests: {target}"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The real all-MiniLM-L6-v2, loaded once (seconds) and shared; it holds no state."""
+    return Embedder(Settings())
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A private PostgreSQL database for this test run, dropped at the end."""
+    if not PG_URL:
+        pytest.skip(PG_REASON)
+    base = make_url(PG_URL)
+    name = f"recsearch_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL to an empty database: a new SQLite file, or a wiped PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "var", database_url=db_url, index_poll_s=0.0)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """For tests about files and indexes, where the database kind does not matter."""
+    return Settings(data_dir=tmp_path / "var", index_poll_s=0.0)
+
+
+@pytest.fixture
+def runtime(settings: Settings, embedder: Embedder) -> Iterator[Runtime]:
+    rt = Runtime(settings, embedder=embedder)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def seed_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    """The sample catalog embedded once per run; builds that copy it reuse its vectors."""
+    from indexer.build import build
+    from indexer.ingest import ingest
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("seed") / "var")
+    rt = Runtime(settings, embedder=embedder)
+    with rt.session() as session:
+        ingest(session, SAMPLE_CATALOG)
+        build(settings, session, embedder)
+    rt.close()
+    return settings.index_dir
+
+
+@pytest.fixture
+def built(runtime: Runtime, seed_index: Path) -> Runtime:
+    """The runtime with the sample catalog ingested and a published index."""
+    from indexer.build import build
+    from indexer.ingest import ingest
+
+    shutil.copytree(seed_index, runtime.settings.index_dir)
+    with runtime.session() as session:
+        ingest(session, SAMPLE_CATALOG)
+        report = build(runtime.settings, session, runtime.embedder)
+    assert report.reused == report.item_count  # the seed's vectors were reused, not recomputed
+    return runtime
+
+
+@pytest.fixture
+def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+    from web import create_app
+
+    flask_app = create_app(runtime=runtime)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    import json
+
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows),
+        encoding="utf-8",
+    )
+    return path

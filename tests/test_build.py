@@ -1,0 +1,149 @@
+"""`build`: manifest, atomic publish, measured recall, reuse, quality gate, crash safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from engine.errors import Conflict, InvalidInput, NotReady
+from engine.index_store import IndexStore
+from engine.models import IndexVersion
+from engine.runtime import Runtime
+from engine.search import SearchRequest
+from indexer.build import build
+from indexer.ingest import ingest
+from tests.conftest import SAMPLE_CATALOG, write_jsonl
+
+
+def small_catalog(tmp_path: Path, n: int = 30) -> Path:
+    lines = SAMPLE_CATALOG.read_text(encoding="utf-8").splitlines()[:n]
+    return write_jsonl(tmp_path / f"small{n}.jsonl", lines)  # type: ignore[arg-type]
+
+
+def load(runtime: Runtime, path: Path) -> None:
+    with runtime.session() as session:
+        report = ingest(session, path)
+    assert report.committed
+
+
+def run_build(runtime: Runtime, **kw):  # type: ignore[no-untyped-def]
+    settings = kw.pop("settings", runtime.settings)
+    with runtime.session() as session:
+        return build(settings, session, runtime.embedder, **kw)
+
+
+def search_ids(runtime: Runtime, q: str, k: int = 5) -> tuple[str, list[str]]:
+    with runtime.session() as session:
+        response = runtime.searcher.search(session, SearchRequest(q=q, k=k))
+    return response.index_version, [h.id for h in response.results]
+
+
+def test_build_publishes_a_self_describing_version(runtime: Runtime, tmp_path: Path) -> None:
+    load(runtime, small_catalog(tmp_path))
+    phases: list[str] = []
+    report = run_build(runtime, progress=lambda phase, done, total: phases.append(phase))
+    store = IndexStore(runtime.settings.index_dir)
+    assert store.current_version() == report.version == "v000001"
+    manifest = json.loads((runtime.settings.index_dir / "v000001" / "manifest.json").read_text())
+    assert manifest["version"] == "v000001"
+    assert manifest["model"] == {"name": "all-MiniLM-L6-v2", "dimension": 384, "normalized": True}
+    assert manifest["metric"] == "inner_product"
+    assert manifest["index"]["backend"] == "faiss" and manifest["index"]["factory"] == "Flat"
+    assert manifest["item_count"] == 30 and manifest["recall_at_10"] == 1.0
+    assert manifest["recall_sample"] == 30 and manifest["build_seconds"] > 0
+    assert manifest["built_at"].endswith("+00:00")
+    assert {"index.faiss", "items.json", "vectors.npy", "manifest.json"} <= {
+        p.name for p in (runtime.settings.index_dir / "v000001").iterdir()
+    }
+    assert ["load", "embed", "index", "recall", "publish"] == list(dict.fromkeys(phases))
+    with runtime.session() as session:
+        row = session.scalars(select(IndexVersion)).one()
+    assert (row.version, row.item_count, row.index_type) == ("v000001", 30, "Flat")
+
+
+def test_hnsw_records_parameters_and_high_recall(runtime: Runtime, tmp_path: Path) -> None:
+    load(runtime, small_catalog(tmp_path, 200))
+    settings = runtime.settings.replace(index_type="hnsw", hnsw_ef_search=64)
+    report = run_build(runtime, settings=settings)
+    manifest = IndexStore(settings.index_dir).manifest(report.version)
+    assert manifest["index"]["factory"] == "HNSW32"
+    assert manifest["index"]["params"] == {"efConstruction": 200, "efSearch": 64}
+    assert manifest["recall_at_10"] >= 0.98
+
+
+def test_rebuild_reuses_vectors_and_if_stale_skips(runtime: Runtime, tmp_path: Path) -> None:
+    path = small_catalog(tmp_path)
+    load(runtime, path)
+    first = run_build(runtime)
+    assert (first.embedded, first.reused) == (30, 0)
+    skipped = run_build(runtime, if_stale=True)
+    assert skipped.skipped and skipped.version == first.version
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["text"] = "A completely different description about volcanoes."
+    load(runtime, write_jsonl(tmp_path / "changed.jsonl", rows))
+    second = run_build(runtime, if_stale=True)
+    assert not second.skipped and second.version == "v000002"
+    assert (second.embedded, second.reused) == (1, 29)
+    # Reused vectors are the same vectors: a search gives the same scores as before.
+    new = IndexStore(runtime.settings.index_dir).load("v000002")
+    old = IndexStore(runtime.settings.index_dir).load("v000001")
+    assert new.ids == old.ids
+    changed = new.ids.index(rows[0]["id"])
+    same = [r for r in range(30) if r != changed]
+    assert (new.vectors()[same] == old.vectors()[same]).all()
+    assert not (new.vectors()[changed] == old.vectors()[changed]).all()
+
+
+def test_empty_catalog_is_a_clear_error(runtime: Runtime) -> None:
+    with pytest.raises(InvalidInput, match="catalog is empty"):
+        run_build(runtime)
+    with runtime.session() as session, pytest.raises(NotReady, match="recsearch build"):
+        runtime.searcher.search(session, SearchRequest(q="beach"))
+
+
+def test_recall_floor_refuses_to_publish(runtime: Runtime, tmp_path: Path) -> None:
+    load(runtime, small_catalog(tmp_path, 200))
+    first = run_build(runtime)
+    bad = runtime.settings.replace(index_type="HNSW4", hnsw_ef_search=1, min_recall=0.999)
+    with pytest.raises(Conflict, match="below RECSEARCH_MIN_RECALL"):
+        run_build(runtime, settings=bad)
+    store = IndexStore(runtime.settings.index_dir)
+    assert store.current_version() == first.version and store.versions() == [first.version]
+
+
+@pytest.mark.parametrize("crash_phase", ["embed", "index", "publish"])
+def test_crash_mid_build_keeps_the_previous_version(
+    runtime: Runtime, tmp_path: Path, crash_phase: str
+) -> None:
+    load(runtime, small_catalog(tmp_path))
+    first = run_build(runtime)
+    _, before = search_ids(runtime, "beach")
+    rows = [json.loads(line) for line in small_catalog(tmp_path).read_text().splitlines()]
+    load(runtime, write_jsonl(tmp_path / "more.jsonl", [dict(r, title=r["title"] + "!") for r in rows]))
+
+    def crash(phase: str, done: int, total: int) -> None:
+        if phase == crash_phase and done < total:
+            raise KeyboardInterrupt(f"killed during {phase}")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_build(runtime, progress=crash)
+    store = IndexStore(runtime.settings.index_dir)
+    assert store.current_version() == first.version and store.versions() == [first.version]
+    version, after = search_ids(runtime, "beach")
+    assert version == first.version and after == before
+    # The next build succeeds and leaves no half-written version behind.
+    second = run_build(runtime)
+    assert store.current_version() == second.version == "v000002"
+
+
+def test_old_versions_are_pruned(runtime: Runtime, tmp_path: Path) -> None:
+    load(runtime, small_catalog(tmp_path, 10))
+    settings = runtime.settings.replace(keep_versions=2)
+    reports = [run_build(runtime, settings=settings) for _ in range(3)]
+    store = IndexStore(settings.index_dir)
+    assert store.versions() == ["v000002", "v000003"] and reports[2].pruned == ["v000001"]
+    store.point_current_at("v000002")  # rollback keeps working on kept versions
+    assert search_ids(runtime, "museum")[0] == "v000002"
