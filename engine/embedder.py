@@ -83,3 +83,7 @@ class Embedder:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return vector
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()

@@ -194,11 +194,14 @@ def _load_catalog(session: Session, model_name: str, progress: Progress) -> _Cat
         rows.ids.append(item_id)
         rows.categories.append(category)
         rows.texts.append(content)
-        rows.text_hashes.append(
-            hashlib.sha1(f"{model_name}\0{content}".encode(), usedforsecurity=False).hexdigest()
-        )
+        rows.text_hashes.append(text_hash(model_name, content))
     progress("load", len(rows.ids), len(rows.ids))
     return rows
+
+
+def text_hash(model_name: str, content: str) -> str:
+    """Identifies one embedding: the same model and text give the same vector."""
+    return hashlib.sha1(f"{model_name}\0{content}".encode(), usedforsecurity=False).hexdigest()
 
 
 def _same_build(

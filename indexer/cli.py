@@ -96,7 +96,10 @@ def db_upgrade(obj: _Context) -> None:
     from engine.db import make_engine, upgrade
 
     engine = make_engine(obj.settings)
-    before, after = upgrade(engine)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
     if before == after:
         click.echo(f"database is up to date (revision {after})")
     else:

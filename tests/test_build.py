@@ -122,7 +122,10 @@ def test_crash_mid_build_keeps_the_previous_version(
     first = run_build(runtime)
     _, before = search_ids(runtime, "beach")
     rows = [json.loads(line) for line in small_catalog(tmp_path).read_text().splitlines()]
-    load(runtime, write_jsonl(tmp_path / "more.jsonl", [dict(r, title=r["title"] + "!") for r in rows]))
+    load(
+        runtime,
+        write_jsonl(tmp_path / "more.jsonl", [dict(r, title=r["title"] + "!") for r in rows]),
+    )
 
     def crash(phase: str, done: int, total: int) -> None:
         if phase == crash_phase and done < total:

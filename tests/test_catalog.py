@@ -11,7 +11,9 @@ from engine.errors import InvalidInput, TooLarge
 
 
 def test_minimal_item_is_normalized() -> None:
-    item = validate_item({"id": " a1 ", "title": " Paris ", "tags": ["x", "x ", "y"], "category": ""})
+    item = validate_item(
+        {"id": " a1 ", "title": " Paris ", "tags": ["x", "x ", "y"], "category": ""}
+    )
     assert item == ItemIn(id="a1", title="Paris", tags=("x", "y"))
 
 
@@ -42,7 +44,11 @@ def test_full_item() -> None:
         ({"id": "a", "title": "x", "tags": ["ok", 3]}, "tags[1]", "non-empty string"),
         ({"id": "a", "title": "x", "attributes": []}, "attributes", "object"),
         ({"id": "a", "title": "x", "attributes": {"n": None}}, "attributes.n", "number, string"),
-        ({"id": "a", "title": "x", "attributes": {"n": {"a": 1}}}, "attributes.n", "number, string"),
+        (
+            {"id": "a", "title": "x", "attributes": {"n": {"a": 1}}},
+            "attributes.n",
+            "number, string",
+        ),
         ({"id": "a", "title": "x", "created_at": "yesterday"}, "created_at", "ISO 8601"),
         ({"id": "a", "title": "x", "titel": "typo"}, "titel", "unknown field"),
         ({"id": "a", "title": "x" * 1001}, "title", "limit is 1000"),
