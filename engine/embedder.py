@@ -41,7 +41,10 @@ class Embedder:
         self.model.eval()
         self.name = settings.model_name()
         self.batch_size = settings.embed_batch_size
-        self.dim = int(self.model.get_embedding_dimension())
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ConfigError(f"RECSEARCH_MODEL={settings.model!r} does not report its dimension")
+        self.dim = int(dim)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = query_cache_size
         self._lock = threading.Lock()

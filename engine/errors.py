@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class RecsearchError(Exception):
@@ -41,7 +41,6 @@ class Problem:
     message: str
     line: int | None = None
     source: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __str__(self) -> str:
         where = ""

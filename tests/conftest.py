@@ -10,12 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from engine.config import Settings
 from engine.embedder import Embedder
 from engine.runtime import Runtime
+
+# Deterministic examples, and no per-example deadline on a shared, noisy machine.
+hypothesis_settings.register_profile("recsearch", derandomize=True, deadline=None)
+hypothesis_settings.load_profile("recsearch")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CATALOG = ROOT / "data" / "catalog.jsonl"

@@ -53,10 +53,11 @@ def test_search_bad_parameters_are_422(client: Any, built: Runtime, query: str, 
 def test_search_post_bad_bodies(client: Any, built: Runtime) -> None:
     assert_error(
         client.post("/v1/search", data="{oops", content_type="application/json"),
-        422,
-        "invalid_input",
+        400,
+        "bad_request",
         "not valid JSON",
     )
+    assert_error(client.post("/v1/items"), 400, "bad_request", "body is empty")
     assert_error(client.post("/v1/search", json=["q"]), 422, "invalid_input", "JSON object")
     assert_error(client.post("/v1/search", json={"q": "x", "kk": 3}), 422, "invalid_input", "kk")
 
@@ -105,3 +106,15 @@ def test_request_size_limits_are_413(client: Any, built: Runtime, app: Any) -> N
 def test_unknown_routes_and_methods_use_the_error_shape(client: Any) -> None:
     assert_error(client.get("/v1/nope"), 404, "not_found", "")
     assert_error(client.put("/v1/search"), 405, "method_not_allowed", "")
+
+
+def test_app_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """What gunicorn runs: `web:create_app()` configured by RECSEARCH_* alone."""
+    from web import create_app, runtime_of
+
+    monkeypatch.setenv("RECSEARCH_DATA_DIR", str(tmp_path / "state"))
+    app = create_app()
+    assert runtime_of(app).settings.data_dir == tmp_path / "state"
+    assert app.test_client().get("/healthz").status_code == 200
+    assert (tmp_path / "state" / "recsearch.db").is_file()
+    runtime_of(app).close()

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
+from werkzeug.exceptions import BadRequest
 
 from engine.catalog import delete_items, get_item, item_to_dict, parse_items_payload, upsert_items
 from engine.errors import InvalidInput, NotFound
@@ -19,11 +20,12 @@ health = Blueprint("health", __name__)
 
 
 def _json_body() -> Any:
+    """The parsed JSON body; a missing or malformed one is a 400, not a 500."""
     if not request.data:
-        raise InvalidInput("the request body is empty; send JSON")
+        raise BadRequest("the request body is empty; send JSON")
     payload = request.get_json(silent=True)
     if payload is None:
-        raise InvalidInput("the request body is not valid JSON (Content-Type application/json)")
+        raise BadRequest("the request body is not valid JSON (Content-Type: application/json)")
     return payload
 
 

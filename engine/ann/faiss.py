@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from engine.ann.base import AnnIndex
@@ -14,6 +14,8 @@ from engine.config import Settings
 from engine.errors import ConfigError
 
 INDEX_FILE = "index.faiss"
+# faiss's bundled type stubs miss the SWIG classes used here (SearchParametersHNSW, ...).
+faiss: Any = _faiss
 
 
 def choose_factory(settings: Settings, n_items: int) -> str:
