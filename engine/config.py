@@ -43,6 +43,24 @@ class Settings:
     min_recall: float = 0.9
     keep_versions: int = 5
 
+    # --- users and events (real-time personalization) ---
+    # Every decayed quantity (user vector, affinities, popularity) halves in this many days.
+    half_life_days: float = 30.0
+    # Weight of each event type in the user vector, affinities and popularity.
+    event_weights: str = "impression=0,view=1,click=2,cart=3,purchase=5"
+    # A rating r weighs (r - rating_neutral) * rating_scale: 5 stars +3, 1 star -3 by default.
+    rating_neutral: float = 3.0
+    rating_scale: float = 1.5
+    recent_items: int = 50
+    max_events_batch: int = 1_000
+    # The user-context vector: weights of the query, the user's history and the session
+    # (renormalized over the parts present).
+    query_weight: float = 1.0
+    user_weight: float = 0.35
+    session_weight: float = 0.5
+    # How many ANN candidates the reranker sees (at least k).
+    candidates: int = 100
+
     max_k: int = 100
     max_batch_items: int = 1_000
     max_request_bytes: int = 16 * 1024 * 1024
@@ -106,6 +124,14 @@ class Settings:
             "max_batch_items": self.max_batch_items >= 1,
             "max_request_bytes": self.max_request_bytes >= 1024,
             "index_poll_s": self.index_poll_s >= 0,
+            "half_life_days": self.half_life_days > 0,
+            "rating_scale": self.rating_scale >= 0,
+            "recent_items": self.recent_items >= 1,
+            "max_events_batch": self.max_events_batch >= 1,
+            "query_weight": self.query_weight >= 0,
+            "user_weight": self.user_weight >= 0,
+            "session_weight": self.session_weight >= 0,
+            "candidates": self.candidates >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -113,6 +139,23 @@ class Settings:
                 raise ConfigError(f"RECSEARCH_{name.upper()}={value!r} is out of range")
         if not self.index_type.strip():
             raise ConfigError("RECSEARCH_INDEX_TYPE must not be empty")
+        self.type_weights()  # raises on a malformed RECSEARCH_EVENT_WEIGHTS
+
+    def type_weights(self) -> dict[str, float]:
+        """RECSEARCH_EVENT_WEIGHTS parsed: {"view": 1.0, ...}."""
+        weights: dict[str, float] = {}
+        for part in self.event_weights.split(","):
+            name, sep, value = part.partition("=")
+            try:
+                if not sep or not name.strip():
+                    raise ValueError
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"RECSEARCH_EVENT_WEIGHTS={self.event_weights!r}: expected type=weight pairs "
+                    f"separated by commas, e.g. view=1,click=2; bad part {part!r}"
+                ) from None
+        return weights
 
 
 def _parse(name: str, raw: str, type_: Any) -> Any:

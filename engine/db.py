@@ -45,10 +45,25 @@ def make_engine(settings: Settings) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
+# Execution option for a transaction that will read then write rows others may write too
+# (user features): on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so two
+# writers queue instead of one failing to upgrade its read lock; PostgreSQL uses row locks.
+WRITE_INTENT = {"recsearch_write_intent": True}
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    immediate = connection.get_execution_options().get("recsearch_write_intent", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy emit BEGIN itself (see _sqlite_begin): pysqlite's implicit transactions
+    # start late, skip DDL, and cannot take the write lock first.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets the server read while an ingest or build in another process writes.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -114,10 +129,3 @@ def ensure_schema(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One session, committed on success and rolled back on any exception."""
-    with factory() as session, session.begin():
-        yield session

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class IndexArtifact:
     categories: list[str | None]
     text_hashes: list[str]
     _category_rows: dict[str, np.ndarray] = field(default_factory=dict)
+    _row_of: dict[str, int] = field(default_factory=dict)
+    _vectors: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -65,7 +68,15 @@ class IndexArtifact:
 
     def vectors(self) -> np.ndarray:
         """(n, dim) float32 unit vectors, memory-mapped read-only."""
-        return np.load(self.folder / VECTORS, mmap_mode="r")
+        if self._vectors is None:
+            self._vectors = np.load(self.folder / VECTORS, mmap_mode="r")
+        return self._vectors
+
+    def row_of(self, item_id: str) -> int | None:
+        """The item's row in this version, or None if it was not in the catalog at build."""
+        if not self._row_of:
+            self._row_of = {item_id: row for row, item_id in enumerate(self.ids)}
+        return self._row_of.get(item_id)
 
 
 class IndexStore:
@@ -180,6 +191,54 @@ class IndexStore:
                     shutil.rmtree(path, ignore_errors=True)
             except FileNotFoundError:
                 pass
+
+
+class LiveIndex:
+    """The version a process serves, following CURRENT as other processes publish.
+
+    Thread-safe: callers get one artifact reference; a newer version is loaded by whichever
+    caller notices it first, at most every poll_s seconds, while the others keep the old one.
+    """
+
+    def __init__(self, store: IndexStore, poll_s: float, model_name: str | None = None) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self.model_name = model_name
+        self._artifact: IndexArtifact | None = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> IndexArtifact:
+        """The serving version; raises NotReady when none is published."""
+        current = self._artifact
+        if current is not None and time.monotonic() - self._checked_at < self.poll_s:
+            return current
+        with self._lock:
+            if self._artifact is not None and time.monotonic() - self._checked_at < self.poll_s:
+                return self._artifact
+            version = self.store.current_version()
+            if version is None:
+                raise NotReady(
+                    "no index is published yet: run `recsearch build` after `recsearch ingest`"
+                )
+            if self._artifact is None or self._artifact.version != version:
+                loaded = self.store.load(version)
+                built_with = loaded.manifest["model"]["name"]
+                if self.model_name is not None and built_with != self.model_name:
+                    raise NotReady(
+                        f"index {version} was built with model {built_with!r} but this process "
+                        f"encodes with {self.model_name!r}: run `recsearch build`"
+                    )
+                log.info("serving index version %s (%d items)", version, loaded.ann.size)
+                self._artifact = loaded
+            self._checked_at = time.monotonic()
+            return self._artifact
+
+    def get_or_none(self) -> IndexArtifact | None:
+        try:
+            return self.get()
+        except NotReady:
+            return None
 
 
 def write_artifact_files(

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -41,3 +51,63 @@ class IndexVersion(Base):
     recall_at_10: Mapped[float | None] = mapped_column(Float)
     build_seconds: Mapped[float] = mapped_column(Float)
     path: Mapped[str] = mapped_column(Text)
+
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Event(Base):
+    """One logged user action; the source for training and for rebuilding user features."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_user_ts", "user_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(_EventId, primary_key=True, autoincrement=True)
+    # The client's id for idempotency: a repeated event_id is stored and counted once.
+    event_id: Mapped[str | None] = mapped_column(String(256), unique=True)
+    user_id: Mapped[str] = mapped_column(String(256))
+    item_id: Mapped[str] = mapped_column(String(256), index=True)
+    type: Mapped[str] = mapped_column(String(20))
+    value: Mapped[float | None] = mapped_column(Float)
+    ts: Mapped[datetime] = mapped_column(DateTime)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class UserFeatures(Base):
+    """A user's features, maintained incrementally by every event (never by rescanning).
+
+    Decayed sums are stored as of ref_ts (the newest event time): an event at t adds
+    w·2^-(ref_ts - t)/half_life, and a newer event first decays everything to its own time,
+    so the state is the same whatever order events arrive in.
+    """
+
+    __tablename__ = "user_features"
+
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    first_ts: Mapped[datetime | None] = mapped_column(DateTime)
+    last_ts: Mapped[datetime | None] = mapped_column(DateTime)
+    ref_ts: Mapped[datetime | None] = mapped_column(DateTime)
+    # (dim,) float64 decayed, weighted sum of item embeddings; its direction is the taste.
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    vector_weight: Mapped[float] = mapped_column(Float, default=0.0)
+    category_affinity: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    tag_affinity: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # [[item_id, type, iso_ts], ...] newest first, at most settings.recent_items.
+    recent: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    purchased: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ItemStats(Base):
+    """Per-item interaction statistics: decayed popularity and counts by event type."""
+
+    __tablename__ = "item_stats"
+
+    item_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    popularity: Mapped[float] = mapped_column(Float, default=0.0)
+    ref_ts: Mapped[datetime | None] = mapped_column(DateTime)
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)

@@ -10,9 +10,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
-from engine.db import ensure_schema, make_engine, session_factory
+from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.embedder import Embedder
+from engine.index_store import IndexStore, LiveIndex
 from engine.search import Searcher
+from engine.vectors import ItemVectors
 
 
 class Runtime:
@@ -31,6 +33,10 @@ class Runtime:
         self._embedder = embedder
         self._searcher: Searcher | None = None
         self._lock = threading.Lock()
+        model_name = embedder.name if embedder is not None else settings.model_name()
+        self.live = LiveIndex(IndexStore(settings.index_dir), settings.index_poll_s, model_name)
+        # Item vectors come from the index; only items newer than it load the encoder.
+        self.vectors = ItemVectors(self.live, lambda: self.embedder)
 
     @property
     def embedder(self) -> Embedder:
@@ -46,13 +52,26 @@ class Runtime:
             embedder = self.embedder
             with self._lock:
                 if self._searcher is None:
-                    self._searcher = Searcher(self.settings, embedder)
+                    self._searcher = Searcher(self.settings, embedder, self.live, self.vectors)
         return self._searcher
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session committed on success, rolled back on error, always closed."""
         with self.sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """Like session(), for read-modify-write of shared rows (events → user features):
+        SQLite takes its write lock up front so concurrent writers queue, not fail."""
+        with self.sessions() as session:
+            session.connection(execution_options=WRITE_INTENT)
             try:
                 yield session
                 session.commit()

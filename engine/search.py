@@ -1,68 +1,117 @@
-"""The search pipeline: query text → vector → ANN candidates → items from SQL."""
+"""The two-stage search pipeline.
+
+request → context vector (query ⊕ user ⊕ session) → ANN candidates (or popular items when
+there is no context at all) → features φ(u, q, c) → sigmoid ranker → top k.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.catalog import get_items
+from engine import features as feats
+from engine.catalog import utcnow
 from engine.config import Settings
+from engine.context import combine, mean_direction
 from engine.embedder import Embedder
-from engine.errors import InvalidInput, NotReady, Problem
-from engine.index_store import IndexArtifact, IndexStore
+from engine.errors import InvalidInput, Problem
+from engine.index_store import IndexArtifact, IndexStore, LiveIndex
+from engine.models import Item
+from engine.ranker import LinearRanker
+from engine.users import UserState, load_user, most_popular, popularity
+from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 2_000
-# Candidates fetched beyond k, so items deleted since the build can be dropped without a refetch.
+MAX_CONTEXT_ITEMS = 50
+EXCLUDE_MODES = ("purchased", "all", "none")
+REQUEST_FIELDS = ("q", "k", "category", "user_id", "context_items", "exclude_seen", "explain")
+# Candidates fetched beyond what is needed, so items deleted since the build can be dropped.
 _OVERFETCH = 16
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    q: str
+    q: str | None = None
     k: int = 10
     category: str | None = None
+    user_id: str | None = None
+    context_items: tuple[str, ...] = ()
+    exclude_seen: str = "purchased"
+    explain: bool = False
 
     @classmethod
     def parse(cls, raw: dict[str, Any], max_k: int) -> SearchRequest:
-        """Validate raw request fields (strings from a query string or JSON values)."""
+        """Validate raw request fields (strings from a query string, or JSON values)."""
         problems: list[Problem] = []
-        unknown = sorted(set(raw) - {"q", "k", "category"})
-        for name in unknown:
-            problems.append(Problem(name, "unknown field; allowed fields are q, k, category"))
-        q = raw.get("q")
-        if q is None or (isinstance(q, str) and not q.strip()):
-            problems.append(Problem("q", "is required: the text to search for"))
-        elif not isinstance(q, str):
-            problems.append(Problem("q", f"must be a string, got {q!r}"))
-        elif len(q) > MAX_QUERY_CHARS:
-            problems.append(Problem("q", f"is {len(q)} characters; the limit is {MAX_QUERY_CHARS}"))
+
+        def bad(name: str, message: str) -> None:
+            problems.append(Problem(name, message))
+
+        for name in sorted(set(raw) - set(REQUEST_FIELDS)):
+            bad(name, f"unknown field; allowed fields are {', '.join(REQUEST_FIELDS)}")
+        q = _optional_text(raw, "q", MAX_QUERY_CHARS, bad)
+        category = _optional_text(raw, "category", 200, bad)
+        user_id = _optional_text(raw, "user_id", 256, bad)
+
         k_raw = raw.get("k", 10)
         k = 10
         try:
-            if isinstance(k_raw, bool) or isinstance(k_raw, float):
+            if isinstance(k_raw, bool | float):
                 raise ValueError
             k = int(k_raw)
             if not 1 <= k <= max_k:
-                problems.append(Problem("k", f"must be between 1 and {max_k}, got {k}"))
+                bad("k", f"must be between 1 and {max_k}, got {k}")
         except (TypeError, ValueError):
-            problems.append(
-                Problem("k", f"must be an integer between 1 and {max_k}, got {k_raw!r}")
-            )
-        category = raw.get("category")
-        if category is not None and not isinstance(category, str):
-            problems.append(Problem("category", f"must be a string, got {category!r}"))
+            bad("k", f"must be an integer between 1 and {max_k}, got {k_raw!r}")
+
+        items_raw = raw.get("context_items") or []
+        if isinstance(items_raw, str):
+            items_raw = [i for i in items_raw.split(",")]
+        context: list[str] = []
+        if not isinstance(items_raw, list) or not all(isinstance(i, str) for i in items_raw):
+            bad("context_items", "must be a list of item ids (or comma-separated in a URL)")
+        elif len(items_raw) > MAX_CONTEXT_ITEMS:
+            bad("context_items", f"has {len(items_raw)} ids; the limit is {MAX_CONTEXT_ITEMS}")
+        else:
+            context = list(dict.fromkeys(i.strip() for i in items_raw if i.strip()))
+
+        exclude = raw.get("exclude_seen", "purchased")
+        exclude = {True: "purchased", False: "none", "true": "purchased", "false": "none"}.get(
+            exclude, exclude
+        )
+        if exclude not in EXCLUDE_MODES:
+            bad("exclude_seen", f"must be true, false or one of {', '.join(EXCLUDE_MODES)}")
+
+        explain_raw = raw.get("explain", False)
+        explain = explain_raw in (True, "true", "1", 1)
+        if explain_raw not in (True, False, "true", "false", "1", "0", 1, 0):
+            bad("explain", f"must be true or false, got {explain_raw!r}")
+
         if problems:
             raise InvalidInput("; ".join(str(p) for p in problems), problems)
-        assert isinstance(q, str)
-        return cls(q=q.strip(), k=k, category=(category or "").strip() or None)
+        return cls(q, k, category, user_id, tuple(context), str(exclude), explain)
+
+
+def _optional_text(raw: dict[str, Any], name: str, limit: int, bad: Any) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        bad(name, f"must be a string, got {value!r}")
+        return None
+    value = value.strip()
+    if len(value) > limit:
+        bad(name, f"is {len(value)} characters; the limit is {limit}")
+        return None
+    return value or None
 
 
 @dataclass
@@ -73,6 +122,7 @@ class SearchHit:
     score: float
     tags: list[str] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -80,103 +130,203 @@ class SearchResponse:
     results: list[SearchHit]
     index_version: str
     took_ms: float
+    mode: str  # "search" (a query), "recommend" (user or session only) or "popular"
     timings_ms: dict[str, float]
 
 
 class Searcher:
-    """Serves searches from the current index version and swaps in newer ones as published.
+    """Serves searches from the live index version with the current ranker."""
 
-    Thread-safe: requests read one artifact reference; a newer version is loaded by whichever
-    request notices it first, while the others keep using the old one.
-    """
-
-    def __init__(self, settings: Settings, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        live: LiveIndex | None = None,
+        vectors: ItemVectors | None = None,
+    ) -> None:
         self.settings = settings
         self.embedder = embedder
-        self.store = IndexStore(settings.index_dir)
-        self._artifact: IndexArtifact | None = None
-        self._checked_at = 0.0
-        self._reload_lock = threading.Lock()
+        self.live = live or LiveIndex(
+            IndexStore(settings.index_dir), settings.index_poll_s, embedder.name
+        )
+        self.vectors = vectors or ItemVectors(self.live, lambda: embedder)
+        self.ranker = LinearRanker.prior()
+
+    @property
+    def store(self) -> IndexStore:
+        return self.live.store
 
     def artifact(self) -> IndexArtifact:
-        """The serving version, refreshed from CURRENT at most every index_poll_s seconds."""
-        now = time.monotonic()
-        current = self._artifact
-        if current is not None and now - self._checked_at < self.settings.index_poll_s:
-            return current
-        with self._reload_lock:
-            if self._artifact is not None and now - self._checked_at < self.settings.index_poll_s:
-                return self._artifact
-            version = self.store.current_version()
-            if version is None:
-                raise NotReady(
-                    "no index is published yet: run `recsearch build` after `recsearch ingest`"
-                )
-            if self._artifact is None or self._artifact.version != version:
-                loaded = self.store.load(version)
-                if loaded.manifest["model"]["name"] != self.embedder.name:
-                    raise NotReady(
-                        f"index {version} was built with model {loaded.manifest['model']['name']!r}"
-                        f" but this server encodes queries with {self.embedder.name!r}: rebuild"
-                    )
-                log.info("serving index version %s (%d items)", version, loaded.ann.size)
-                self._artifact = loaded
-            self._checked_at = time.monotonic()
-            return self._artifact
+        return self.live.get()
 
     def search(self, session: Session, request: SearchRequest) -> SearchResponse:
-        """Top-k items for the query; raises NotReady before the first build."""
+        """Top-k items for the request; raises NotReady before the first build."""
         started = time.perf_counter()
-        artifact = self.artifact()
-        t0 = time.perf_counter()
-        query_vector = self.embedder.encode_query(request.q)
-        t1 = time.perf_counter()
+        artifact = self.live.get()
+        timings: dict[str, float] = {}
 
+        t = time.perf_counter()
+        query_vector = self.embedder.encode_query(request.q) if request.q else None
+        timings["embed"] = _ms(t)
+        user = load_user(session, request.user_id) if request.user_id else None
+        user_vector = user.unit_vector() if user else None
+        session_vectors = self.vectors.get(session, request.context_items)
+        session_vector = mean_direction(list(session_vectors.values()))
+        parts = feats.ContextParts(query_vector, user, user_vector, session_vector)
+        context = combine(
+            [
+                (self.settings.query_weight, query_vector),
+                (self.settings.user_weight, user_vector),
+                (self.settings.session_weight, session_vector),
+            ]
+        )
+        exclude = _excluded(user, request)
+        if query_vector is None:
+            exclude |= set(request.context_items)  # "for you" should not echo the session
+
+        t = time.perf_counter()
+        if context is None:
+            mode = "popular"
+            candidates = self._popular(session, request, exclude)
+        else:
+            mode = "search" if query_vector is not None else "recommend"
+            candidates = self._retrieve(session, artifact, context, request, exclude)
+        timings["retrieve"] = _ms(t)
+
+        t = time.perf_counter()
+        hits = self._rerank(session, artifact, candidates, parts, request)
+        timings["rerank"] = _ms(t)
+        return SearchResponse(hits, artifact.version, _ms(started), mode, timings)
+
+    def _retrieve(
+        self,
+        session: Session,
+        artifact: IndexArtifact,
+        context: np.ndarray,
+        request: SearchRequest,
+        exclude: set[str],
+    ) -> list[feats.Candidate]:
         allowed: np.ndarray | None = None
         if request.category is not None:
             allowed = artifact.rows_for_category(request.category)
             if allowed.size == 0:
-                return SearchResponse([], artifact.version, _ms(started), {})
-        hits = self._fetch(session, artifact, query_vector, request.k, allowed)
-        t2 = time.perf_counter()
-        timings = {"embed": (t1 - t0) * 1e3, "ann_and_fetch": (t2 - t1) * 1e3}
-        return SearchResponse(hits, artifact.version, _ms(started), timings)
+                return []
+        limit = artifact.ann.size if allowed is None else int(allowed.size)
+        want = max(self.settings.candidates, request.k)
+        fetch_k = min(limit, want + _OVERFETCH + len(exclude))
+        while True:
+            _, rows = artifact.ann.search(context, fetch_k, allowed_rows=allowed)
+            ids = [artifact.ids[r] for r in rows[0] if r >= 0]
+            candidates = _load_candidates(session, [i for i in ids if i not in exclude])
+            # Enough live items, or nothing more to fetch: done. Otherwise many candidates
+            # were deleted since the build; look further down the list.
+            if len(candidates) >= want or fetch_k >= limit:
+                return candidates[:want]
+            fetch_k = min(limit, fetch_k * 4)
 
-    def _fetch(
+    def _popular(
+        self, session: Session, request: SearchRequest, exclude: set[str]
+    ) -> list[feats.Candidate]:
+        want = max(self.settings.candidates, request.k)
+        ids = most_popular(session, want, exclude, request.category)
+        if len(ids) < want:  # a young catalog: fill with the newest items
+            query = select(Item.id).order_by(Item.updated_at.desc(), Item.id).limit(want * 2)
+            if request.category is not None:
+                query = query.where(Item.category == request.category)
+            taken = set(ids) | exclude
+            ids += [i for i in session.scalars(query) if i not in taken][: want - len(ids)]
+        return _load_candidates(session, ids)
+
+    def _rerank(
         self,
         session: Session,
         artifact: IndexArtifact,
-        query_vector: np.ndarray,
-        k: int,
-        allowed: np.ndarray | None,
+        candidates: list[feats.Candidate],
+        parts: feats.ContextParts,
+        request: SearchRequest,
     ) -> list[SearchHit]:
-        limit = artifact.ann.size if allowed is None else int(allowed.size)
-        fetch_k = min(limit, k + _OVERFETCH)
-        while True:
-            scores, rows = artifact.ann.search(query_vector, fetch_k, allowed_rows=allowed)
-            pairs = [
-                (artifact.ids[r], float(s))
-                for s, r in zip(scores[0], rows[0], strict=True)
-                if r >= 0
-            ]
-            items = get_items(session, [item_id for item_id, _ in pairs])
-            hits = [
+        if not candidates:
+            return []
+        vectors_by_id = self._candidate_vectors(session, artifact, candidates)
+        dim = artifact.dim
+        item_vectors = np.stack(
+            [vectors_by_id.get(c.item_id, np.zeros(dim, np.float32)) for c in candidates]
+        )
+        half_life_s = self.settings.half_life_days * 86_400.0
+        pop = popularity(session, [c.item_id for c in candidates], utcnow(), half_life_s)
+        x = feats.compute(candidates, item_vectors, parts, pop)
+        logits = self.ranker.logits(x)
+        probabilities = self.ranker.probability(logits)
+        order = sorted(range(len(candidates)), key=lambda i: (-logits[i], candidates[i].rank))
+        hits = []
+        for i in order[: request.k]:
+            c = candidates[i]
+            hits.append(
                 SearchHit(
-                    id=item_id,
-                    title=items[item_id].title,
-                    category=items[item_id].category,
-                    score=round(score, 6),
-                    tags=list(items[item_id].tags or []),
-                    attributes=dict(items[item_id].attributes or {}),
+                    id=c.item_id,
+                    title=c.title,
+                    category=c.category,
+                    score=round(float(probabilities[i]), 6),
+                    tags=c.tags,
+                    attributes=c.attributes,
+                    explanation=self.ranker.explain(x[i]) if request.explain else None,
                 )
-                for item_id, score in pairs
-                if item_id in items
-            ]
-            # Enough live items, or nothing more to fetch: done. Otherwise many candidates were
-            # deleted since the build; look further down the list.
-            if len(hits) >= k or fetch_k >= limit:
-                return hits[:k]
-            fetch_k = min(limit, fetch_k * 4)
+            )
+        return hits
+
+    def _candidate_vectors(
+        self, session: Session, artifact: IndexArtifact, candidates: list[feats.Candidate]
+    ) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        missing = []
+        rows = []
+        for c in candidates:
+            row = artifact.row_of(c.item_id)
+            if row is None:
+                missing.append(c.item_id)
+            else:
+                rows.append((c.item_id, row))
+        if rows:
+            order = np.argsort([r for _, r in rows])  # sequential reads of the mmap
+            block = artifact.vectors()[np.asarray([r for _, r in rows])[order]]
+            for j, idx in enumerate(order):
+                out[rows[idx][0]] = block[j]
+        if missing:
+            out.update(self.vectors.get(session, missing))
+        return out
+
+
+def _excluded(user: UserState | None, request: SearchRequest) -> set[str]:
+    if user is None or request.exclude_seen == "none":
+        return set()
+    if request.exclude_seen == "all":
+        return user.seen_items()
+    return set(user.purchased)
+
+
+def _load_candidates(session: Session, ids: list[str]) -> list[feats.Candidate]:
+    """Candidates in the given order, for the ids that still exist."""
+    if not ids:
+        return []
+    query = select(Item.id, Item.title, Item.category, Item.tags, Item.attributes).where(
+        Item.id.in_(ids)
+    )
+    rows = {row.id: row for row in session.execute(query)}
+    out = []
+    for item_id in ids:
+        row = rows.get(item_id)
+        if row is not None:
+            out.append(
+                feats.Candidate(
+                    item_id=item_id,
+                    rank=len(out),
+                    title=row.title,
+                    category=row.category,
+                    tags=list(row.tags or []),
+                    attributes=dict(row.attributes or {}),
+                )
+            )
+    return out
 
 
 def _ms(since: float) -> float:

@@ -8,6 +8,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -40,6 +41,15 @@ DATABASES = [
 def pytest_report_header(config: pytest.Config) -> str:
     target = make_url(PG_URL).render_as_string(hide_password=True) if PG_URL else "not set"
     return f"recsearch: PostgreSQL tests: {target}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if PG_REASON in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} PostgreSQL test(s) skipped: {PG_REASON}")
+    for report in terminalreporter.stats.get("skipped", []):
+        if PG_REASON not in str(report.longrepr):
+            terminalreporter.write_line(f"skipped {report.nodeid}: {report.longrepr[2]}")
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ def test_search_get_and_post(client: Any, built: Runtime) -> None:
     got = client.get("/v1/search?q=skiing+in+the+alps&k=5")
     assert got.status_code == 200
     body = got.get_json()
-    assert set(body) == {"results", "index_version", "took_ms"}
+    assert set(body) == {"results", "index_version", "took_ms", "mode"}
+    assert body["mode"] == "search"
     assert len(body["results"]) == 5 and body["took_ms"] > 0
     first = body["results"][0]
     assert {"id", "title", "category", "score", "tags", "attributes"} <= set(first)
@@ -43,7 +44,13 @@ def test_search_get_and_post(client: Any, built: Runtime) -> None:
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("", "q"), ("?q=", "q"), ("?q=x&k=0", "k"), ("?q=x&k=101", "k"), ("?q=x&k=ten", "k")],
+    [
+        ("?q=x&k=0", "k"),
+        ("?q=x&k=101", "k"),
+        ("?q=x&k=ten", "k"),
+        ("?q=x&exclude_seen=maybe", "exclude_seen"),
+        ("?q=x&explain=perhaps", "explain"),
+    ],
 )
 def test_search_bad_parameters_are_422(client: Any, built: Runtime, query: str, field: str) -> None:
     body = assert_error(client.get(f"/v1/search{query}"), 422, "invalid_input", field)

@@ -77,8 +77,15 @@ def test_server_swaps_to_a_newly_published_version(built: Runtime) -> None:
 
 def test_request_validation_names_fields() -> None:
     with pytest.raises(InvalidInput) as info:
-        SearchRequest.parse({"q": "", "k": "zero", "category": 3, "sort": "x"}, max_k=100)
-    assert [p.field for p in info.value.problems] == ["sort", "q", "k", "category"]
+        SearchRequest.parse(
+            {"q": 5, "k": "zero", "category": 3, "sort": "x", "context_items": [1]}, max_k=100
+        )
+    fields = [p.field for p in info.value.problems]
+    assert fields == ["sort", "q", "category", "k", "context_items"]
     with pytest.raises(InvalidInput, match="between 1 and 100, got 101"):
         SearchRequest.parse({"q": "x", "k": 101}, max_k=100)
     assert SearchRequest.parse({"q": " x ", "k": "5"}, 100) == SearchRequest("x", 5, None)
+    parsed = SearchRequest.parse(
+        {"q": "", "user_id": "u", "context_items": "a, b,a", "exclude_seen": "false"}, 100
+    )
+    assert parsed == SearchRequest(None, 10, None, "u", ("a", "b"), "none", False)

@@ -31,7 +31,10 @@ def _json_body() -> Any:
 
 @bp.get("/search")
 def search_get() -> ResponseReturnValue:
-    return _search(dict(request.args))
+    raw: dict[str, Any] = dict(request.args)
+    if "context_items" in request.args:  # repeated (?context_items=a&context_items=b) or a,b
+        raw["context_items"] = ",".join(request.args.getlist("context_items"))
+    return _search(raw)
 
 
 @bp.post("/search")
@@ -47,11 +50,18 @@ def _search(raw: dict[str, Any]) -> ResponseReturnValue:
     search_request = SearchRequest.parse(raw, runtime.settings.max_k)
     with runtime.session() as session:
         response = runtime.searcher.search(session, search_request)
+    results = []
+    for hit in response.results:
+        result = asdict(hit)
+        if result["explanation"] is None:
+            del result["explanation"]
+        results.append(result)
     return jsonify(
         {
-            "results": [asdict(hit) for hit in response.results],
+            "results": results,
             "index_version": response.index_version,
             "took_ms": response.took_ms,
+            "mode": response.mode,
         }
     )
 

@@ -1,0 +1,423 @@
+"""User features and item statistics, updated incrementally by events in one transaction.
+
+Every decayed quantity is kept as of a reference time (the newest event seen): an event at
+time t adds w·2^(-(ref - t)/half_life); an event newer than ref first decays everything to
+its own time. The state therefore does not depend on the order events arrive in, which is
+what lets concurrent writers, replays and out-of-order batches agree exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from engine.catalog import utcnow
+from engine.config import Settings
+from engine.errors import InvalidInput, NotFound, Problem
+from engine.events import EventIn
+from engine.models import Event, Item, ItemStats, UserFeatures
+from engine.vectors import ItemVectors
+
+log = logging.getLogger(__name__)
+
+MAX_PURCHASED = 1_000
+
+
+def event_weight(event: EventIn, settings: Settings, type_weights: dict[str, float]) -> float:
+    """How much one event says about the user's taste; negative for a low rating."""
+    if event.type == "rating":
+        return ((event.value or settings.rating_neutral) - settings.rating_neutral) * (
+            settings.rating_scale
+        )
+    return type_weights.get(event.type, 0.0)
+
+
+def _decay(seconds: float, half_life_s: float) -> float:
+    return float(2.0 ** (-seconds / half_life_s))
+
+
+@dataclass
+class UserState:
+    """A user's features in memory; loaded from and written back to one user_features row."""
+
+    user_id: str
+    event_count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+    ref_ts: datetime | None = None
+    vector: np.ndarray | None = None  # (dim,) float64, decayed weighted sum
+    vector_weight: float = 0.0
+    category_affinity: dict[str, float] = field(default_factory=dict)
+    tag_affinity: dict[str, float] = field(default_factory=dict)
+    recent: list[list[str]] = field(default_factory=list)
+    purchased: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: UserFeatures) -> UserState:
+        vector = None
+        if row.vector:
+            vector = np.frombuffer(row.vector, dtype=np.float64).copy()
+        return cls(
+            user_id=row.user_id,
+            event_count=row.event_count or 0,
+            counts=dict(row.counts or {}),
+            first_ts=row.first_ts,
+            last_ts=row.last_ts,
+            ref_ts=row.ref_ts,
+            vector=vector,
+            vector_weight=row.vector_weight or 0.0,
+            category_affinity=dict(row.category_affinity or {}),
+            tag_affinity=dict(row.tag_affinity or {}),
+            recent=[list(r) for r in row.recent or []],
+            purchased=list(row.purchased or []),
+        )
+
+    def write_to(self, row: UserFeatures) -> None:
+        row.event_count = self.event_count
+        row.counts = dict(self.counts)
+        row.first_ts = self.first_ts
+        row.last_ts = self.last_ts
+        row.ref_ts = self.ref_ts
+        row.vector = None if self.vector is None else self.vector.astype(np.float64).tobytes()
+        row.vector_weight = self.vector_weight
+        row.category_affinity = dict(self.category_affinity)
+        row.tag_affinity = dict(self.tag_affinity)
+        row.recent = [list(r) for r in self.recent]
+        row.purchased = list(self.purchased)
+        row.updated_at = utcnow()
+
+    def apply(
+        self,
+        event: EventIn,
+        weight: float,
+        category: str | None,
+        tags: Sequence[str],
+        item_vector: np.ndarray | None,
+        half_life_s: float,
+        recent_max: int,
+    ) -> None:
+        """Fold one event into the state (order-independent, see the module docstring)."""
+        t = event.ts
+        if self.ref_ts is None:
+            self.ref_ts = t
+        elif t > self.ref_ts:
+            f = _decay((t - self.ref_ts).total_seconds(), half_life_s)
+            if self.vector is not None:
+                self.vector *= f
+            self.vector_weight *= f
+            self.category_affinity = {k: v * f for k, v in self.category_affinity.items()}
+            self.tag_affinity = {k: v * f for k, v in self.tag_affinity.items()}
+            self.ref_ts = t
+        w = weight * _decay((self.ref_ts - t).total_seconds(), half_life_s)
+        if w != 0.0:
+            if item_vector is not None:
+                if self.vector is None or self.vector.shape != item_vector.shape:
+                    self.vector = np.zeros(item_vector.shape, dtype=np.float64)
+                self.vector += w * item_vector.astype(np.float64)
+                self.vector_weight += abs(w)
+            if category:
+                self.category_affinity[category] = self.category_affinity.get(category, 0.0) + w
+            for tag in tags:
+                self.tag_affinity[tag] = self.tag_affinity.get(tag, 0.0) + w
+        self.event_count += 1
+        self.counts[event.type] = self.counts.get(event.type, 0) + 1
+        self.first_ts = t if self.first_ts is None else min(self.first_ts, t)
+        self.last_ts = t if self.last_ts is None else max(self.last_ts, t)
+        if event.type != "impression":
+            entry = [event.item_id, event.type, t.isoformat()]
+            self.recent.append(entry)
+            self.recent.sort(key=lambda r: (r[2], r[1], r[0]), reverse=True)
+            del self.recent[recent_max:]
+        if event.type == "purchase" and event.item_id not in self.purchased:
+            self.purchased.append(event.item_id)
+            del self.purchased[:-MAX_PURCHASED]
+
+    def unit_vector(self) -> np.ndarray | None:
+        """The taste direction as a float32 unit vector, or None without (positive) history."""
+        if self.vector is None:
+            return None
+        norm = float(np.linalg.norm(self.vector))
+        if norm < 1e-9:
+            return None
+        return (self.vector / norm).astype(np.float32)
+
+    def seen_items(self) -> set[str]:
+        return {r[0] for r in self.recent} | set(self.purchased)
+
+    def normalized_affinity(self, kind: str) -> dict[str, float]:
+        """Affinities scaled into [-1, 1] by the largest magnitude (decay cancels out)."""
+        values = self.category_affinity if kind == "category" else self.tag_affinity
+        top = max((abs(v) for v in values.values()), default=0.0)
+        if top <= 0:
+            return {}
+        return {k: v / top for k, v in values.items()}
+
+
+@dataclass
+class EventReport:
+    received: int = 0
+    recorded: int = 0
+    duplicates: int = 0
+    users: int = 0
+
+    def add(self, other: EventReport) -> None:
+        self.received += other.received
+        self.recorded += other.recorded
+        self.duplicates += other.duplicates
+        self.users += other.users
+
+
+def unknown_items(session: Session, item_ids: Iterable[str]) -> set[str]:
+    ids = set(item_ids)
+    if not ids:
+        return set()
+    found = set(session.scalars(select(Item.id).where(Item.id.in_(list(ids)))))
+    return ids - found
+
+
+def record_events(
+    session: Session, events: Sequence[EventIn], settings: Settings, vectors: ItemVectors
+) -> EventReport:
+    """Store events and fold the new ones into their users' features and items' statistics.
+
+    Runs in the caller's transaction (open it with engine.db.WRITE_INTENT): commit it and
+    the next search sees the update. Events whose event_id was already stored are skipped.
+    Raises InvalidInput naming each event whose item does not exist; nothing is written then.
+    """
+    report = EventReport(received=len(events))
+    if not events:
+        return report
+    missing = unknown_items(session, (e.item_id for e in events))
+    if missing:
+        problems = [
+            Problem(f"events[{i}].item_id", f"unknown item {e.item_id!r}")
+            for i, e in enumerate(events)
+            if e.item_id in missing
+        ]
+        raise InvalidInput("; ".join(str(p) for p in problems[:20]), problems)
+
+    new = _insert_new(session, events)
+    report.recorded = len(new)
+    report.duplicates = len(events) - len(new)
+    if not new:
+        return report
+
+    items = {
+        row.id: (row.category, list(row.tags or []))
+        for row in session.execute(
+            select(Item.id, Item.category, Item.tags).where(Item.id.in_({e.item_id for e in new}))
+        )
+    }
+    weights = settings.type_weights()
+    weight_of = {id(e): event_weight(e, settings, weights) for e in new}
+    vector_of = vectors.get(session, {e.item_id for e in new if weight_of[id(e)] != 0.0})
+    half_life_s = settings.half_life_days * 86_400.0
+
+    by_user: dict[str, list[EventIn]] = defaultdict(list)
+    for event in new:
+        by_user[event.user_id].append(event)
+    report.users = len(by_user)
+    # Lock order, users then items, each sorted, so concurrent batches cannot deadlock.
+    for row in _locked_rows(session, UserFeatures, UserFeatures.user_id, sorted(by_user)):
+        state = UserState.from_row(row)
+        for event in by_user[row.user_id]:
+            category, tags = items[event.item_id]
+            state.apply(
+                event,
+                weight_of[id(event)],
+                category,
+                tags,
+                vector_of.get(event.item_id),
+                half_life_s,
+                settings.recent_items,
+            )
+        state.write_to(row)
+
+    by_item: dict[str, list[EventIn]] = defaultdict(list)
+    for event in new:
+        by_item[event.item_id].append(event)
+    for stats in _locked_rows(session, ItemStats, ItemStats.item_id, sorted(by_item)):
+        _apply_item_stats(stats, by_item[stats.item_id], weight_of, half_life_s)
+    session.flush()
+    return report
+
+
+def _insert_new(session: Session, events: Sequence[EventIn]) -> list[EventIn]:
+    """Insert the events; return those not already stored (by event_id) in input order."""
+    now = utcnow()
+    first_by_id: dict[str, EventIn] = {}
+    anonymous: list[EventIn] = []
+    for event in events:
+        if event.event_id is None:
+            anonymous.append(event)
+        else:
+            first_by_id.setdefault(event.event_id, event)
+
+    def values(e: EventIn) -> dict[str, Any]:
+        return {
+            "event_id": e.event_id,
+            "user_id": e.user_id,
+            "item_id": e.item_id,
+            "type": e.type,
+            "value": e.value,
+            "ts": e.ts,
+            "request_id": e.request_id,
+            "received_at": now,
+        }
+
+    inserted: set[str] = set()
+    if first_by_id:
+        stmt = (
+            _dialect_insert(session, Event)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(Event.event_id)
+        )
+        rows = [values(e) for e in first_by_id.values()]
+        inserted = {r for r in session.scalars(stmt, rows) if r is not None}
+    if anonymous:
+        session.execute(_dialect_insert(session, Event), [values(e) for e in anonymous])
+    kept = {id(first_by_id[i]) for i in inserted}
+    return [e for e in events if e.event_id is None or id(e) in kept]
+
+
+def _dialect_insert(session: Session, table: Any) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _locked_rows(session: Session, model: Any, key: Any, ids: list[str]) -> list[Any]:
+    """The rows for ids, created if missing, locked FOR UPDATE (PostgreSQL) in id order."""
+    if not ids:
+        return []
+    defaults: dict[str, Any]
+    if model is UserFeatures:
+        defaults = {
+            "event_count": 0,
+            "counts": {},
+            "vector_weight": 0.0,
+            "category_affinity": {},
+            "tag_affinity": {},
+            "recent": [],
+            "purchased": [],
+        }
+    else:
+        defaults = {"popularity": 0.0, "counts": {}}
+    session.execute(
+        _dialect_insert(session, model).on_conflict_do_nothing(index_elements=[key.key]),
+        [{key.key: i, **defaults} for i in ids],
+    )
+    query = (
+        select(model)
+        .where(key.in_(ids))
+        .order_by(key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(query))
+
+
+def _apply_item_stats(
+    stats: ItemStats, events: list[EventIn], weight_of: dict[int, float], half_life_s: float
+) -> None:
+    popularity = stats.popularity or 0.0
+    ref = stats.ref_ts
+    counts = dict(stats.counts or {})
+    for event in events:
+        if ref is None:
+            ref = event.ts
+        elif event.ts > ref:
+            popularity *= _decay((event.ts - ref).total_seconds(), half_life_s)
+            ref = event.ts
+        weight = max(weight_of[id(event)], 0.0)
+        popularity += weight * _decay((ref - event.ts).total_seconds(), half_life_s)
+        counts[event.type] = counts.get(event.type, 0) + 1
+    stats.popularity = popularity
+    stats.ref_ts = ref
+    stats.counts = counts
+
+
+def load_user(session: Session, user_id: str) -> UserState | None:
+    """The user's features as stored (no lock), or None for a user with no events yet."""
+    row = session.get(UserFeatures, user_id)
+    return None if row is None else UserState.from_row(row)
+
+
+def user_profile(
+    session: Session, user_id: str, settings: Settings, top: int = 10
+) -> dict[str, Any]:
+    """What an operator needs to see why the user gets what they get; raises NotFound."""
+    state = load_user(session, user_id)
+    if state is None:
+        raise NotFound(f"user {user_id!r} (no events recorded)")
+    now = utcnow()
+    f = 1.0
+    if state.ref_ts is not None and now > state.ref_ts:
+        f = _decay((now - state.ref_ts).total_seconds(), settings.half_life_days * 86_400.0)
+
+    def ranked(values: dict[str, float]) -> list[dict[str, Any]]:
+        best = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return [{"name": k, "affinity": round(v * f, 6)} for k, v in best]
+
+    return {
+        "user_id": state.user_id,
+        "event_count": state.event_count,
+        "counts": state.counts,
+        "first_activity": _iso(state.first_ts),
+        "last_activity": _iso(state.last_ts),
+        "top_categories": ranked(state.category_affinity),
+        "top_tags": ranked(state.tag_affinity),
+        "recent_items": [{"item_id": i, "type": t, "ts": ts + "Z"} for i, t, ts in state.recent],
+        "purchased": state.purchased[-top:][::-1],
+        "has_vector": state.unit_vector() is not None,
+        "decayed_to": _iso(now),
+        "half_life_days": settings.half_life_days,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat() + "Z"
+
+
+def popularity(
+    session: Session, item_ids: Iterable[str], now: datetime, half_life_s: float
+) -> dict[str, float]:
+    """Decayed popularity of the items as of now (0 for items never interacted with)."""
+    ids = list(item_ids)
+    if not ids:
+        return {}
+    out: dict[str, float] = {}
+    query = select(ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts).where(
+        ItemStats.item_id.in_(ids)
+    )
+    for item_id, value, ref in session.execute(query):
+        age = max(0.0, (now - ref).total_seconds()) if ref is not None else 0.0
+        out[item_id] = (value or 0.0) * _decay(age, half_life_s)
+    return out
+
+
+def most_popular(
+    session: Session, limit: int, exclude: set[str], category: str | None
+) -> list[str]:
+    """Item ids by stored popularity (each as of its own last event; good enough to rank)."""
+    query = (
+        select(ItemStats.item_id)
+        .join(Item, Item.id == ItemStats.item_id)
+        .where(ItemStats.popularity > 0)
+        .order_by(ItemStats.popularity.desc(), ItemStats.item_id)
+        .limit(limit + len(exclude))
+    )
+    if category is not None:
+        query = query.where(Item.category == category)
+    return [i for i in session.scalars(query) if i not in exclude][:limit]
