@@ -16,16 +16,16 @@ from engine.features import FEATURES
 
 # Hand-set: the query dominates; history, session and category taste reorder within it.
 PRIOR_WEIGHTS = {
-    "query_sim": 6.0,
-    "user_sim": 2.5,
-    "session_sim": 2.5,
-    "category_affinity": 1.5,
-    "tag_affinity": 1.0,
-    "popularity": 0.3,
+    "query_sim": 8.0,
+    "user_sim": 1.5,
+    "session_sim": 2.0,
+    "category_affinity": 0.8,
+    "tag_affinity": 0.5,
+    "popularity": 0.2,
     "seen_recently": -0.5,
     "retrieval_rank": 0.5,
 }
-PRIOR_BIAS = -4.0
+PRIOR_BIAS = -5.0
 
 
 @dataclass(frozen=True)

@@ -130,10 +130,7 @@ def ingest(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) 
             session, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
         )
     took = time.perf_counter() - started
-    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
-        click.echo(f"  {problem}", err=True)
-    if len(report.problems) > MAX_PROBLEMS_SHOWN:
-        click.echo(f"  ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more", err=True)
+    _show_problems(report.problems)
     c = report.counts
     if not report.committed:
         click.echo(
@@ -148,6 +145,55 @@ def ingest(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) 
     )
     if report.rejects_path:
         click.echo(f"rejected rows with reasons: {report.rejects_path}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--skip-invalid", is_flag=True, help="Commit the valid events; write rejects to a file."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(path_type=Path),
+    help="Where --skip-invalid writes rejected rows (default: DATA_DIR/rejects/).",
+)
+@pass_ctx
+def events(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) -> None:
+    """Load a history log of events (JSONL or CSV) and update users' features."""
+    from indexer.events import load_events
+
+    if skip_invalid and rejects is None:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        rejects = obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
+    started = time.perf_counter()
+    with _bar(not obj.quiet) as progress:
+        report = load_events(
+            obj.runtime, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
+        )
+    took = time.perf_counter() - started
+    _show_problems(report.problems)
+    if not report.committed:
+        click.echo(
+            f"{file}: {report.rejected} invalid row(s) of {report.rows}; nothing was changed. "
+            "Fix them, or rerun with --skip-invalid to load the valid rows.",
+            err=True,
+        )
+        sys.exit(1)
+    e = report.events
+    rate = e.received / took if took > 0 else 0.0
+    click.echo(
+        f"{file}: {report.rows} rows in {took:.1f}s ({rate:.0f} events/s): {e.recorded} recorded, "
+        f"{e.duplicates} duplicates, {report.rejected} rejected; {e.users} users updated"
+    )
+    if report.rejects_path:
+        click.echo(f"rejected rows with reasons: {report.rejects_path}")
+
+
+def _show_problems(problems: list[Any]) -> None:
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
+        click.echo(f"  {problem}", err=True)
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        click.echo(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more", err=True)
 
 
 @cli.command()
@@ -201,18 +247,32 @@ def build(obj: _Context, if_stale: bool, index_type: str | None) -> None:
 @click.argument("query")
 @click.option("-k", default=10, show_default=True, help="How many results.")
 @click.option("--category", help="Only items of this category.")
+@click.option("--user", "user_id", help="Personalize for this user id.")
+@click.option(
+    "--context", "context_items", multiple=True, help="An item id of the session (repeat)."
+)
+@click.option("--explain", is_flag=True, help="Show each feature's contribution to the score.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON the API would return.")
 @pass_ctx
-def search(obj: _Context, query: str, k: int, category: str | None, as_json: bool) -> None:
-    """Search from the terminal and print a table."""
+def search(
+    obj: _Context,
+    query: str,
+    k: int,
+    category: str | None,
+    user_id: str | None,
+    context_items: tuple[str, ...],
+    explain: bool,
+    as_json: bool,
+) -> None:
+    """Search from the terminal and print a table ("" as QUERY recommends for --user)."""
     from dataclasses import asdict
 
     from engine.search import SearchRequest
 
     runtime = obj.runtime
-    request = SearchRequest.parse(
-        {"q": query, "k": k, "category": category}, runtime.settings.max_k
-    )
+    raw = {"q": query, "k": k, "category": category, "user_id": user_id}
+    raw.update(context_items=list(context_items), explain=explain)
+    request = SearchRequest.parse(raw, runtime.settings.max_k)
     with runtime.session() as session:
         response = runtime.searcher.search(session, request)
     if as_json:
@@ -226,7 +286,14 @@ def search(obj: _Context, query: str, k: int, category: str | None, as_json: boo
             f"{rank:>3}  {hit.score:>6.3f}  {(hit.category or '-')[:12]:<12}  {hit.id[:34]:<34}  "
             f"{hit.title}"
         )
-    click.echo(f"index {response.index_version}, {response.took_ms:.1f} ms")
+        if hit.explanation:
+            parts = sorted(hit.explanation["contributions"].items(), key=lambda kv: -abs(kv[1]))
+            shown = ", ".join(f"{name} {value:+.2f}" for name, value in parts if value)
+            click.echo(
+                f"{'':>13}logit {hit.explanation['logit']:+.2f} = bias "
+                f"{hit.explanation['bias']:+.2f}, {shown}"
+            )
+    click.echo(f"index {response.index_version}, {response.mode}, {response.took_ms:.1f} ms")
 
 
 @cli.command()

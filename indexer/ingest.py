@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,12 +73,20 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
-def read_rows(path: Path) -> Iterator[Row]:
-    """Records of a JSONL or CSV catalog, each with its line number; never raises per row."""
+def read_rows(
+    path: Path,
+    fields: tuple[str, ...] = FIELDS,
+    convert: Callable[[int, dict[str, str]], Row] | None = None,
+) -> Iterator[Row]:
+    """Records of a JSONL or CSV file, each with its first line number; never raises per row.
+
+    CSV columns must be among fields (catalog files also allow attributes.<name>); convert
+    turns a CSV row's cells into the JSON shape (default: the catalog's rules).
+    """
     if detect_format(path) == "jsonl":
         yield from _read_jsonl(path)
     else:
-        yield from _read_csv(path)
+        yield from _read_csv(path, fields, convert or _csv_row)
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
@@ -101,7 +109,9 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 )
 
 
-def _read_csv(path: Path) -> Iterator[Row]:
+def _read_csv(
+    path: Path, fields: tuple[str, ...], convert: Callable[[int, dict[str, str]], Row]
+) -> Iterator[Row]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         try:
@@ -111,11 +121,15 @@ def _read_csv(path: Path) -> Iterator[Row]:
         except (csv.Error, UnicodeDecodeError) as exc:
             raise InvalidInput(f"{path}:1: cannot read the CSV header: {exc}") from None
         columns = [c.strip() for c in header]
-        bad = [c for c in columns if c not in FIELDS and not c.startswith("attributes.")]
+        prefixed = fields is FIELDS  # only catalog files have attributes.<name> columns
+        bad = [c for c in columns if c not in fields and not (prefixed and "." in c)]
+        bad += [c for c in columns if "." in c and not c.startswith("attributes.")]
+        bad = list(dict.fromkeys(bad))
         if bad:
+            extra = " and attributes.<name>" if prefixed else ""
             raise InvalidInput(
                 f"{path}:1: unknown column(s) {', '.join(map(repr, bad))}; allowed columns are "
-                f"{', '.join(FIELDS)} and attributes.<name>"
+                f"{', '.join(fields)}{extra}"
             )
         previous_end = 1
         while True:
@@ -139,7 +153,7 @@ def _read_csv(path: Path) -> Iterator[Row]:
                     raw_text=",".join(record),
                 )
                 continue
-            yield _csv_row(start, dict(zip(columns, record, strict=True)))
+            yield convert(start, dict(zip(columns, record, strict=True)))
 
 
 def _csv_row(line: int, cells: dict[str, str]) -> Row:
@@ -228,13 +242,7 @@ def ingest(
         if item is None:
             located = [Problem(p.field, p.message, line=row.line, source=source) for p in problems]
             report.problems.extend(located)
-            rejects.append(
-                {
-                    "line": row.line,
-                    "errors": [p.to_dict() for p in located],
-                    "row": row.value if row.value is not None else row.raw_text,
-                }
-            )
+            rejects.append(reject_entry(row, located))
             continue
         seen[item.id] = row.line
         report.valid += 1
@@ -254,13 +262,26 @@ def ingest(
         return report
     report.counts.add(upsert_items(session, batch))
     if rejects and rejects_path is not None:
-        rejects_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(rejects_path, "w", encoding="utf-8") as fh:
-            for reject in rejects:
-                fh.write(json.dumps(reject, ensure_ascii=False, default=str) + "\n")
-        report.rejects_path = rejects_path
+        report.rejects_path = write_rejects(rejects_path, rejects)
     session.commit()
     report.committed = True
     progress("ingest", total, total)
     log.info("ingested %s: %s", source, report.counts)
     return report
+
+
+def reject_entry(row: Row, problems: list[Problem]) -> dict[str, Any]:
+    """One line of a rejects file: where, why, and the row as read."""
+    return {
+        "line": row.line,
+        "errors": [p.to_dict() for p in problems],
+        "row": row.value if row.value is not None else row.raw_text,
+    }
+
+
+def write_rejects(path: Path, rejects: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for reject in rejects:
+            fh.write(json.dumps(reject, ensure_ascii=False, default=str) + "\n")
+    return path

@@ -24,7 +24,7 @@ PERSONAS = {
     "luxury": ({"island", "beach"}, {"luxury", "romance"}, 10_000),
     "safari-fan": ({"nature", "desert"}, {"wildlife", "safari"}, 600),
     "desert-explorer": ({"desert"}, {"road-trip", "stargazing", "adventure"}, 300),
-    "wine-lover": ({"countryside"}, {"wine", "food", "road-trip"}, 250),
+    "wine-lover": ({"countryside"}, {"wine", "vineyards"}, 250),
     "family": (set(), {"family"}, 220),
 }
 

@@ -10,6 +10,7 @@ port="${PORT:-8000}"
 
 recsearch ingest data/catalog.jsonl
 recsearch build --if-stale
+recsearch events data/events.jsonl   # sample users' histories; event_ids make reloads no-ops
 
 cat <<MSG
 
@@ -18,7 +19,12 @@ recsearch is starting on http://$host:$port — try, from another terminal:
   curl 'http://$host:$port/v1/search?q=museums+and+cafes&category=city&k=3'
   curl -X POST http://$host:$port/v1/search -H 'Content-Type: application/json' \\
        -d '{"q": "skiing in the alps", "k": 5}'
-  .venv/bin/recsearch search "trekking in the himalayas"
+  curl 'http://$host:$port/v1/search?user_id=beach-lover-1&k=5'           # "for you"
+  curl 'http://$host:$port/v1/search?q=city+break&user_id=mountain-hiker-1&explain=true&k=3'
+  curl -X POST http://$host:$port/v1/events -H 'Content-Type: application/json' \
+       -d '{"user_id": "me", "item_id": "kyoto-japan", "type": "click"}'
+  curl http://$host:$port/v1/users/me
+  .venv/bin/recsearch search "trekking in the himalayas" --user backpacker-1 --explain
 
 MSG
 exec recsearch serve --host "$host" --port "$port"

@@ -10,9 +10,18 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from werkzeug.exceptions import BadRequest
 
-from engine.catalog import delete_items, get_item, item_to_dict, parse_items_payload, upsert_items
+from engine.catalog import (
+    delete_items,
+    get_item,
+    item_to_dict,
+    parse_items_payload,
+    upsert_items,
+    utcnow,
+)
 from engine.errors import InvalidInput, NotFound
+from engine.events import parse_events_payload
 from engine.search import SearchRequest
+from engine.users import record_events, user_profile
 from web import runtime_of
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -72,6 +81,7 @@ def items_post() -> ResponseReturnValue:
     items = parse_items_payload(_json_body(), runtime.settings.max_batch_items)
     with runtime.session() as session:
         counts = upsert_items(session, items)
+    runtime.vectors.forget(item.id for item in items)
     return jsonify(
         {
             "inserted": counts.inserted,
@@ -95,6 +105,30 @@ def item_delete(item_id: str) -> ResponseReturnValue:
         if delete_items(session, [item_id]):
             raise NotFound(f"item {item_id!r}")
     return jsonify({"deleted": item_id})
+
+
+@bp.post("/events")
+def events_post() -> ResponseReturnValue:
+    """Record events and update the users' features before answering (read-your-writes)."""
+    runtime = runtime_of(current_app)
+    events = parse_events_payload(_json_body(), runtime.settings.max_events_batch, utcnow())
+    with runtime.write_session() as session:
+        report = record_events(session, events, runtime.settings, runtime.vectors)
+    return jsonify(
+        {
+            "received": report.received,
+            "recorded": report.recorded,
+            "duplicates": report.duplicates,
+            "users": report.users,
+        }
+    )
+
+
+@bp.get("/users/<path:user_id>")
+def user_get(user_id: str) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    with runtime.session() as session:
+        return jsonify(user_profile(session, user_id, runtime.settings))
 
 
 @health.get("/healthz")
