@@ -6,8 +6,10 @@ serves search, recommendation and cold start.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -27,14 +29,27 @@ FEATURES = (
 
 @dataclass
 class Candidate:
-    """An item the first stage found, with what the reranker needs to score it."""
+    """An item the first stage found, with what the reranker needs to score it.
+
+    tags and attributes arrive as JSON text and are decoded on first use: most candidates
+    never need their attributes, and decoding is a large share of a search's own cost.
+    """
 
     item_id: str
     rank: int
     title: str
     category: str | None
-    tags: list[str]
-    attributes: dict[str, object]
+    popularity: float  # decayed to the time of the request
+    tags_json: str | None = None
+    attributes_json: str | None = None
+
+    @cached_property
+    def tags(self) -> list[str]:
+        return list(json.loads(self.tags_json)) if self.tags_json else []
+
+    @cached_property
+    def attributes(self) -> dict[str, object]:
+        return dict(json.loads(self.attributes_json)) if self.attributes_json else {}
 
 
 @dataclass
@@ -49,7 +64,6 @@ def compute(
     candidates: list[Candidate],
     item_vectors: np.ndarray,
     parts: ContextParts,
-    popularity: dict[str, float],
 ) -> np.ndarray:
     """(n_candidates, len(FEATURES)) float64; item_vectors is (n, dim) unit float32."""
     n = len(candidates)
@@ -65,9 +79,9 @@ def compute(
     for i, c in enumerate(candidates):
         if c.category is not None:
             x[i, 3] = categories.get(c.category, 0.0)
-        if c.tags and tags:
+        if tags and c.tags:
             x[i, 4] = sum(tags.get(t, 0.0) for t in c.tags) / len(c.tags)
-        x[i, 5] = math.log1p(popularity.get(c.item_id, 0.0))
+        x[i, 5] = math.log1p(max(c.popularity, 0.0))
         x[i, 6] = 1.0 if c.item_id in seen else 0.0
         x[i, 7] = 1.0 / math.log2(2 + c.rank)
     return x

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from engine import features as feats
@@ -22,9 +22,9 @@ from engine.context import combine, mean_direction
 from engine.embedder import Embedder
 from engine.errors import InvalidInput, Problem
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
-from engine.models import Item
+from engine.models import Item, ItemStats
 from engine.ranker import LinearRanker
-from engine.users import UserState, load_user, most_popular, popularity
+from engine.users import UserState, decay, load_user, most_popular
 from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class Searcher:
         )
         self.vectors = vectors or ItemVectors(self.live, lambda: embedder)
         self.ranker = LinearRanker.prior()
+        self._half_life_s = settings.half_life_days * 86_400.0
 
     @property
     def store(self) -> IndexStore:
@@ -217,7 +218,9 @@ class Searcher:
         while True:
             _, rows = artifact.ann.search(context, fetch_k, allowed_rows=allowed)
             ids = [artifact.ids[r] for r in rows[0] if r >= 0]
-            candidates = _load_candidates(session, [i for i in ids if i not in exclude])
+            candidates = _load_candidates(
+                session, [i for i in ids if i not in exclude], self._half_life_s
+            )
             # Enough live items, or nothing more to fetch: done. Otherwise many candidates
             # were deleted since the build; look further down the list.
             if len(candidates) >= want or fetch_k >= limit:
@@ -235,7 +238,7 @@ class Searcher:
                 query = query.where(Item.category == request.category)
             taken = set(ids) | exclude
             ids += [i for i in session.scalars(query) if i not in taken][: want - len(ids)]
-        return _load_candidates(session, ids)
+        return _load_candidates(session, ids, self._half_life_s)
 
     def _rerank(
         self,
@@ -252,9 +255,7 @@ class Searcher:
         item_vectors = np.stack(
             [vectors_by_id.get(c.item_id, np.zeros(dim, np.float32)) for c in candidates]
         )
-        half_life_s = self.settings.half_life_days * 86_400.0
-        pop = popularity(session, [c.item_id for c in candidates], utcnow(), half_life_s)
-        x = feats.compute(candidates, item_vectors, parts, pop)
+        x = feats.compute(candidates, item_vectors, parts)
         logits = self.ranker.logits(x)
         probabilities = self.ranker.probability(logits)
         order = sorted(range(len(candidates)), key=lambda i: (-logits[i], candidates[i].rank))
@@ -304,28 +305,47 @@ def _excluded(user: UserState | None, request: SearchRequest) -> set[str]:
     return set(user.purchased)
 
 
-def _load_candidates(session: Session, ids: list[str]) -> list[feats.Candidate]:
-    """Candidates in the given order, for the ids that still exist."""
+def _load_candidates(session: Session, ids: list[str], half_life_s: float) -> list[feats.Candidate]:
+    """Candidates in the given order, for the ids that still exist, with their popularity.
+
+    One query; tags and attributes come back as JSON text (see Candidate).
+    """
     if not ids:
         return []
-    query = select(Item.id, Item.title, Item.category, Item.tags, Item.attributes).where(
-        Item.id.in_(ids)
+    query = (
+        select(
+            Item.id,
+            Item.title,
+            Item.category,
+            cast(Item.tags, Text).label("tags"),
+            cast(Item.attributes, Text).label("attributes"),
+            ItemStats.popularity,
+            ItemStats.ref_ts,
+        )
+        .outerjoin(ItemStats, ItemStats.item_id == Item.id)
+        .where(Item.id.in_(ids))
     )
     rows = {row.id: row for row in session.execute(query)}
-    out = []
+    now = utcnow()
+    out: list[feats.Candidate] = []
     for item_id in ids:
         row = rows.get(item_id)
-        if row is not None:
-            out.append(
-                feats.Candidate(
-                    item_id=item_id,
-                    rank=len(out),
-                    title=row.title,
-                    category=row.category,
-                    tags=list(row.tags or []),
-                    attributes=dict(row.attributes or {}),
-                )
+        if row is None:
+            continue
+        popularity = row.popularity or 0.0
+        if popularity and row.ref_ts is not None and now > row.ref_ts:
+            popularity *= decay((now - row.ref_ts).total_seconds(), half_life_s)
+        out.append(
+            feats.Candidate(
+                item_id=item_id,
+                rank=len(out),
+                title=row.title,
+                category=row.category,
+                popularity=popularity,
+                tags_json=row.tags,
+                attributes_json=row.attributes,
             )
+        )
     return out
 
 

@@ -41,7 +41,8 @@ def event_weight(event: EventIn, settings: Settings, type_weights: dict[str, flo
     return type_weights.get(event.type, 0.0)
 
 
-def _decay(seconds: float, half_life_s: float) -> float:
+def decay(seconds: float, half_life_s: float) -> float:
+    """The factor a weight keeps after `seconds`: 1/2 per half-life."""
     return float(2.0 ** (-seconds / half_life_s))
 
 
@@ -111,14 +112,14 @@ class UserState:
         if self.ref_ts is None:
             self.ref_ts = t
         elif t > self.ref_ts:
-            f = _decay((t - self.ref_ts).total_seconds(), half_life_s)
+            f = decay((t - self.ref_ts).total_seconds(), half_life_s)
             if self.vector is not None:
                 self.vector *= f
             self.vector_weight *= f
             self.category_affinity = {k: v * f for k, v in self.category_affinity.items()}
             self.tag_affinity = {k: v * f for k, v in self.tag_affinity.items()}
             self.ref_ts = t
-        w = weight * _decay((self.ref_ts - t).total_seconds(), half_life_s)
+        w = weight * decay((self.ref_ts - t).total_seconds(), half_life_s)
         if w != 0.0:
             if item_vector is not None:
                 if self.vector is None or self.vector.shape != item_vector.shape:
@@ -338,10 +339,10 @@ def _apply_item_stats(
         if ref is None:
             ref = event.ts
         elif event.ts > ref:
-            popularity *= _decay((event.ts - ref).total_seconds(), half_life_s)
+            popularity *= decay((event.ts - ref).total_seconds(), half_life_s)
             ref = event.ts
         weight = max(weight_of[id(event)], 0.0)
-        popularity += weight * _decay((ref - event.ts).total_seconds(), half_life_s)
+        popularity += weight * decay((ref - event.ts).total_seconds(), half_life_s)
         counts[event.type] = counts.get(event.type, 0) + 1
     stats.popularity = popularity
     stats.ref_ts = ref
@@ -364,7 +365,7 @@ def user_profile(
     now = utcnow()
     f = 1.0
     if state.ref_ts is not None and now > state.ref_ts:
-        f = _decay((now - state.ref_ts).total_seconds(), settings.half_life_days * 86_400.0)
+        f = decay((now - state.ref_ts).total_seconds(), settings.half_life_days * 86_400.0)
 
     def ranked(values: dict[str, float]) -> list[dict[str, Any]]:
         best = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
@@ -388,23 +389,6 @@ def user_profile(
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat() + "Z"
-
-
-def popularity(
-    session: Session, item_ids: Iterable[str], now: datetime, half_life_s: float
-) -> dict[str, float]:
-    """Decayed popularity of the items as of now (0 for items never interacted with)."""
-    ids = list(item_ids)
-    if not ids:
-        return {}
-    out: dict[str, float] = {}
-    query = select(ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts).where(
-        ItemStats.item_id.in_(ids)
-    )
-    for item_id, value, ref in session.execute(query):
-        age = max(0.0, (now - ref).total_seconds()) if ref is not None else 0.0
-        out[item_id] = (value or 0.0) * _decay(age, half_life_s)
-    return out
 
 
 def most_popular(
