@@ -59,7 +59,7 @@ class Settings:
     user_weight: float = 0.35
     session_weight: float = 0.5
     # How many ANN candidates the reranker sees (at least k).
-    candidates: int = 100
+    candidates: int = 50
 
     max_k: int = 100
     max_batch_items: int = 1_000

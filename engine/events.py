@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.errors import InvalidInput, Problem
+from engine.errors import InvalidInput, Problem, TooLarge
 
 EVENT_TYPES = ("impression", "view", "click", "cart", "purchase", "rating")
 EVENT_FIELDS = ("user_id", "item_id", "type", "value", "ts", "event_id", "request_id")
@@ -53,8 +53,8 @@ def validate_event(
             if required:
                 bad(name, "is required")
             return None
-        if isinstance(value, int) and not isinstance(value, bool) and name != "user_id":
-            value = str(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # numeric ids (e.g. MovieLens userId) are ids too
         if not isinstance(value, str):
             bad(name, f"must be a string, got {value!r}")
             return None
@@ -127,8 +127,6 @@ def parse_ts(value: Any, now: datetime, bad: Any) -> datetime:
 
 def parse_events_payload(payload: object, max_events: int, now: datetime) -> list[EventIn]:
     """One event or {"events": [...]} from a request body; all or nothing."""
-    from engine.errors import TooLarge
-
     is_batch = isinstance(payload, Mapping) and "events" in payload
     if is_batch:
         assert isinstance(payload, Mapping)
