@@ -58,8 +58,14 @@ class Settings:
     query_weight: float = 1.0
     user_weight: float = 0.35
     session_weight: float = 0.5
-    # How many ANN candidates the reranker sees (at least k).
+    # How many ANN candidates the reranker sees (at least k), plus up to this many BM25 ones.
     candidates: int = 50
+    lexical_candidates: int = 50
+    # Numeric item attributes used as ranking features ("attr:<name>"), comma-separated.
+    feature_attributes: str = ""
+    # Ratings at or above this are positives in training.
+    positive_rating: float = 4.0
+    models_poll_s: float = 1.0
 
     max_k: int = 100
     max_batch_items: int = 1_000
@@ -132,6 +138,7 @@ class Settings:
             "user_weight": self.user_weight >= 0,
             "session_weight": self.session_weight >= 0,
             "candidates": self.candidates >= 1,
+            "lexical_candidates": self.lexical_candidates >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -140,6 +147,13 @@ class Settings:
         if not self.index_type.strip():
             raise ConfigError("RECSEARCH_INDEX_TYPE must not be empty")
         self.type_weights()  # raises on a malformed RECSEARCH_EVENT_WEIGHTS
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def attribute_features(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.feature_attributes.split(",") if a.strip())
 
     def type_weights(self) -> dict[str, float]:
         """RECSEARCH_EVENT_WEIGHTS parsed: {"view": 1.0, ...}."""

@@ -13,6 +13,7 @@ from engine.config import Settings
 from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.embedder import Embedder
 from engine.index_store import IndexStore, LiveIndex
+from engine.model_store import live_model
 from engine.search import Searcher
 from engine.vectors import ItemVectors
 
@@ -37,6 +38,7 @@ class Runtime:
         self.live = LiveIndex(IndexStore(settings.index_dir), settings.index_poll_s, model_name)
         # Item vectors come from the index; only items newer than it load the encoder.
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
+        self.model = live_model(settings.model_dir, settings.models_poll_s)
 
     @property
     def embedder(self) -> Embedder:
@@ -52,7 +54,9 @@ class Runtime:
             embedder = self.embedder
             with self._lock:
                 if self._searcher is None:
-                    self._searcher = Searcher(self.settings, embedder, self.live, self.vectors)
+                    self._searcher = Searcher(
+                        self.settings, embedder, self.live, self.vectors, self.model.get
+                    )
         return self._searcher
 
     @contextmanager

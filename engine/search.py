@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +135,21 @@ class SearchResponse:
     timings_ms: dict[str, float]
 
 
+@dataclass
+class Stage:
+    """What the first stage hands the ranker: candidates, their features, and the context."""
+
+    artifact: IndexArtifact
+    candidates: list[feats.Candidate]
+    x: np.ndarray  # (len(candidates), len(names)) features
+    names: tuple[str, ...]
+    parts: feats.ContextParts
+    mode: str
+    timings_ms: dict[str, float]
+
+
 class Searcher:
-    """Serves searches from the live index version with the current ranker."""
+    """Serves searches from the live index version with the live ranking model."""
 
     def __init__(
         self,
@@ -143,6 +157,7 @@ class Searcher:
         embedder: Embedder,
         live: LiveIndex | None = None,
         vectors: ItemVectors | None = None,
+        ranker: Callable[[], LinearRanker] | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -150,7 +165,9 @@ class Searcher:
             IndexStore(settings.index_dir), settings.index_poll_s, embedder.name
         )
         self.vectors = vectors or ItemVectors(self.live, lambda: embedder)
-        self.ranker = LinearRanker.prior()
+        prior = LinearRanker.prior()
+        self.ranker = ranker or (lambda: prior)
+        self.feature_names = feats.feature_names(settings.attribute_features())
         self._half_life_s = settings.half_life_days * 86_400.0
 
     @property
@@ -163,9 +180,19 @@ class Searcher:
     def search(self, session: Session, request: SearchRequest) -> SearchResponse:
         """Top-k items for the request; raises NotReady before the first build."""
         started = time.perf_counter()
+        stage = self.first_stage(session, request)
+        t = time.perf_counter()
+        ranker = self.ranker().aligned(stage.names)
+        hits = self._rank(stage, ranker, request)
+        stage.timings_ms["rank"] = _ms(t)
+        return SearchResponse(
+            hits, stage.artifact.version, _ms(started), stage.mode, stage.timings_ms
+        )
+
+    def first_stage(self, session: Session, request: SearchRequest) -> Stage:
+        """Candidates from every source, merged, with their features (also used by training)."""
         artifact = self.live.get()
         timings: dict[str, float] = {}
-
         t = time.perf_counter()
         query_vector = self.embedder.encode_query(request.q) if request.q else None
         timings["embed"] = _ms(t)
@@ -173,7 +200,7 @@ class Searcher:
         user_vector = user.unit_vector() if user else None
         session_vectors = self.vectors.get(session, request.context_items)
         session_vector = mean_direction(list(session_vectors.values()))
-        parts = feats.ContextParts(query_vector, user, user_vector, session_vector)
+        parts = feats.ContextParts(query_vector, user, user_vector, session_vector, utcnow())
         context = combine(
             [
                 (self.settings.query_weight, query_vector),
@@ -193,11 +220,15 @@ class Searcher:
             mode = "search" if query_vector is not None else "recommend"
             candidates = self._retrieve(session, artifact, context, request, exclude)
         timings["retrieve"] = _ms(t)
-
         t = time.perf_counter()
-        hits = self._rerank(session, artifact, candidates, parts, request)
-        timings["rerank"] = _ms(t)
-        return SearchResponse(hits, artifact.version, _ms(started), mode, timings)
+        x = np.zeros((0, len(self.feature_names)))
+        if candidates:
+            vectors_by_id = self._candidate_vectors(session, artifact, candidates)
+            zero = np.zeros(artifact.dim, np.float32)
+            item_vectors = np.stack([vectors_by_id.get(c.item_id, zero) for c in candidates])
+            x = feats.compute(candidates, item_vectors, parts, self.feature_names)
+        timings["features"] = _ms(t)
+        return Stage(artifact, candidates, x, self.feature_names, parts, mode, timings)
 
     def _retrieve(
         self,
@@ -214,18 +245,42 @@ class Searcher:
                 return []
         limit = artifact.ann.size if allowed is None else int(allowed.size)
         want = max(self.settings.candidates, request.k)
+        lexical: dict[str, tuple[int, float]] = {}
+        if request.q and artifact.lexical is not None:
+            rows, scores = artifact.lexical.search(request.q, want + len(exclude), allowed)
+            ranked = [(artifact.ids[r], float(sc)) for r, sc in zip(rows, scores, strict=True)]
+            ranked = [(i, sc) for i, sc in ranked if i not in exclude][
+                : self.settings.lexical_candidates
+            ]
+            lexical = {i: (rank, sc) for rank, (i, sc) in enumerate(ranked)}
         fetch_k = min(limit, want + _OVERFETCH + len(exclude))
         while True:
             _, rows = artifact.ann.search(context, fetch_k, allowed_rows=allowed)
-            ids = [artifact.ids[r] for r in rows[0] if r >= 0]
-            candidates = _load_candidates(
-                session, [i for i in ids if i not in exclude], self._half_life_s
-            )
+            ann_ids = [
+                artifact.ids[r] for r in rows[0] if r >= 0 and artifact.ids[r] not in exclude
+            ]
+            ann_rank = {i: rank for rank, i in enumerate(ann_ids)}
+            merged = list(dict.fromkeys([*ann_ids, *lexical]))
+            candidates = _load_candidates(session, merged, self._half_life_s)
+            live_ann = sum(1 for c in candidates if c.item_id in ann_rank)
             # Enough live items, or nothing more to fetch: done. Otherwise many candidates
             # were deleted since the build; look further down the list.
-            if len(candidates) >= want or fetch_k >= limit:
-                return candidates[:want]
+            if live_ann >= want or fetch_k >= limit:
+                break
             fetch_k = min(limit, fetch_k * 4)
+        kept_ann = 0
+        out = []
+        for c in candidates:
+            in_ann = c.item_id in ann_rank
+            if in_ann:
+                kept_ann += 1
+                if kept_ann > want and c.item_id not in lexical:
+                    continue
+                c.ann_rank = kept_ann - 1
+            if c.item_id in lexical:
+                c.lexical_rank, c.lexical_score = lexical[c.item_id]
+            out.append(c)
+        return out
 
     def _popular(
         self, session: Session, request: SearchRequest, exclude: set[str]
@@ -240,24 +295,12 @@ class Searcher:
             ids += [i for i in session.scalars(query) if i not in taken][: want - len(ids)]
         return _load_candidates(session, ids, self._half_life_s)
 
-    def _rerank(
-        self,
-        session: Session,
-        artifact: IndexArtifact,
-        candidates: list[feats.Candidate],
-        parts: feats.ContextParts,
-        request: SearchRequest,
-    ) -> list[SearchHit]:
-        if not candidates:
+    def _rank(self, stage: Stage, ranker: LinearRanker, request: SearchRequest) -> list[SearchHit]:
+        if not stage.candidates:
             return []
-        vectors_by_id = self._candidate_vectors(session, artifact, candidates)
-        dim = artifact.dim
-        item_vectors = np.stack(
-            [vectors_by_id.get(c.item_id, np.zeros(dim, np.float32)) for c in candidates]
-        )
-        x = feats.compute(candidates, item_vectors, parts)
-        logits = self.ranker.logits(x)
-        probabilities = self.ranker.probability(logits)
+        logits = ranker.logits(stage.x)
+        probabilities = ranker.probability(logits)
+        candidates = stage.candidates
         order = sorted(range(len(candidates)), key=lambda i: (-logits[i], candidates[i].rank))
         hits = []
         for i in order[: request.k]:
@@ -270,7 +313,7 @@ class Searcher:
                     score=round(float(probabilities[i]), 6),
                     tags=c.tags,
                     attributes=c.attributes,
-                    explanation=self.ranker.explain(x[i]) if request.explain else None,
+                    explanation=ranker.explain(stage.x[i]) if request.explain else None,
                 )
             )
         return hits
@@ -317,6 +360,7 @@ def _load_candidates(session: Session, ids: list[str], half_life_s: float) -> li
             Item.id,
             Item.title,
             Item.category,
+            Item.created_at,
             cast(Item.tags, Text).label("tags"),
             cast(Item.attributes, Text).label("attributes"),
             ItemStats.popularity,
@@ -342,6 +386,7 @@ def _load_candidates(session: Session, ids: list[str], half_life_s: float) -> li
                 title=row.title,
                 category=row.category,
                 popularity=popularity,
+                created_at=row.created_at,
                 tags_json=row.tags,
                 attributes_json=row.attributes,
             )

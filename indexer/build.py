@@ -22,6 +22,7 @@ from engine.config import Settings
 from engine.embedder import Embedder
 from engine.errors import Conflict, InvalidInput
 from engine.index_store import IndexStore, write_artifact_files
+from engine.lexical import LexicalIndex
 from engine.models import IndexVersion, Item
 from indexer.progress import Progress, no_progress
 
@@ -115,6 +116,9 @@ def build(
         progress("index", min(n, start + _ADD_CHUNK), n)
 
     recall = measure_recall(index, vectors, settings.recall_sample, progress)
+    progress("lexical", 0, n)
+    lexical = LexicalIndex.build(rows.texts)
+    progress("lexical", n, n)
     if recall < settings.min_recall:
         raise Conflict(
             f"measured recall@10 {recall:.3f} is below RECSEARCH_MIN_RECALL "
@@ -124,12 +128,14 @@ def build(
 
     staging = store.stage()
     index_section = index.save(staging)
+    lexical.save(staging)
     build_s = time.perf_counter() - started
     manifest = {
         "version": None,
         "model": {"name": embedder.name, "dimension": embedder.dim, "normalized": True},
         "metric": "inner_product",
         "index": index_section,
+        "lexical": {"backend": "bm25s", "stemmer": "english", "stopwords": "en"},
         "item_count": n,
         "catalog_fingerprint": fingerprint,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -55,10 +55,13 @@ def test_build_publishes_a_self_describing_version(runtime: Runtime, tmp_path: P
     assert manifest["item_count"] == 30 and manifest["recall_at_10"] == 1.0
     assert manifest["recall_sample"] == 30 and manifest["build_seconds"] > 0
     assert manifest["built_at"].endswith("+00:00")
-    assert {"index.faiss", "items.json", "vectors.npy", "manifest.json"} <= {
+    assert manifest["lexical"]["backend"] == "bm25s"
+    assert {"index.faiss", "items.json", "vectors.npy", "manifest.json", "lexical"} <= {
         p.name for p in (runtime.settings.index_dir / "v000001").iterdir()
     }
-    assert ["load", "embed", "index", "recall", "publish"] == list(dict.fromkeys(phases))
+    assert ["load", "embed", "index", "recall", "lexical", "publish"] == list(
+        dict.fromkeys(phases)
+    )
     with runtime.session() as session:
         row = session.scalars(select(IndexVersion)).one()
     assert (row.version, row.item_count, row.index_type) == ("v000001", 30, "Flat")
