@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,8 +189,13 @@ class Searcher:
             hits, stage.artifact.version, _ms(started), stage.mode, stage.timings_ms
         )
 
-    def first_stage(self, session: Session, request: SearchRequest) -> Stage:
-        """Candidates from every source, merged, with their features (also used by training)."""
+    def first_stage(
+        self, session: Session, request: SearchRequest, include: Sequence[str] = ()
+    ) -> Stage:
+        """Candidates from every source, merged, with their features (also used by training).
+
+        include: item ids to score even if no source found them (a judged positive), last.
+        """
         artifact = self.live.get()
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -219,6 +224,14 @@ class Searcher:
         else:
             mode = "search" if query_vector is not None else "recommend"
             candidates = self._retrieve(session, artifact, context, request, exclude)
+        if include:
+            found = {c.item_id for c in candidates}
+            extra = _load_candidates(
+                session, [i for i in include if i not in found], self._half_life_s
+            )
+            for c in extra:
+                c.rank = len(candidates)
+                candidates.append(c)
         timings["retrieve"] = _ms(t)
         t = time.perf_counter()
         x = np.zeros((0, len(self.feature_names)))

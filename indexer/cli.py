@@ -296,6 +296,110 @@ def search(
     click.echo(f"index {response.index_version}, {response.mode}, {response.took_ms:.1f} ms")
 
 
+@cli.group("import")
+def import_() -> None:
+    """Turn public datasets into catalog items (and events)."""
+
+
+@import_.command("beir")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@pass_ctx
+def import_beir_cmd(obj: _Context, folder: Path) -> None:
+    """A BEIR folder's corpus.jsonl as items (queries and qrels are read by evaluate/train)."""
+    from indexer.evaluate import import_beir
+
+    changed = import_beir(obj.runtime, folder)
+    click.echo(f"{folder}: {changed} items inserted or updated; run `recsearch build` next")
+
+
+@import_.command("movielens")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@pass_ctx
+def import_movielens_cmd(obj: _Context, folder: Path) -> None:
+    """movies.csv (+ tags.csv) as items and ratings.csv as rating events."""
+    import tempfile
+
+    from engine.catalog import upsert_items
+    from indexer.datasets import movielens_items, movielens_ratings
+    from indexer.events import load_events
+
+    items = movielens_items(folder)
+    with obj.runtime.session() as session:
+        changed = sum(
+            upsert_items(session, items[i : i + 1000]).changed for i in range(0, len(items), 1000)
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ratings.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in movielens_ratings(folder)))
+        with _bar(not obj.quiet) as progress:
+            report = load_events(obj.runtime, path, progress=progress)
+    click.echo(
+        f"{folder}: {len(items)} movies ({changed} changed), {report.events.recorded} ratings "
+        f"recorded ({report.events.duplicates} already there)"
+    )
+
+
+@cli.command()
+@click.option(
+    "--judgments",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="(query, item_id, grade) rows: JSONL, CSV or TSV.",
+)
+@click.option("--promote", is_flag=True, help="Make the new model live.")
+@pass_ctx
+def train(obj: _Context, judgments: Path, promote: bool) -> None:
+    """Train the sigmoid ranker; save it as a model version (live with --promote)."""
+    from indexer.train import read_judgments, train_from_judgments
+
+    with _bar(not obj.quiet) as progress:
+        _, report = train_from_judgments(
+            obj.runtime, read_judgments(judgments), promote=promote, progress=progress
+        )
+    click.echo(
+        f"model {report.version}: {report.examples} examples ({report.positives} positive) "
+        f"from {report.train_queries + report.validation_queries} queries in "
+        f"{report.train_seconds:.1f}s; held-out AUC {report.validation_auc:.3f}, "
+        f"log loss {report.validation_log_loss:.3f}; "
+        + ("promoted (live)" if promote else f"not live: `recsearch promote {report.version}`")
+    )
+
+
+@cli.command()
+@click.argument("version")
+@pass_ctx
+def promote(obj: _Context, version: str) -> None:
+    """Make a trained model version live (servers pick it up without a restart)."""
+    from engine.model_store import ModelStore
+
+    ModelStore(obj.settings.model_dir).point_current_at(version)
+    click.echo(f"model {version} is live")
+
+
+@cli.group()
+def evaluate() -> None:
+    """Offline evaluation on public datasets, baselines in the same run."""
+
+
+@evaluate.command("beir")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--promote", is_flag=True, help="Make the model trained on the train split live.")
+@pass_ctx
+def evaluate_beir_cmd(obj: _Context, folder: Path, out: Path | None, promote: bool) -> None:
+    """NDCG@10 / Recall@100 on the test split: dense, dense_ann, lexical, hybrid, reranked."""
+    from indexer.evaluate import evaluate_beir, print_table
+
+    with _bar(not obj.quiet) as progress:
+        result = evaluate_beir(obj.runtime, folder, promote=promote, progress=progress)
+    click.echo(print_table(result))
+    click.echo(f"training {result['train_seconds']:.1f}s, total {result['total_seconds']:.1f}s")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {out}")
+
+
 @cli.command()
 @pass_ctx
 def status(obj: _Context) -> None:
@@ -323,6 +427,11 @@ def status(obj: _Context) -> None:
         f"{m['index']['params']}, recall@10 {m['recall_at_10']}, built {m['built_at']}"
     )
     click.echo(f"versions   {', '.join(store.versions())}")
+    from engine.model_store import ModelStore
+
+    models = ModelStore(runtime.settings.model_dir)
+    live = models.current_version()
+    click.echo(f"model      {live or 'prior (hand-set weights; train one with `recsearch train`)'}")
 
 
 @cli.command()

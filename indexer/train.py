@@ -1,0 +1,152 @@
+"""The train job: fit the sigmoid ranker from judgments (query, item, grade), report held-out
+AUC and log loss, and save it as a model version (live only when promoted)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InvalidInput
+from engine.metrics import auc, log_loss
+from engine.model_store import ModelStore
+from engine.ranker import LinearRanker, fit_logistic
+from engine.runtime import Runtime
+from engine.search import SearchRequest
+from indexer.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Judgment:
+    query: str
+    item_id: str
+    grade: float
+
+
+@dataclass
+class TrainReport:
+    version: str | None
+    promoted: bool
+    examples: int
+    positives: int
+    train_queries: int
+    validation_queries: int
+    validation_auc: float
+    validation_log_loss: float
+    train_seconds: float
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def read_judgments(path: Path) -> list[Judgment]:
+    """(query, item_id, grade) rows from JSONL, CSV or TSV with those column names."""
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file")
+    rows: list[dict[str, Any]]
+    if path.suffix.lower() in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    else:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter=delimiter))
+    out = []
+    for line, row in enumerate(rows, start=2 if path.suffix.lower() != ".jsonl" else 1):
+        try:
+            out.append(Judgment(str(row["query"]), str(row["item_id"]), float(row["grade"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"{path}:{line}: a judgment needs query, item_id and a numeric grade ({exc!r})"
+            ) from None
+    return out
+
+
+def judgment_examples(
+    runtime: Runtime, judgments: Sequence[Judgment], progress: Progress = no_progress
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Features of the first stage's candidates for each judged query: (x, y, query_index).
+
+    Judged items with grade > 0 are positives (and are scored even when no source found
+    them); the other candidates of the query are its negatives.
+    """
+    by_query: dict[str, dict[str, float]] = defaultdict(dict)
+    for j in judgments:
+        by_query[j.query][j.item_id] = j.grade
+    xs, ys, groups = [], [], []
+    searcher = runtime.searcher
+    k = max(runtime.settings.candidates, 1)
+    with runtime.session() as session:
+        for qi, (query, grades) in enumerate(by_query.items()):
+            positives = [i for i, g in grades.items() if g > 0]
+            stage = searcher.first_stage(
+                session, SearchRequest(q=query, k=min(k, runtime.settings.max_k)), include=positives
+            )
+            if not stage.candidates:
+                continue
+            xs.append(stage.x)
+            ys.append(
+                np.array([1.0 if grades.get(c.item_id, 0) > 0 else 0.0 for c in stage.candidates])
+            )
+            groups.append(np.full(len(stage.candidates), qi))
+            progress("examples", qi + 1, len(by_query))
+    if not xs:
+        raise InvalidInput("no judged query produced any candidate: is the index built?")
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(groups), searcher.feature_names
+
+
+def train_from_judgments(
+    runtime: Runtime,
+    judgments: Sequence[Judgment],
+    *,
+    promote: bool = False,
+    validation_fraction: float = 0.2,
+    l2: float = 1e-3,
+    progress: Progress = no_progress,
+) -> tuple[LinearRanker, TrainReport]:
+    """Fit on a random 1 - validation_fraction of the queries, report on the rest, then refit
+    on all of them and save that model (with the held-out report) as a new version."""
+    started = time.perf_counter()
+    x, y, groups, names = judgment_examples(runtime, judgments, progress)
+    if y.sum() == 0 or y.sum() == len(y):
+        raise InvalidInput("the judgments give only one class of examples; need both")
+    queries = np.unique(groups)
+    rng = np.random.default_rng(0)
+    held_out = set(
+        rng.choice(
+            queries, size=max(1, int(len(queries) * validation_fraction)), replace=False
+        ).tolist()
+    )
+    is_val = np.array([g in held_out for g in groups])
+    progress("fit", 0, 1)
+    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2)
+    p_val = held.probability(held.logits(x[is_val]))
+    ranker = fit_logistic(x, y, names, l2=l2)
+    progress("fit", 1, 1)
+    report = TrainReport(
+        version=None,
+        promoted=promote,
+        examples=len(y),
+        positives=int(y.sum()),
+        train_queries=len(queries) - len(held_out),
+        validation_queries=len(held_out),
+        validation_auc=round(auc(y[is_val], p_val), 4),
+        validation_log_loss=round(log_loss(y[is_val], p_val), 4),
+        train_seconds=round(time.perf_counter() - started, 2),
+        weights={n: round(float(w), 4) for n, w in zip(names, ranker.weights, strict=True)},
+    )
+    store = ModelStore(runtime.settings.model_dir)
+    details = {"source": "judgments", "trained_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
+    return LinearRanker.from_json(ranker.to_json(), report.version), report

@@ -1,0 +1,148 @@
+"""Hybrid candidates, training from judgments, promotion without restart, BEIR evaluation."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engine.model_store import ModelStore
+from engine.ranker import LinearRanker
+from engine.runtime import Runtime
+from engine.search import SearchRequest
+from indexer.build import build
+from indexer.cli import _Context, cli
+from indexer.ingest import ingest
+from indexer.train import Judgment, train_from_judgments
+from tests.conftest import SAMPLE_CATALOG, SHARED_DATA, write_jsonl
+
+
+def description_judgments(n: int = 60) -> list[Judgment]:
+    """Known-item search: a destination's first sentence as the query, the destination as
+    its one relevant item (like a user who half-remembers a place)."""
+    rows = [json.loads(line) for line in SAMPLE_CATALOG.read_text().splitlines()]
+    rows = random.Random(1).sample(rows, n)
+    return [Judgment(r["text"].split(". ")[0], r["id"], 1.0) for r in rows]
+
+
+def test_lexical_source_finds_rare_words(built: Runtime, tmp_path: Path) -> None:
+    item = {"id": "zq", "title": "Quokkaville", "text": "Home of the xylospongium festival."}
+    with built.session() as session:
+        ingest(session, write_jsonl(tmp_path / "x.jsonl", [item]))
+        build(built.settings, session, built.embedder)
+        stage = built.searcher.first_stage(session, SearchRequest(q="xylospongium", k=10))
+    found = {c.item_id: c for c in stage.candidates}
+    assert found["zq"].lexical_rank == 0 and found["zq"].lexical_score > 0
+    assert stage.x[list(found).index("zq"), stage.names.index("lexical_score")] == 1.0
+    with built.session() as session:
+        top = built.searcher.search(session, SearchRequest(q="xylospongium festival", k=3))
+    assert top.results[0].id == "zq"
+
+
+def test_trained_model_is_saved_promoted_and_served_live(built: Runtime) -> None:
+    from engine.metrics import auc
+    from indexer.train import judgment_examples
+
+    judgments = description_judgments()
+    ranker, report = train_from_judgments(built, judgments, promote=False)
+    assert report.version == "v000001" and report.validation_auc > 0.9
+    assert report.examples > report.positives == 60 and report.validation_queries == 12
+    # The model puts the judged item first for most queries, as the prior does, or better.
+    x, y, _, names = judgment_examples(built, judgments)
+    assert (
+        auc(y, ranker.aligned(names).logits(x))
+        >= auc(y, LinearRanker.prior().aligned(names).logits(x)) - 0.01
+    )
+    store = ModelStore(built.settings.model_dir)
+    assert store.current_version() is None  # saved, not live
+    saved = store.report("v000001")
+    assert saved["validation_auc"] == report.validation_auc and saved["source"] == "judgments"
+
+    def explained_model() -> str:
+        with built.session() as session:
+            r = built.searcher.search(session, SearchRequest(q="oasis", k=1, explain=True))
+        assert r.results[0].explanation is not None
+        return str(r.results[0].explanation["model"])
+
+    assert explained_model() == "prior"
+    store.point_current_at("v000001")
+    assert explained_model() == "v000001"  # no restart: the server follows CURRENT
+    with built.session() as session:
+        r = built.searcher.search(session, SearchRequest(q="somewhere to relax", k=10))
+    assert ranker.version == "v000001" and len(r.results) == 10
+
+
+def test_train_and_promote_commands(built: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "judgments.tsv"
+    lines = ["query\titem_id\tgrade"] + [
+        f"{j.query}\t{j.item_id}\t{j.grade}" for j in description_judgments()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    context = _Context(built.settings, quiet=True, runtime=built)
+    result = CliRunner().invoke(cli, ["train", "--judgments", str(path)], obj=context)
+    assert result.exit_code == 0, result.output
+    assert "model v000001" in result.output and "held-out AUC" in result.output
+    assert "recsearch promote v000001" in result.output
+    result = CliRunner().invoke(cli, ["promote", "v000001"], obj=context)
+    assert result.exit_code == 0 and "live" in result.output
+    assert "model      v000001" in CliRunner().invoke(cli, ["status"], obj=context).output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("query,item_id,grade\nbeach,tokyo-japan,very\n")
+    result = CliRunner().invoke(cli, ["train", "--judgments", str(bad)], obj=context)
+    assert result.exit_code != 0 and "bad.csv:2" in str(result.exception)
+
+
+def mini_beir(target: Path, n_train: int = 60, n_test: int = 40, extra_docs: int = 300) -> Path:
+    """A small BEIR folder cut from SciFact: judged documents plus random others."""
+    source = SHARED_DATA / "beir-scifact"
+    rng = random.Random(0)
+
+    def qrels(split: str) -> dict[str, list[str]]:
+        rows = (source / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            q, d, _ = row.split("\t")
+            out.setdefault(q, []).append(d)
+        return out
+
+    train, test = qrels("train"), qrels("test")
+    train = dict(rng.sample(sorted(train.items()), n_train))
+    test = dict(rng.sample(sorted(test.items()), n_test))
+    keep = {d for ds in [*train.values(), *test.values()] for d in ds}
+    corpus = (source / "corpus.jsonl").read_text().splitlines()
+    others = [line for line in corpus if json.loads(line)["_id"] not in keep]
+    chosen = [line for line in corpus if json.loads(line)["_id"] in keep]
+    chosen += rng.sample(others, extra_docs)
+    (target / "qrels").mkdir(parents=True)
+    (target / "corpus.jsonl").write_text("\n".join(chosen) + "\n")
+    shutil.copy(source / "queries.jsonl", target / "queries.jsonl")
+    for split, data in (("train", train), ("test", test)):
+        body = "".join(f"{q}\t{d}\t1\r\n" for q, ds in data.items() for d in ds)
+        (target / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + body)
+    return target
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"needs the datasets in {SHARED_DATA}")
+def test_evaluate_beir_through_the_engine(runtime: Runtime, tmp_path: Path) -> None:
+    from indexer.evaluate import evaluate_beir
+
+    folder = mini_beir(tmp_path / "mini-scifact")
+    result: dict[str, Any] = evaluate_beir(runtime, folder)
+    metrics = result["metrics"]
+    assert set(metrics) == {"dense", "dense_ann", "lexical", "hybrid", "reranked"}
+    assert result["queries"] == 40 and result["model"]["validation_auc"] > 0.7
+    for values in metrics.values():
+        assert set(values) == {"ndcg@10", "recall@100"} and 0 <= values["ndcg@10"] <= 1
+    # On a few hundred documents every method finds most answers; the order is what differs.
+    assert metrics["dense"]["ndcg@10"] > 0.5 and metrics["lexical"]["ndcg@10"] > 0.5
+    assert metrics["dense_ann"] == metrics["dense"]  # flat index at this size: exact
+    assert metrics["hybrid"]["ndcg@10"] >= min(
+        metrics["dense"]["ndcg@10"], metrics["lexical"]["ndcg@10"]
+    )
+    assert ModelStore(runtime.settings.model_dir).current_version() is None
