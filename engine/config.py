@@ -66,6 +66,8 @@ class Settings:
     # Ratings at or above this are positives in training.
     positive_rating: float = 4.0
     models_poll_s: float = 1.0
+    # Search impressions (what was shown, with features) are kept this long for training.
+    impression_retention_days: float = 30.0
 
     max_k: int = 100
     max_batch_items: int = 1_000

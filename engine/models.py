@@ -71,7 +71,7 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(20))
     value: Mapped[float | None] = mapped_column(Float)
     ts: Mapped[datetime] = mapped_column(DateTime)
-    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -111,3 +111,25 @@ class ItemStats(Base):
     popularity: Mapped[float] = mapped_column(Float, default=0.0)
     ref_ts: Mapped[datetime | None] = mapped_column(DateTime)
     counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+
+
+class Impression(Base):
+    """One result shown by /v1/search, with the exact features the ranker scored it on.
+
+    A later click or purchase naming the request_id turns it into a positive; the others
+    shown with it are real negatives. Written in batches after the response.
+    """
+
+    __tablename__ = "impressions"
+    __table_args__ = (Index("ix_impressions_request", "request_id", "position"),)
+
+    id: Mapped[int] = mapped_column(_EventId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(256))
+    item_id: Mapped[str] = mapped_column(String(256))
+    position: Mapped[int] = mapped_column(Integer)
+    # {"names": [...], "values": [...]}: names repeat per row so old rows stay readable.
+    features: Mapped[dict[str, list[object]]] = mapped_column(JSON)
+    model_version: Mapped[str] = mapped_column(String(64))
+    index_version: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(DateTime, index=True)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.config import Settings
 from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.embedder import Embedder
+from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex
 from engine.model_store import live_model
 from engine.search import Searcher
@@ -39,6 +40,7 @@ class Runtime:
         # Item vectors come from the index; only items newer than it load the encoder.
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
+        self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
 
     @property
     def embedder(self) -> Embedder:
@@ -55,7 +57,12 @@ class Runtime:
             with self._lock:
                 if self._searcher is None:
                     self._searcher = Searcher(
-                        self.settings, embedder, self.live, self.vectors, self.model.get
+                        self.settings,
+                        embedder,
+                        self.live,
+                        self.vectors,
+                        self.model.get,
+                        self.impressions,
                     )
         return self._searcher
 
@@ -84,4 +91,5 @@ class Runtime:
                 raise
 
     def close(self) -> None:
+        self.impressions.close()
         self.db.dispose()

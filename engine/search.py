@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from engine.config import Settings
 from engine.context import combine, mean_direction
 from engine.embedder import Embedder
 from engine.errors import InvalidInput, Problem
+from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
 from engine.models import Item, ItemStats
 from engine.ranker import LinearRanker
@@ -133,6 +135,7 @@ class SearchResponse:
     took_ms: float
     mode: str  # "search" (a query), "recommend" (user or session only) or "popular"
     timings_ms: dict[str, float]
+    request_id: str = ""
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Searcher:
         live: LiveIndex | None = None,
         vectors: ItemVectors | None = None,
         ranker: Callable[[], LinearRanker] | None = None,
+        impressions: ImpressionLog | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -167,6 +171,7 @@ class Searcher:
         self.vectors = vectors or ItemVectors(self.live, lambda: embedder)
         prior = LinearRanker.prior()
         self.ranker = ranker or (lambda: prior)
+        self.impressions = impressions
         self.feature_names = feats.feature_names(settings.attribute_features())
         self._half_life_s = settings.half_life_days * 86_400.0
 
@@ -183,10 +188,24 @@ class Searcher:
         stage = self.first_stage(session, request)
         t = time.perf_counter()
         ranker = self.ranker().aligned(stage.names)
-        hits = self._rank(stage, ranker, request)
+        hits, shown_rows = self._rank(stage, ranker, request)
         stage.timings_ms["rank"] = _ms(t)
+        request_id = uuid.uuid4().hex
+        if self.impressions is not None and hits:
+            self.impressions.log(
+                Shown(
+                    request_id=request_id,
+                    user_id=request.user_id,
+                    item_ids=[h.id for h in hits],
+                    names=stage.names,
+                    features=stage.x[shown_rows].tolist(),
+                    model_version=ranker.version,
+                    index_version=stage.artifact.version,
+                    ts=stage.parts.now,
+                )
+            )
         return SearchResponse(
-            hits, stage.artifact.version, _ms(started), stage.mode, stage.timings_ms
+            hits, stage.artifact.version, _ms(started), stage.mode, stage.timings_ms, request_id
         )
 
     def first_stage(
@@ -308,9 +327,12 @@ class Searcher:
             ids += [i for i in session.scalars(query) if i not in taken][: want - len(ids)]
         return _load_candidates(session, ids, self._half_life_s)
 
-    def _rank(self, stage: Stage, ranker: LinearRanker, request: SearchRequest) -> list[SearchHit]:
+    def _rank(
+        self, stage: Stage, ranker: LinearRanker, request: SearchRequest
+    ) -> tuple[list[SearchHit], list[int]]:
+        """The top k hits, and the candidate rows they came from."""
         if not stage.candidates:
-            return []
+            return [], []
         logits = ranker.logits(stage.x)
         probabilities = ranker.probability(logits)
         candidates = stage.candidates
@@ -329,7 +351,7 @@ class Searcher:
                     explanation=ranker.explain(stage.x[i]) if request.explain else None,
                 )
             )
-        return hits
+        return hits, order[: request.k]
 
     def _candidate_vectors(
         self, session: Session, artifact: IndexArtifact, candidates: list[feats.Candidate]

@@ -343,22 +343,25 @@ def import_movielens_cmd(obj: _Context, folder: Path) -> None:
 @click.option(
     "--judgments",
     type=click.Path(path_type=Path),
-    required=True,
-    help="(query, item_id, grade) rows: JSONL, CSV or TSV.",
+    help="(query, item_id, grade) rows: JSONL, CSV or TSV. Without it: learn from logged "
+    "search impressions and the clicks that name their request_id.",
 )
 @click.option("--promote", is_flag=True, help="Make the new model live.")
 @pass_ctx
-def train(obj: _Context, judgments: Path, promote: bool) -> None:
+def train(obj: _Context, judgments: Path | None, promote: bool) -> None:
     """Train the sigmoid ranker; save it as a model version (live with --promote)."""
-    from indexer.train import read_judgments, train_from_judgments
+    from indexer.train import read_judgments, train_from_impressions, train_from_judgments
 
-    with _bar(not obj.quiet) as progress:
-        _, report = train_from_judgments(
-            obj.runtime, read_judgments(judgments), promote=promote, progress=progress
-        )
+    if judgments is None:
+        _, report = train_from_impressions(obj.runtime, promote=promote)
+    else:
+        with _bar(not obj.quiet) as progress:
+            _, report = train_from_judgments(
+                obj.runtime, read_judgments(judgments), promote=promote, progress=progress
+            )
     click.echo(
         f"model {report.version}: {report.examples} examples ({report.positives} positive) "
-        f"from {report.train_queries + report.validation_queries} queries in "
+        f"from {report.train_queries + report.validation_queries} queries/requests in "
         f"{report.train_seconds:.1f}s; held-out AUC {report.validation_auc:.3f}, "
         f"log loss {report.validation_log_loss:.3f}; "
         + ("promoted (live)" if promote else f"not live: `recsearch promote {report.version}`")

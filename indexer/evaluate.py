@@ -82,7 +82,9 @@ def evaluate_beir(
             _, approx = artifact.ann.search(qv, DEPTH)
             runs["dense_ann"].append([artifact.ids[r] for r in approx[0] if r >= 0])
             lexical = artifact.lexical
-            lexical_rows = lexical.search(text, DEPTH)[0] if lexical is not None else []
+            lexical_rows: list[int] = (
+                lexical.search(text, DEPTH)[0].tolist() if lexical is not None else []
+            )
             runs["lexical"].append([artifact.ids[r] for r in lexical_rows])
 
             stage = searcher.first_stage(session, SearchRequest(q=text, k=DEPTH))

@@ -150,3 +150,102 @@ def train_from_judgments(
     details = {"source": "judgments", "trained_at": datetime.now(UTC).isoformat(timespec="seconds")}
     report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
     return LinearRanker.from_json(ranker.to_json(), report.version), report
+
+
+POSITIVE_TYPES = ("click", "cart", "purchase")
+
+
+def impression_examples(
+    runtime: Runtime,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Logged impressions as examples: (x, y, request order), with the features the ranker saw.
+
+    An impression is positive when an event for the same request and item is a click, cart,
+    purchase or a rating at or above settings.positive_rating; the rest shown with it are
+    negatives. Requests are numbered by time, oldest first (for a time-based split).
+    """
+    from sqlalchemy import or_, select
+
+    from engine.models import Event, Impression
+
+    threshold = runtime.settings.positive_rating
+    names = runtime.searcher.feature_names
+    with runtime.session() as session:
+        positive = {
+            (r, i)
+            for r, i in session.execute(
+                select(Event.request_id, Event.item_id).where(
+                    Event.request_id.is_not(None),
+                    or_(
+                        Event.type.in_(POSITIVE_TYPES),
+                        (Event.type == "rating") & (Event.value >= threshold),
+                    ),
+                )
+            )
+        }
+        rows = session.execute(
+            select(Impression.request_id, Impression.item_id, Impression.features).order_by(
+                Impression.ts, Impression.request_id, Impression.position
+            )
+        ).all()
+    if not rows:
+        raise InvalidInput(
+            "no logged impressions yet: searches log what they show; clicks that name the "
+            "response's request_id label them. Or train from judgments with --judgments FILE."
+        )
+    x = np.zeros((len(rows), len(names)))
+    y = np.zeros(len(rows))
+    order = np.zeros(len(rows), dtype=np.int64)
+    request_number: dict[str, int] = {}
+    for n, (request_id, item_id, logged) in enumerate(rows):
+        values = dict(zip(logged["names"], logged["values"], strict=True))
+        x[n] = [float(values.get(name, 0.0)) for name in names]  # type: ignore[arg-type]  # features added later read as 0
+        y[n] = 1.0 if (request_id, item_id) in positive else 0.0
+        order[n] = request_number.setdefault(request_id, len(request_number))
+    return x, y, order, names
+
+
+def train_from_impressions(
+    runtime: Runtime,
+    *,
+    promote: bool = False,
+    validation_fraction: float = 0.2,
+    l2: float = 1e-3,
+) -> tuple[LinearRanker, TrainReport]:
+    """Fit on the older requests, report AUC and log loss on the newest ones (no peeking at
+    the future), then refit on all and save the model version."""
+    started = time.perf_counter()
+    runtime.impressions.flush()
+    x, y, order, names = impression_examples(runtime)
+    if y.sum() == 0 or y.sum() == len(y):
+        raise InvalidInput(
+            f"{len(y)} logged impressions but {int(y.sum())} positives: need clicks (events with "
+            "the search's request_id) and shown-but-not-clicked results to learn from"
+        )
+    n_requests = int(order.max()) + 1
+    cutoff = n_requests - max(1, int(n_requests * validation_fraction))
+    is_val = order >= cutoff
+    if y[~is_val].sum() in (0, (~is_val).sum()):
+        raise InvalidInput("the older requests hold only one class of examples; log more")
+    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2)
+    p_val = held.probability(held.logits(x[is_val]))
+    ranker = fit_logistic(x, y, names, l2=l2)
+    report = TrainReport(
+        version=None,
+        promoted=promote,
+        examples=len(y),
+        positives=int(y.sum()),
+        train_queries=cutoff,
+        validation_queries=n_requests - cutoff,
+        validation_auc=round(auc(y[is_val], p_val), 4),
+        validation_log_loss=round(log_loss(y[is_val], p_val), 4),
+        train_seconds=round(time.perf_counter() - started, 2),
+        weights={n: round(float(w), 4) for n, w in zip(names, ranker.weights, strict=True)},
+    )
+    store = ModelStore(runtime.settings.model_dir)
+    details = {
+        "source": "impressions",
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
+    return LinearRanker.from_json(ranker.to_json(), report.version), report

@@ -71,6 +71,7 @@ def _search(raw: dict[str, Any]) -> ResponseReturnValue:
             "index_version": response.index_version,
             "took_ms": response.took_ms,
             "mode": response.mode,
+            "request_id": response.request_id,
         }
     )
 

@@ -1,0 +1,133 @@
+"""Serve-time logging: what each search showed and with which features, written off the
+request path in batches, so clicks that name a request_id become labelled examples."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.catalog import utcnow
+from engine.models import Impression
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shown:
+    request_id: str
+    user_id: str | None
+    item_ids: list[str]
+    names: tuple[str, ...]
+    features: list[list[float]]  # one row per shown item, in names order
+    model_version: str
+    index_version: str
+    ts: datetime
+
+
+class ImpressionLog:
+    """A queue drained by one background thread; `log` never blocks on the database.
+
+    When the queue is full (the database is down or slow) new entries are dropped and
+    counted: losing some training examples beats slowing or failing searches.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        retention_days: float,
+        *,
+        batch: int = 500,
+        interval_s: float = 0.5,
+        max_pending: int = 10_000,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.retention = timedelta(days=retention_days)
+        self.batch = batch
+        self.interval_s = interval_s
+        self.clock = clock
+        self.dropped = 0
+        self.written = 0
+        self._queue: queue.Queue[Shown] = queue.Queue(maxsize=max_pending)
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_purge = 0.0
+
+    def log(self, shown: Shown) -> None:
+        try:
+            self._queue.put_nowait(shown)
+        except queue.Full:
+            self.dropped += 1
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._flush_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="impression-log", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.flush()
+            except Exception:  # keep logging alive; the next flush retries
+                log.exception("writing impressions failed")
+
+    def flush(self) -> int:
+        """Write everything queued so far; returns the number of rows written."""
+        with self._flush_lock:
+            rows: list[dict[str, object]] = []
+            while True:
+                try:
+                    shown = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                rows.extend(
+                    {
+                        "request_id": shown.request_id,
+                        "user_id": shown.user_id,
+                        "item_id": item_id,
+                        "position": position,
+                        "features": {"names": list(shown.names), "values": values},
+                        "model_version": shown.model_version,
+                        "index_version": shown.index_version,
+                        "ts": shown.ts,
+                    }
+                    for position, (item_id, values) in enumerate(
+                        zip(shown.item_ids, shown.features, strict=True)
+                    )
+                )
+            if rows:
+                with self.sessions() as session, session.begin():
+                    for start in range(0, len(rows), self.batch):
+                        session.execute(insert(Impression), rows[start : start + self.batch])
+                self.written += len(rows)
+            if time.monotonic() - self._last_purge > 3600:
+                self.purge()
+            return len(rows)
+
+    def purge(self) -> int:
+        """Delete impressions older than the retention period."""
+        self._last_purge = time.monotonic()
+        cutoff = self.clock() - self.retention
+        with self.sessions() as session, session.begin():
+            result = session.execute(delete(Impression).where(Impression.ts < cutoff))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
