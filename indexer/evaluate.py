@@ -13,7 +13,7 @@ from engine.ann.faiss import exact_top_k
 from engine.catalog import upsert_items
 from engine.metrics import ndcg_at_k, recall_at_k
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search import Searcher, SearchRequest
 from indexer.build import build
 from indexer.datasets import beir_items, beir_qrels, beir_queries
 from indexer.progress import Progress, no_progress
@@ -54,6 +54,9 @@ def evaluate_beir(
     train_qrels = beir_qrels(folder, "train")
     test_qrels = beir_qrels(folder, "test")
 
+    # Both stages look 100 deep, the depth Recall@100 measures.
+    deep = runtime.settings.replace(candidates=DEPTH, lexical_candidates=DEPTH)
+    searcher = Searcher(deep, runtime.embedder, runtime.live, runtime.vectors)
     t = time.perf_counter()
     judgments = [
         Judgment(queries[q], doc, grade)
@@ -62,7 +65,7 @@ def evaluate_beir(
         for doc, grade in docs.items()
     ]
     ranker, train_report = train_from_judgments(
-        runtime, judgments, promote=promote, progress=progress
+        runtime, judgments, promote=promote, progress=progress, searcher=searcher
     )
     train_s = time.perf_counter() - t
 
@@ -72,7 +75,6 @@ def evaluate_beir(
     runs: dict[str, list[list[str]]] = {
         m: [] for m in ("dense", "dense_ann", "lexical", "hybrid", "reranked")
     }
-    searcher = runtime.searcher
     with runtime.session() as session:
         for n, qid in enumerate(test_ids):
             text = queries[qid]

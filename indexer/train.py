@@ -21,7 +21,7 @@ from engine.metrics import auc, log_loss
 from engine.model_store import ModelStore
 from engine.ranker import LinearRanker, fit_logistic
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search import Searcher, SearchRequest
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -74,26 +74,31 @@ def read_judgments(path: Path) -> list[Judgment]:
 
 
 def judgment_examples(
-    runtime: Runtime, judgments: Sequence[Judgment], progress: Progress = no_progress
+    runtime: Runtime,
+    judgments: Sequence[Judgment],
+    progress: Progress = no_progress,
+    searcher: Searcher | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """Features of the first stage's candidates for each judged query: (x, y, query_index).
 
-    Judged items with grade > 0 are positives (and are scored even when no source found
-    them); the other candidates of the query are its negatives.
+    Judged items with grade > 0 among the candidates are positives; the other candidates of
+    the query are its negatives. Judged items no source found are left out: the ranker can
+    only reorder candidates, and scoring them would teach it that "not retrieved" means
+    relevant (their rank features are all zero).
     """
     by_query: dict[str, dict[str, float]] = defaultdict(dict)
     for j in judgments:
         by_query[j.query][j.item_id] = j.grade
     xs, ys, groups = [], [], []
-    searcher = runtime.searcher
-    k = max(runtime.settings.candidates, 1)
+    searcher = searcher or runtime.searcher
+    k = max(searcher.settings.candidates, 1)
     with runtime.session() as session:
         for qi, (query, grades) in enumerate(by_query.items()):
             positives = [i for i, g in grades.items() if g > 0]
             stage = searcher.first_stage(
-                session, SearchRequest(q=query, k=min(k, runtime.settings.max_k)), include=positives
+                session, SearchRequest(q=query, k=min(k, runtime.settings.max_k))
             )
-            if not stage.candidates:
+            if not stage.candidates or not set(positives) & {c.item_id for c in stage.candidates}:
                 continue
             xs.append(stage.x)
             ys.append(
@@ -114,11 +119,12 @@ def train_from_judgments(
     validation_fraction: float = 0.2,
     l2: float = 1e-3,
     progress: Progress = no_progress,
+    searcher: Searcher | None = None,
 ) -> tuple[LinearRanker, TrainReport]:
     """Fit on a random 1 - validation_fraction of the queries, report on the rest, then refit
     on all of them and save that model (with the held-out report) as a new version."""
     started = time.perf_counter()
-    x, y, groups, names = judgment_examples(runtime, judgments, progress)
+    x, y, groups, names = judgment_examples(runtime, judgments, progress, searcher)
     if y.sum() == 0 or y.sum() == len(y):
         raise InvalidInput("the judgments give only one class of examples; need both")
     queries = np.unique(groups)
@@ -130,9 +136,9 @@ def train_from_judgments(
     )
     is_val = np.array([g in held_out for g in groups])
     progress("fit", 0, 1)
-    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2)
+    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
     p_val = held.probability(held.logits(x[is_val]))
-    ranker = fit_logistic(x, y, names, l2=l2)
+    ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
     progress("fit", 1, 1)
     report = TrainReport(
         version=None,
@@ -227,9 +233,9 @@ def train_from_impressions(
     is_val = order >= cutoff
     if y[~is_val].sum() in (0, (~is_val).sum()):
         raise InvalidInput("the older requests hold only one class of examples; log more")
-    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2)
+    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
     p_val = held.probability(held.logits(x[is_val]))
-    ranker = fit_logistic(x, y, names, l2=l2)
+    ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
     report = TrainReport(
         version=None,
         promoted=promote,
