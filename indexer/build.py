@@ -83,6 +83,9 @@ def build(
     started = time.perf_counter()
     store = IndexStore(settings.index_dir)
     rows = _load_catalog(session, embedder.name, progress)
+    # End the read transaction: on SQLite a snapshot held through a minutes-long build could
+    # not be upgraded to write the version row once anyone else has written meanwhile.
+    session.commit()
     n = len(rows.ids)
     if n == 0:
         raise InvalidInput("the catalog is empty: run `recsearch ingest FILE` before building")

@@ -125,7 +125,7 @@ def ingest(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) 
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         rejects = obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
     started = time.perf_counter()
-    with obj.runtime.session() as session, _bar(not obj.quiet) as progress:
+    with obj.runtime.write_session() as session, _bar(not obj.quiet) as progress:
         report = run_ingest(
             session, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
         )
@@ -204,7 +204,7 @@ def delete(obj: _Context, ids: tuple[str, ...], missing_ok: bool) -> None:
     """Delete items by id (all or nothing unless --missing-ok)."""
     from engine.catalog import delete_items
 
-    with obj.runtime.session() as session:
+    with obj.runtime.write_session() as session:
         missing = delete_items(session, list(ids))
         if missing and missing_ok:
             present = [i for i in ids if i not in missing]
@@ -324,7 +324,7 @@ def import_movielens_cmd(obj: _Context, folder: Path) -> None:
     from indexer.events import load_events
 
     items = movielens_items(folder)
-    with obj.runtime.session() as session:
+    with obj.runtime.write_session() as session:
         changed = sum(
             upsert_items(session, items[i : i + 1000]).changed for i in range(0, len(items), 1000)
         )

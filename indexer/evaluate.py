@@ -28,7 +28,7 @@ def import_beir(runtime: Runtime, folder: Path) -> int:
     """Upsert a BEIR corpus as catalog items; returns how many items changed."""
     items = beir_items(folder)
     changed = 0
-    with runtime.session() as session:
+    with runtime.write_session() as session:
         for start in range(0, len(items), 1000):
             changed += upsert_items(session, items[start : start + 1000]).changed
     return changed

@@ -80,7 +80,7 @@ def _search(raw: dict[str, Any]) -> ResponseReturnValue:
 def items_post() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     items = parse_items_payload(_json_body(), runtime.settings.max_batch_items)
-    with runtime.session() as session:
+    with runtime.write_session() as session:
         counts = upsert_items(session, items)
     runtime.vectors.forget(item.id for item in items)
     return jsonify(
@@ -102,7 +102,7 @@ def item_get(item_id: str) -> ResponseReturnValue:
 
 @bp.delete("/items/<path:item_id>")
 def item_delete(item_id: str) -> ResponseReturnValue:
-    with runtime_of(current_app).session() as session:
+    with runtime_of(current_app).write_session() as session:
         if delete_items(session, [item_id]):
             raise NotFound(f"item {item_id!r}")
     return jsonify({"deleted": item_id})
