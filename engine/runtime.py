@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,9 +67,16 @@ class Runtime:
         return self._searcher
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session committed on success, rolled back on error, always closed."""
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session committed on success, rolled back on error, always closed.
+
+        write=True for read-modify-write of rows others may write too (events → user
+        features, upserts): SQLite then takes its write lock up front, so concurrent writers
+        queue instead of failing to upgrade a read snapshot; PostgreSQL needs nothing extra.
+        """
         with self.sessions() as session:
+            if write:
+                session.connection(execution_options=WRITE_INTENT)
             try:
                 yield session
                 session.commit()
@@ -77,18 +84,8 @@ class Runtime:
                 session.rollback()
                 raise
 
-    @contextmanager
-    def write_session(self) -> Iterator[Session]:
-        """Like session(), for read-modify-write of shared rows (events → user features):
-        SQLite takes its write lock up front so concurrent writers queue, not fail."""
-        with self.sessions() as session:
-            session.connection(execution_options=WRITE_INTENT)
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+    def write_session(self) -> AbstractContextManager[Session]:
+        return self.session(write=True)
 
     def close(self) -> None:
         self.impressions.close()

@@ -106,87 +106,94 @@ def db_upgrade(obj: _Context) -> None:
         click.echo(f"database upgraded from {before or 'empty'} to {after}")
 
 
+def _load_options(what: str) -> Any:
+    """The options ingest and events share: all or nothing, or --skip-invalid with rejects."""
+
+    def decorate(command: Any) -> Any:
+        command = click.option(
+            "--rejects",
+            type=click.Path(path_type=Path),
+            help="Where --skip-invalid writes rejected rows (default: DATA_DIR/rejects/).",
+        )(command)
+        command = click.option(
+            "--skip-invalid",
+            is_flag=True,
+            help=f"Commit the valid {what}; write rejects to a file.",
+        )(command)
+        return click.argument("file", type=click.Path(path_type=Path))(command)
+
+    return decorate
+
+
+def _rejects_path(
+    obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None
+) -> Path | None:
+    if skip_invalid and rejects is None:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        return obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
+    return rejects
+
+
+def _finish_load(file: Path, report: Any, summary: str) -> None:
+    """Print problems; exit 1 when nothing was committed, else the summary and rejects file."""
+    _show_problems(report.problems)
+    if not report.committed:
+        click.echo(
+            f"{file}: {report.rejected} invalid row(s) of {report.rows}; nothing was changed. "
+            "Fix them, or rerun with --skip-invalid to load the valid rows.",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(summary)
+    if report.rejects_path:
+        click.echo(f"rejected rows with reasons: {report.rejects_path}")
+
+
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--skip-invalid", is_flag=True, help="Commit the valid rows; write rejects to a file."
-)
-@click.option(
-    "--rejects",
-    type=click.Path(path_type=Path),
-    help="Where --skip-invalid writes rejected rows (default: DATA_DIR/rejects/).",
-)
+@_load_options("rows")
 @pass_ctx
 def ingest(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) -> None:
     """Validate a JSONL or CSV catalog and upsert its items (all or nothing by default)."""
     from indexer.ingest import ingest as run_ingest
 
-    if skip_invalid and rejects is None:
-        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-        rejects = obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
+    rejects = _rejects_path(obj, file, skip_invalid, rejects)
     started = time.perf_counter()
     with obj.runtime.write_session() as session, _bar(not obj.quiet) as progress:
         report = run_ingest(
             session, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
         )
     took = time.perf_counter() - started
-    _show_problems(report.problems)
     c = report.counts
-    if not report.committed:
-        click.echo(
-            f"{file}: {report.rejected} invalid row(s) of {report.rows}; nothing was changed. "
-            "Fix them, or rerun with --skip-invalid to load the valid rows.",
-            err=True,
-        )
-        sys.exit(1)
-    click.echo(
+    _finish_load(
+        file,
+        report,
         f"{file}: {report.rows} rows in {took:.1f}s: {c.inserted} inserted, {c.updated} updated, "
-        f"{c.unchanged} unchanged, {report.rejected} rejected"
+        f"{c.unchanged} unchanged, {report.rejected} rejected",
     )
-    if report.rejects_path:
-        click.echo(f"rejected rows with reasons: {report.rejects_path}")
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--skip-invalid", is_flag=True, help="Commit the valid events; write rejects to a file."
-)
-@click.option(
-    "--rejects",
-    type=click.Path(path_type=Path),
-    help="Where --skip-invalid writes rejected rows (default: DATA_DIR/rejects/).",
-)
+@_load_options("events")
 @pass_ctx
 def events(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) -> None:
     """Load a history log of events (JSONL or CSV) and update users' features."""
     from indexer.events import load_events
 
-    if skip_invalid and rejects is None:
-        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-        rejects = obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
+    rejects = _rejects_path(obj, file, skip_invalid, rejects)
     started = time.perf_counter()
     with _bar(not obj.quiet) as progress:
         report = load_events(
             obj.runtime, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
         )
     took = time.perf_counter() - started
-    _show_problems(report.problems)
-    if not report.committed:
-        click.echo(
-            f"{file}: {report.rejected} invalid row(s) of {report.rows}; nothing was changed. "
-            "Fix them, or rerun with --skip-invalid to load the valid rows.",
-            err=True,
-        )
-        sys.exit(1)
     e = report.events
     rate = e.received / took if took > 0 else 0.0
-    click.echo(
+    _finish_load(
+        file,
+        report,
         f"{file}: {report.rows} rows in {took:.1f}s ({rate:.0f} events/s): {e.recorded} recorded, "
-        f"{e.duplicates} duplicates, {report.rejected} rejected; {e.users} users updated"
+        f"{e.duplicates} duplicates, {report.rejected} rejected; {e.users} users updated",
     )
-    if report.rejects_path:
-        click.echo(f"rejected rows with reasons: {report.rejects_path}")
 
 
 def _show_problems(problems: list[Any]) -> None:
