@@ -52,6 +52,8 @@ class Settings:
     rating_neutral: float = 3.0
     rating_scale: float = 1.5
     recent_items: int = 50
+    # Each positive event is paired with this many of the user's latest other items.
+    covisit_window: int = 5
     max_events_batch: int = 1_000
     # The user-context vector: weights of the query, the user's history and the session
     # (renormalized over the parts present).
@@ -61,6 +63,7 @@ class Settings:
     # How many ANN candidates the reranker sees (at least k), plus up to this many BM25 ones.
     candidates: int = 50
     lexical_candidates: int = 50
+    covisit_candidates: int = 50
     # Numeric item attributes used as ranking features ("attr:<name>"), comma-separated.
     feature_attributes: str = ""
     # Ratings at or above this are positives in training.
@@ -135,6 +138,7 @@ class Settings:
             "half_life_days": self.half_life_days > 0,
             "rating_scale": self.rating_scale >= 0,
             "recent_items": self.recent_items >= 1,
+            "covisit_window": 0 <= self.covisit_window <= self.recent_items,
             "max_events_batch": self.max_events_batch >= 1,
             "query_weight": self.query_weight >= 0,
             "user_weight": self.user_weight >= 0,

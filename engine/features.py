@@ -36,6 +36,8 @@ BASE_FEATURES = (
     "seen_recently",  # 1 if the user viewed or clicked it recently
     "ann_rank",  # 1 / log2(2 + rank) in the vector candidates; 0 if not there
     "lexical_rank",  # 1 / log2(2 + rank) in the BM25 candidates; 0 if not there
+    "covisit_score",  # log(1 + co-visits with the user's latest items)
+    "covisit_rank",  # 1 / log2(2 + rank) among the co-visited candidates; 0 if not there
 )
 ATTRIBUTE_PREFIX = "attr:"
 
@@ -58,12 +60,15 @@ class Candidate:
     title: str
     category: str | None
     popularity: float  # decayed to the time of the request
+    popularity_ref: datetime | None = None  # when the stored popularity was last updated
     created_at: datetime | None = None
     tags_json: str | None = None
     attributes_json: str | None = None
     ann_rank: int | None = None
     lexical_rank: int | None = None
     lexical_score: float = 0.0
+    covisit_rank: int | None = None
+    covisit_score: float = 0.0
 
     @cached_property
     def tags(self) -> list[str]:
@@ -118,6 +123,8 @@ def compute(
         put("lexical_score", [c.lexical_score / best_lexical for c in candidates])
     put("ann_rank", [_rank_feature(c.ann_rank) for c in candidates])
     put("lexical_rank", [_rank_feature(c.lexical_rank) for c in candidates])
+    put("covisit_score", [math.log1p(c.covisit_score) for c in candidates])
+    put("covisit_rank", [_rank_feature(c.covisit_rank) for c in candidates])
     put("popularity", [math.log1p(max(c.popularity, 0.0)) for c in candidates])
     year_s = 365.0 * 86_400.0
     put(

@@ -133,3 +133,13 @@ class Impression(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     index_version: Mapped[str] = mapped_column(String(64))
     ts: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class Covisit(Base):
+    """How often item_b was interacted with close to item_a by the same user (both ways)."""
+
+    __tablename__ = "covisits"
+
+    item_a: Mapped[str] = mapped_column(String(256), primary_key=True)
+    item_b: Mapped[str] = mapped_column(String(256), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=0.0)

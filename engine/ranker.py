@@ -32,6 +32,7 @@ PRIOR_WEIGHTS = {
     "tag_affinity": 0.5,
     "popularity": 0.2,
     "seen_recently": -0.5,
+    "covisit_score": 0.3,
 }
 PRIOR_BIAS = -5.0
 MODEL_FILE = "model.json"

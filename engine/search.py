@@ -27,7 +27,8 @@ from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
 from engine.models import Item, ItemStats
 from engine.ranker import LinearRanker
-from engine.users import UserState, decay, load_user, most_popular
+from engine.state import SqlState, StateView
+from engine.users import UserState, decay
 from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -209,22 +210,28 @@ class Searcher:
         )
 
     def first_stage(
-        self, session: Session, request: SearchRequest, include: Sequence[str] = ()
+        self,
+        session: Session,
+        request: SearchRequest,
+        include: Sequence[str] = (),
+        state: StateView | None = None,
     ) -> Stage:
         """Candidates from every source, merged, with their features (also used by training).
 
-        include: item ids to score even if no source found them (a judged positive), last.
+        include: item ids to score even if no source found them (random negatives), last.
+        state: users and items as of some moment; default the live state in SQL, now.
         """
         artifact = self.live.get()
+        state = state or SqlState(session, utcnow())
         timings: dict[str, float] = {}
         t = time.perf_counter()
         query_vector = self.embedder.encode_query(request.q) if request.q else None
         timings["embed"] = _ms(t)
-        user = load_user(session, request.user_id) if request.user_id else None
+        user = state.user(request.user_id) if request.user_id else None
         user_vector = user.unit_vector() if user else None
         session_vectors = self.vectors.get(session, request.context_items)
         session_vector = mean_direction(list(session_vectors.values()))
-        parts = feats.ContextParts(query_vector, user, user_vector, session_vector, utcnow())
+        parts = feats.ContextParts(query_vector, user, user_vector, session_vector, state.now)
         context = combine(
             [
                 (self.settings.query_weight, query_vector),
@@ -239,18 +246,25 @@ class Searcher:
         t = time.perf_counter()
         if context is None:
             mode = "popular"
-            candidates = self._popular(session, request, exclude)
+            candidates = self._popular(session, state, request, exclude)
         else:
             mode = "search" if query_vector is not None else "recommend"
             candidates = self._retrieve(session, artifact, context, request, exclude)
+        if user is not None and user.recent and self.settings.covisit_candidates > 0:
+            self._add_covisited(session, state, user, request, exclude, candidates)
         if include:
             found = {c.item_id for c in candidates}
-            extra = _load_candidates(
-                session, [i for i in include if i not in found], self._half_life_s
-            )
+            extra = _load_candidates(session, [i for i in include if i not in found])
             for c in extra:
                 c.rank = len(candidates)
                 candidates.append(c)
+        as_of = state.popularity([c.item_id for c in candidates])
+        for c in candidates:
+            if as_of is not None:
+                c.popularity = as_of.get(c.item_id, 0.0)
+            elif c.popularity and c.popularity_ref is not None and state.now > c.popularity_ref:
+                age_s = (state.now - c.popularity_ref).total_seconds()
+                c.popularity *= decay(age_s, self._half_life_s)
         timings["retrieve"] = _ms(t)
         t = time.perf_counter()
         x = np.zeros((0, len(self.feature_names)))
@@ -293,7 +307,7 @@ class Searcher:
             ]
             ann_rank = {i: rank for rank, i in enumerate(ann_ids)}
             merged = list(dict.fromkeys([*ann_ids, *lexical]))
-            candidates = _load_candidates(session, merged, self._half_life_s)
+            candidates = _load_candidates(session, merged)
             live_ann = sum(1 for c in candidates if c.item_id in ann_rank)
             # Enough live items, or nothing more to fetch: done. Otherwise many candidates
             # were deleted since the build; look further down the list.
@@ -314,18 +328,44 @@ class Searcher:
             out.append(c)
         return out
 
+    def _add_covisited(
+        self,
+        session: Session,
+        state: StateView,
+        user: UserState,
+        request: SearchRequest,
+        exclude: set[str],
+        candidates: list[feats.Candidate],
+    ) -> None:
+        """Items co-visited with the user's latest ones: merged in, scored, remembered."""
+        recent = list(dict.fromkeys(r[0] for r in user.recent))[: self.settings.covisit_window]
+        found = state.covisited(recent, self.settings.covisit_candidates, exclude)
+        if not found:
+            return
+        by_id = {c.item_id: c for c in candidates}
+        new_ids = [i for i, _ in found if i not in by_id]
+        for c in _load_candidates(session, new_ids):
+            if request.category is None or c.category == request.category:
+                c.rank = len(candidates)
+                candidates.append(c)
+                by_id[c.item_id] = c
+        for rank, (item_id, weight) in enumerate(found):
+            hit = by_id.get(item_id)
+            if hit is not None:
+                hit.covisit_rank, hit.covisit_score = rank, weight
+
     def _popular(
-        self, session: Session, request: SearchRequest, exclude: set[str]
+        self, session: Session, state: StateView, request: SearchRequest, exclude: set[str]
     ) -> list[feats.Candidate]:
         want = max(self.settings.candidates, request.k)
-        ids = most_popular(session, want, exclude, request.category)
+        ids = state.most_popular(want, exclude, request.category)
         if len(ids) < want:  # a young catalog: fill with the newest items
             query = select(Item.id).order_by(Item.updated_at.desc(), Item.id).limit(want * 2)
             if request.category is not None:
                 query = query.where(Item.category == request.category)
             taken = set(ids) | exclude
             ids += [i for i in session.scalars(query) if i not in taken][: want - len(ids)]
-        return _load_candidates(session, ids, self._half_life_s)
+        return _load_candidates(session, ids)
 
     def _rank(
         self, stage: Stage, ranker: LinearRanker, request: SearchRequest
@@ -383,7 +423,7 @@ def _excluded(user: UserState | None, request: SearchRequest) -> set[str]:
     return set(user.purchased)
 
 
-def _load_candidates(session: Session, ids: list[str], half_life_s: float) -> list[feats.Candidate]:
+def _load_candidates(session: Session, ids: list[str]) -> list[feats.Candidate]:
     """Candidates in the given order, for the ids that still exist, with their popularity.
 
     One query; tags and attributes come back as JSON text (see Candidate).
@@ -405,22 +445,19 @@ def _load_candidates(session: Session, ids: list[str], half_life_s: float) -> li
         .where(Item.id.in_(ids))
     )
     rows = {row.id: row for row in session.execute(query)}
-    now = utcnow()
     out: list[feats.Candidate] = []
     for item_id in ids:
         row = rows.get(item_id)
         if row is None:
             continue
-        popularity = row.popularity or 0.0
-        if popularity and row.ref_ts is not None and now > row.ref_ts:
-            popularity *= decay((now - row.ref_ts).total_seconds(), half_life_s)
         out.append(
             feats.Candidate(
                 item_id=item_id,
                 rank=len(out),
                 title=row.title,
                 category=row.category,
-                popularity=popularity,
+                popularity=row.popularity or 0.0,  # as stored; first_stage decays it
+                popularity_ref=row.ref_ts,
                 created_at=row.created_at,
                 tags_json=row.tags,
                 attributes_json=row.attributes,

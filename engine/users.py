@@ -9,7 +9,7 @@ what lets concurrent writers, replays and out-of-order batches agree exactly.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -229,9 +229,15 @@ def record_events(
         by_user[event.user_id].append(event)
     report.users = len(by_user)
     # Lock order, users then items, each sorted, so concurrent batches cannot deadlock.
+    from engine import covisit  # imports UserState from here
+
+    pairs: Counter[tuple[str, str]] = Counter()
     for row in _locked_rows(session, UserFeatures, UserFeatures.user_id, sorted(by_user)):
         state = UserState.from_row(row)
         for event in by_user[row.user_id]:
+            if weight_of[id(event)] > 0 and settings.covisit_window > 0:
+                others = covisit.partners(state, event, settings.covisit_window)
+                covisit.add_pairs(pairs, event.item_id, others)
             category, tags = items[event.item_id]
             state.apply(
                 event,
@@ -249,6 +255,7 @@ def record_events(
         by_item[event.item_id].append(event)
     for stats in _locked_rows(session, ItemStats, ItemStats.item_id, sorted(by_item)):
         _apply_item_stats(stats, by_item[stats.item_id], weight_of, half_life_s)
+    covisit.write_pairs(session, pairs)
     session.flush()
     return report
 

@@ -410,6 +410,27 @@ def evaluate_beir_cmd(obj: _Context, folder: Path, out: Path | None, promote: bo
         click.echo(f"wrote {out}")
 
 
+@evaluate.command("movielens")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@pass_ctx
+def evaluate_movielens_cmd(obj: _Context, folder: Path, out: Path | None) -> None:
+    """HR@10 / NDCG@10, leave-last-out: popularity, als, retrieval, reranked."""
+    from indexer.evaluate import evaluate_movielens, print_table
+
+    with _bar(not obj.quiet) as progress:
+        result = evaluate_movielens(obj.runtime, folder, progress=progress)
+    click.echo(print_table(result))
+    click.echo(
+        f"reranked / best baseline NDCG@10: {result['reranked_over_best_baseline']}; "
+        f"training {result['train_seconds']:.1f}s, total {result['total_seconds']:.1f}s"
+    )
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {out}")
+
+
 @cli.command()
 @pass_ctx
 def status(obj: _Context) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from engine.ann.faiss import exact_top_k
 from engine.catalog import upsert_items
-from engine.metrics import ndcg_at_k, recall_at_k
+from engine.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
 from indexer.build import build
@@ -144,10 +144,187 @@ def evaluate_beir(
 
 def print_table(result: dict[str, Any]) -> str:
     metric_names = sorted({m for v in result["metrics"].values() for m in v})
-    lines = [f"{result['dataset']} ({result.get('queries', '?')} queries)"]
+    count = result.get("queries") or result.get("users")
+    lines = [f"{result['dataset']} ({count} {'queries' if 'queries' in result else 'users'})"]
     lines.append(f"{'method':<12}" + "".join(f"{m:>12}" for m in metric_names))
     for method, values in result["metrics"].items():
         lines.append(
             f"{method:<12}" + "".join(f"{values.get(m, float('nan')):>12.4f}" for m in metric_names)
         )
     return "\n".join(lines)
+
+
+def _als_recommendations(
+    history: list[Any], users: list[str], k: int, factors: int = 64
+) -> dict[str, list[str]] | None:
+    """Top-k per user from implicit's ALS on the history (the peer baseline); None without
+    the optional `implicit` package (pip install 'recsearch[eval]')."""
+    try:
+        from implicit.als import AlternatingLeastSquares
+    except ImportError:
+        log.warning("implicit is not installed: no ALS baseline (pip install 'recsearch[eval]')")
+        return None
+    import os
+
+    from scipy.sparse import csr_matrix
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; it threads itself
+    user_index = {u: i for i, u in enumerate(sorted({e.user_id for e in history}))}
+    items = sorted({e.item_id for e in history})
+    item_index = {it: i for i, it in enumerate(items)}
+    rows = [user_index[e.user_id] for e in history]
+    cols = [item_index[e.item_id] for e in history]
+    matrix = csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(user_index), len(items))
+    )
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    model = AlternatingLeastSquares(
+        factors=factors, regularization=0.05, iterations=15, random_state=0
+    )
+    model.fit(matrix, show_progress=False)
+    out: dict[str, list[str]] = {}
+    for user in users:
+        u = user_index.get(user)
+        if u is None:
+            out[user] = []
+            continue
+        ids, _ = model.recommend(u, matrix[u], N=k, filter_already_liked_items=True)
+        out[user] = [items[i] for i in ids]
+    return out
+
+
+def evaluate_movielens(
+    runtime: Runtime,
+    folder: Path,
+    *,
+    max_users: int | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Leave-last-out on MovieLens: per user, the last movie rated >= 4 is held out; the
+    engine's state is built from what came before only (in a private store under
+    DATA_DIR/eval/movielens); the whole catalog minus seen movies is ranked by popularity,
+    ALS, the first stage (retrieval) and the trained ranker (reranked). HR@10 and NDCG@10.
+
+    max_users keeps the first N users (by id) and only the movies they rated: for tests.
+    """
+    from datetime import timedelta
+
+    from engine.catalog import utcnow
+    from engine.events import validate_event
+    from engine.state import SqlState
+    from engine.users import record_events
+    from indexer.datasets import movielens_items, movielens_ratings
+    from indexer.train import train_from_events
+
+    started = time.perf_counter()
+    settings = runtime.settings.replace(
+        data_dir=runtime.settings.data_dir / "eval" / "movielens", database_url=None
+    )
+    for suffix in ("", "-wal", "-shm"):  # a fresh database: the state comes from history only
+        (settings.data_dir / f"recsearch.db{suffix}").unlink(missing_ok=True)
+    rt = Runtime(settings, embedder=runtime.embedder)
+    ratings = movielens_ratings(folder)
+    items = movielens_items(folder)
+    if max_users is not None:
+        kept = set(sorted({str(r["user_id"]) for r in ratings}, key=int)[:max_users])
+        ratings = [r for r in ratings if r["user_id"] in kept]
+        rated = {r["item_id"] for r in ratings}
+        items = [i for i in items if i.id in rated]
+    with rt.write_session() as session:
+        for start in range(0, len(items), 1000):
+            upsert_items(session, items[start : start + 1000])
+    with rt.session() as session:
+        build_report = build(settings, session, rt.embedder, progress, if_stale=True)
+
+    now = utcnow()
+    events = [validate_event(r, now=now) for r in ratings]
+    by_user: dict[str, list[Any]] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e)
+    held: dict[str, Any] = {}
+    history = []
+    for user, evs in by_user.items():
+        liked = [e for e in evs if e.value is not None and e.value >= 4]
+        target = max(liked, key=lambda e: (e.ts, e.item_id)) if liked else None
+        if target is not None:
+            held[user] = target
+        history += [e for e in evs if target is None or (e is not target and e.ts <= target.ts)]
+    history.sort(key=lambda e: (e.ts, e.user_id, e.item_id))
+    with rt.write_session() as session:
+        for start in range(0, len(history), 5_000):
+            record_events(session, history[start : start + 5_000], settings, rt.vectors)
+            progress("history", min(len(history), start + 5_000), len(history))
+
+    t = time.perf_counter()
+    ranker, train_report = train_from_events(rt, history, progress=progress)
+    train_s = time.perf_counter() - t
+
+    seen: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for e in history:
+        seen.setdefault(e.user_id, set()).add(e.item_id)
+        counts[e.item_id] = counts.get(e.item_id, 0) + 1
+    popular = sorted(counts, key=lambda i: (-counts[i], i))
+    users = sorted(held)
+    t = time.perf_counter()
+    als = _als_recommendations(history, users, 10)
+    als_s = time.perf_counter() - t
+    runs: dict[str, list[list[str]]] = {"popularity": [], "retrieval": [], "reranked": []}
+    if als is not None:
+        runs["als"] = []
+    end = max(e.ts for e in history) + timedelta(seconds=1)
+    searcher = rt.searcher
+    with rt.session() as session:
+        state = SqlState(session, end)
+        for n, user in enumerate(users):
+            skip = seen.get(user, set())
+            runs["popularity"].append([i for i in popular[: 10 + len(skip)] if i not in skip][:10])
+            request = SearchRequest(user_id=user, k=10, exclude_seen="all")
+            stage = searcher.first_stage(session, request, state=state)
+            pool = [c for c in stage.candidates if c.item_id not in skip]
+            by_ann = sorted(
+                (c for c in pool if c.ann_rank is not None), key=lambda c: c.ann_rank or 0
+            )
+            runs["retrieval"].append([c.item_id for c in by_ann[:10]])
+            keep = [i for i, c in enumerate(stage.candidates) if c.item_id not in skip]
+            logits = ranker.aligned(stage.names).logits(stage.x[keep]) if keep else np.zeros(0)
+            ranked = [stage.candidates[keep[i]].item_id for i in np.argsort(-logits, kind="stable")]
+            runs["reranked"].append(ranked[:10])
+            if als is not None:
+                runs["als"].append(als[user])
+            progress("evaluate", n + 1, len(users))
+    metrics = {}
+    for method, lists in runs.items():
+        targets = [{held[u].item_id} for u in users]
+        metrics[method] = {
+            "ndcg@10": round(
+                float(np.mean([ndcg_at_k(r, t, 10) for r, t in zip(lists, targets, strict=True)])),
+                4,
+            ),
+            "hr@10": round(
+                float(
+                    np.mean([hit_rate_at_k(r, t, 10) for r, t in zip(lists, targets, strict=True)])
+                ),
+                4,
+            ),
+        }
+    rt.close()
+    baselines = [m for m in ("popularity", "retrieval", "als") if m in metrics]
+    best = max(metrics[m]["ndcg@10"] for m in baselines)
+    return {
+        "dataset": f"movielens:{folder.name}",
+        "protocol": "leave-last-out: last movie rated >= 4 per user; history before it only",
+        "users": len(users),
+        "items": len(items),
+        "history_events": len(history),
+        "metrics": metrics,
+        "reranked_over_best_baseline": round(metrics["reranked"]["ndcg@10"] / best, 3)
+        if best
+        else None,
+        "index": {"version": build_report.version, "factory": build_report.factory},
+        "model": train_report.to_dict(),
+        "train_seconds": round(train_s, 2),
+        "als_seconds": round(als_s, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+    }

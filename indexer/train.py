@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.events import EventIn
 from engine.metrics import auc, log_loss
 from engine.model_store import ModelStore
 from engine.ranker import LinearRanker, fit_logistic
@@ -251,6 +252,144 @@ def train_from_impressions(
     store = ModelStore(runtime.settings.model_dir)
     details = {
         "source": "impressions",
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
+    return LinearRanker.from_json(ranker.to_json(), report.version), report
+
+
+def is_positive(event: EventIn, positive_rating: float) -> bool:
+    if event.type == "rating":
+        return event.value is not None and event.value >= positive_rating
+    return event.type in POSITIVE_TYPES
+
+
+def replay_examples(
+    runtime: Runtime,
+    events: Sequence[EventIn],
+    *,
+    max_per_user: int = 20,
+    random_negatives: int = 5,
+    searcher: Searcher | None = None,
+    seed: int = 0,
+    progress: Progress = no_progress,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Examples from an event history with point-in-time features.
+
+    Events are replayed in time order into an in-memory state (the same update rules as
+    record_events). For each user's latest max_per_user positive events, just before applying
+    the event, the first stage runs in recommendation mode on the state as of that moment:
+    the event's item is the positive, the other candidates are hard negatives, and a few
+    random items are easy negatives. Returns (x, y, example time order, names); events the
+    first stage could not retrieve give no example.
+    """
+    from sqlalchemy import select
+
+    from engine.models import Item
+    from engine.state import ReplayState
+
+    searcher = searcher or runtime.searcher
+    settings = runtime.settings
+    artifact = searcher.artifact()
+    vectors = artifact.vectors()
+    vector_of: dict[str, object] = {
+        item_id: vectors[row] for row, item_id in enumerate(artifact.ids)
+    }
+    with runtime.session() as session:
+        meta = {
+            r.id: (r.category, list(r.tags or []))
+            for r in session.execute(select(Item.id, Item.category, Item.tags))
+        }
+    ordered = sorted(events, key=lambda e: (e.ts, e.user_id, e.item_id))
+    chosen: set[int] = set()
+    per_user: dict[str, list[int]] = defaultdict(list)
+    for n, event in enumerate(ordered):
+        if is_positive(event, settings.positive_rating):
+            per_user[event.user_id].append(n)
+    for positions in per_user.values():
+        chosen.update(positions[-max_per_user:])
+    state = ReplayState(settings, meta, vector_of)
+    rng = np.random.default_rng(seed)
+    all_ids = artifact.ids
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    order: list[np.ndarray] = []
+    done = 0
+    with runtime.session() as session:
+        for n, event in enumerate(ordered):
+            if n in chosen:
+                state.now = event.ts
+                randoms = [
+                    all_ids[i] for i in rng.choice(len(all_ids), random_negatives, replace=False)
+                ]
+                request = SearchRequest(user_id=event.user_id, k=10, exclude_seen="all")
+                stage = searcher.first_stage(session, request, include=randoms, state=state)
+                labels = np.array(
+                    [1.0 if c.item_id == event.item_id else 0.0 for c in stage.candidates]
+                )
+                if (
+                    labels.sum() == 1.0
+                    and stage.candidates[int(labels.argmax())].item_id not in randoms
+                ):
+                    xs.append(stage.x)
+                    ys.append(labels)
+                    order.append(np.full(len(labels), len(order)))
+                done += 1
+                progress("replay", done, len(chosen))
+            state.apply(event)
+    if not xs:
+        raise InvalidInput("no positive event could be replayed into an example")
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(order), searcher.feature_names
+
+
+def train_from_events(
+    runtime: Runtime,
+    events: Sequence[EventIn] | None = None,
+    *,
+    promote: bool = False,
+    validation_fraction: float = 0.2,
+    l2: float = 1e-3,
+    searcher: Searcher | None = None,
+    progress: Progress = no_progress,
+    max_per_user: int = 20,
+) -> tuple[LinearRanker, TrainReport]:
+    """Fit the ranker on replayed history (see replay_examples): the oldest examples train,
+    the newest validation_fraction report AUC and log loss; then refit on all and save."""
+    from sqlalchemy import select
+
+    from engine.models import Event
+
+    started = time.perf_counter()
+    if events is None:
+        with runtime.session() as session:
+            events = [
+                EventIn(e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id)
+                for e in session.scalars(select(Event).order_by(Event.ts, Event.id))
+            ]
+    x, y, order, names = replay_examples(
+        runtime, events, searcher=searcher, progress=progress, max_per_user=max_per_user
+    )
+    n_groups = int(order.max()) + 1
+    cutoff = n_groups - max(1, int(n_groups * validation_fraction))
+    is_val = order >= cutoff
+    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
+    p_val = held.probability(held.logits(x[is_val]))
+    ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
+    report = TrainReport(
+        version=None,
+        promoted=promote,
+        examples=len(y),
+        positives=int(y.sum()),
+        train_queries=cutoff,
+        validation_queries=n_groups - cutoff,
+        validation_auc=round(auc(y[is_val], p_val), 4),
+        validation_log_loss=round(log_loss(y[is_val], p_val), 4),
+        train_seconds=round(time.perf_counter() - started, 2),
+        weights={n: round(float(w), 4) for n, w in zip(names, ranker.weights, strict=True)},
+    )
+    store = ModelStore(runtime.settings.model_dir)
+    details = {
+        "source": "events (point-in-time replay)",
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
