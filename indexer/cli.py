@@ -353,13 +353,29 @@ def import_movielens_cmd(obj: _Context, folder: Path) -> None:
     help="(query, item_id, grade) rows: JSONL, CSV or TSV. Without it: learn from logged "
     "search impressions and the clicks that name their request_id.",
 )
+@click.option(
+    "--from-events",
+    is_flag=True,
+    help="Learn from the event history by point-in-time replay (for histories logged without "
+    "search impressions, e.g. an imported ratings log).",
+)
 @click.option("--promote", is_flag=True, help="Make the new model live.")
 @pass_ctx
-def train(obj: _Context, judgments: Path | None, promote: bool) -> None:
+def train(obj: _Context, judgments: Path | None, from_events: bool, promote: bool) -> None:
     """Train the sigmoid ranker; save it as a model version (live with --promote)."""
-    from indexer.train import read_judgments, train_from_impressions, train_from_judgments
+    from indexer.train import (
+        read_judgments,
+        train_from_events,
+        train_from_impressions,
+        train_from_judgments,
+    )
 
-    if judgments is None:
+    if judgments is not None and from_events:
+        raise click.UsageError("choose one of --judgments FILE and --from-events")
+    if from_events:
+        with _bar(not obj.quiet) as progress:
+            _, report = train_from_events(obj.runtime, promote=promote, progress=progress)
+    elif judgments is None:
         _, report = train_from_impressions(obj.runtime, promote=promote)
     else:
         with _bar(not obj.quiet) as progress:

@@ -164,11 +164,9 @@ def _als_recommendations(
     except ImportError:
         log.warning("implicit is not installed: no ALS baseline (pip install 'recsearch[eval]')")
         return None
-    import os
-
     from scipy.sparse import csr_matrix
+    from threadpoolctl import threadpool_limits
 
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; it threads itself
     user_index = {u: i for i, u in enumerate(sorted({e.user_id for e in history}))}
     items = sorted({e.item_id for e in history})
     item_index = {it: i for i, it in enumerate(items)}
@@ -179,10 +177,12 @@ def _als_recommendations(
     )
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
-    model = AlternatingLeastSquares(
-        factors=factors, regularization=0.05, iterations=15, random_state=0
-    )
-    model.fit(matrix, show_progress=False)
+    # implicit threads itself; BLAS threads would only fight it (it warns otherwise).
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=0.05, iterations=15, random_state=0
+        )
+        model.fit(matrix, show_progress=False)
     out: dict[str, list[str]] = {}
     for user in users:
         u = user_index.get(user)

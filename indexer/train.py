@@ -335,7 +335,8 @@ def replay_examples(
                     ys.append(labels)
                     order.append(np.full(len(labels), len(order)))
                 done += 1
-                progress("replay", done, len(chosen))
+                if done % 100 == 0 or done == len(chosen):
+                    progress("replay", done, len(chosen))
             state.apply(event)
     if not xs:
         raise InvalidInput("no positive event could be replayed into an example")

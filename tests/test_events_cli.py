@@ -66,3 +66,13 @@ def test_csv_events_through_the_command(built: Runtime, tmp_path: Path) -> None:
     assert "2 recorded, 0 duplicates, 0 rejected; 1 users updated" in result.output
     result = CliRunner().invoke(cli, ["search", "", "--user", "c", "-k", "3"], obj=context)
     assert result.exit_code == 0 and "recommend" in result.output
+
+
+def test_train_from_events_command(built: Runtime) -> None:
+    load_events(built, SAMPLE_EVENTS)
+    context = _Context(built.settings, quiet=True, runtime=built)
+    result = CliRunner().invoke(
+        cli, ["train", "--from-events"], obj=context, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "model v000001" in result.output and "held-out AUC" in result.output
