@@ -3,6 +3,7 @@ request path in batches, so clicks that name a request_id become labelled exampl
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -77,6 +78,7 @@ class ImpressionLog:
                     target=self._run, name="impression-log", daemon=True
                 )
                 self._thread.start()
+                atexit.register(self.close)  # a server stopping writes what it queued
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -130,4 +132,7 @@ class ImpressionLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # at exit the database may be gone; say so, do not crash
+            log.exception("could not write %d queued impressions", self._queue.qsize())
