@@ -61,7 +61,7 @@ class ImpressionLog:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_purge = 0.0
+        self._last_purge = time.monotonic()
 
     def log(self, shown: Shown) -> None:
         try:
@@ -116,8 +116,8 @@ class ImpressionLog:
                     for start in range(0, len(rows), self.batch):
                         session.execute(insert(Impression), rows[start : start + self.batch])
                 self.written += len(rows)
-            if time.monotonic() - self._last_purge > 3600:
-                self.purge()
+            if rows and time.monotonic() - self._last_purge > 3600:
+                self.purge()  # hourly, piggybacking on a write
             return len(rows)
 
     def purge(self) -> int:
