@@ -14,6 +14,14 @@ log = logging.getLogger(__name__)
 FOLDER = "lexical"
 
 
+def _bm25s():  # type: ignore[no-untyped-def]
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG at import, which floods a CLI's log; keep warnings.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 def _stemmer():  # type: ignore[no-untyped-def]
     import Stemmer
 
@@ -30,8 +38,7 @@ class LexicalIndex:
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> LexicalIndex:
-        import bm25s
-
+        bm25s = _bm25s()
         tokens = bm25s.tokenize(
             list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False
         )
@@ -42,7 +49,7 @@ class LexicalIndex:
     @classmethod
     def load(cls, folder: Path, size: int) -> LexicalIndex | None:
         """The saved index, or None for a version built before lexical search existed."""
-        import bm25s
+        bm25s = _bm25s()
 
         path = folder / FOLDER
         if not path.is_dir():
@@ -56,7 +63,7 @@ class LexicalIndex:
         self, query: str, k: int, allowed_rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the top-k rows with a positive BM25 score, best first."""
-        import bm25s
+        bm25s = _bm25s()
 
         tokens = bm25s.tokenize(
             [query], stopwords="en", stemmer=self.stemmer, show_progress=False, return_ids=False
