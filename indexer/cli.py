@@ -243,8 +243,9 @@ def build(obj: _Context, if_stale: bool, index_type: str | None) -> None:
         click.echo(f"index {report.version} is up to date ({report.item_count} items); not rebuilt")
         return
     click.echo(
-        f"published index {report.version}: {report.item_count} items, {report.factory} "
-        f"{report.params or ''}, recall@10 {report.recall_at_10:.3f}, "
+        f"published index {report.version}: {report.item_count} items, {report.factory}"
+        f"{' ' + str(report.params) if report.params else ''}, "
+        f"recall@10 {report.recall_at_10:.3f}, "
         f"built in {report.build_seconds:.1f}s ({report.embedded} embedded at "
         f"{report.items_per_second:.0f} items/s, {report.reused} reused)"
     )
