@@ -31,12 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.ann.faiss import exact_top_k  # noqa: E402
-from engine.catalog import ItemIn, embedding_text, upsert_items  # noqa: E402
+from engine.catalog import (  # noqa: E402
+    ItemIn,
+    embedding_text,
+    text_hash,  # noqa: E402
+    upsert_items,
+)
 from engine.config import Settings  # noqa: E402
 from engine.embedder import Embedder  # noqa: E402
 from engine.index_store import IndexStore, write_artifact_files  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
-from indexer.build import build, text_hash  # noqa: E402
+from indexer.build import build  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

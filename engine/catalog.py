@@ -336,3 +336,8 @@ def parse_items_payload(payload: object, max_items: int) -> list[ItemIn]:
     if problems:
         raise InvalidInput("; ".join(str(p) for p in problems[:20]), problems)
     return items
+
+
+def text_hash(model_name: str, content: str) -> str:
+    """Identifies one embedding: the same model and text give the same vector."""
+    return hashlib.sha1(f"{model_name}\0{content}".encode(), usedforsecurity=False).hexdigest()

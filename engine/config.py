@@ -77,6 +77,8 @@ class Settings:
     max_request_bytes: int = 16 * 1024 * 1024
     # How often a server looks at the CURRENT pointer for a version published by another process.
     index_poll_s: float = 1.0
+    # How often a server picks up items written since its index version was built (the delta).
+    delta_poll_s: float = 0.5
 
     @property
     def db_url(self) -> str:
@@ -135,6 +137,7 @@ class Settings:
             "max_batch_items": self.max_batch_items >= 1,
             "max_request_bytes": self.max_request_bytes >= 1024,
             "index_poll_s": self.index_poll_s >= 0,
+            "delta_poll_s": self.delta_poll_s > 0,
             "half_life_days": self.half_life_days > 0,
             "rating_scale": self.rating_scale >= 0,
             "recent_items": self.recent_items >= 1,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
 from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
+from engine.delta import Delta
 from engine.embedder import Embedder
 from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex
@@ -41,6 +42,12 @@ class Runtime:
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
         self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
+        self.delta = Delta(
+            self.sessions,
+            self.live,
+            lambda texts: self.embedder.encode(texts),
+            settings.delta_poll_s,
+        )
 
     @property
     def embedder(self) -> Embedder:
@@ -63,6 +70,7 @@ class Runtime:
                         self.vectors,
                         self.model.get,
                         self.impressions,
+                        self.delta,
                     )
         return self._searcher
 
@@ -88,5 +96,6 @@ class Runtime:
         return self.session(write=True)
 
     def close(self) -> None:
+        self.delta.close()
         self.impressions.close()
         self.db.dispose()

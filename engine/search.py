@@ -21,6 +21,7 @@ from engine import features as feats
 from engine.catalog import utcnow
 from engine.config import Settings
 from engine.context import combine, mean_direction
+from engine.delta import Delta, DeltaSnapshot
 from engine.embedder import Embedder
 from engine.errors import InvalidInput, Problem
 from engine.impressions import ImpressionLog, Shown
@@ -163,6 +164,7 @@ class Searcher:
         vectors: ItemVectors | None = None,
         ranker: Callable[[], LinearRanker] | None = None,
         impressions: ImpressionLog | None = None,
+        delta: Delta | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -173,6 +175,7 @@ class Searcher:
         prior = LinearRanker.prior()
         self.ranker = ranker or (lambda: prior)
         self.impressions = impressions
+        self.delta = delta
         self.feature_names = feats.feature_names(settings.attribute_features())
         self._half_life_s = settings.half_life_days * 86_400.0
 
@@ -222,6 +225,7 @@ class Searcher:
         state: users and items as of some moment; default the live state in SQL, now.
         """
         artifact = self.live.get()
+        delta = self.delta.snapshot(artifact) if self.delta is not None else None
         state = state or SqlState(session, utcnow())
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -249,7 +253,7 @@ class Searcher:
             candidates = self._popular(session, state, request, exclude)
         else:
             mode = "search" if query_vector is not None else "recommend"
-            candidates = self._retrieve(session, artifact, context, request, exclude)
+            candidates = self._retrieve(session, artifact, delta, context, request, exclude)
         if user is not None and user.recent and self.settings.covisit_candidates > 0:
             self._add_covisited(session, state, user, request, exclude, candidates)
         if include:
@@ -269,7 +273,7 @@ class Searcher:
         t = time.perf_counter()
         x = np.zeros((0, len(self.feature_names)))
         if candidates:
-            vectors_by_id = self._candidate_vectors(session, artifact, candidates)
+            vectors_by_id = self._candidate_vectors(session, artifact, delta, candidates)
             zero = np.zeros(artifact.dim, np.float32)
             item_vectors = np.stack([vectors_by_id.get(c.item_id, zero) for c in candidates])
             x = feats.compute(candidates, item_vectors, parts, self.feature_names)
@@ -280,6 +284,7 @@ class Searcher:
         self,
         session: Session,
         artifact: IndexArtifact,
+        delta: DeltaSnapshot | None,
         context: np.ndarray,
         request: SearchRequest,
         exclude: set[str],
@@ -287,24 +292,47 @@ class Searcher:
         allowed: np.ndarray | None = None
         if request.category is not None:
             allowed = artifact.rows_for_category(request.category)
-            if allowed.size == 0:
+            if allowed.size == 0 and (delta is None or delta.size == 0):
                 return []
+        # Rows of items rewritten since the build are stale: their delta entry replaces them.
+        skip = exclude | (delta.shadows() if delta is not None else set())
         limit = artifact.ann.size if allowed is None else int(allowed.size)
         want = max(self.settings.candidates, request.k)
         lexical: dict[str, tuple[int, float]] = {}
-        if request.q and artifact.lexical is not None:
-            rows, scores = artifact.lexical.search(request.q, want + len(exclude), allowed)
-            ranked = [(artifact.ids[r], float(sc)) for r, sc in zip(rows, scores, strict=True)]
-            ranked = [(i, sc) for i, sc in ranked if i not in exclude][
-                : self.settings.lexical_candidates
-            ]
-            lexical = {i: (rank, sc) for rank, (i, sc) in enumerate(ranked)}
-        fetch_k = min(limit, want + _OVERFETCH + len(exclude))
+        if request.q:
+            found: list[tuple[str, float]] = []
+            if artifact.lexical is not None and (allowed is None or allowed.size):
+                rows, scores = artifact.lexical.search(request.q, want + len(skip), allowed)
+                found = [
+                    (artifact.ids[r], float(sc))
+                    for r, sc in zip(rows, scores, strict=True)
+                    if artifact.ids[r] not in skip
+                ]
+            if delta is not None:
+                found += [
+                    (i, sc)
+                    for i, sc in delta.lexical_search(request.q, want, request.category)
+                    if i not in exclude
+                ]
+            ranked = sorted(found, key=lambda p: -p[1])
+            lexical = {
+                i: (rank, sc)
+                for rank, (i, sc) in enumerate(ranked[: self.settings.lexical_candidates])
+            }
+        extra = delta.search(context, want, request.category) if delta is not None else []
+        extra = [(i, sc) for i, sc in extra if i not in exclude]
+        fetch_k = min(limit, want + _OVERFETCH + len(skip))
         while True:
-            _, rows = artifact.ann.search(context, fetch_k, allowed_rows=allowed)
-            ann_ids = [
-                artifact.ids[r] for r in rows[0] if r >= 0 and artifact.ids[r] not in exclude
-            ]
+            pairs: list[tuple[str, float]] = []
+            if limit > 0:
+                scores, rows = artifact.ann.search(context, fetch_k, allowed_rows=allowed)
+                pairs = [
+                    (artifact.ids[r], float(sc))
+                    for sc, r in zip(scores[0], rows[0], strict=True)
+                    if r >= 0 and artifact.ids[r] not in skip
+                ]
+            merged_pairs = sorted(pairs + extra, key=lambda p: -p[1])
+            ann_ids = [i for i, _ in merged_pairs]
             ann_rank = {i: rank for rank, i in enumerate(ann_ids)}
             merged = list(dict.fromkeys([*ann_ids, *lexical]))
             candidates = _load_candidates(session, merged)
@@ -394,12 +422,20 @@ class Searcher:
         return hits, order[: request.k]
 
     def _candidate_vectors(
-        self, session: Session, artifact: IndexArtifact, candidates: list[feats.Candidate]
+        self,
+        session: Session,
+        artifact: IndexArtifact,
+        delta: DeltaSnapshot | None,
+        candidates: list[feats.Candidate],
     ) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         missing = []
         rows = []
         for c in candidates:
+            fresh = delta.row_of(c.item_id) if delta is not None and delta.size else None
+            if fresh is not None and delta is not None:
+                out[c.item_id] = delta.vectors[fresh]
+                continue
             row = artifact.row_of(c.item_id)
             if row is None:
                 missing.append(c.item_id)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from engine import __version__
 from engine.ann import create_index
 from engine.ann.faiss import choose_factory, exact_top_k
-from engine.catalog import embedding_text, utcnow
+from engine.catalog import embedding_text, text_hash, utcnow
 from engine.config import Settings
 from engine.embedder import Embedder
 from engine.errors import Conflict, InvalidInput
@@ -82,6 +82,8 @@ def build(
     """
     started = time.perf_counter()
     store = IndexStore(settings.index_dir)
+    # Items written after this moment are served from the delta until the next build.
+    catalog_read_at = utcnow()
     rows = _load_catalog(session, embedder.name, progress)
     # End the read transaction: on SQLite a snapshot held through a minutes-long build could
     # not be upgraded to write the version row once anyone else has written meanwhile.
@@ -142,6 +144,7 @@ def build(
         "item_count": n,
         "catalog_fingerprint": fingerprint,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "catalog_read_at": catalog_read_at.isoformat(),
         "build_seconds": round(build_s, 3),
         "embed_seconds": round(embed_s, 3),
         "embedded": n - reused,
@@ -206,11 +209,6 @@ def _load_catalog(session: Session, model_name: str, progress: Progress) -> _Cat
         rows.text_hashes.append(text_hash(model_name, content))
     progress("load", len(rows.ids), len(rows.ids))
     return rows
-
-
-def text_hash(model_name: str, content: str) -> str:
-    """Identifies one embedding: the same model and text give the same vector."""
-    return hashlib.sha1(f"{model_name}\0{content}".encode(), usedforsecurity=False).hexdigest()
 
 
 def _same_build(
