@@ -153,7 +153,9 @@ def measure(
 
     from web import create_app
 
-    client = create_app(runtime=runtime).test_client()
+    app = create_app(runtime=runtime, loopback=True)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['RECSEARCH_API_KEY']}"
     rng = random.Random(2)
     batch = 500
     start = datetime(2027, 1, 1, tzinfo=UTC)

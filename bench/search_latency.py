@@ -137,7 +137,7 @@ def measure_size(
 
     from web import create_app
 
-    client = create_app(runtime=runtime).test_client()
+    client = create_app(runtime=runtime, loopback=True).test_client()
     client.get("/v1/search?q=warm+up&k=10")
     enc, ann, e2e, qvecs = [], [], [], []
     for q in qs:

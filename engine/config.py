@@ -72,6 +72,13 @@ class Settings:
     # Search impressions (what was shown, with features) are kept this long for training.
     impression_retention_days: float = 30.0
 
+    # --- security ---
+    # The API key for writes and the admin API; empty: one is generated into DATA_DIR/api_key.
+    api_key: str = ""
+    # search and events without a key: "auto" (open only when served on loopback), "none",
+    # or a comma list of "search", "events".
+    open_endpoints: str = "auto"
+
     max_k: int = 100
     max_batch_items: int = 1_000
     max_request_bytes: int = 16 * 1024 * 1024

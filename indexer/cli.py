@@ -492,10 +492,21 @@ def serve(obj: _Context, host: str, port: int) -> None:
     from web import create_app
 
     runtime = obj.runtime
-    app = create_app(runtime=runtime)
+    app = create_app(runtime=runtime, loopback=host in ("127.0.0.1", "localhost", "::1"))
     runtime.searcher  # load the model before the first request, not during it  # noqa: B018
+    opened = ", ".join(sorted(app.config["RECSEARCH_OPEN"])) or "nothing"
     click.echo(f"recsearch serving on http://{host}:{port}  (Ctrl-C to stop)")
+    click.echo(f"open without a key: {opened}; everything else needs the API key (`recsearch key`)")
     app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@cli.command()
+@pass_ctx
+def key(obj: _Context) -> None:
+    """Print the API key (generated into the data dir on first use)."""
+    from engine.secrets import api_key
+
+    click.echo(api_key(obj.settings))
 
 
 def main() -> None:

@@ -11,10 +11,14 @@ port="${PORT:-8000}"
 recsearch ingest data/catalog.jsonl
 recsearch build --if-stale
 recsearch events data/events.jsonl   # sample users' histories; event_ids make reloads no-ops
+key="$(recsearch key)"
 
 cat <<MSG
 
-recsearch is starting on http://$host:$port — try, from another terminal:
+recsearch is starting on http://$host:$port
+API key (writes, user profiles; also search and events unless served on 127.0.0.1):
+  $key        (kept in var/api_key; \`.venv/bin/recsearch key\` prints it again)
+Try, from another terminal:
   curl 'http://$host:$port/v1/search?q=quiet+beach+with+snorkeling&k=5'
   curl 'http://$host:$port/v1/search?q=museums+and+cafes&category=city&k=3'
   curl -X POST http://$host:$port/v1/search -H 'Content-Type: application/json' \\
@@ -23,7 +27,7 @@ recsearch is starting on http://$host:$port — try, from another terminal:
   curl 'http://$host:$port/v1/search?q=city+break&user_id=mountain-hiker-1&explain=true&k=3'
   curl -X POST http://$host:$port/v1/events -H 'Content-Type: application/json' \
        -d '{"user_id": "me", "item_id": "kyoto-japan", "type": "click"}'
-  curl http://$host:$port/v1/users/me
+  curl -H "Authorization: Bearer $key" http://$host:$port/v1/users/me
   .venv/bin/recsearch search "trekking in the himalayas" --user backpacker-1 --explain
 
 MSG

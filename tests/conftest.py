@@ -148,7 +148,10 @@ def app(runtime: Runtime):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
-    return app.test_client()
+    """A client that sends the API key, as an application with write access would."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['RECSEARCH_API_KEY']}"
+    return test_client
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

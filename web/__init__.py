@@ -12,11 +12,14 @@ from engine.runtime import Runtime
 EXTENSION = "recsearch"
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, runtime: Runtime | None = None, loopback: bool = False
+) -> Flask:
     """Build the app; engine objects live in app.extensions["recsearch"] as a Runtime.
 
     With no arguments it reads RECSEARCH_* from the environment (what gunicorn calls:
-    `gunicorn -w 4 'web:create_app()'`).
+    `gunicorn -w 4 'web:create_app()'`). loopback says the server listens on 127.0.0.1 only,
+    which opens search and events without a key under RECSEARCH_OPEN_ENDPOINTS=auto.
     """
     if runtime is None:
         runtime = Runtime(settings or Settings.from_env())
@@ -25,8 +28,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = runtime
 
-    from web import api, errors
+    from web import api, auth, errors
 
+    auth.init(app, runtime.settings, loopback)
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)

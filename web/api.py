@@ -23,6 +23,7 @@ from engine.events import parse_events_payload
 from engine.search import SearchRequest
 from engine.users import record_events, user_profile
 from web import runtime_of
+from web.auth import require_key
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 health = Blueprint("health", __name__)
@@ -40,6 +41,7 @@ def _json_body() -> Any:
 
 @bp.get("/search")
 def search_get() -> ResponseReturnValue:
+    require_key("search")
     raw: dict[str, Any] = dict(request.args)
     if "context_items" in request.args:  # repeated (?context_items=a&context_items=b) or a,b
         raw["context_items"] = ",".join(request.args.getlist("context_items"))
@@ -48,6 +50,7 @@ def search_get() -> ResponseReturnValue:
 
 @bp.post("/search")
 def search_post() -> ResponseReturnValue:
+    require_key("search")
     payload = _json_body()
     if not isinstance(payload, dict):
         raise InvalidInput("the search body must be a JSON object")
@@ -78,6 +81,7 @@ def _search(raw: dict[str, Any]) -> ResponseReturnValue:
 
 @bp.post("/items")
 def items_post() -> ResponseReturnValue:
+    require_key()
     runtime = runtime_of(current_app)
     items = parse_items_payload(_json_body(), runtime.settings.max_batch_items)
     with runtime.write_session() as session:
@@ -96,12 +100,14 @@ def items_post() -> ResponseReturnValue:
 
 @bp.get("/items/<path:item_id>")
 def item_get(item_id: str) -> ResponseReturnValue:
+    require_key("search")
     with runtime_of(current_app).session() as session:
         return jsonify(item_to_dict(get_item(session, item_id)))
 
 
 @bp.delete("/items/<path:item_id>")
 def item_delete(item_id: str) -> ResponseReturnValue:
+    require_key()
     with runtime_of(current_app).write_session() as session:
         if delete_items(session, [item_id]):
             raise NotFound(f"item {item_id!r}")
@@ -111,6 +117,7 @@ def item_delete(item_id: str) -> ResponseReturnValue:
 @bp.post("/events")
 def events_post() -> ResponseReturnValue:
     """Record events and update the users' features before answering (read-your-writes)."""
+    require_key("events")
     runtime = runtime_of(current_app)
     events = parse_events_payload(_json_body(), runtime.settings.max_events_batch, utcnow())
     with runtime.write_session() as session:
@@ -127,6 +134,7 @@ def events_post() -> ResponseReturnValue:
 
 @bp.get("/users/<path:user_id>")
 def user_get(user_id: str) -> ResponseReturnValue:
+    require_key()
     runtime = runtime_of(current_app)
     with runtime.session() as session:
         return jsonify(user_profile(session, user_id, runtime.settings))
