@@ -36,7 +36,7 @@ class Item(Base):
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
     # sha256 of the item's canonical JSON: an upsert with the same hash changes nothing.
     content_hash: Mapped[str] = mapped_column(String(64))
-    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 class IndexVersion(Base):
@@ -143,3 +143,27 @@ class Covisit(Base):
     item_a: Mapped[str] = mapped_column(String(256), primary_key=True)
     item_b: Mapped[str] = mapped_column(String(256), primary_key=True)
     weight: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Job(Base):
+    """A background job (index build, model training): its state and live progress."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(_EventId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    # queued | running | succeeded | failed | cancelled
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    params: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    phase: Mapped[str | None] = mapped_column(String(40))
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    rate: Mapped[float | None] = mapped_column(Float)  # units per second in this phase
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # A running job writes this at least every few seconds; a stale one was orphaned.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON)

@@ -28,12 +28,13 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = runtime
 
-    from web import api, auth, errors
+    from web import admin, api, auth, errors
 
     auth.init(app, runtime.settings, loopback)
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
+    admin.init(app)
     logging.getLogger(__name__).info("recsearch app ready on %s", runtime.settings.db_url)
     return app
 

@@ -23,6 +23,7 @@ from engine.events import parse_events_payload
 from engine.search import SearchRequest
 from engine.users import record_events, user_profile
 from web import runtime_of
+from web.admin import latency
 from web.auth import require_key
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -62,6 +63,7 @@ def _search(raw: dict[str, Any]) -> ResponseReturnValue:
     search_request = SearchRequest.parse(raw, runtime.settings.max_k)
     with runtime.session() as session:
         response = runtime.searcher.search(session, search_request)
+    latency().add(response.took_ms)
     results = []
     for hit in response.results:
         result = asdict(hit)

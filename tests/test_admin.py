@@ -1,0 +1,162 @@
+"""The admin API: background rebuilds and training, one job at a time, cancel, orphans,
+rollback, status; and searches that never fail while versions change under them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from engine.catalog import utcnow
+from engine.index_store import IndexStore
+from engine.models import Job
+from engine.runtime import Runtime
+from indexer.build import build
+from indexer.events import load_events
+from tests.conftest import ROOT
+from web import create_app
+
+
+def wait_done(client: Any, job_id: int, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/admin/api/jobs/{job_id}").get_json()
+        if job["state"] not in ("queued", "running"):
+            return dict(job)
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
+def test_rebuild_runs_in_the_background_and_publishes(client: Any, built: Runtime) -> None:
+    before = IndexStore(built.settings.index_dir).current_version()
+    response = client.post("/admin/api/rebuild")
+    assert response.status_code == 202 and response.get_json()["state"] == "queued"
+    job = wait_done(client, response.get_json()["id"])
+    assert job["state"] == "succeeded" and job["error"] is None
+    assert job["phase"] == "publish" and job["done"] == job["total"] == 1
+    assert job["result"]["version"] != before
+    assert job["result"]["version"] == IndexStore(built.settings.index_dir).current_version()
+    status = client.get("/admin/api/status").get_json()
+    assert status["index"]["version"] == job["result"]["version"]
+    assert status["index"]["items"] == 325 and status["index"]["size_bytes"] > 0
+    assert status["jobs"][0]["id"] == job["id"] and status["live_model"] == "prior"
+
+
+def test_one_build_at_a_time_across_processes(client: Any, built: Runtime) -> None:
+    # Another server process's running build: a fresh heartbeat, no thread of ours.
+    with built.write_session() as session:
+        other = Job(kind="build", state="running", params={}, done=0, total=0)
+        other.created_at = other.heartbeat_at = utcnow()
+        session.add(other)
+        session.flush()
+        other_id = other.id
+    response = client.post("/admin/api/rebuild")
+    assert response.status_code == 409
+    assert f"job {other_id} (build) is already running" in response.get_json()["message"]
+    cancelled = client.post(f"/admin/api/jobs/{other_id}/cancel").get_json()
+    assert cancelled["state"] == "cancelled"
+    assert client.post(f"/admin/api/jobs/{other_id}/cancel").status_code == 409
+    assert client.get("/admin/api/jobs/999999").status_code == 404
+
+
+def test_a_restart_fails_orphaned_jobs(built: Runtime) -> None:
+    with built.write_session() as session:
+        stale = Job(kind="train", state="running", params={}, done=3, total=10)
+        stale.created_at = stale.heartbeat_at = utcnow() - timedelta(hours=1)
+        session.add(stale)
+        session.flush()
+        stale_id = stale.id
+    app = create_app(runtime=built)  # a server starting up
+    key = {"Authorization": f"Bearer {app.config['RECSEARCH_API_KEY']}"}
+    job = app.test_client().get(f"/admin/api/jobs/{stale_id}", headers=key).get_json()
+    assert job["state"] == "failed" and "orphaned" in job["error"]
+
+
+def test_cancel_a_running_build_keeps_the_old_version(client: Any, runtime: Runtime) -> None:
+    from indexer.ingest import ingest
+    from tests.conftest import SAMPLE_CATALOG
+
+    with runtime.session() as session:
+        ingest(session, SAMPLE_CATALOG)  # no seed to reuse: embedding takes seconds
+    job = client.post("/admin/api/rebuild").get_json()
+    deadline = time.monotonic() + 60
+    while client.get(f"/admin/api/jobs/{job['id']}").get_json()["phase"] != "embed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.post(f"/admin/api/jobs/{job['id']}/cancel")
+    assert wait_done(client, job["id"])["state"] == "cancelled"
+    assert IndexStore(runtime.settings.index_dir).current_version() is None
+
+
+def test_train_job_and_promote_and_rollback(client: Any, built: Runtime) -> None:
+    load_events(built, ROOT / "data" / "events.jsonl")
+    job = client.post("/admin/api/train", json={"source": "events", "promote": True}).get_json()
+    done = wait_done(client, job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["version"] == "v000001" and done["result"]["examples"] > 0
+    status = client.get("/admin/api/status").get_json()
+    assert status["live_model"] == "v000001" and status["models"][0]["live"]
+    assert client.post("/admin/api/train", json={"source": "mystery"}).status_code == 422
+    first = IndexStore(built.settings.index_dir).current_version()
+    with built.session() as session:
+        second = build(built.settings, session, built.embedder).version
+    assert client.get("/v1/search?q=beach").get_json()["index_version"] == second
+    assert client.post("/admin/api/rollback", json={"version": first}).status_code == 200
+    assert client.get("/v1/search?q=beach").get_json()["index_version"] == first
+    assert client.post("/admin/api/rollback", json={"version": "v999999"}).status_code == 404
+
+
+def test_admin_api_needs_the_key(app: Any) -> None:
+    anonymous = app.test_client()
+    assert anonymous.get("/admin/api/status").status_code == 401
+    assert anonymous.post("/admin/api/rebuild").status_code == 401
+
+
+def test_searches_never_fail_while_versions_change(client: Any, built: Runtime) -> None:
+    """Threads search during a full rebuild and a rollback: zero failures, and the served
+    version changes exactly when publish returns."""
+    first = IndexStore(built.settings.index_dir).current_version()
+    app = client.application
+    log: list[tuple[float, float, int, str | None]] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        local = app.test_client()
+        local.environ_base["HTTP_AUTHORIZATION"] = client.environ_base["HTTP_AUTHORIZATION"]
+        while not stop.is_set():
+            t0 = time.monotonic()
+            response = local.get("/v1/search?q=mountain+lakes&k=5")
+            body = response.get_json()
+            log.append((t0, time.monotonic(), response.status_code, body.get("index_version")))
+
+    marks: dict[str, float] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "publish" and done == 0:
+            marks["publish_start"] = time.monotonic()
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with built.session() as session:
+        second = build(built.settings, session, built.embedder, progress).version
+    marks["publish_end"] = time.monotonic()
+    time.sleep(0.3)
+    IndexStore(built.settings.index_dir).point_current_at(first)
+    marks["rollback_end"] = time.monotonic()
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    assert log and all(status == 200 for _, _, status, _ in log)
+    for start, end, _, version in log:
+        if end < marks["publish_start"]:
+            assert version == first
+        elif marks["publish_end"] < start and end < marks["rollback_end"]:
+            assert version == second
+        elif start > marks["rollback_end"]:
+            assert version == first
+    assert any(v == second for *_, v in log) and log[-1][3] == first
