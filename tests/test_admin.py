@@ -160,3 +160,26 @@ def test_searches_never_fail_while_versions_change(client: Any, built: Runtime) 
         elif start > marks["rollback_end"]:
             assert version == first
     assert any(v == second for *_, v in log) and log[-1][3] == first
+
+
+def test_page_login_and_csrf(app: Any, built: Runtime) -> None:
+    import re
+
+    browser = app.test_client()
+    assert browser.get("/admin/").status_code == 302
+    form = browser.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    wrong = browser.post("/admin/login", data={"csrf": csrf, "password": "nope"})
+    assert wrong.status_code == 401 and "Wrong key." in wrong.get_data(as_text=True)
+    key = app.config["RECSEARCH_API_KEY"]
+    assert browser.post("/admin/login", data={"csrf": "forged", "password": key}).status_code == 403
+    assert browser.post("/admin/login", data={"csrf": csrf, "password": key}).status_code == 302
+    page = browser.get("/admin/").get_data(as_text=True)
+    token = re.search(r'name="csrf" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    assert browser.get("/admin/api/status").status_code == 200  # reads need the session only
+    refused = browser.post("/admin/api/rollback", json={"version": "v000001"})
+    assert refused.status_code == 403 and "CSRF" in refused.get_json()["message"]
+    ok = browser.post("/admin/api/search?q=x", headers={"X-CSRF-Token": token})
+    assert ok.status_code == 405  # right token, wrong method: past the CSRF check
+    played = browser.get("/admin/api/search?q=temples&k=3").get_json()
+    assert len(played["results"]) == 3 and "contributions" in played["results"][0]["explanation"]

@@ -3,14 +3,16 @@ Every route needs the API key."""
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections import deque
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request, session
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import Forbidden
 
 from engine.errors import InvalidInput
 from engine.model_store import ModelStore
@@ -18,7 +20,7 @@ from indexer.jobs import JobRunner
 from web import runtime_of
 from web.auth import require_key
 
-bp = Blueprint("admin", __name__, url_prefix="/admin")
+bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 JOBS = "recsearch_jobs"
 LATENCY = "recsearch_latency"
 LATENCY_WINDOW_S = 300
@@ -69,6 +71,9 @@ def init(app: Flask) -> None:
     app.extensions[JOBS] = runner
     app.extensions[LATENCY] = LatencyLog()
     app.register_blueprint(bp)
+    from web import admin_page
+
+    admin_page.init(app)
 
 
 def jobs() -> JobRunner:
@@ -81,6 +86,14 @@ def latency() -> LatencyLog:
 
 @bp.before_request
 def _keyed() -> None:
+    """The API key, or the admin page's login session (with its CSRF token on writes)."""
+    if session.get("admin"):
+        if request.method in ("GET", "HEAD"):
+            return
+        token = request.headers.get("X-CSRF-Token", "")
+        if token and hmac.compare_digest(token, session.get("csrf", "")):
+            return
+        raise Forbidden("missing or wrong CSRF token")
     require_key()
 
 
@@ -91,34 +104,34 @@ def _body() -> dict[str, Any]:
     return payload
 
 
-@bp.post("/api/rebuild")
+@bp.post("/rebuild")
 def rebuild() -> ResponseReturnValue:
     return jsonify(jobs().start("build")), 202
 
 
-@bp.post("/api/train")
+@bp.post("/train")
 def train() -> ResponseReturnValue:
     body = _body()
     params = {"source": body.get("source", "impressions"), "promote": bool(body.get("promote"))}
     return jsonify(jobs().start("train", params)), 202
 
 
-@bp.get("/api/jobs")
+@bp.get("/jobs")
 def job_list() -> ResponseReturnValue:
     return jsonify({"jobs": jobs().list()})
 
 
-@bp.get("/api/jobs/<int:job_id>")
+@bp.get("/jobs/<int:job_id>")
 def job_get(job_id: int) -> ResponseReturnValue:
     return jsonify(jobs().get(job_id))
 
 
-@bp.post("/api/jobs/<int:job_id>/cancel")
+@bp.post("/jobs/<int:job_id>/cancel")
 def job_cancel(job_id: int) -> ResponseReturnValue:
     return jsonify(jobs().cancel(job_id))
 
 
-@bp.post("/api/rollback")
+@bp.post("/rollback")
 def rollback() -> ResponseReturnValue:
     version = _body().get("version")
     if not isinstance(version, str) or not version:
@@ -128,7 +141,7 @@ def rollback() -> ResponseReturnValue:
     return jsonify({"index_version": version})
 
 
-@bp.post("/api/promote")
+@bp.post("/promote")
 def promote() -> ResponseReturnValue:
     version = _body().get("version")
     if not isinstance(version, str) or not version:
@@ -137,7 +150,31 @@ def promote() -> ResponseReturnValue:
     return jsonify({"model_version": version})
 
 
-@bp.get("/api/status")
+@bp.get("/search")
+def playground_search() -> ResponseReturnValue:
+    """The playground's search: the same engine call, with explanations, behind admin auth."""
+    from dataclasses import asdict
+
+    from engine.search import SearchRequest
+
+    runtime = runtime_of(current_app)
+    raw: dict[str, Any] = dict(request.args)
+    raw["explain"] = True
+    search_request = SearchRequest.parse(raw, runtime.settings.max_k)
+    with runtime.session() as db:
+        response = runtime.searcher.search(db, search_request)
+    latency().add(response.took_ms)
+    return jsonify(
+        {
+            "results": [asdict(hit) for hit in response.results],
+            "index_version": response.index_version,
+            "took_ms": response.took_ms,
+            "mode": response.mode,
+        }
+    )
+
+
+@bp.get("/status")
 def status() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     store = runtime.live.store
