@@ -18,6 +18,7 @@ cat <<MSG
 recsearch is starting on http://$host:$port
 API key (writes, user profiles; also search and events unless served on 127.0.0.1):
   $key        (kept in var/api_key; \`.venv/bin/recsearch key\` prints it again)
+Admin page: http://$host:$port/admin/  (sign in with the key)
 Try, from another terminal:
   curl 'http://$host:$port/v1/search?q=quiet+beach+with+snorkeling&k=5'
   curl 'http://$host:$port/v1/search?q=museums+and+cafes&category=city&k=3'
