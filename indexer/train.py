@@ -137,26 +137,20 @@ def train_from_judgments(
     )
     is_val = np.array([g in held_out for g in groups])
     progress("fit", 0, 1)
-    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
-    p_val = held.probability(held.logits(x[is_val]))
-    ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
-    progress("fit", 1, 1)
-    report = TrainReport(
-        version=None,
-        promoted=promote,
-        examples=len(y),
-        positives=int(y.sum()),
-        train_queries=len(queries) - len(held_out),
-        validation_queries=len(held_out),
-        validation_auc=round(auc(y[is_val], p_val), 4),
-        validation_log_loss=round(log_loss(y[is_val], p_val), 4),
-        train_seconds=round(time.perf_counter() - started, 2),
-        weights={n: round(float(w), 4) for n, w in zip(names, ranker.weights, strict=True)},
+    result = _fit_and_save(
+        runtime,
+        x,
+        y,
+        is_val,
+        names,
+        groups=(len(queries) - len(held_out), len(held_out)),
+        source="judgments",
+        promote=promote,
+        l2=l2,
+        started=started,
     )
-    store = ModelStore(runtime.settings.model_dir)
-    details = {"source": "judgments", "trained_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
-    return LinearRanker.from_json(ranker.to_json(), report.version), report
+    progress("fit", 1, 1)
+    return result
 
 
 POSITIVE_TYPES = ("click", "cart", "purchase")
@@ -234,28 +228,18 @@ def train_from_impressions(
     is_val = order >= cutoff
     if y[~is_val].sum() in (0, (~is_val).sum()):
         raise InvalidInput("the older requests hold only one class of examples; log more")
-    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
-    p_val = held.probability(held.logits(x[is_val]))
-    ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
-    report = TrainReport(
-        version=None,
-        promoted=promote,
-        examples=len(y),
-        positives=int(y.sum()),
-        train_queries=cutoff,
-        validation_queries=n_requests - cutoff,
-        validation_auc=round(auc(y[is_val], p_val), 4),
-        validation_log_loss=round(log_loss(y[is_val], p_val), 4),
-        train_seconds=round(time.perf_counter() - started, 2),
-        weights={n: round(float(w), 4) for n, w in zip(names, ranker.weights, strict=True)},
+    return _fit_and_save(
+        runtime,
+        x,
+        y,
+        is_val,
+        names,
+        groups=(cutoff, n_requests - cutoff),
+        source="impressions",
+        promote=promote,
+        l2=l2,
+        started=started,
     )
-    store = ModelStore(runtime.settings.model_dir)
-    details = {
-        "source": "impressions",
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
-    return LinearRanker.from_json(ranker.to_json(), report.version), report
 
 
 def is_positive(event: EventIn, positive_rating: float) -> bool:
@@ -373,6 +357,35 @@ def train_from_events(
     n_groups = int(order.max()) + 1
     cutoff = n_groups - max(1, int(n_groups * validation_fraction))
     is_val = order >= cutoff
+    return _fit_and_save(
+        runtime,
+        x,
+        y,
+        is_val,
+        names,
+        groups=(cutoff, n_groups - cutoff),
+        source="events (point-in-time replay)",
+        promote=promote,
+        l2=l2,
+        started=started,
+    )
+
+
+def _fit_and_save(
+    runtime: Runtime,
+    x: np.ndarray,
+    y: np.ndarray,
+    is_val: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    groups: tuple[int, int],
+    source: str,
+    promote: bool,
+    l2: float,
+    started: float,
+) -> tuple[LinearRanker, TrainReport]:
+    """Fit on the training rows and report on the held-out ones, then refit on all rows and
+    save that model with the report as a new version (live when promote)."""
     held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
     p_val = held.probability(held.logits(x[is_val]))
     ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
@@ -381,17 +394,14 @@ def train_from_events(
         promoted=promote,
         examples=len(y),
         positives=int(y.sum()),
-        train_queries=cutoff,
-        validation_queries=n_groups - cutoff,
+        train_queries=groups[0],
+        validation_queries=groups[1],
         validation_auc=round(auc(y[is_val], p_val), 4),
         validation_log_loss=round(log_loss(y[is_val], p_val), 4),
         train_seconds=round(time.perf_counter() - started, 2),
         weights={n: round(float(w), 4) for n, w in zip(names, ranker.weights, strict=True)},
     )
+    details = {"source": source, "trained_at": datetime.now(UTC).isoformat(timespec="seconds")}
     store = ModelStore(runtime.settings.model_dir)
-    details = {
-        "source": "events (point-in-time replay)",
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
     report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
     return LinearRanker.from_json(ranker.to_json(), report.version), report
