@@ -95,7 +95,7 @@ def items_post() -> ResponseReturnValue:
             "updated": counts.updated,
             "unchanged": counts.unchanged,
             "ids": [item.id for item in items],
-            "note": "stored; searchable after the next `recsearch build`",
+            "note": "stored; searchable within a second, folded into the next build",
         }
     ), (201 if counts.inserted else 200)
 
