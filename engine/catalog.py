@@ -46,7 +46,7 @@ class ItemIn:
             "category": self.category,
             "tags": list(self.tags),
             "attributes": dict(self.attributes),
-            "created_at": _iso(self.created_at),
+            "created_at": iso_z(self.created_at),
         }
 
     def content_hash(self) -> str:
@@ -202,7 +202,8 @@ def _timestamp(value: object, bad: Any) -> datetime | None:
     return parsed
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_z(value: datetime | None) -> str | None:
+    """A naive-UTC datetime as ISO 8601 with a Z, for JSON."""
     return None if value is None else value.isoformat() + "Z"
 
 
@@ -288,8 +289,8 @@ def item_to_dict(row: Item) -> dict[str, Any]:
         "category": row.category,
         "tags": list(row.tags or []),
         "attributes": dict(row.attributes or {}),
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+        "created_at": iso_z(row.created_at),
+        "updated_at": iso_z(row.updated_at),
     }
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from engine.catalog import utcnow
+from engine.catalog import iso_z, utcnow
 from engine.config import Settings
 from engine.errors import InvalidInput, NotFound, Problem
 from engine.events import EventIn
@@ -382,20 +382,16 @@ def user_profile(
         "user_id": state.user_id,
         "event_count": state.event_count,
         "counts": state.counts,
-        "first_activity": _iso(state.first_ts),
-        "last_activity": _iso(state.last_ts),
+        "first_activity": iso_z(state.first_ts),
+        "last_activity": iso_z(state.last_ts),
         "top_categories": ranked(state.category_affinity),
         "top_tags": ranked(state.tag_affinity),
         "recent_items": [{"item_id": i, "type": t, "ts": ts + "Z"} for i, t, ts in state.recent],
         "purchased": state.purchased[-top:][::-1],
         "has_vector": state.unit_vector() is not None,
-        "decayed_to": _iso(now),
+        "decayed_to": iso_z(now),
         "half_life_days": settings.half_life_days,
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat() + "Z"
 
 
 def most_popular(

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,9 +46,6 @@ class BuildReport:
     items_per_second: float
     skipped: bool = False
     pruned: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

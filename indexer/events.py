@@ -13,7 +13,14 @@ from engine.errors import InvalidInput, Problem
 from engine.events import EVENT_FIELDS, EventIn, validate_event
 from engine.runtime import Runtime
 from engine.users import EventReport, record_events, unknown_items
-from indexer.ingest import Row, count_lines, read_rows, reject_entry, write_rejects
+from indexer.ingest import (
+    LoadReport,
+    Row,
+    count_lines,
+    read_rows,
+    reject_entry,
+    write_rejects,
+)
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -22,25 +29,8 @@ _BATCH = 2_000
 
 
 @dataclass
-class EventsLoadReport:
-    source: str
-    rows: int = 0
+class EventsLoadReport(LoadReport):
     events: EventReport = field(default_factory=EventReport)
-    problems: list[Problem] = field(default_factory=list)
-    rejected: int = 0
-    rejects_path: Path | None = None
-    committed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "rows": self.rows,
-            "recorded": self.events.recorded,
-            "duplicates": self.events.duplicates,
-            "rejected": self.rejected,
-            "committed": self.committed,
-            "rejects_path": str(self.rejects_path) if self.rejects_path else None,
-        }
 
 
 def _csv_event(line: int, cells: dict[str, str]) -> Row:

@@ -33,29 +33,21 @@ class Row:
 
 
 @dataclass
-class IngestReport:
+class LoadReport:
+    """What loading a file did: rows read, problems by line, rejects, whether it committed."""
+
     source: str
     rows: int = 0
-    valid: int = 0
-    counts: UpsertCounts = field(default_factory=UpsertCounts)
     problems: list[Problem] = field(default_factory=list)
     rejected: int = 0
     rejects_path: Path | None = None
     committed: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "rows": self.rows,
-            "valid": self.valid,
-            "inserted": self.counts.inserted,
-            "updated": self.counts.updated,
-            "unchanged": self.counts.unchanged,
-            "rejected": self.rejected,
-            "rejects_path": str(self.rejects_path) if self.rejects_path else None,
-            "committed": self.committed,
-            "problems": [p.to_dict() for p in self.problems],
-        }
+
+@dataclass
+class IngestReport(LoadReport):
+    valid: int = 0
+    counts: UpsertCounts = field(default_factory=UpsertCounts)
 
 
 def detect_format(path: Path) -> str:

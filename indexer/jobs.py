@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine.catalog import utcnow
+from engine.catalog import iso_z, utcnow
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.models import Job
 from engine.runtime import Runtime
@@ -31,9 +31,6 @@ class JobCancelled(Exception):
 
 
 def job_dict(job: Job) -> dict[str, Any]:
-    def iso(value: Any) -> str | None:
-        return None if value is None else value.isoformat() + "Z"
-
     return {
         "id": job.id,
         "kind": job.kind,
@@ -45,9 +42,9 @@ def job_dict(job: Job) -> dict[str, Any]:
         "percent": round(100.0 * job.done / job.total, 1) if job.total else None,
         "rate": job.rate,
         "eta_s": job.eta_s,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
+        "created_at": iso_z(job.created_at),
+        "started_at": iso_z(job.started_at),
+        "finished_at": iso_z(job.finished_at),
         "error": job.error,
         "result": job.result,
     }
