@@ -223,18 +223,14 @@ def train_from_impressions(
             f"{len(y)} logged impressions but {int(y.sum())} positives: need clicks (events with "
             "the search's request_id) and shown-but-not-clicked results to learn from"
         )
-    n_requests = int(order.max()) + 1
-    cutoff = n_requests - max(1, int(n_requests * validation_fraction))
-    is_val = order >= cutoff
-    if y[~is_val].sum() in (0, (~is_val).sum()):
-        raise InvalidInput("the older requests hold only one class of examples; log more")
+    is_val, groups = _newest_held_out(order, validation_fraction)
     return _fit_and_save(
         runtime,
         x,
         y,
         is_val,
         names,
-        groups=(cutoff, n_requests - cutoff),
+        groups=groups,
         source="impressions",
         promote=promote,
         l2=l2,
@@ -354,16 +350,14 @@ def train_from_events(
     x, y, order, names = replay_examples(
         runtime, events, searcher=searcher, progress=progress, max_per_user=max_per_user
     )
-    n_groups = int(order.max()) + 1
-    cutoff = n_groups - max(1, int(n_groups * validation_fraction))
-    is_val = order >= cutoff
+    is_val, groups = _newest_held_out(order, validation_fraction)
     return _fit_and_save(
         runtime,
         x,
         y,
         is_val,
         names,
-        groups=(cutoff, n_groups - cutoff),
+        groups=groups,
         source="events (point-in-time replay)",
         promote=promote,
         l2=l2,
@@ -386,6 +380,8 @@ def _fit_and_save(
 ) -> tuple[LinearRanker, TrainReport]:
     """Fit on the training rows and report on the held-out ones, then refit on all rows and
     save that model with the report as a new version (live when promote)."""
+    if y[~is_val].sum() in (0, (~is_val).sum()):
+        raise InvalidInput("the training part holds only one class of examples; need both")
     held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
     p_val = held.probability(held.logits(x[is_val]))
     ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
@@ -405,3 +401,11 @@ def _fit_and_save(
     store = ModelStore(runtime.settings.model_dir)
     report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
     return LinearRanker.from_json(ranker.to_json(), report.version), report
+
+
+def _newest_held_out(order: np.ndarray, fraction: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """A time-based split: the newest `fraction` of groups (requests, replayed events) are
+    held out. Returns the held-out mask and (training groups, held-out groups)."""
+    n_groups = int(order.max()) + 1
+    cutoff = n_groups - max(1, int(n_groups * fraction))
+    return order >= cutoff, (cutoff, n_groups - cutoff)
