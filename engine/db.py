@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
 from engine.errors import ConfigError
+from engine.index_store import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def make_engine(settings: Settings) -> Engine:
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(url.database))
         # Flask serves requests on threads; each connection is still used by one at a time.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif url.get_backend_name() == "postgresql":
@@ -70,6 +73,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would take the umask, often 0644).
+
+    Events are personal data. SQLite gives its -wal and -shm files the database file's mode.
+    An existing file keeps its mode, with a warning when others can read it.
+    """
+    make_private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning(
+                "%s is open to other users (mode %03o) and holds personal data: chmod 600 it",
+                path,
+                mode,
+            )
+        return
+    try:
+        os.fchmod(fd, 0o600)  # exactly, whatever the umask
+    finally:
+        os.close(fd)
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -116,9 +143,12 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
         return
     import fcntl
 
-    with open(f"{database}.migrate-lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+    fd = os.open(f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def ensure_schema(engine: Engine) -> None:

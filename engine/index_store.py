@@ -5,6 +5,10 @@ Layout under settings.index_dir:
     v000007/           manifest.json, index.faiss, items.json (row → id, category, text hash),
                        vectors.npy ((n, dim) float32 unit vectors: reused by the next build)
     .staging-*/        a build in progress; a crash leaves one behind, never a half version
+    .publish-lock      held (flock) while a version is numbered and made current
+
+Folders we create are private (0700) unless the folder they are created in was opened up
+by the operator: a version folder, and CURRENT, are as open as the store's folder.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -25,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from engine.ann import AnnIndex, load_index
-from engine.errors import NotFound, NotReady
+from engine.errors import InvalidInput, NotFound, NotReady
 from engine.lexical import LexicalIndex
 
 log = logging.getLogger(__name__)
@@ -35,7 +41,11 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 ITEMS = "items.json"
 VECTORS = "vectors.npy"
-_VERSION_RE = re.compile(r"^v(\d{6,})$")
+PUBLISH_LOCK = ".publish-lock"
+# v000001 ... v999999999999: ASCII digits only, and short, so a name is checked before it
+# touches the filesystem (no paths, no "..", no over-long names). Match with fullmatch.
+VERSION_RE = re.compile(r"v[0-9]{6,12}")
+PRIVATE_DIR_MODE = 0o700
 # A staging folder this old is left over from a crashed build, not one still running.
 STALE_STAGING_S = 24 * 3600
 
@@ -97,72 +107,124 @@ class VersionStore:
         self.root = root
 
     def current_version(self) -> str | None:
+        """The version CURRENT names, or None; NotReady if it names something else."""
         try:
             name = (self.root / CURRENT).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        if name and not VERSION_RE.fullmatch(name):
+            # Written by hand, or by a release that took any path: never follow it.
+            raise NotReady(
+                f"{self.root / CURRENT} names {name[:60]!r}, not a version like v000001: "
+                "roll back or promote to one of the published versions"
+            )
         return name or None
 
     def versions(self) -> list[str]:
         """Published versions, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        found = [p.name for p in self.root.iterdir() if p.is_dir() and VERSION_RE.fullmatch(p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
+    def folder(self, version: str) -> Path:
+        """The folder of a version; InvalidInput (422) for anything not named like v000001."""
+        if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+            shown = f"{str(version)[:40]}..." if len(str(version)) > 40 else version
+            raise InvalidInput(f"{self.kind} {shown!r} is not a version name like v000001")
+        return self.root / version
+
     def manifest(self, version: str) -> dict[str, Any]:
-        path = self.root / version / self.manifest_name
+        """A version's manifest; InvalidInput for a bad name, NotFound for a missing version."""
+        path = self.folder(version) / self.manifest_name
         try:
             return dict(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise NotFound(f"{self.kind} {version!r}") from None
 
     def stage(self) -> Path:
-        """A fresh private folder for a build to write into."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """A fresh folder for a build to write into (as open as the store's folder)."""
+        make_private_dir(self.root)
         self._remove_stale_staging()
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-        staging.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
+        # mkdtemp makes it 0700; an operator who opened the store (a server running as
+        # another user) gets versions as open as the store.
+        staging.chmod(stat.S_IMODE(self.root.stat().st_mode))
         return staging
 
     def publish(self, staging: Path, *, make_current: bool = True) -> str:
         """Turn a staged folder into the next version and point CURRENT at it, atomically.
 
-        The manifest in staging gets its "version" filled in. Concurrent publishers each get
-        their own version number (rename fails if the name is taken).
+        The manifest in staging gets its "version" filled in. Publishers, in threads or
+        processes, take turns under a lock, so each gets the next number and CURRENT only
+        moves forward. If CURRENT cannot be switched the folder goes back to staging and the
+        error propagates: no version is left behind that its caller reports as failed.
         """
         manifest_path = staging / self.manifest_name
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        while True:
-            existing = self.versions()
-            number = int(existing[-1][1:]) + 1 if existing else 1
-            version = f"v{number:06d}"
-            manifest["version"] = version
-            write_json_durably(manifest_path, manifest)
-            _fsync_dir(staging)
-            try:
-                os.rename(staging, self.root / version)
-                break
-            except OSError:
-                if not (self.root / version).exists():
+        with self._publish_lock():
+            while True:
+                existing = self.versions()
+                number = int(existing[-1][1:]) + 1 if existing else 1
+                version = f"v{number:06d}"
+                manifest["version"] = version
+                write_json_durably(manifest_path, manifest)
+                _fsync_dir(staging)
+                try:
+                    os.rename(staging, self.root / version)
+                    break
+                except OSError:
+                    if not (self.root / version).exists():
+                        raise
+                    # Taken by a publisher that does not lock (an older release): next one.
+            if make_current:
+                try:
+                    self._write_current(version)
+                except BaseException:
+                    if self.current_version() != version:
+                        os.rename(self.root / version, staging)
                     raise
-                # Another build took that number first: take the next one.
-        if make_current:
-            self.point_current_at(version)
         return version
 
     def point_current_at(self, version: str) -> None:
-        """Atomically switch CURRENT to an existing version (publish and rollback)."""
-        if not (self.root / version / self.manifest_name).is_file():
+        """Atomically switch CURRENT to an existing version (rollback, promote).
+
+        Raises InvalidInput (422) for a name not like v000001, NotFound (404) for a
+        well-formed name with no published version.
+        """
+        if not (self.folder(version) / self.manifest_name).is_file():
             raise NotFound(f"{self.kind} {version!r}")
-        tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / CURRENT)
+        with self._publish_lock():
+            self._write_current(version)
+
+    def _write_current(self, version: str) -> None:
+        # A temporary file unique to this call: two threads of one process publishing at once
+        # must not write, then rename, the same file.
+        fd, tmp = _temp_file_beside(self.root / CURRENT)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(version + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.root / CURRENT)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
         _fsync_dir(self.root)
         log.info("%s %s is now current", self.kind, version)
+
+    @contextmanager
+    def _publish_lock(self) -> Iterator[None]:
+        """Serialize numbering and CURRENT across threads and processes (flock per open)."""
+        import fcntl
+
+        make_private_dir(self.root)
+        fd = os.open(self.root / PUBLISH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never the current one."""
@@ -175,10 +237,13 @@ class VersionStore:
 
     def _remove_stale_staging(self) -> None:
         cutoff = time.time() - STALE_STAGING_S
-        for path in self.root.glob(".staging-*"):
+        for path in [*self.root.glob(".staging-*"), *self.root.glob(f".{CURRENT}.*.tmp")]:
             try:
                 if path.stat().st_mtime < cutoff:
-                    shutil.rmtree(path, ignore_errors=True)
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink()
             except FileNotFoundError:
                 pass
 
@@ -196,7 +261,7 @@ class IndexStore(VersionStore):
                 raise NotReady(
                     "no index is published yet: run `recsearch build` after `recsearch ingest`"
                 )
-        folder = self.root / version
+        folder = self.folder(version)
         manifest = self.manifest(version)
         rows = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
         ann = load_index(folder, manifest["index"])
@@ -303,12 +368,57 @@ def write_artifact_files(
 
 
 def write_json_durably(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Replace path with data as JSON, atomically: readers see the old file or the new one."""
+    fd, tmp = _temp_file_beside(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def make_private_dir(path: Path) -> None:
+    """Create a folder, and its missing parents, readable by this user only (0700).
+
+    The mode is set after creation, so the umask does not matter. A folder that exists is
+    left as it is: its owner may have opened it on purpose.
+    """
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # created by a concurrent caller, who sets its mode
+        folder.chmod(PRIVATE_DIR_MODE)
+
+
+def _temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new, uniquely named file in path's folder, as readable as that folder.
+
+    os.replace needs the same filesystem; mkstemp's 0600 would make a file the folder's
+    other readers (a server running as another user) could not open.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, stat.S_IMODE(path.parent.stat().st_mode) & 0o666)
+    return fd, tmp
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

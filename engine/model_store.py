@@ -26,10 +26,10 @@ class ModelStore(VersionStore):
         return self.publish(staging, make_current=promote)
 
     def report(self, version: str) -> dict[str, Any]:
-        return dict(json.loads((self.root / version / REPORT_FILE).read_text(encoding="utf-8")))
+        return dict(json.loads((self.folder(version) / REPORT_FILE).read_text(encoding="utf-8")))
 
     def load(self, version: str) -> LinearRanker:
-        return LinearRanker.load(self.root / version, version)
+        return LinearRanker.load(self.folder(version), version)
 
 
 def live_model(root: Path, poll_s: float) -> LiveVersion[LinearRanker]:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -145,10 +146,24 @@ class Covisit(Base):
     weight: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+# Rows in these states hold their kind's one slot (see uq_jobs_active_kind).
+ACTIVE_JOB_STATES = "state IN ('queued', 'running')"
+
+
 class Job(Base):
     """A background job (index build, model training): its state and live progress."""
 
     __tablename__ = "jobs"
+    # One active job per kind, enforced by the database: a second server's insert fails.
+    __table_args__ = (
+        Index(
+            "uq_jobs_active_kind",
+            "kind",
+            unique=True,
+            sqlite_where=text(ACTIVE_JOB_STATES),
+            postgresql_where=text(ACTIVE_JOB_STATES),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(_EventId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(20), index=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,10 +17,12 @@ from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.delta import Delta
 from engine.embedder import Embedder
 from engine.impressions import ImpressionLog
-from engine.index_store import IndexStore, LiveIndex
+from engine.index_store import IndexStore, LiveIndex, make_private_dir
 from engine.model_store import live_model
 from engine.search import Searcher
 from engine.vectors import ItemVectors
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -29,7 +34,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(settings.data_dir)
         self.db: Engine = make_engine(settings)
         ensure_schema(self.db)
         self.sessions: sessionmaker[Session] = session_factory(self.db)
@@ -99,3 +104,22 @@ class Runtime:
         self.delta.close()
         self.impressions.close()
         self.db.dispose()
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data dir readable by this user only (0700): it holds personal data.
+
+    An existing folder keeps its mode (it may be opened to a server's group on purpose, or be
+    a folder of the user's own), with a warning when others can enter it.
+    """
+    if not data_dir.is_dir():
+        make_private_dir(data_dir)
+        return
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "the data dir %s is open to other users (mode %03o); it holds personal data "
+            "(events, users): chmod 700 it unless a server running as another user needs it",
+            data_dir,
+            mode,
+        )

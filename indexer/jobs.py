@@ -10,9 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from engine.catalog import iso_z, utcnow
-from engine.errors import Conflict, InvalidInput, NotFound
+from engine.errors import Conflict, InvalidInput, NotFound, RecsearchError
 from engine.models import Job
 from engine.runtime import Runtime
 
@@ -24,6 +26,8 @@ TRAIN_SOURCES = ("impressions", "events")
 # A running job writes its heartbeat at least this often; three misses make it an orphan.
 HEARTBEAT_S = 5.0
 ORPHAN_AFTER = timedelta(seconds=3 * HEARTBEAT_S + 15)
+# Job ids are 64-bit signed in both databases; a larger one would fail inside the driver.
+MAX_JOB_ID = 2**63 - 1
 
 
 class JobCancelled(Exception):
@@ -51,7 +55,12 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 class JobRunner:
-    """Starts jobs on threads of this process; one active job per kind across processes."""
+    """Starts jobs on threads of this process; one active job per kind across processes.
+
+    The database enforces the "one active job per kind": a partial unique index on jobs.kind
+    over the queued and running rows (migration 0006), so two servers starting the same kind
+    at the same instant get one job and one Conflict.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -85,18 +94,21 @@ class JobRunner:
             raise InvalidInput(f"source must be one of {', '.join(TRAIN_SOURCES)}")
         self.recover_orphans()
         now = utcnow()
-        with self.runtime.write_session() as session:
-            active = session.scalars(
-                select(Job).where(Job.kind == kind, Job.state.in_(ACTIVE)).order_by(Job.id)
-            ).first()
-            if active is not None:
-                raise Conflict(f"job {active.id} ({kind}) is already {active.state}; one at a time")
-            job = Job(kind=kind, state="queued", params=params, done=0, total=0, created_at=now)
-            job.heartbeat_at = now
-            session.add(job)
-            session.flush()
-            job_id = job.id
-            snapshot = job_dict(job)
+        try:
+            with self.runtime.write_session() as session:
+                _refuse_if_active(session, kind)  # the usual case, with a helpful message
+                job = Job(kind=kind, state="queued", params=params, done=0, total=0)
+                job.created_at = job.heartbeat_at = now
+                session.add(job)
+                session.flush()
+                job_id = job.id
+                snapshot = job_dict(job)
+        except IntegrityError:
+            # Another process inserted one between our check and our insert; the unique index
+            # on active jobs refused ours (PostgreSQL waits for that process to commit first).
+            with self.runtime.session() as session:
+                _refuse_if_active(session, kind)
+            raise Conflict(f"a {kind} job is already active; one at a time") from None
         cancel = threading.Event()
         thread = threading.Thread(target=self._run, args=(job_id, cancel), name=f"job-{job_id}")
         with self._lock:
@@ -106,6 +118,8 @@ class JobRunner:
         return snapshot
 
     def get(self, job_id: int) -> dict[str, Any]:
+        """The job as a dict; NotFound (404) for an unknown id, or one no job can have."""
+        _check_id(job_id)
         with self.runtime.session() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -119,6 +133,7 @@ class JobRunner:
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Ask a job to stop at its next progress report (a queued one stops at once)."""
+        _check_id(job_id)
         with self.runtime.write_session() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -172,8 +187,11 @@ class JobRunner:
             self._update(job_id, state="succeeded", result=result, finished_at=utcnow())
         except JobCancelled:
             self._update(job_id, state="cancelled", finished_at=utcnow())
-        except Exception as exc:  # recorded on the job for the operator
-            log.exception("job %s failed", job_id)
+        except RecsearchError as exc:  # an expected condition: its reason says it all
+            log.error("job %s (%s) failed: %s", job_id, job["kind"], exc)
+            self._update(job_id, state="failed", error=str(exc), finished_at=utcnow())
+        except Exception as exc:  # a bug: keep the traceback; the job records the reason
+            log.exception("job %s (%s) failed", job_id, job["kind"])
             self._update(job_id, state="failed", error=str(exc), finished_at=utcnow())
         finally:
             with self._lock:
@@ -203,3 +221,17 @@ class JobRunner:
             progress("train", 0, 1)
             _, train_report = train_from_impressions(rt, promote=promote)
         return train_report.to_dict()
+
+
+def _check_id(job_id: int) -> None:
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise NotFound(f"job {job_id}")
+
+
+def _refuse_if_active(session: Session, kind: str) -> None:
+    """Conflict (409) naming the active job of this kind, if there is one."""
+    active = session.scalars(
+        select(Job).where(Job.kind == kind, Job.state.in_(ACTIVE)).order_by(Job.id)
+    ).first()
+    if active is not None:
+        raise Conflict(f"job {active.id} ({kind}) is already {active.state}; one at a time")
