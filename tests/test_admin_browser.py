@@ -75,6 +75,21 @@ def test_wrong_key_is_refused(page, server: tuple[str, str]) -> None:  # type: i
     assert page.url.endswith("/admin/login")
 
 
+def test_sign_out_ends_the_session_for_good(page, server: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+    base, key = server
+    sign_in(page, base, key)
+    cookies = page.context.cookies()
+    (session,) = [c for c in cookies if c["name"] == "session"]
+    assert session["httpOnly"] and session["sameSite"] == "Lax" and session["expires"] > 0
+    page.click("#signout")
+    page.wait_for_url("**/admin/login")
+    page.context.add_cookies([session])  # a copy of the cookie, kept from before sign-out
+    page.goto(f"{base}/admin/")
+    assert page.url.endswith("/admin/login")
+    status = page.evaluate("fetch('/admin/api/status').then((r) => r.status)")
+    assert status == 401
+
+
 def test_rebuild_progress_and_playground(page, server: tuple[str, str], built: Runtime) -> None:  # type: ignore[no-untyped-def]
     base, key = server
     sign_in(page, base, key)

@@ -60,6 +60,6 @@ def test_key_is_generated_once_private_and_overridable(runtime: Runtime) -> None
     assert len(key) >= 40 and path.read_text().strip() == key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert api_key(settings) == key
-    assert api_key(settings.replace(api_key="from-env")) == "from-env"
+    assert api_key(settings.replace(api_key="from-env-0123456789")) == "from-env-0123456789"
     context = _Context(settings, quiet=True, runtime=runtime)
     assert CliRunner().invoke(cli, ["key"], obj=context).output.strip() == key

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -19,6 +19,9 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
+from web import auth
+from web.contract import operation
+
 bp = Blueprint(
     "admin_page",
     __name__,
@@ -27,52 +30,89 @@ bp = Blueprint(
     static_folder="static",
     static_url_path="/static",
 )
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def init(app: Flask) -> None:
     # Sessions are signed with a key derived from the API key: rotating it logs everyone out.
+    # The cookie's flags and lifetime are set in create_app, which knows about loopback.
     key = app.config["RECSEARCH_API_KEY"].encode()
     app.secret_key = hmac.new(key, b"recsearch admin session", hashlib.sha256).hexdigest()
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     app.register_blueprint(bp)
 
 
+_PAGE = {"tag": "admin page", "access": "public"}
+_FORM = {"password": "the API key", "csrf": "the token issued with the login form"}
+
+
 @bp.get("/login")
+@operation(summary="The sign-in form", responses={200: "text/html"}, **_PAGE)
 def login_form() -> ResponseReturnValue:
-    return render_template("login.html", error=None, csrf=_csrf())
+    return _form(None, 200)
 
 
 @bp.post("/login")
+@operation(
+    summary="Sign in with the API key (form post)",
+    form=_FORM,
+    responses={
+        302: "signed in: to the admin page",
+        401: "text/html",
+        403: "text/html",
+        429: "text/html",
+    },
+    **_PAGE,
+)
 def login() -> ResponseReturnValue:
-    if not hmac.compare_digest(request.form.get("csrf", ""), session.get("csrf", "")):
-        return render_template(
-            "login.html", error="The form expired; try again.", csrf=_csrf()
-        ), 403
-    password = request.form.get("password", "")
-    expected = current_app.config["RECSEARCH_API_KEY"]
-    if not hmac.compare_digest(password.encode(), expected.encode()):
-        return render_template("login.html", error="Wrong key.", csrf=_csrf()), 401
-    session.clear()
-    session["admin"] = True
-    session["csrf"] = secrets.token_urlsafe(32)
+    limits = auth.failures()
+    wait_s = limits.retry_after_s(auth.client_address())
+    if wait_s:
+        message = f"Too many failed sign-ins; try again in {wait_s} s."
+        return _form(message, 429, {"Retry-After": str(wait_s)})
+    # The token must be the one issued with this client's form, kept in its own session
+    # cookie: a client without a cookie has no token, and never matches.
+    if not auth.has_csrf_token(request.form.get("csrf", "")):
+        return _form("The form expired; try again.", 403)
+    if not auth.is_api_key(request.form.get("password", "")):
+        return _form("Wrong key.", 401)
+    auth.sign_in()
     return redirect(url_for("admin_page.page"))
 
 
 @bp.post("/logout")
+@operation(
+    summary="Sign out (ends the session in every server process)",
+    form={"csrf": "the session's CSRF token"},
+    responses={302: "to the sign-in form"},
+    **_PAGE,
+)
 def logout() -> ResponseReturnValue:
-    if hmac.compare_digest(request.form.get("csrf", ""), session.get("csrf", "")):
-        session.clear()
+    if auth.has_csrf_token(request.form.get("csrf", "")):
+        auth.sign_out()
     return redirect(url_for("admin_page.login_form"))
 
 
 @bp.get("/")
+@operation(
+    summary="The admin page", responses={200: "text/html", 302: "to the sign-in form"}, **_PAGE
+)
 def page() -> ResponseReturnValue:
-    if not session.get("admin"):
+    if not auth.is_signed_in():
         return redirect(url_for("admin_page.login_form"))
     return render_template("admin.html", csrf=session["csrf"])
 
 
-def _csrf() -> str:
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return str(session["csrf"])
+def _form(
+    error: str | None, status: int, headers: dict[str, str] | None = None
+) -> ResponseReturnValue:
+    # A browser drops a Secure cookie sent over plain HTTP (except to localhost): say so
+    # instead of coming back here after each sign-in.
+    is_cookie_lost = (
+        current_app.config["SESSION_COOKIE_SECURE"]
+        and not request.is_secure
+        and urlsplit(f"//{request.host}").hostname not in LOCAL_HOSTS
+    )
+    html = render_template(
+        "login.html", error=error, csrf=auth.csrf_token(), is_cookie_lost=is_cookie_lost
+    )
+    return html, status, headers or {}

@@ -55,7 +55,12 @@ def register(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the request body is larger than the limit of {limit} bytes"
-        return error_response(exc.code or 500, code, message)
+        response = error_response(exc.code or 500, code, message)
+        # Keep what the exception says besides its HTML body: Retry-After, Allow, ...
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers.add(name, value)
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

@@ -1,0 +1,382 @@
+"""Hardening of keys and sign-in (issue 8): the key file under concurrent first starts,
+short keys, the admin login's CSRF token, cookie flags, sign-out and expiry, rate limits on
+wrong keys, non-ASCII tokens, and the request size limit on every endpoint."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from engine.config import Settings
+from engine.errors import ConfigError
+from engine.runtime import Runtime
+from engine.secrets import KEY_FILE, api_key
+from tests.conftest import ROOT
+from web import create_app
+
+BIG = 17 * 1024 * 1024  # over the default 16 MiB limit
+# A process that says it is ready, waits for the start signal, then reads or creates the key
+# and prints it.
+KEY_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from engine.config import Settings
+from engine.secrets import api_key
+go = Path(sys.argv[2])
+(go.parent / f"{go.name}.ready.{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.001)
+print(api_key(Settings(data_dir=Path(sys.argv[1]))))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSEARCH_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def _csrf(html: str, attribute: str = "value") -> str:
+    match = re.search(rf'name="csrf" {attribute}="([^"]*)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def _sign_in(client: Any, key: str) -> Any:
+    token = _csrf(client.get("/admin/login").get_data(as_text=True))
+    response = client.post("/admin/login", data={"csrf": token, "password": key})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return response
+
+
+def _key(app: Flask) -> str:
+    return str(app.config["RECSEARCH_API_KEY"])
+
+
+# --- 8: the key file under concurrent first starts ---
+
+
+@pytest.mark.slow
+def test_processes_starting_together_agree_on_one_complete_key(tmp_path: Path) -> None:
+    for round_ in range(4):
+        data_dir, go = tmp_path / f"var{round_}", tmp_path / f"go{round_}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", KEY_SCRIPT, str(data_dir), str(go)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(),
+            )
+            for _ in range(16)
+        ]
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob(f"go{round_}.ready.*"))) < len(procs):  # all at the line
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        go.touch()
+        outputs = [p.communicate(timeout=60) for p in procs]
+        failed = [err for p, (_, err) in zip(procs, outputs, strict=True) if p.returncode]
+        assert not failed, failed[0]
+        keys = {out.strip() for out, _ in outputs}
+        assert len(keys) == 1 and len(keys.pop()) >= 40
+        assert sorted(p.name for p in data_dir.iterdir()) == [KEY_FILE]  # no temp files left
+        assert stat.S_IMODE((data_dir / KEY_FILE).stat().st_mode) == 0o600
+
+
+def test_losing_the_race_reads_the_winners_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes its key between our look and our write: we use its key."""
+    import engine.secrets
+
+    settings = Settings(data_dir=tmp_path / "var")
+    winner = "w" * 43
+    real_token = engine.secrets.secrets.token_urlsafe
+
+    def token_while_another_process_wins(nbytes: int) -> str:
+        (settings.data_dir / KEY_FILE).write_text(winner + "\n")
+        return real_token(nbytes)
+
+    monkeypatch.setattr(engine.secrets.secrets, "token_urlsafe", token_while_another_process_wins)
+    assert api_key(settings) == winner
+    assert [p.name for p in settings.data_dir.iterdir()] == [KEY_FILE]
+
+
+# --- 10: empty and short keys ---
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \n", "short-key\n"])
+def test_an_empty_or_short_key_file_is_refused(tmp_path: Path, content: str) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    settings.data_dir.mkdir()
+    (settings.data_dir / KEY_FILE).write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(str(settings.data_dir / KEY_FILE))):
+        api_key(settings)
+
+
+def test_a_short_configured_key_is_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "var", api_key="from-env")
+    with pytest.raises(ConfigError, match="RECSEARCH_API_KEY"):
+        api_key(settings)
+    assert not settings.data_dir.exists()  # no file is generated in its place
+    assert api_key(settings.replace(api_key="a-configured-key-16+")) == "a-configured-key-16+"
+
+
+def test_the_server_and_the_key_command_refuse_an_empty_key_file(runtime: Runtime) -> None:
+    path = runtime.settings.data_dir / KEY_FILE
+    path.write_text("")
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        create_app(runtime=runtime)
+    done = subprocess.run(
+        [sys.executable, "-m", "indexer.cli", "key"],
+        capture_output=True,
+        text=True,
+        env=_env(RECSEARCH_DATA_DIR=str(runtime.settings.data_dir)),
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert str(path) in done.stderr and done.stderr.startswith("error: ")
+    short = subprocess.run(
+        [sys.executable, "-m", "indexer.cli", "key"],
+        capture_output=True,
+        text=True,
+        env=_env(RECSEARCH_DATA_DIR=str(runtime.settings.data_dir), RECSEARCH_API_KEY="x"),
+        timeout=120,
+    )
+    assert short.returncode == 2 and "RECSEARCH_API_KEY" in short.stderr
+
+
+# --- 11: the admin sign-in ---
+
+
+def test_login_needs_the_csrf_token_issued_to_this_client(app: Flask) -> None:
+    key = _key(app)
+    cookieless = app.test_client()
+    refused = cookieless.post("/admin/login", data={"csrf": "", "password": key})
+    assert refused.status_code == 403 and "expired" in refused.get_data(as_text=True)
+    assert cookieless.post("/admin/login", data={"password": key}).status_code == 403
+    assert cookieless.get("/admin/api/status").status_code == 401  # not signed in
+
+    other = app.test_client()
+    others_token = _csrf(other.get("/admin/login").get_data(as_text=True))
+    # A token from another client's form is not this client's: it has no session to match.
+    forged = {"csrf": others_token, "password": key}
+    assert cookieless.post("/admin/login", data=forged).status_code == 403
+    browser = app.test_client()
+    browser.get("/admin/login")
+    assert browser.post("/admin/login", data=forged).status_code == 403
+    _sign_in(browser, key)
+    assert browser.get("/admin/api/status").status_code == 200
+
+
+def _set_cookie(response: Any) -> str:
+    cookies = [v for k, v in response.headers.items() if k == "Set-Cookie"]
+    assert len(cookies) == 1, cookies
+    return str(cookies[0])
+
+
+def test_session_cookie_flags_and_lifetime(runtime: Runtime) -> None:
+    for loopback in (False, True):
+        app = create_app(runtime=runtime, loopback=loopback)
+        cookie = _set_cookie(_sign_in(app.test_client(), _key(app)))
+        flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+        assert {"httponly", "expires"} <= flags
+        assert "SameSite=Lax" in cookie
+        assert ("secure" in flags) is (not loopback)
+        expires = re.search(r"Expires=([^;]+)", cookie).group(1)  # type: ignore[union-attr]
+        lifetime_s = parsedate_to_datetime(expires).timestamp() - time.time()
+        assert 12 * 3600 - 60 < lifetime_s <= 12 * 3600
+
+
+def test_the_login_form_warns_when_the_cookie_cannot_be_kept(runtime: Runtime) -> None:
+    app = create_app(runtime=runtime)  # off loopback: the cookie is HTTPS-only
+    plain = app.test_client().get("/admin/login", base_url="http://search.example.com")
+    assert "HTTPS" in plain.get_data(as_text=True)
+    for base_url in ("https://search.example.com", "http://localhost:8000", "http://[::1]:8000"):
+        fine = app.test_client().get("/admin/login", base_url=base_url)
+        assert "HTTPS" not in fine.get_data(as_text=True), base_url
+
+
+def test_sign_out_ends_the_session_in_every_server_process(runtime: Runtime) -> None:
+    one, two = create_app(runtime=runtime), create_app(runtime=runtime)  # two gunicorn workers
+    browser = one.test_client()
+    _sign_in(browser, _key(one))
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    page = browser.get("/admin/").get_data(as_text=True)
+    token = _csrf(page, "content")
+
+    replay = two.test_client()  # the same cookie, sent to the other worker
+    replay.set_cookie("session", cookie.value)
+    assert replay.get("/admin/api/status").status_code == 200
+    assert replay.post("/admin/logout", data={"csrf": token}).status_code == 302
+
+    for app in (one, two):  # the old cookie, replayed after sign-out, is refused everywhere
+        stolen = app.test_client()
+        stolen.set_cookie("session", cookie.value)
+        assert stolen.get("/admin/").headers["Location"].endswith("/admin/login")
+        assert stolen.get("/admin/api/status").status_code == 401
+        refused = stolen.post("/admin/api/rebuild", headers={"X-CSRF-Token": token})
+        assert refused.status_code == 401
+
+
+def test_sign_out_needs_the_csrf_token(app: Flask) -> None:
+    browser = app.test_client()
+    _sign_in(browser, _key(app))
+    assert browser.post("/admin/logout", data={"csrf": "forged"}).status_code == 302
+    assert browser.get("/admin/api/status").status_code == 200  # still signed in
+
+
+def test_sessions_expire_server_side_after_12_hours(app: Flask) -> None:
+    browser = app.test_client()
+    _sign_in(browser, _key(app))
+    assert browser.get("/admin/api/status").status_code == 200
+    from web.auth import SIGN_INS
+
+    sign_ins = app.extensions[SIGN_INS]
+    clock = sign_ins.clock
+    sign_ins.clock = lambda: clock() + 11.9 * 3600
+    assert browser.get("/admin/api/status").status_code == 200
+    sign_ins.clock = lambda: clock() + 12.1 * 3600
+    assert browser.get("/admin/api/status").status_code == 401
+    assert browser.get("/admin/").status_code == 302
+
+
+def _later(app: Flask, seconds: float) -> None:
+    """Move the failure limit's clock forward."""
+    from web.auth import FAILURES
+
+    failures = app.extensions[FAILURES]
+    clock = failures.clock
+    failures.clock = lambda: clock() + seconds
+
+
+def test_wrong_api_keys_are_rate_limited_per_address(app: Flask) -> None:
+    client = app.test_client()
+    wrong = {"Authorization": "Bearer not-the-key"}
+    right = {"Authorization": f"Bearer {_key(app)}"}
+    for _ in range(10):
+        assert client.get("/admin/api/jobs", headers=wrong).status_code == 403
+    limited = client.get("/admin/api/jobs", headers=wrong)
+    assert limited.status_code == 429 and limited.get_json()["error"] == "too_many_requests"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    # While blocked, the right key gets 429 too: a different answer would let guessing go on.
+    assert client.get("/admin/api/jobs", headers=right).status_code == 429
+    assert client.post("/v1/items", json={"id": "a"}, headers=wrong).status_code == 429
+    other = {"REMOTE_ADDR": "10.0.0.7"}
+    assert client.get("/admin/api/jobs", headers=right, environ_base=other).status_code == 200
+    assert client.get("/admin/api/jobs", headers=wrong, environ_base=other).status_code == 403
+    _later(app, 61)
+    assert client.get("/admin/api/jobs", headers=right).status_code == 200
+
+
+def test_right_keys_are_not_limited(app: Flask) -> None:
+    client = app.test_client()
+    wrong = {"Authorization": "Bearer not-the-key"}
+    right = {"Authorization": f"Bearer {_key(app)}"}
+    for _ in range(30):
+        assert client.get("/admin/api/jobs", headers=right).status_code == 200
+    for _ in range(9):
+        assert client.get("/admin/api/jobs", headers=wrong).status_code == 403
+    assert client.get("/admin/api/jobs", headers=right).status_code == 200
+    assert client.get("/admin/api/jobs").status_code == 401  # no key is no guess
+
+
+def test_failed_sign_ins_are_rate_limited_with_wrong_keys(app: Flask) -> None:
+    browser = app.test_client()
+    token = _csrf(browser.get("/admin/login").get_data(as_text=True))
+    for _ in range(5):
+        wrong = browser.post("/admin/login", data={"csrf": token, "password": "nope"})
+        assert wrong.status_code == 401
+    for _ in range(5):
+        wrong_key = {"Authorization": "Bearer nope"}
+        assert browser.get("/admin/api/jobs", headers=wrong_key).status_code == 403
+    limited = browser.post("/admin/login", data={"csrf": token, "password": _key(app)})
+    assert limited.status_code == 429 and "Too many" in limited.get_data(as_text=True)
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    _later(app, 61)
+    _sign_in(browser, _key(app))
+
+
+# --- 5 (part): non-ASCII tokens ---
+
+
+@pytest.mark.parametrize("token", ["é", "☃", "\udfff"])
+def test_non_ascii_tokens_are_refused_not_crashed(app: Flask, token: str) -> None:
+    browser = app.test_client()
+    browser.get("/admin/login")
+    if token != "\udfff":  # a form cannot carry a lone surrogate
+        form = browser.post("/admin/login", data={"csrf": token, "password": _key(app)})
+        assert form.status_code == 403
+        fresh = _csrf(browser.get("/admin/login").get_data(as_text=True))
+        password = browser.post("/admin/login", data={"csrf": fresh, "password": token})
+        assert password.status_code == 401
+    _sign_in(browser, _key(app))
+    header = browser.post("/admin/api/rebuild", headers={"X-CSRF-Token": token})
+    assert header.status_code == 403 and header.get_json()["error"] == "forbidden"
+    bearer = app.test_client().get("/admin/api/jobs", headers={"Authorization": f"Bearer {token}"})
+    assert bearer.status_code == 403 and bearer.get_json()["error"] == "forbidden"
+
+
+# --- 13: the size limit on every endpoint ---
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/admin/api/rebuild"),
+        ("GET", "/v1/search?q=beach"),
+        ("POST", "/admin/login"),
+        ("GET", "/healthz"),
+    ],
+)
+def test_oversized_bodies_are_refused_before_any_view(
+    client: Any, runtime: Runtime, method: str, path: str
+) -> None:
+    response = client.open(path, method=method, data=b"x" * BIG)
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "request_entity_too_large"
+    assert "16777216 bytes" in response.get_json()["message"]
+    assert client.get("/admin/api/jobs").get_json()["jobs"] == []  # no rebuild started
+
+
+def test_chunked_bodies_are_bounded_too(client: Any) -> None:
+    chunked = {"Transfer-Encoding": "chunked"}
+    terminated = {"wsgi.input_terminated": True}  # a server that removed the chunking
+    big = client.post(
+        "/admin/api/rebuild",
+        input_stream=io.BytesIO(b"x" * BIG),
+        headers=chunked,
+        environ_overrides=terminated,
+    )
+    assert big.status_code == 413
+    assert client.get("/admin/api/jobs").get_json()["jobs"] == []
+    small = client.post(
+        "/admin/api/rollback",
+        input_stream=io.BytesIO(b'{"version": ""}'),
+        headers={**chunked, "Content-Type": "application/json"},
+        environ_overrides=terminated,
+    )
+    assert small.status_code == 422 and "version" in small.get_json()["message"]
+    limit = 16 * 1024 * 1024
+    for size, expected in ((limit, 200), (limit + 1, 413)):  # werkzeug alone cuts at the limit
+        probe = client.get(
+            "/healthz",
+            input_stream=io.BytesIO(b"x" * size),
+            headers=chunked,
+            environ_overrides=terminated,
+        )
+        assert probe.status_code == expected, size
