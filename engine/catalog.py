@@ -4,39 +4,129 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from engine.clock import iso_z, utcnow
+from engine.contract import (
+    MAX_TITLE_CHARS,
+    Category,
+    Id,
+    OptionalText,
+    Title,
+    check_text,
+    described,
+    fail,
+    finite_number,
+    iso_datetime,
+    validate,
+)
 from engine.errors import InvalidInput, NotFound, Problem, TooLarge
 from engine.models import Item
 
-FIELDS = ("id", "title", "text", "category", "tags", "attributes", "created_at")
-MAX_ID_CHARS = 256
-MAX_TITLE_CHARS = 1_000
-MAX_TEXT_CHARS = 100_000
-MAX_CATEGORY_CHARS = 200
 MAX_TAGS = 100
 MAX_TAG_CHARS = 100
 MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_NAME_CHARS = 100
+
+AttributeValue = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
-@dataclass(frozen=True)
-class ItemIn:
+def _tag(value: object) -> object:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(f"must be a non-empty string, got {value!r}", "string_type")
+    return check_text(value, MAX_TAG_CHARS)
+
+
+def _tag_list(value: object) -> object:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise fail(f"must be an array of strings, got {described(value)}", "list_type")
+    if len(value) > MAX_TAGS:
+        raise fail(f"has {len(value)} tags; the limit is {MAX_TAGS}", "too_long")
+    return value
+
+
+def _unique(tags: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(tags))
+
+
+def _attribute_name(value: object) -> object:
+    if not isinstance(value, str) or not value.strip():
+        raise fail("attribute names must be non-empty strings", "string_type")
+    return check_text(value, MAX_ATTRIBUTE_NAME_CHARS)
+
+
+def _attributes(value: object) -> object:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise fail(f"must be an object, got {described(value)}", "dict_type")
+    if len(value) > MAX_ATTRIBUTES:
+        raise fail(f"has {len(value)} entries; the limit is {MAX_ATTRIBUTES}", "too_long")
+    return value
+
+
+def _attribute(value: object) -> object:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return check_text(value, MAX_TITLE_CHARS, required=False) or ""
+    if isinstance(value, int | float):
+        finite_number(value)
+        return value
+    raise fail(f"must be a number, string or boolean, got {described(value)}", "attribute")
+
+
+def _created_at(value: object) -> object:
+    return None if value is None or value == "" else iso_datetime(value)
+
+
+class ItemIn(BaseModel):
     """A validated item, normalized: stripped strings, de-duplicated tags, naive-UTC time."""
 
-    id: str
-    title: str
-    text: str | None = None
-    category: str | None = None
-    tags: tuple[str, ...] = ()
-    attributes: Mapping[str, str | int | float | bool] = field(default_factory=dict)
-    created_at: datetime | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    title: Title
+    text: OptionalText = None
+    category: Category = None
+    tags: Annotated[
+        tuple[Annotated[str, BeforeValidator(_tag), Field(max_length=MAX_TAG_CHARS)], ...],
+        BeforeValidator(_tag_list),
+        AfterValidator(_unique),
+        Field(json_schema_extra={"maxItems": MAX_TAGS}),
+    ] = ()
+    attributes: Annotated[
+        dict[
+            Annotated[
+                str,
+                BeforeValidator(_attribute_name),
+                Field(max_length=MAX_ATTRIBUTE_NAME_CHARS),
+            ],
+            Annotated[AttributeValue, BeforeValidator(_attribute)],
+        ],
+        BeforeValidator(_attributes),
+        Field(json_schema_extra={"maxProperties": MAX_ATTRIBUTES}),
+    ] = Field(default_factory=dict)
+    created_at: Annotated[datetime | None, BeforeValidator(_created_at)] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +142,9 @@ class ItemIn:
     def content_hash(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+FIELDS = tuple(ItemIn.model_fields)
 
 
 @dataclass
@@ -72,144 +165,7 @@ class UpsertCounts:
 
 def validate_item(raw: object, *, line: int | None = None, source: str | None = None) -> ItemIn:
     """Check one raw item against the catalog contract; raise InvalidInput naming every problem."""
-    problems: list[Problem] = []
-
-    def bad(field_name: str, message: str) -> None:
-        problems.append(Problem(field_name, message, line=line, source=source))
-
-    if not isinstance(raw, Mapping):
-        bad("(row)", f"expected a JSON object, got {_type_name(raw)}")
-        raise InvalidInput(str(problems[0]), problems)
-
-    for key in raw:
-        if key not in FIELDS:
-            bad(str(key), f"unknown field; allowed fields are {', '.join(FIELDS)}")
-
-    item_id = _required_str(raw, "id", MAX_ID_CHARS, bad)
-    title = _required_str(raw, "title", MAX_TITLE_CHARS, bad)
-    text = _optional_str(raw, "text", MAX_TEXT_CHARS, bad)
-    category = _optional_str(raw, "category", MAX_CATEGORY_CHARS, bad)
-    tags = _tags(raw.get("tags"), bad)
-    attributes = _attributes(raw.get("attributes"), bad)
-    created_at = _timestamp(raw.get("created_at"), bad)
-
-    if problems:
-        raise InvalidInput("; ".join(str(p) for p in problems), problems)
-    assert item_id is not None and title is not None  # guaranteed when problems is empty
-    return ItemIn(item_id, title, text, category, tags, attributes, created_at)
-
-
-def _type_name(value: object) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _required_str(raw: Mapping[str, Any], name: str, limit: int, bad: Any) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        bad(name, "is required")
-        return None
-    return _check_str(name, value, limit, bad, required=True)
-
-
-def _optional_str(raw: Mapping[str, Any], name: str, limit: int, bad: Any) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    return _check_str(name, value, limit, bad, required=False)
-
-
-def _check_str(name: str, value: object, limit: int, bad: Any, *, required: bool) -> str | None:
-    if not isinstance(value, str):
-        bad(name, f"must be a string, got {_type_name(value)} {value!r}")
-        return None
-    value = value.strip()
-    if not value:
-        if required:
-            bad(name, "must not be empty")
-        return None
-    if len(value) > limit:
-        bad(name, f"is {len(value)} characters long; the limit is {limit}")
-        return None
-    if name == "id" and any(ord(ch) < 32 for ch in value):
-        bad(name, f"contains control characters: {value!r}")
-        return None
-    return value
-
-
-def _tags(value: object, bad: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        bad("tags", f"must be an array of strings, got {_type_name(value)} {value!r}")
-        return ()
-    if len(value) > MAX_TAGS:
-        bad("tags", f"has {len(value)} tags; the limit is {MAX_TAGS}")
-        return ()
-    out: list[str] = []
-    for i, tag in enumerate(value):
-        if not isinstance(tag, str) or not tag.strip():
-            bad(f"tags[{i}]", f"must be a non-empty string, got {tag!r}")
-            continue
-        tag = tag.strip()
-        if len(tag) > MAX_TAG_CHARS:
-            bad(f"tags[{i}]", f"is {len(tag)} characters long; the limit is {MAX_TAG_CHARS}")
-            continue
-        if tag not in out:
-            out.append(tag)
-    return tuple(out)
-
-
-def _attributes(value: object, bad: Any) -> dict[str, str | int | float | bool]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        bad("attributes", f"must be an object, got {_type_name(value)} {value!r}")
-        return {}
-    if len(value) > MAX_ATTRIBUTES:
-        bad("attributes", f"has {len(value)} entries; the limit is {MAX_ATTRIBUTES}")
-        return {}
-    out: dict[str, str | int | float | bool] = {}
-    for key, v in value.items():
-        name = f"attributes.{key}"
-        if not isinstance(key, str) or not key.strip():
-            bad(name, "attribute names must be non-empty strings")
-        elif isinstance(v, bool | str):
-            out[key] = v
-        elif isinstance(v, int | float):
-            if not math.isfinite(v):
-                bad(name, f"must be a finite number, got {v!r}")
-            else:
-                out[key] = v
-        else:
-            bad(name, f"must be a number, string or boolean, got {_type_name(v)} {v!r}")
-    return out
-
-
-def _timestamp(value: object, bad: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        bad("created_at", f"must be an ISO 8601 string, got {_type_name(value)} {value!r}")
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        bad("created_at", f"is not an ISO 8601 date or time: {value!r}")
-        return None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
-
-
-def iso_z(value: datetime | None) -> str | None:
-    """A naive-UTC datetime as ISO 8601 with a Z, for JSON."""
-    return None if value is None else value.isoformat() + "Z"
-
-
-def utcnow() -> datetime:
-    """Naive UTC: what every DateTime column holds, on SQLite and PostgreSQL alike."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    return validate(ItemIn, raw, line=line, source=source)
 
 
 def upsert_items(session: Session, items: Sequence[ItemIn]) -> UpsertCounts:
@@ -321,12 +277,9 @@ def parse_items_payload(payload: object, max_items: int) -> list[ItemIn]:
     for i, raw in enumerate(rows):
         prefix = f"items[{i}]" if isinstance(payload, list) else ""
         try:
-            item = validate_item(raw)
+            item = validate(ItemIn, raw, prefix=prefix)
         except InvalidInput as exc:
-            problems.extend(
-                Problem(f"{prefix}.{p.field}" if prefix else p.field, p.message)
-                for p in exc.problems
-            )
+            problems.extend(exc.problems)
             continue
         if item.id in seen:
             first = f"items[{seen[item.id]}]"

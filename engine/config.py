@@ -55,6 +55,9 @@ class Settings:
     # Each positive event is paired with this many of the user's latest other items.
     covisit_window: int = 5
     max_events_batch: int = 1_000
+    # Events dated more than this far in the future are refused (422): one event from a
+    # wrong clock would otherwise freeze the user's decayed features at that date.
+    max_clock_skew_s: float = 300.0
     # The user-context vector: weights of the query, the user's history and the session
     # (renormalized over the parts present).
     query_weight: float = 1.0
@@ -150,6 +153,7 @@ class Settings:
             "recent_items": self.recent_items >= 1,
             "covisit_window": 0 <= self.covisit_window <= self.recent_items,
             "max_events_batch": self.max_events_batch >= 1,
+            "max_clock_skew_s": self.max_clock_skew_s >= 0,
             "query_weight": self.query_weight >= 0,
             "user_weight": self.user_weight >= 0,
             "session_weight": self.session_weight >= 0,

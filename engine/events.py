@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from engine.contract import (
+    Id,
+    OptionalId,
+    RequestId,
+    fail,
+    finite_number,
+    iso_or_unix,
+    numeric_id,
+    validate,
+)
 from engine.errors import InvalidInput, Problem, TooLarge
 
 EVENT_TYPES = ("impression", "view", "click", "cart", "purchase", "rating")
-EVENT_FIELDS = ("user_id", "item_id", "type", "value", "ts", "event_id", "request_id")
-MAX_ID_CHARS = 256
-# Unix seconds before this are almost surely milliseconds or a bug (1990-01-01).
-_MIN_UNIX_S = 631_152_000
+EventType = Literal["impression", "view", "click", "cart", "purchase", "rating"]
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -30,126 +39,145 @@ class EventIn:
     request_id: str | None = None
 
 
+def _event_type(value: object) -> object:
+    if value is None:
+        raise fail(f"is required: one of {', '.join(EVENT_TYPES)}", "missing")
+    if value not in EVENT_TYPES:
+        raise fail(
+            f"unknown event type {value!r}; expected one of {', '.join(EVENT_TYPES)}", "literal"
+        )
+    return value
+
+
+def _value(value: object) -> float | None:
+    return None if value is None or value == "" else finite_number(value)
+
+
+def _ts(value: object) -> datetime | None:
+    return None if value is None or value == "" else iso_or_unix(value)
+
+
+def _blank_is_none(value: object) -> object:
+    return None if value == "" else numeric_id(value)
+
+
+class EventBody(BaseModel):
+    """One event as clients send it. `ts` is ISO 8601 or Unix seconds (default: now); more
+    than RECSEARCH_MAX_CLOCK_SKEW_S in the future is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Annotated[Id, BeforeValidator(numeric_id)]
+    item_id: Annotated[Id, BeforeValidator(numeric_id)]
+    type: Annotated[EventType, BeforeValidator(_event_type)]
+    value: Annotated[float | None, BeforeValidator(_value)] = Field(
+        default=None,
+        validate_default=True,
+        description="required for a rating: the stars, e.g. 4.5",
+    )
+    ts: Annotated[datetime | None, BeforeValidator(_ts)] = Field(
+        default=None,
+        description="ISO 8601 or Unix seconds; default now",
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]},
+    )
+    event_id: Annotated[OptionalId, BeforeValidator(_blank_is_none)] = Field(
+        default=None, description="the client's id: a repeated event_id is counted once"
+    )
+    request_id: Annotated[RequestId, BeforeValidator(_blank_is_none)] = Field(
+        default=None, description="the search response's request_id this event follows"
+    )
+
+    @field_validator("value")
+    @classmethod
+    def _rating_has_value(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None and info.data.get("type") == "rating":
+            raise fail("is required for a rating (the stars, e.g. 4.5)")
+        return value
+
+    @field_validator("ts")
+    @classmethod
+    def _not_in_future(cls, ts: datetime | None, info: ValidationInfo) -> datetime | None:
+        context = info.context or {}
+        now: datetime | None = context.get("now")
+        skew_s = float(context.get("max_skew_s", DEFAULT_MAX_CLOCK_SKEW_S))
+        if ts is not None and now is not None and ts > now + timedelta(seconds=skew_s):
+            raise fail(
+                f"{ts.isoformat()}Z is more than {skew_s:g} s in the future "
+                "(RECSEARCH_MAX_CLOCK_SKEW_S); send the time the event happened, in UTC"
+            )
+        return ts
+
+    def to_event(self, now: datetime) -> EventIn:
+        ts = self.ts if self.ts is not None else now
+        return EventIn(
+            self.user_id, self.item_id, self.type, ts, self.value, self.event_id, self.request_id
+        )
+
+
+EVENT_FIELDS = tuple(EventBody.model_fields)
+
+
 def validate_event(
-    raw: object, *, now: datetime, line: int | None = None, source: str | None = None
+    raw: object,
+    *,
+    now: datetime,
+    max_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+    line: int | None = None,
+    source: str | None = None,
+    prefix: str = "",
 ) -> EventIn:
     """Check one raw event; raise InvalidInput naming every bad field. Items are not looked
     up here (record_events does, for a whole batch at once)."""
-    problems: list[Problem] = []
-
-    def bad(field: str, message: str) -> None:
-        problems.append(Problem(field, message, line=line, source=source))
-
-    if not isinstance(raw, Mapping):
-        bad("(row)", f"expected a JSON object, got {type(raw).__name__}")
-        raise InvalidInput(str(problems[0]), problems)
-    for key in raw:
-        if key not in EVENT_FIELDS:
-            bad(str(key), f"unknown field; allowed fields are {', '.join(EVENT_FIELDS)}")
-
-    def ident(name: str, required: bool) -> str | None:
-        value = raw.get(name)
-        if value is None or value == "":
-            if required:
-                bad(name, "is required")
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # numeric ids (e.g. MovieLens userId) are ids too
-        if not isinstance(value, str):
-            bad(name, f"must be a string, got {value!r}")
-            return None
-        value = value.strip()
-        if not value or len(value) > MAX_ID_CHARS:
-            bad(name, f"must be 1..{MAX_ID_CHARS} characters, got {value!r}")
-            return None
-        return value
-
-    user_id = ident("user_id", True)
-    item_id = ident("item_id", True)
-    event_id = ident("event_id", False)
-    request_id = ident("request_id", False)
-
-    kind = raw.get("type")
-    if kind is None:
-        bad("type", f"is required: one of {', '.join(EVENT_TYPES)}")
-    elif kind not in EVENT_TYPES:
-        bad("type", f"unknown event type {kind!r}; expected one of {', '.join(EVENT_TYPES)}")
-
-    value = raw.get("value")
-    number: float | None = None
-    if value is not None and value != "":
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError
-        except (TypeError, ValueError):
-            bad("value", f"must be a finite number, got {value!r}")
-    if kind == "rating" and number is None and not any(p.field == "value" for p in problems):
-        bad("value", "is required for a rating (the stars, e.g. 4.5)")
-
-    ts = parse_ts(raw.get("ts"), now, bad)
-    if problems:
-        raise InvalidInput("; ".join(str(p) for p in problems), problems)
-    assert user_id is not None and item_id is not None and isinstance(kind, str)
-    return EventIn(user_id, item_id, kind, ts, number, event_id, request_id)
+    body = validate(
+        EventBody,
+        raw,
+        context={"now": now, "max_skew_s": max_skew_s},
+        line=line,
+        source=source,
+        prefix=prefix,
+    )
+    return body.to_event(now)
 
 
-def parse_ts(value: Any, now: datetime, bad: Any) -> datetime:
-    """ISO 8601 or Unix seconds → naive UTC; missing means now."""
-    if value is None or value == "":
-        return now
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                bad("ts", f"is neither ISO 8601 nor Unix seconds: {value!r}")
-                return now
-            if parsed.tzinfo is not None:
-                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-            return parsed
-    else:
-        bad("ts", f"must be an ISO 8601 string or Unix seconds, got {value!r}")
-        return now
-    if not math.isfinite(seconds) or not _MIN_UNIX_S <= seconds < 10_000_000_000:
-        bad("ts", f"Unix seconds out of range (milliseconds?): {value!r}")
-        return now
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
-
-
-def parse_events_payload(payload: object, max_events: int, now: datetime) -> list[EventIn]:
+def parse_events_payload(
+    payload: object,
+    max_events: int,
+    now: datetime,
+    max_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+) -> list[EventIn]:
     """One event or {"events": [...]} from a request body; all or nothing."""
     is_batch = isinstance(payload, Mapping) and "events" in payload
     if is_batch:
         assert isinstance(payload, Mapping)
         extra = sorted(set(payload) - {"events"})
         if extra:
-            raise InvalidInput(f"unknown field(s) next to events: {', '.join(extra)}")
+            raise InvalidInput(
+                f"unknown field(s) next to events: {', '.join(map(str, extra))}",
+                [Problem(str(name), "unknown field next to events") for name in extra],
+            )
         rows = payload["events"]
         if not isinstance(rows, list):
-            raise InvalidInput("events must be an array of event objects")
+            raise InvalidInput(
+                "events must be an array of event objects",
+                [Problem("events", "must be an array of event objects")],
+            )
     else:
         rows = [payload]
     if not rows:
-        raise InvalidInput("no events in the request body")
+        raise InvalidInput("no events in the request body", [Problem("events", "is empty")])
     if len(rows) > max_events:
         raise TooLarge(f"{len(rows)} events in one request; the limit is {max_events}")
     events: list[EventIn] = []
     problems: list[Problem] = []
     for i, raw in enumerate(rows):
         try:
-            events.append(validate_event(raw, now=now))
+            events.append(
+                validate_event(
+                    raw, now=now, max_skew_s=max_skew_s, prefix=f"events[{i}]" if is_batch else ""
+                )
+            )
         except InvalidInput as exc:
-            prefix = f"events[{i}]." if is_batch else ""
-            problems.extend(Problem(prefix + p.field, p.message) for p in exc.problems)
+            problems.extend(exc.problems)
     if problems:
         raise InvalidInput("; ".join(str(p) for p in problems[:20]), problems)
     return events

@@ -18,12 +18,11 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from engine import features as feats
-from engine.catalog import utcnow
+from engine.clock import utcnow
 from engine.config import Settings
 from engine.context import combine, mean_direction
 from engine.delta import Delta, DeltaSnapshot
 from engine.embedder import Embedder
-from engine.errors import InvalidInput, Problem
 from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
 from engine.models import Item, ItemStats
@@ -34,16 +33,14 @@ from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 2_000
-MAX_CONTEXT_ITEMS = 50
-EXCLUDE_MODES = ("purchased", "all", "none")
-REQUEST_FIELDS = ("q", "k", "category", "user_id", "context_items", "exclude_seen", "explain")
 # Candidates fetched beyond what is needed, so items deleted since the build can be dropped.
 _OVERFETCH = 16
 
 
 @dataclass(frozen=True)
 class SearchRequest:
+    """A validated search (engine.schemas.SearchQuery makes one from what a client sent)."""
+
     q: str | None = None
     k: int = 10
     category: str | None = None
@@ -51,72 +48,6 @@ class SearchRequest:
     context_items: tuple[str, ...] = ()
     exclude_seen: str = "purchased"
     explain: bool = False
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any], max_k: int) -> SearchRequest:
-        """Validate raw request fields (strings from a query string, or JSON values)."""
-        problems: list[Problem] = []
-
-        def bad(name: str, message: str) -> None:
-            problems.append(Problem(name, message))
-
-        for name in sorted(set(raw) - set(REQUEST_FIELDS)):
-            bad(name, f"unknown field; allowed fields are {', '.join(REQUEST_FIELDS)}")
-        q = _optional_text(raw, "q", MAX_QUERY_CHARS, bad)
-        category = _optional_text(raw, "category", 200, bad)
-        user_id = _optional_text(raw, "user_id", 256, bad)
-
-        k_raw = raw.get("k", 10)
-        k = 10
-        try:
-            if isinstance(k_raw, bool | float):
-                raise ValueError
-            k = int(k_raw)
-            if not 1 <= k <= max_k:
-                bad("k", f"must be between 1 and {max_k}, got {k}")
-        except (TypeError, ValueError):
-            bad("k", f"must be an integer between 1 and {max_k}, got {k_raw!r}")
-
-        items_raw = raw.get("context_items") or []
-        if isinstance(items_raw, str):
-            items_raw = [i for i in items_raw.split(",")]
-        context: list[str] = []
-        if not isinstance(items_raw, list) or not all(isinstance(i, str) for i in items_raw):
-            bad("context_items", "must be a list of item ids (or comma-separated in a URL)")
-        elif len(items_raw) > MAX_CONTEXT_ITEMS:
-            bad("context_items", f"has {len(items_raw)} ids; the limit is {MAX_CONTEXT_ITEMS}")
-        else:
-            context = list(dict.fromkeys(i.strip() for i in items_raw if i.strip()))
-
-        exclude = raw.get("exclude_seen", "purchased")
-        exclude = {True: "purchased", False: "none", "true": "purchased", "false": "none"}.get(
-            exclude, exclude
-        )
-        if exclude not in EXCLUDE_MODES:
-            bad("exclude_seen", f"must be true, false or one of {', '.join(EXCLUDE_MODES)}")
-
-        explain_raw = raw.get("explain", False)
-        explain = explain_raw in (True, "true", "1", 1)
-        if explain_raw not in (True, False, "true", "false", "1", "0", 1, 0):
-            bad("explain", f"must be true or false, got {explain_raw!r}")
-
-        if problems:
-            raise InvalidInput("; ".join(str(p) for p in problems), problems)
-        return cls(q, k, category, user_id, tuple(context), str(exclude), explain)
-
-
-def _optional_text(raw: dict[str, Any], name: str, limit: int, bad: Any) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        bad(name, f"must be a string, got {value!r}")
-        return None
-    value = value.strip()
-    if len(value) > limit:
-        bad(name, f"is {len(value)} characters; the limit is {limit}")
-        return None
-    return value or None
 
 
 @dataclass

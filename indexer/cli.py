@@ -273,19 +273,17 @@ def search(
     as_json: bool,
 ) -> None:
     """Search from the terminal and print a table ("" as QUERY recommends for --user)."""
-    from dataclasses import asdict
-
-    from engine.search import SearchRequest
+    from engine.contract import validate
+    from engine.schemas import SearchQuery, search_json
 
     runtime = obj.runtime
     raw = {"q": query, "k": k, "category": category, "user_id": user_id}
     raw.update(context_items=list(context_items), explain=explain)
-    request = SearchRequest.parse(raw, runtime.settings.max_k)
+    search = validate(SearchQuery, raw, context={"max_k": runtime.settings.max_k})
     with runtime.session() as session:
-        response = runtime.searcher.search(session, request)
+        response = runtime.searcher.search(session, search.to_request())
     if as_json:
-        results = [asdict(h) for h in response.results]
-        body = {"results": results, "index_version": response.index_version}
+        body = search_json(response, explain=explain)
         click.echo(json.dumps(body, indent=1, ensure_ascii=False))
         return
     click.echo(f"{'#':>3}  {'score':>6}  {'category':<12}  {'id':<34}  title")
@@ -451,34 +449,34 @@ def evaluate_movielens_cmd(obj: _Context, folder: Path, out: Path | None) -> Non
 @cli.command()
 @pass_ctx
 def status(obj: _Context) -> None:
-    """Show the database, the catalog size and the published index."""
+    """Show the database, the catalog size, the published index and the live model."""
     from sqlalchemy import func, select
 
     from engine.db import current_revision
     from engine.index_store import IndexStore
+    from engine.model_store import ModelStore
     from engine.models import Item
+    from engine.status import index_status
 
     runtime = obj.runtime
+    store = IndexStore(runtime.settings.index_dir)
     with runtime.session() as session:
         n_items = session.scalar(select(func.count()).select_from(Item))
-    store = IndexStore(runtime.settings.index_dir)
-    version = store.current_version()
+        index = index_status(store, session)
     click.echo(f"database   {runtime.db.url.render_as_string(hide_password=True)}")
     click.echo(f"schema     {current_revision(runtime.db)}")
     click.echo(f"items      {n_items}")
-    if version is None:
+    if index is None:
         click.echo("index      none published: run `recsearch build`")
         return
-    m = store.manifest(version)
     click.echo(
-        f"index      {version}: {m['item_count']} items, {m['index']['factory']} "
-        f"{m['index']['params']}, recall@10 {m['recall_at_10']}, built {m['built_at']}"
+        f"index      {index['version']}: {index['items']} items, {index['factory']} "
+        f"{index['params']}, recall@10 {index['recall_at_10']}, built {index['built_at']}, "
+        f"{index['size_bytes'] / 1048576:.1f} MiB; {index['delta_items']} items pending "
+        "in the delta"
     )
     click.echo(f"versions   {', '.join(store.versions())}")
-    from engine.model_store import ModelStore
-
-    models = ModelStore(runtime.settings.model_dir)
-    live = models.current_version()
+    live = ModelStore(runtime.settings.model_dir).current_version()
     click.echo(f"model      {live or 'prior (hand-set weights; train one with `recsearch train`)'}")
 
 

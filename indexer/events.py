@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.catalog import utcnow
+from engine.clock import utcnow
 from engine.config import Settings
 from engine.errors import InvalidInput, Problem
 from engine.events import EVENT_FIELDS, EventIn, validate_event
@@ -87,7 +87,13 @@ def load_events(
             event: EventIn | None = None
             if not problems:
                 try:
-                    event = validate_event(row.value, now=now, line=row.line, source=source)
+                    event = validate_event(
+                        row.value,
+                        now=now,
+                        max_skew_s=settings.max_clock_skew_s,
+                        line=row.line,
+                        source=source,
+                    )
                 except InvalidInput as exc:
                     problems = exc.problems
             if event is None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from engine.catalog import FIELDS, ItemIn, UpsertCounts, upsert_items, validate_item
 from engine.errors import InvalidInput, Problem
+from engine.index_store import make_private_dir
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,24 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 continue
             if not text.strip():
                 continue
-            try:
-                yield Row(line_no, value=json.loads(text), raw_text=text.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                yield Row(
-                    line_no,
-                    problem=Problem("(row)", f"not valid JSON: {exc.msg} at column {exc.colno}"),
-                    raw_text=text.rstrip("\r\n"),
-                )
+            value, problem = _json_line(text)
+            yield Row(line_no, value=value, problem=problem, raw_text=text.rstrip("\r\n"))
+
+
+def _json_line(text: str) -> tuple[Any, Problem | None]:
+    """One JSONL line parsed, or the reason it cannot be (never an exception)."""
+    try:
+        return json.loads(text, parse_constant=_no_constants), None
+    except json.JSONDecodeError as exc:
+        return None, Problem("(row)", f"not valid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return None, Problem("(row)", "not valid JSON: nested too deeply")
+    except ValueError as exc:  # NaN/Infinity, or an integer too long to convert
+        return None, Problem("(row)", f"not valid JSON: {exc}")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _read_csv(
@@ -272,7 +283,7 @@ def reject_entry(row: Row, problems: list[Problem]) -> dict[str, Any]:
 
 
 def write_rejects(path: Path, rejects: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # rejected rows may hold personal data (events)
     with open(path, "w", encoding="utf-8") as fh:
         for reject in rejects:
             fh.write(json.dumps(reject, ensure_ascii=False, default=str) + "\n")

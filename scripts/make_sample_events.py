@@ -39,7 +39,7 @@ def matches(item: dict, taste: tuple[set[str], set[str], int]) -> bool:
 def main() -> None:
     rng = random.Random(42)
     items = [json.loads(line) for line in (ROOT / "data" / "catalog.jsonl").open(encoding="utf-8")]
-    start = datetime(2026, 9, 1, tzinfo=UTC)
+    start = datetime(2026, 7, 1, tzinfo=UTC)
     events = []
     for persona, taste in PERSONAS.items():
         liked = [i["id"] for i in items if matches(i, taste)]

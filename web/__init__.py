@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from engine.config import Settings
 from engine.runtime import Runtime
@@ -28,15 +29,45 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = runtime
 
-    from web import admin, api, auth, errors
+    from web import admin, api, auth, errors, openapi
 
     auth.init(app, runtime.settings, loopback)
+    app.config.update(
+        # The admin sign-in cookie: HTTPS-only unless served on loopback, hidden from scripts,
+        # and expiring (web/auth.py also ends the session server-side at the same age).
+        SESSION_COOKIE_SECURE=not loopback,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=auth.SESSION_LIFETIME,
+    )
+    app.before_request(_bounded_body)
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
     admin.init(app)
+    openapi.init(app)
     logging.getLogger(__name__).info("recsearch app ready on %s", runtime.settings.db_url)
     return app
+
+
+def _bounded_body() -> None:
+    """Refuse a body over MAX_CONTENT_LENGTH (413) before any view, read or not.
+
+    Werkzeug checks a declared length only when a view reads the body, and cuts a chunked
+    body (no length) at the limit without a word. So a declared length is checked here, and
+    a chunked body is read here, up to the limit, and kept for the view.
+    """
+    limit = request.max_content_length
+    length = request.content_length
+    if limit is None:
+        return
+    if length is not None:
+        if length > limit:
+            raise RequestEntityTooLarge()
+    elif "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        data = request.get_data(cache=True)  # at most `limit` bytes
+        if len(data) >= limit and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()  # more was sent than werkzeug let through
 
 
 def runtime_of(app: Flask) -> Runtime:

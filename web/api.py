@@ -2,90 +2,73 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
-from werkzeug.exceptions import BadRequest
 
-from engine.catalog import (
-    delete_items,
-    get_item,
-    item_to_dict,
-    parse_items_payload,
-    upsert_items,
-    utcnow,
-)
-from engine.errors import InvalidInput, NotFound
+from engine import schemas
+from engine.catalog import delete_items, get_item, item_to_dict, parse_items_payload, upsert_items
+from engine.clock import utcnow
+from engine.contract import check_id
+from engine.errors import NotFound
 from engine.events import parse_events_payload
-from engine.search import SearchRequest
 from engine.users import record_events, user_profile
 from web import runtime_of
-from web.admin import latency
 from web.auth import require_key
+from web.contract import body, json_payload, operation, query
+from web.latency import latency
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 health = Blueprint("health", __name__)
 
-
-def _json_body() -> Any:
-    """The parsed JSON body; a missing or malformed one is a 400, not a 500."""
-    if not request.data:
-        raise BadRequest("the request body is empty; send JSON")
-    payload = request.get_json(silent=True)
-    if payload is None:
-        raise BadRequest("the request body is not valid JSON (Content-Type: application/json)")
-    return payload
+_SEARCH = {
+    "tag": "search",
+    "access": "key-or-open",
+    "responses": {200: schemas.SearchOut},
+    "description": "Open without a key when served on loopback (RECSEARCH_OPEN_ENDPOINTS).",
+}
 
 
 @bp.get("/search")
+@operation(summary="Search or recommend", query=schemas.SearchQuery, **_SEARCH)
 def search_get() -> ResponseReturnValue:
     require_key("search")
-    raw: dict[str, Any] = dict(request.args)
-    if "context_items" in request.args:  # repeated (?context_items=a&context_items=b) or a,b
-        raw["context_items"] = ",".join(request.args.getlist("context_items"))
-    return _search(raw)
+    return _search(query(schemas.SearchQuery, lists=("context_items",)))
 
 
 @bp.post("/search")
+@operation(summary="Search or recommend (JSON body)", body=schemas.SearchQuery, **_SEARCH)
 def search_post() -> ResponseReturnValue:
     require_key("search")
-    payload = _json_body()
-    if not isinstance(payload, dict):
-        raise InvalidInput("the search body must be a JSON object")
-    return _search(payload)
+    return _search(body(schemas.SearchQuery))
 
 
-def _search(raw: dict[str, Any]) -> ResponseReturnValue:
+def _search(search: schemas.SearchQuery) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
-    search_request = SearchRequest.parse(raw, runtime.settings.max_k)
     with runtime.session() as session:
-        response = runtime.searcher.search(session, search_request)
+        response = runtime.searcher.search(session, search.to_request())
     latency().add(response.took_ms)
-    results = []
-    for hit in response.results:
-        result = asdict(hit)
-        if result["explanation"] is None:
-            del result["explanation"]
-        results.append(result)
-    return jsonify(
-        {
-            "results": results,
-            "index_version": response.index_version,
-            "took_ms": response.took_ms,
-            "mode": response.mode,
-            "request_id": response.request_id,
-        }
-    )
+    return jsonify(schemas.search_json(response, explain=search.explain))
+
+
+def _items_schema(ref: Any) -> dict[str, Any]:
+    item = ref(schemas.ItemIn)
+    return {"oneOf": [item, {"type": "array", "items": item}, ref(schemas.ItemsBody)]}
 
 
 @bp.post("/items")
+@operation(
+    summary="Insert or update items (one, an array, or {items: [...]}; all or nothing)",
+    tag="items",
+    body_schema=_items_schema,
+    responses={200: schemas.ItemsWritten, 201: schemas.ItemsWritten},
+)
 def items_post() -> ResponseReturnValue:
     require_key()
     runtime = runtime_of(current_app)
-    items = parse_items_payload(_json_body(), runtime.settings.max_batch_items)
+    items = parse_items_payload(json_payload(), runtime.settings.max_batch_items)
     with runtime.write_session() as session:
         counts = upsert_items(session, items)
     runtime.vectors.forget(item.id for item in items)
@@ -101,29 +84,47 @@ def items_post() -> ResponseReturnValue:
 
 
 @bp.get("/items/<path:item_id>")
+@operation(summary="One item", tag="items", access="key-or-open", responses={200: schemas.ItemOut})
 def item_get(item_id: str) -> ResponseReturnValue:
     require_key("search")
+    item_id = check_id(item_id, "item_id")
     with runtime_of(current_app).session() as session:
         return jsonify(item_to_dict(get_item(session, item_id)))
 
 
 @bp.delete("/items/<path:item_id>")
+@operation(summary="Delete an item", tag="items", responses={200: schemas.ItemDeleted})
 def item_delete(item_id: str) -> ResponseReturnValue:
     require_key()
+    item_id = check_id(item_id, "item_id")
     with runtime_of(current_app).write_session() as session:
         if delete_items(session, [item_id]):
             raise NotFound(f"item {item_id!r}")
     return jsonify({"deleted": item_id})
 
 
+def _events_schema(ref: Any) -> dict[str, Any]:
+    return {"oneOf": [ref(schemas.EventBody), ref(schemas.EventsBody)]}
+
+
 @bp.post("/events")
+@operation(
+    summary="Record events; the users' features are updated before the answer",
+    tag="events",
+    access="key-or-open",
+    body_schema=_events_schema,
+    responses={200: schemas.EventsRecorded},
+)
 def events_post() -> ResponseReturnValue:
     """Record events and update the users' features before answering (read-your-writes)."""
     require_key("events")
     runtime = runtime_of(current_app)
-    events = parse_events_payload(_json_body(), runtime.settings.max_events_batch, utcnow())
+    settings = runtime.settings
+    events = parse_events_payload(
+        json_payload(), settings.max_events_batch, utcnow(), settings.max_clock_skew_s
+    )
     with runtime.write_session() as session:
-        report = record_events(session, events, runtime.settings, runtime.vectors)
+        report = record_events(session, events, settings, runtime.vectors)
     return jsonify(
         {
             "received": report.received,
@@ -135,19 +136,28 @@ def events_post() -> ResponseReturnValue:
 
 
 @bp.get("/users/<path:user_id>")
+@operation(summary="A user's features", tag="users", responses={200: schemas.UserProfile})
 def user_get(user_id: str) -> ResponseReturnValue:
     require_key()
+    user_id = check_id(user_id, "user_id")
     runtime = runtime_of(current_app)
     with runtime.session() as session:
         return jsonify(user_profile(session, user_id, runtime.settings))
 
 
 @health.get("/healthz")
+@operation(summary="Liveness", tag="health", access="public", responses={200: schemas.Health})
 def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
 
 @health.get("/readyz")
+@operation(
+    summary="Readiness: the database answers and an index is published",
+    tag="health",
+    access="public",
+    responses={200: schemas.Ready, 503: schemas.Ready},
+)
 def readyz() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     checks: dict[str, Any] = {}
@@ -162,5 +172,5 @@ def readyz() -> ResponseReturnValue:
     if version is None and checks["database"] == "ok":
         checks["index"] = "no index published: run `recsearch build`"
     ready = checks["database"] == "ok" and version is not None
-    body = {"status": "ready" if ready else "not_ready", **checks}
-    return jsonify(body), (200 if ready else 503)
+    response = {"status": "ready" if ready else "not_ready", **checks}
+    return jsonify(response), (200 if ready else 503)
