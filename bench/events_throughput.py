@@ -127,9 +127,10 @@ def measure(
 ) -> tuple[dict[str, Any], Path]:
     settings, db = fresh_store(name, base_url, workdir, seed_indexes)
     runtime = Runtime(settings, embedder=embedder)
+    with runtime.write_session() as session:
+        ingest(runtime, session, CATALOG)
     with runtime.session() as session:
-        ingest(session, CATALOG)
-        build(settings, session, embedder)
+        build(runtime, session)
     item_ids = [json.loads(line)["id"] for line in CATALOG.read_text().splitlines()]
     row: dict[str, Any] = {"database": name}
 

@@ -131,7 +131,7 @@ def measure_size(
             upsert_items(session, items[start : start + 5000])
     seed_vectors(settings, embedder, items, vectors)
     with runtime.session() as session:
-        report = build(settings, session, embedder)
+        report = build(runtime, session)
     assert report.reused == n, report
     artifact = runtime.searcher.artifact()
 
@@ -193,8 +193,9 @@ def build_throughput(embedder: Embedder, items: list[ItemIn], workdir: Path) -> 
     runtime = Runtime(settings, embedder=embedder)
     with runtime.session() as session:
         upsert_items(session, items)
+    with runtime.session() as session:
         t = time.perf_counter()
-        report = build(settings, session, embedder)
+        report = build(runtime, session)
         build_s = time.perf_counter() - t
     runtime.close()
     after = raw()

@@ -17,13 +17,15 @@ from sqlalchemy.orm import Session
 from engine import __version__
 from engine.ann import create_index
 from engine.ann.faiss import choose_factory, exact_top_k
-from engine.catalog import embedding_text, text_hash, utcnow
+from engine.catalog import embedding_text, text_hash
+from engine.clock import utcnow
 from engine.config import Settings
 from engine.embedder import Embedder
 from engine.errors import Conflict, InvalidInput
 from engine.index_store import IndexStore, write_artifact_files
 from engine.lexical import LexicalIndex
 from engine.models import IndexVersion, Item
+from engine.runtime import Runtime
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -63,28 +65,33 @@ class _CatalogRows:
 
 
 def build(
-    settings: Settings,
+    runtime: Runtime,
     session: Session,
-    embedder: Embedder,
-    progress: Progress = no_progress,
     *,
     if_stale: bool = False,
+    settings: Settings | None = None,
+    progress: Progress = no_progress,
 ) -> BuildReport:
     """Embed every item, build and check the index, publish it as the next version.
 
+    Reads the catalog through the caller's session and writes nothing to it: the version's
+    row is recorded in a short transaction of its own right after the publish, because it
+    belongs to the published folder, and because on SQLite a write at the end of a
+    minutes-long read transaction fails once anyone else has written meanwhile.
+
     Raises InvalidInput on an empty catalog and Conflict when measured recall@10 is under
     settings.min_recall (nothing is published then). With if_stale, a catalog and setup
-    identical to the current version's skips the build. A crash at any point leaves the
+    identical to the current version's skips the build. settings, when given, replace the
+    runtime's for this build (e.g. another index type). A crash at any point leaves the
     previous version serving.
     """
+    settings = settings or runtime.settings
+    embedder = runtime.embedder
     started = time.perf_counter()
     store = IndexStore(settings.index_dir)
     # Items written after this moment are served from the delta until the next build.
     catalog_read_at = utcnow()
     rows = _load_catalog(session, embedder.name, progress)
-    # End the read transaction: on SQLite a snapshot held through a minutes-long build could
-    # not be upgraded to write the version row once anyone else has written meanwhile.
-    session.commit()
     n = len(rows.ids)
     if n == 0:
         raise InvalidInput("the catalog is empty: run `recsearch ingest FILE` before building")
@@ -161,18 +168,18 @@ def build(
     )
     progress("publish", 0, 1)  # staged and durable; the next step makes it live
     version = store.publish(staging)
-    session.add(
-        IndexVersion(
-            version=version,
-            created_at=utcnow(),
-            item_count=n,
-            index_type=index_section["factory"],
-            recall_at_10=recall,
-            build_seconds=build_s,
-            path=str((settings.index_dir / version).resolve()),
+    with runtime.session() as record:
+        record.add(
+            IndexVersion(
+                version=version,
+                created_at=utcnow(),
+                item_count=n,
+                index_type=index_section["factory"],
+                recall_at_10=recall,
+                build_seconds=build_s,
+                path=str((settings.index_dir / version).resolve()),
+            )
         )
-    )
-    session.commit()
     pruned = store.prune(settings.keep_versions)
     progress("publish", 1, 1)
     embedded = n - reused

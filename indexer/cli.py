@@ -135,9 +135,9 @@ def _rejects_path(
 
 
 def _finish_load(file: Path, report: Any, summary: str) -> None:
-    """Print problems; exit 1 when nothing was committed, else the summary and rejects file."""
+    """Print problems; exit 1 when nothing was accepted, else the summary and rejects file."""
     _show_problems(report.problems)
-    if not report.committed:
+    if not report.accepted:
         click.echo(
             f"{file}: {report.rejected} invalid row(s) of {report.rows}; nothing was changed. "
             "Fix them, or rerun with --skip-invalid to load the valid rows.",
@@ -158,9 +158,15 @@ def ingest(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) 
 
     rejects = _rejects_path(obj, file, skip_invalid, rejects)
     started = time.perf_counter()
-    with obj.runtime.write_session() as session, _bar(not obj.quiet) as progress:
+    runtime = obj.runtime
+    with runtime.write_session() as session, _bar(not obj.quiet) as progress:
         report = run_ingest(
-            session, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
+            runtime,
+            session,
+            file,
+            skip_invalid=skip_invalid,
+            rejects_path=rejects,
+            progress=progress,
         )
     took = time.perf_counter() - started
     c = report.counts
@@ -181,9 +187,15 @@ def events(obj: _Context, file: Path, skip_invalid: bool, rejects: Path | None) 
 
     rejects = _rejects_path(obj, file, skip_invalid, rejects)
     started = time.perf_counter()
-    with _bar(not obj.quiet) as progress:
+    runtime = obj.runtime
+    with runtime.write_session() as session, _bar(not obj.quiet) as progress:
         report = load_events(
-            obj.runtime, file, skip_invalid=skip_invalid, rejects_path=rejects, progress=progress
+            runtime,
+            session,
+            file,
+            skip_invalid=skip_invalid,
+            rejects_path=rejects,
+            progress=progress,
         )
     took = time.perf_counter() - started
     e = report.events
@@ -238,7 +250,9 @@ def build(obj: _Context, if_stale: bool, index_type: str | None) -> None:
     settings = runtime.settings.replace(index_type=index_type) if index_type else runtime.settings
     settings.validate()
     with runtime.session() as session, _bar(not obj.quiet) as progress:
-        report = run_build(settings, session, runtime.embedder, progress, if_stale=if_stale)
+        report = run_build(
+            runtime, session, if_stale=if_stale, settings=settings, progress=progress
+        )
     if report.skipped:
         click.echo(f"index {report.version} is up to date ({report.item_count} items); not rebuilt")
         return
@@ -337,8 +351,8 @@ def import_movielens_cmd(obj: _Context, folder: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ratings.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in movielens_ratings(folder)))
-        with _bar(not obj.quiet) as progress:
-            report = load_events(obj.runtime, path, progress=progress)
+        with obj.runtime.write_session() as session, _bar(not obj.quiet) as progress:
+            report = load_events(obj.runtime, session, path, progress=progress)
     click.echo(
         f"{folder}: {len(items)} movies ({changed} changed), {report.events.recorded} ratings "
         f"recorded ({report.events.duplicates} already there)"
@@ -371,15 +385,15 @@ def train(obj: _Context, judgments: Path | None, from_events: bool, promote: boo
 
     if judgments is not None and from_events:
         raise click.UsageError("choose one of --judgments FILE and --from-events")
-    if from_events:
-        with _bar(not obj.quiet) as progress:
-            _, report = train_from_events(obj.runtime, promote=promote, progress=progress)
-    elif judgments is None:
-        _, report = train_from_impressions(obj.runtime, promote=promote)
-    else:
-        with _bar(not obj.quiet) as progress:
+    runtime = obj.runtime
+    with runtime.session() as session, _bar(not obj.quiet) as progress:
+        if from_events:
+            _, report = train_from_events(runtime, session, promote=promote, progress=progress)
+        elif judgments is None:
+            _, report = train_from_impressions(runtime, session, promote=promote, progress=progress)
+        else:
             _, report = train_from_judgments(
-                obj.runtime, read_judgments(judgments), promote=promote, progress=progress
+                runtime, session, read_judgments(judgments), promote=promote, progress=progress
             )
     click.echo(
         f"model {report.version}: {report.examples} examples ({report.positives} positive) "

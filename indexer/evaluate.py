@@ -49,7 +49,7 @@ def evaluate_beir(
     started = time.perf_counter()
     import_beir(runtime, folder)
     with runtime.session() as session:
-        build_report = build(runtime.settings, session, runtime.embedder, progress, if_stale=True)
+        build_report = build(runtime, session, if_stale=True, progress=progress)
     queries = beir_queries(folder)
     train_qrels = beir_qrels(folder, "train")
     test_qrels = beir_qrels(folder, "test")
@@ -64,9 +64,10 @@ def evaluate_beir(
         if q in queries
         for doc, grade in docs.items()
     ]
-    ranker, train_report = train_from_judgments(
-        runtime, judgments, promote=promote, progress=progress, searcher=searcher
-    )
+    with runtime.session() as session:
+        ranker, train_report = train_from_judgments(
+            runtime, session, judgments, promote=promote, progress=progress, searcher=searcher
+        )
     train_s = time.perf_counter() - t
 
     artifact = runtime.searcher.artifact()
@@ -235,7 +236,7 @@ def evaluate_movielens(
         for start in range(0, len(items), 1000):
             upsert_items(session, items[start : start + 1000])
     with rt.session() as session:
-        build_report = build(settings, session, rt.embedder, progress, if_stale=True)
+        build_report = build(rt, session, if_stale=True, progress=progress)
 
     now = utcnow()
     events = [validate_event(r, now=now) for r in ratings]
@@ -257,7 +258,8 @@ def evaluate_movielens(
             progress("history", min(len(history), start + 5_000), len(history))
 
     t = time.perf_counter()
-    ranker, train_report = train_from_events(rt, history, progress=progress)
+    with rt.session() as session:
+        ranker, train_report = train_from_events(rt, session, history, progress=progress)
     train_s = time.perf_counter() - t
 
     seen: dict[str, set[str]] = {}

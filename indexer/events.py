@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from engine.clock import utcnow
 from engine.config import Settings
 from engine.errors import InvalidInput, Problem
@@ -39,18 +41,20 @@ def _csv_event(line: int, cells: dict[str, str]) -> Row:
 
 def load_events(
     runtime: Runtime,
+    session: Session,
     path: Path,
     *,
     skip_invalid: bool = False,
     rejects_path: Path | None = None,
     progress: Progress = no_progress,
 ) -> EventsLoadReport:
-    """Validate every event of a file and record the valid ones in one transaction.
+    """Validate every event of a file and record the valid ones in the caller's transaction
+    (the caller commits; use a write session, so SQLite takes its lock up front).
 
-    All or nothing by default, like ingest: any bad row (bad field, unknown item) rolls
-    everything back and the report lists every problem with its line. With skip_invalid the
-    valid events are committed and the bad rows written with their reasons to rejects_path.
-    Events whose event_id is already stored are counted as duplicates, not errors.
+    All or nothing by default, like ingest: any bad row (bad field, unknown item) undoes
+    this file's writes (a savepoint) and the report lists every problem with its line. With
+    skip_invalid the valid events are kept and the bad rows written with their reasons to
+    rejects_path. Events whose event_id is already stored are counted as duplicates.
     """
     source = str(path)
     if not path.is_file():
@@ -62,64 +66,63 @@ def load_events(
     now = utcnow()
     progress("events", 0, total)
 
-    with runtime.write_session() as session:
-        batch: list[tuple[Row, EventIn]] = []
+    savepoint = session.begin_nested()
+    batch: list[tuple[Row, EventIn]] = []
 
-        def flush() -> None:
-            missing = unknown_items(session, (e.item_id for _, e in batch))
-            valid = []
-            for row, event in batch:
-                if event.item_id in missing:
-                    problem = Problem(
-                        "item_id", f"unknown item {event.item_id!r}", line=row.line, source=source
-                    )
-                    report.problems.append(problem)
-                    rejects.append(reject_entry(row, [problem]))
-                else:
-                    valid.append(event)
-            if not report.problems or skip_invalid:
-                report.events.add(record_events(session, valid, settings, runtime.vectors))
-            batch.clear()
+    def flush() -> None:
+        missing = unknown_items(session, (e.item_id for _, e in batch))
+        valid = []
+        for row, event in batch:
+            if event.item_id in missing:
+                problem = Problem(
+                    "item_id", f"unknown item {event.item_id!r}", line=row.line, source=source
+                )
+                report.problems.append(problem)
+                rejects.append(reject_entry(row, [problem]))
+            else:
+                valid.append(event)
+        if not report.problems or skip_invalid:
+            report.events.add(record_events(session, valid, settings, runtime.vectors))
+        batch.clear()
 
-        for row in read_rows(path, EVENT_FIELDS, _csv_event):
-            report.rows += 1
-            problems = [row.problem] if row.problem else []
-            event: EventIn | None = None
-            if not problems:
-                try:
-                    event = validate_event(
-                        row.value,
-                        now=now,
-                        max_skew_s=settings.max_clock_skew_s,
-                        line=row.line,
-                        source=source,
-                    )
-                except InvalidInput as exc:
-                    problems = exc.problems
-            if event is None:
-                located = [
-                    Problem(p.field, p.message, line=row.line, source=source) for p in problems
-                ]
-                report.problems.extend(located)
-                rejects.append(reject_entry(row, located))
-                continue
-            batch.append((row, event))
-            if len(batch) >= _BATCH:
-                flush()
-                progress("events", row.line, total)
-        flush()
+    for row in read_rows(path, EVENT_FIELDS, _csv_event):
+        report.rows += 1
+        problems = [row.problem] if row.problem else []
+        event: EventIn | None = None
+        if not problems:
+            try:
+                event = validate_event(
+                    row.value,
+                    now=now,
+                    max_skew_s=settings.max_clock_skew_s,
+                    line=row.line,
+                    source=source,
+                )
+            except InvalidInput as exc:
+                problems = exc.problems
+        if event is None:
+            located = [Problem(p.field, p.message, line=row.line, source=source) for p in problems]
+            report.problems.extend(located)
+            rejects.append(reject_entry(row, located))
+            continue
+        batch.append((row, event))
+        if len(batch) >= _BATCH:
+            flush()
+            progress("events", row.line, total)
+    flush()
 
-        report.rejected = len(rejects)
-        report.problems.sort(key=lambda p: p.line or 0)
-        if report.problems and not skip_invalid:
-            session.rollback()
-            report.events = EventReport(received=report.events.received)
-            progress("events", total, total)
-            return report
-        if rejects and rejects_path is not None:
-            rejects.sort(key=lambda r: r["line"])
-            report.rejects_path = write_rejects(rejects_path, rejects)
-    report.committed = True
+    report.rejected = len(rejects)
+    report.problems.sort(key=lambda p: p.line or 0)
+    if report.problems and not skip_invalid:
+        savepoint.rollback()
+        report.events = EventReport(received=report.events.received)
+        progress("events", total, total)
+        return report
+    savepoint.commit()
+    if rejects and rejects_path is not None:
+        rejects.sort(key=lambda r: r["line"])
+        report.rejects_path = write_rejects(rejects_path, rejects)
+    report.accepted = True
     progress("events", total, total)
     log.info("loaded events from %s: %s", source, report.events)
     return report

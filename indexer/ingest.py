@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from engine.catalog import FIELDS, ItemIn, UpsertCounts, upsert_items, validate_item
 from engine.errors import InvalidInput, Problem
 from engine.index_store import make_private_dir
+from engine.runtime import Runtime
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,15 @@ class Row:
 
 @dataclass
 class LoadReport:
-    """What loading a file did: rows read, problems by line, rejects, whether it committed."""
+    """What loading a file did: rows read, problems by line, rejects, and whether its rows
+    were accepted (they are committed with the caller's transaction)."""
 
     source: str
     rows: int = 0
     problems: list[Problem] = field(default_factory=list)
     rejected: int = 0
     rejects_path: Path | None = None
-    committed: bool = False
+    accepted: bool = False
 
 
 @dataclass
@@ -207,6 +209,7 @@ def _scalar(cell: str) -> str | int | float | bool:
 
 
 def ingest(
+    runtime: Runtime,
     session: Session,
     path: Path,
     *,
@@ -214,11 +217,14 @@ def ingest(
     rejects_path: Path | None = None,
     progress: Progress = no_progress,
 ) -> IngestReport:
-    """Validate every row of a catalog file and upsert the valid ones, in one transaction.
+    """Validate every row of a catalog file and upsert the valid ones in the caller's
+    transaction (the caller commits; a write session, so SQLite takes its lock up front).
 
-    All or nothing by default: any bad row rolls everything back and the report lists every
-    problem. With skip_invalid the valid rows are committed and the bad ones written, with
-    their reasons, to rejects_path (JSONL). Re-ingesting an unchanged file changes nothing.
+    All or nothing by default: any bad row undoes this file's writes (a savepoint, so the
+    caller's transaction stays usable) and the report lists every problem; `accepted` says
+    whether the rows were kept. With skip_invalid the valid rows are kept and the bad ones
+    written, with their reasons, to rejects_path (JSONL). Re-ingesting an unchanged file
+    changes nothing.
     """
     source = str(path)
     if not path.is_file():
@@ -230,6 +236,7 @@ def ingest(
     rejects: list[dict[str, Any]] = []
     progress("ingest", 0, total)
 
+    savepoint = session.begin_nested()
     for row in read_rows(path):
         report.rows += 1
         problems = [row.problem] if row.problem else []
@@ -259,15 +266,15 @@ def ingest(
 
     report.rejected = len(rejects)
     if report.problems and not skip_invalid:
-        session.rollback()
+        savepoint.rollback()
         report.counts = UpsertCounts()
         progress("ingest", total, total)
         return report
     report.counts.add(upsert_items(session, batch))
+    savepoint.commit()
     if rejects and rejects_path is not None:
         report.rejects_path = write_rejects(rejects_path, rejects)
-    session.commit()
-    report.committed = True
+    report.accepted = True
     progress("ingest", total, total)
     log.info("ingested %s: %s", source, report.counts)
     return report

@@ -204,7 +204,7 @@ class JobRunner:
             from indexer.build import build
 
             with rt.session() as session:
-                report = build(rt.settings, session, rt.embedder, progress)
+                report = build(rt, session, progress=progress)
             return {
                 "version": report.version,
                 "items": report.item_count,
@@ -215,11 +215,9 @@ class JobRunner:
         from indexer.train import train_from_events, train_from_impressions
 
         promote = bool(params.get("promote", False))
-        if params.get("source", "impressions") == "events":
-            _, train_report = train_from_events(rt, promote=promote, progress=progress)
-        else:
-            progress("train", 0, 1)
-            _, train_report = train_from_impressions(rt, promote=promote)
+        train = train_from_events if params.get("source") == "events" else train_from_impressions
+        with rt.session() as session:
+            _, train_report = train(rt, session, promote=promote, progress=progress)
         return train_report.to_dict()
 
 

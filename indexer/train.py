@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from engine.errors import InvalidInput
 from engine.events import EventIn
@@ -76,6 +77,7 @@ def read_judgments(path: Path) -> list[Judgment]:
 
 def judgment_examples(
     runtime: Runtime,
+    session: Session,
     judgments: Sequence[Judgment],
     progress: Progress = no_progress,
     searcher: Searcher | None = None,
@@ -93,20 +95,19 @@ def judgment_examples(
     xs, ys, groups = [], [], []
     searcher = searcher or runtime.searcher
     k = max(searcher.settings.candidates, 1)
-    with runtime.session() as session:
-        for qi, (query, grades) in enumerate(by_query.items()):
-            positives = [i for i, g in grades.items() if g > 0]
-            stage = searcher.first_stage(
-                session, SearchRequest(q=query, k=min(k, runtime.settings.max_k))
-            )
-            if not stage.candidates or not set(positives) & {c.item_id for c in stage.candidates}:
-                continue
-            xs.append(stage.x)
-            ys.append(
-                np.array([1.0 if grades.get(c.item_id, 0) > 0 else 0.0 for c in stage.candidates])
-            )
-            groups.append(np.full(len(stage.candidates), qi))
-            progress("examples", qi + 1, len(by_query))
+    for qi, (query, grades) in enumerate(by_query.items()):
+        positives = [i for i, g in grades.items() if g > 0]
+        stage = searcher.first_stage(
+            session, SearchRequest(q=query, k=min(k, runtime.settings.max_k))
+        )
+        if not stage.candidates or not set(positives) & {c.item_id for c in stage.candidates}:
+            continue
+        xs.append(stage.x)
+        ys.append(
+            np.array([1.0 if grades.get(c.item_id, 0) > 0 else 0.0 for c in stage.candidates])
+        )
+        groups.append(np.full(len(stage.candidates), qi))
+        progress("examples", qi + 1, len(by_query))
     if not xs:
         raise InvalidInput("no judged query produced any candidate: is the index built?")
     return np.vstack(xs), np.concatenate(ys), np.concatenate(groups), searcher.feature_names
@@ -114,6 +115,7 @@ def judgment_examples(
 
 def train_from_judgments(
     runtime: Runtime,
+    session: Session,
     judgments: Sequence[Judgment],
     *,
     promote: bool = False,
@@ -125,7 +127,7 @@ def train_from_judgments(
     """Fit on a random 1 - validation_fraction of the queries, report on the rest, then refit
     on all of them and save that model (with the held-out report) as a new version."""
     started = time.perf_counter()
-    x, y, groups, names = judgment_examples(runtime, judgments, progress, searcher)
+    x, y, groups, names = judgment_examples(runtime, session, judgments, progress, searcher)
     if y.sum() == 0 or y.sum() == len(y):
         raise InvalidInput("the judgments give only one class of examples; need both")
     queries = np.unique(groups)
@@ -157,7 +159,7 @@ POSITIVE_TYPES = ("click", "cart", "purchase")
 
 
 def impression_examples(
-    runtime: Runtime,
+    runtime: Runtime, session: Session
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """Logged impressions as examples: (x, y, request order), with the features the ranker saw.
 
@@ -171,24 +173,23 @@ def impression_examples(
 
     threshold = runtime.settings.positive_rating
     names = runtime.searcher.feature_names
-    with runtime.session() as session:
-        positive = {
-            (r, i)
-            for r, i in session.execute(
-                select(Event.request_id, Event.item_id).where(
-                    Event.request_id.is_not(None),
-                    or_(
-                        Event.type.in_(POSITIVE_TYPES),
-                        (Event.type == "rating") & (Event.value >= threshold),
-                    ),
-                )
+    positive = {
+        (r, i)
+        for r, i in session.execute(
+            select(Event.request_id, Event.item_id).where(
+                Event.request_id.is_not(None),
+                or_(
+                    Event.type.in_(POSITIVE_TYPES),
+                    (Event.type == "rating") & (Event.value >= threshold),
+                ),
             )
-        }
-        rows = session.execute(
-            select(Impression.request_id, Impression.item_id, Impression.features).order_by(
-                Impression.ts, Impression.request_id, Impression.position
-            )
-        ).all()
+        )
+    }
+    rows = session.execute(
+        select(Impression.request_id, Impression.item_id, Impression.features).order_by(
+            Impression.ts, Impression.request_id, Impression.position
+        )
+    ).all()
     if not rows:
         raise InvalidInput(
             "no logged impressions yet: searches log what they show; clicks that name the "
@@ -208,16 +209,20 @@ def impression_examples(
 
 def train_from_impressions(
     runtime: Runtime,
+    session: Session,
     *,
     promote: bool = False,
     validation_fraction: float = 0.2,
     l2: float = 1e-3,
+    progress: Progress = no_progress,
 ) -> tuple[LinearRanker, TrainReport]:
     """Fit on the older requests, report AUC and log loss on the newest ones (no peeking at
     the future), then refit on all and save the model version."""
     started = time.perf_counter()
+    progress("examples", 0, 1)
     runtime.impressions.flush()
-    x, y, order, names = impression_examples(runtime)
+    x, y, order, names = impression_examples(runtime, session)
+    progress("examples", 1, 1)
     if y.sum() == 0 or y.sum() == len(y):
         raise InvalidInput(
             f"{len(y)} logged impressions but {int(y.sum())} positives: need clicks (events with "
@@ -246,6 +251,7 @@ def is_positive(event: EventIn, positive_rating: float) -> bool:
 
 def replay_examples(
     runtime: Runtime,
+    session: Session,
     events: Sequence[EventIn],
     *,
     max_per_user: int = 20,
@@ -275,11 +281,10 @@ def replay_examples(
     vector_of: dict[str, object] = {
         item_id: vectors[row] for row, item_id in enumerate(artifact.ids)
     }
-    with runtime.session() as session:
-        meta = {
-            r.id: (r.category, list(r.tags or []))
-            for r in session.execute(select(Item.id, Item.category, Item.tags))
-        }
+    meta = {
+        r.id: (r.category, list(r.tags or []))
+        for r in session.execute(select(Item.id, Item.category, Item.tags))
+    }
     ordered = sorted(events, key=lambda e: (e.ts, e.user_id, e.item_id))
     chosen: set[int] = set()
     per_user: dict[str, list[int]] = defaultdict(list)
@@ -295,29 +300,28 @@ def replay_examples(
     ys: list[np.ndarray] = []
     order: list[np.ndarray] = []
     done = 0
-    with runtime.session() as session:
-        for n, event in enumerate(ordered):
-            if n in chosen:
-                state.now = event.ts
-                randoms = [
-                    all_ids[i] for i in rng.choice(len(all_ids), random_negatives, replace=False)
-                ]
-                request = SearchRequest(user_id=event.user_id, k=10, exclude_seen="all")
-                stage = searcher.first_stage(session, request, include=randoms, state=state)
-                labels = np.array(
-                    [1.0 if c.item_id == event.item_id else 0.0 for c in stage.candidates]
-                )
-                if (
-                    labels.sum() == 1.0
-                    and stage.candidates[int(labels.argmax())].item_id not in randoms
-                ):
-                    xs.append(stage.x)
-                    ys.append(labels)
-                    order.append(np.full(len(labels), len(order)))
-                done += 1
-                if done % 100 == 0 or done == len(chosen):
-                    progress("replay", done, len(chosen))
-            state.apply(event)
+    for n, event in enumerate(ordered):
+        if n in chosen:
+            state.now = event.ts
+            randoms = [
+                all_ids[i] for i in rng.choice(len(all_ids), random_negatives, replace=False)
+            ]
+            request = SearchRequest(user_id=event.user_id, k=10, exclude_seen="all")
+            stage = searcher.first_stage(session, request, include=randoms, state=state)
+            labels = np.array(
+                [1.0 if c.item_id == event.item_id else 0.0 for c in stage.candidates]
+            )
+            if (
+                labels.sum() == 1.0
+                and stage.candidates[int(labels.argmax())].item_id not in randoms
+            ):
+                xs.append(stage.x)
+                ys.append(labels)
+                order.append(np.full(len(labels), len(order)))
+            done += 1
+            if done % 100 == 0 or done == len(chosen):
+                progress("replay", done, len(chosen))
+        state.apply(event)
     if not xs:
         raise InvalidInput("no positive event could be replayed into an example")
     return np.vstack(xs), np.concatenate(ys), np.concatenate(order), searcher.feature_names
@@ -325,6 +329,7 @@ def replay_examples(
 
 def train_from_events(
     runtime: Runtime,
+    session: Session,
     events: Sequence[EventIn] | None = None,
     *,
     promote: bool = False,
@@ -342,13 +347,12 @@ def train_from_events(
 
     started = time.perf_counter()
     if events is None:
-        with runtime.session() as session:
-            events = [
-                EventIn(e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id)
-                for e in session.scalars(select(Event).order_by(Event.ts, Event.id))
-            ]
+        events = [
+            EventIn(e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id)
+            for e in session.scalars(select(Event).order_by(Event.ts, Event.id))
+        ]
     x, y, order, names = replay_examples(
-        runtime, events, searcher=searcher, progress=progress, max_per_user=max_per_user
+        runtime, session, events, searcher=searcher, progress=progress, max_per_user=max_per_user
     )
     is_val, groups = _newest_held_out(order, validation_fraction)
     return _fit_and_save(

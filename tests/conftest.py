@@ -116,9 +116,10 @@ def seed_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> 
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("seed") / "var")
     rt = Runtime(settings, embedder=embedder)
+    with rt.write_session() as session:
+        ingest(rt, session, SAMPLE_CATALOG)
     with rt.session() as session:
-        ingest(session, SAMPLE_CATALOG)
-        build(settings, session, embedder)
+        build(rt, session)
     rt.close()
     return settings.index_dir
 
@@ -130,9 +131,10 @@ def built(runtime: Runtime, seed_index: Path) -> Runtime:
     from indexer.ingest import ingest
 
     shutil.copytree(seed_index, runtime.settings.index_dir)
+    with runtime.write_session() as session:
+        ingest(runtime, session, SAMPLE_CATALOG)
     with runtime.session() as session:
-        ingest(session, SAMPLE_CATALOG)
-        report = build(runtime.settings, session, runtime.embedder)
+        report = build(runtime, session)
     assert report.reused == report.item_count  # the seed's vectors were reused, not recomputed
     return runtime
 

@@ -78,7 +78,7 @@ def test_cancel_a_running_build_keeps_the_old_version(client: Any, runtime: Runt
     from tests.conftest import SAMPLE_CATALOG
 
     with runtime.session() as session:
-        ingest(session, SAMPLE_CATALOG)  # no seed to reuse: embedding takes seconds
+        ingest(runtime, session, SAMPLE_CATALOG)  # no seed to reuse: embedding takes seconds
     job = client.post("/admin/api/rebuild").get_json()
     deadline = time.monotonic() + 60
     while client.get(f"/admin/api/jobs/{job['id']}").get_json()["phase"] != "embed":
@@ -90,7 +90,8 @@ def test_cancel_a_running_build_keeps_the_old_version(client: Any, runtime: Runt
 
 
 def test_train_job_and_promote_and_rollback(client: Any, built: Runtime) -> None:
-    load_events(built, ROOT / "data" / "events.jsonl")
+    with built.write_session() as session:
+        load_events(built, session, ROOT / "data" / "events.jsonl")
     job = client.post("/admin/api/train", json={"source": "events", "promote": True}).get_json()
     done = wait_done(client, job["id"])
     assert done["state"] == "succeeded", done["error"]
@@ -100,7 +101,7 @@ def test_train_job_and_promote_and_rollback(client: Any, built: Runtime) -> None
     assert client.post("/admin/api/train", json={"source": "mystery"}).status_code == 422
     first = IndexStore(built.settings.index_dir).current_version()
     with built.session() as session:
-        second = build(built.settings, session, built.embedder).version
+        second = build(built, session).version
     assert client.get("/v1/search?q=beach").get_json()["index_version"] == second
     assert client.post("/admin/api/rollback", json={"version": first}).status_code == 200
     assert client.get("/v1/search?q=beach").get_json()["index_version"] == first
@@ -141,7 +142,7 @@ def test_searches_never_fail_while_versions_change(client: Any, built: Runtime) 
         t.start()
     time.sleep(0.3)
     with built.session() as session:
-        second = build(built.settings, session, built.embedder, progress).version
+        second = build(built, session, progress=progress).version
     marks["publish_end"] = time.monotonic()
     time.sleep(0.3)
     IndexStore(built.settings.index_dir).point_current_at(first)

@@ -24,15 +24,14 @@ def small_catalog(tmp_path: Path, n: int = 30) -> Path:
 
 
 def load(runtime: Runtime, path: Path) -> None:
-    with runtime.session() as session:
-        report = ingest(session, path)
-    assert report.committed
+    with runtime.write_session() as session:
+        report = ingest(runtime, session, path)
+    assert report.accepted
 
 
 def run_build(runtime: Runtime, **kw):  # type: ignore[no-untyped-def]
-    settings = kw.pop("settings", runtime.settings)
     with runtime.session() as session:
-        return build(settings, session, runtime.embedder, **kw)
+        return build(runtime, session, **kw)
 
 
 def search_ids(runtime: Runtime, q: str, k: int = 5) -> tuple[str, list[str]]:

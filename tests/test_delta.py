@@ -63,7 +63,7 @@ def test_the_next_build_folds_the_delta_in(client: Any, built: Runtime) -> None:
     client.post("/v1/items", json=NEW)
     built.delta.refresh()
     with built.session() as session:
-        report = build(built.settings, session, built.embedder)
+        report = build(built, session)
     snapshot = built.delta.refresh()
     assert snapshot is not None and snapshot.base_version == report.version
     assert snapshot.ids == []

@@ -17,11 +17,13 @@ SAMPLE_EVENTS = ROOT / "data" / "events.jsonl"
 
 
 def test_sample_events_load_once(built: Runtime) -> None:
-    report = load_events(built, SAMPLE_EVENTS)
+    with built.write_session() as session:
+        report = load_events(built, session, SAMPLE_EVENTS)
     lines = SAMPLE_EVENTS.read_text().splitlines()
-    assert report.committed and report.events.recorded == len(lines) and report.problems == []
+    assert report.accepted and report.events.recorded == len(lines) and report.problems == []
     assert report.events.users == 20
-    again = load_events(built, SAMPLE_EVENTS)
+    with built.write_session() as session:
+        again = load_events(built, session, SAMPLE_EVENTS)
     assert again.events.recorded == 0 and again.events.duplicates == len(lines)
     with built.session() as session:
         user = load_user(session, "beach-lover-1")
@@ -38,8 +40,9 @@ def test_bad_rows_named_by_line_and_nothing_written(built: Runtime, tmp_path: Pa
         {"user_id": "a", "item_id": "tokyo-japan", "type": "wink"},
     ]
     path = write_jsonl(tmp_path / "e.jsonl", rows)
-    report = load_events(built, path)
-    assert not report.committed
+    with built.write_session() as session:
+        report = load_events(built, session, path)
+    assert not report.accepted
     assert [(p.line, p.field) for p in report.problems] == [
         (2, "item_id"),
         (3, "(row)"),
@@ -48,8 +51,9 @@ def test_bad_rows_named_by_line_and_nothing_written(built: Runtime, tmp_path: Pa
     with built.session() as session:
         assert load_user(session, "a") is None
     rejects = tmp_path / "rejects.jsonl"
-    report = load_events(built, path, skip_invalid=True, rejects_path=rejects)
-    assert report.committed and report.events.recorded == 1 and report.rejected == 3
+    with built.write_session() as session:
+        report = load_events(built, session, path, skip_invalid=True, rejects_path=rejects)
+    assert report.accepted and report.events.recorded == 1 and report.rejected == 3
     assert [json.loads(x)["line"] for x in rejects.read_text().splitlines()] == [2, 3, 4]
 
 
@@ -69,7 +73,8 @@ def test_csv_events_through_the_command(built: Runtime, tmp_path: Path) -> None:
 
 
 def test_train_from_events_command(built: Runtime) -> None:
-    load_events(built, SAMPLE_EVENTS)
+    with built.write_session() as session:
+        load_events(built, session, SAMPLE_EVENTS)
     context = _Context(built.settings, quiet=True, runtime=built)
     result = CliRunner().invoke(
         cli, ["train", "--from-events"], obj=context, catch_exceptions=False

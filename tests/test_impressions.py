@@ -36,7 +36,8 @@ def test_each_search_logs_what_it_showed(client: Any, built: Runtime) -> None:
 
 def test_clicks_on_logged_results_train_a_model(client: Any, built: Runtime) -> None:
     with pytest.raises(InvalidInput, match="no logged impressions"):
-        train_from_impressions(built)
+        with built.session() as session:
+            train_from_impressions(built, session)
     clicks = 0
     for n in range(60):
         q = QUERIES[n % len(QUERIES)]
@@ -52,11 +53,12 @@ def test_clicks_on_logged_results_train_a_model(client: Any, built: Runtime) -> 
         }
         assert client.post("/v1/events", json=event).status_code == 200
         clicks += 1
-    x, y, order, names = (
-        impression_examples(built) if built.impressions.flush() >= 0 else (None,) * 4
-    )
+    built.impressions.flush()
+    with built.session() as session:
+        x, y, order, names = impression_examples(built, session)
     assert len(y) == 600 and int(y.sum()) == clicks and int(order.max()) == 59
-    ranker, report = train_from_impressions(built, promote=True)
+    with built.session() as session:
+        ranker, report = train_from_impressions(built, session, promote=True)
     assert report.examples == 600 and report.positives == 60
     assert report.validation_queries == 12 and report.validation_auc > 0.8
     assert report.weights["query_sim_norm"] > 0 or report.weights["query_sim"] > 0

@@ -29,8 +29,8 @@ def count(runtime: Runtime) -> int:
 
 def test_sample_catalog_loads(runtime: Runtime) -> None:
     with runtime.session() as session:
-        report = ingest(session, SAMPLE_CATALOG)
-    assert report.committed and report.problems == []
+        report = ingest(runtime, session, SAMPLE_CATALOG)
+    assert report.accepted and report.problems == []
     assert report.counts.inserted == report.rows >= 300
     with runtime.session() as session:
         paris = get_item(session, "paris-france")
@@ -40,15 +40,15 @@ def test_sample_catalog_loads(runtime: Runtime) -> None:
 def test_reingest_is_idempotent_and_updates_changes(runtime: Runtime, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", GOOD)
     with runtime.session() as session:
-        first = ingest(session, path)
+        first = ingest(runtime, session, path)
     assert (first.counts.inserted, first.counts.updated, first.counts.unchanged) == (3, 0, 0)
     with runtime.session() as session:
         before = get_item(session, "a").updated_at
-        again = ingest(session, path)
+        again = ingest(runtime, session, path)
     assert (again.counts.inserted, again.counts.updated, again.counts.unchanged) == (0, 0, 3)
     changed = [dict(GOOD[0], title="Alpha 2"), *GOOD[1:], {"id": "d", "title": "Delta"}]
     with runtime.session() as session:
-        third = ingest(session, write_jsonl(tmp_path / "c2.jsonl", changed))
+        third = ingest(runtime, session, write_jsonl(tmp_path / "c2.jsonl", changed))
     assert (third.counts.inserted, third.counts.updated, third.counts.unchanged) == (1, 1, 2)
     with runtime.session() as session:
         a = get_item(session, "a")
@@ -59,7 +59,7 @@ def test_reingest_is_idempotent_and_updates_changes(runtime: Runtime, tmp_path: 
 
 def test_bad_rows_change_nothing_and_are_all_reported(runtime: Runtime, tmp_path: Path) -> None:
     with runtime.session() as session:
-        ingest(session, write_jsonl(tmp_path / "seed.jsonl", [GOOD[0]]))
+        ingest(runtime, session, write_jsonl(tmp_path / "seed.jsonl", [GOOD[0]]))
     rows: list[object] = [
         dict(GOOD[0], title="changed"),
         {"id": "e"},
@@ -70,8 +70,8 @@ def test_bad_rows_change_nothing_and_are_all_reported(runtime: Runtime, tmp_path
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with runtime.session() as session:
-        report = ingest(session, path)
-    assert not report.committed
+        report = ingest(runtime, session, path)
+    assert not report.accepted
     located = [(p.line, p.field) for p in report.problems]
     assert located == [(2, "title"), (3, "(row)"), (5, "id"), (6, "attributes.bad")]
     assert all(p.source == str(path) for p in report.problems)
@@ -87,8 +87,8 @@ def test_skip_invalid_commits_valid_rows_and_writes_rejects(
     path = write_jsonl(tmp_path / "mixed.jsonl", [GOOD[0], {"id": "x", "tags": 3}, GOOD[1]])
     rejects = tmp_path / "out" / "rejects.jsonl"
     with runtime.session() as session:
-        report = ingest(session, path, skip_invalid=True, rejects_path=rejects)
-    assert report.committed and report.counts.inserted == 2 and report.rejected == 1
+        report = ingest(runtime, session, path, skip_invalid=True, rejects_path=rejects)
+    assert report.accepted and report.counts.inserted == 2 and report.rejected == 1
     lines = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert lines == [
         {
@@ -119,11 +119,11 @@ def test_csv_with_the_same_columns(runtime: Runtime, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     with runtime.session() as session:
-        report = ingest(session, path)
+        report = ingest(runtime, session, path)
     # Rome's quoted text spans lines 3-4, so the bad rows start on lines 5 and 6.
     assert [(p.line, p.field) for p in report.problems] == [(5, "title"), (6, "created_at")]
     with runtime.session() as session:
-        report = ingest(session, path, skip_invalid=True)
+        report = ingest(runtime, session, path, skip_invalid=True)
         paris = get_item(session, "p")
         rome = get_item(session, "r")
     assert report.counts.inserted == 2
@@ -137,21 +137,21 @@ def test_csv_unknown_column_is_named(runtime: Runtime, tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
     path.write_text("id,titel\na,b\n", encoding="utf-8")
     with runtime.session() as session, pytest.raises(InvalidInput, match="c.csv:1: .*'titel'"):
-        ingest(session, path)
+        ingest(runtime, session, path)
 
 
 def test_unknown_extension_and_missing_file(runtime: Runtime, tmp_path: Path) -> None:
     (tmp_path / "c.xml").write_text("<x/>")
     with runtime.session() as session:
         with pytest.raises(InvalidInput, match="use .jsonl"):
-            ingest(session, tmp_path / "c.xml")
+            ingest(runtime, session, tmp_path / "c.xml")
         with pytest.raises(InvalidInput, match="no such file"):
-            ingest(session, tmp_path / "nope.jsonl")
+            ingest(runtime, session, tmp_path / "nope.jsonl")
 
 
 def test_delete_is_all_or_nothing(runtime: Runtime, tmp_path: Path) -> None:
     with runtime.session() as session:
-        ingest(session, write_jsonl(tmp_path / "c.jsonl", GOOD))
+        ingest(runtime, session, write_jsonl(tmp_path / "c.jsonl", GOOD))
     with runtime.session() as session:
         assert delete_items(session, ["a", "nope"]) == ["nope"]
     assert count(runtime) == 3

@@ -104,7 +104,8 @@ def test_replayed_features_equal_serving_features_from_the_past_only(built: Runt
 
 
 def test_train_from_events_on_the_sample_histories(built: Runtime) -> None:
-    ranker, report = train_from_events(built, sample_events(), max_per_user=10)
+    with built.session() as session:
+        ranker, report = train_from_events(built, session, sample_events(), max_per_user=10)
     assert report.examples > report.positives >= 40 and report.version == "v000001"
     assert 0.0 <= report.validation_auc <= 1.0 and np.isfinite(ranker.weights).all()
 

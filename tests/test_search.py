@@ -70,7 +70,8 @@ def test_server_swaps_to_a_newly_published_version(built: Runtime) -> None:
     first = search(built, "beach").index_version
     with built.session() as session:
         delete_items(session, ["paris-france"])
-        report = build(built.settings, session, built.embedder)
+    with built.session() as session:
+        report = build(built, session)
     assert report.version != first
     assert search(built, "beach").index_version == report.version
     IndexStore(built.settings.index_dir).point_current_at(first)

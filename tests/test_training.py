@@ -32,9 +32,10 @@ def description_judgments(n: int = 60) -> list[Judgment]:
 
 def test_lexical_source_finds_rare_words(built: Runtime, tmp_path: Path) -> None:
     item = {"id": "zq", "title": "Quokkaville", "text": "Home of the xylospongium festival."}
+    with built.write_session() as session:
+        ingest(built, session, write_jsonl(tmp_path / "x.jsonl", [item]))
     with built.session() as session:
-        ingest(session, write_jsonl(tmp_path / "x.jsonl", [item]))
-        build(built.settings, session, built.embedder)
+        build(built, session)
         stage = built.searcher.first_stage(session, SearchRequest(q="xylospongium", k=10))
     found = {c.item_id: c for c in stage.candidates}
     assert found["zq"].lexical_rank == 0 and found["zq"].lexical_score > 0
@@ -49,11 +50,13 @@ def test_trained_model_is_saved_promoted_and_served_live(built: Runtime) -> None
     from indexer.train import judgment_examples
 
     judgments = description_judgments()
-    ranker, report = train_from_judgments(built, judgments, promote=False)
+    with built.session() as session:
+        ranker, report = train_from_judgments(built, session, judgments, promote=False)
     assert report.version == "v000001" and report.validation_auc > 0.9
     assert report.examples > report.positives == 60 and report.validation_queries == 12
     # The model puts the judged item first for most queries, as the prior does, or better.
-    x, y, _, names = judgment_examples(built, judgments)
+    with built.session() as session:
+        x, y, _, names = judgment_examples(built, session, judgments)
     assert (
         auc(y, ranker.aligned(names).logits(x))
         >= auc(y, LinearRanker.prior().aligned(names).logits(x)) - 0.01

@@ -91,7 +91,7 @@ def test_concurrent_writers_lose_no_update(runtime: Runtime, tmp_path: Path) -> 
     """Many threads send events for one user at once; counts and vector come out exact."""
     items = [{"id": f"i{n}", "title": f"Item {n}", "category": f"c{n % 3}"} for n in range(10)]
     with runtime.session() as session:
-        ingest(session, write_jsonl(tmp_path / "c.jsonl", items))
+        ingest(runtime, session, write_jsonl(tmp_path / "c.jsonl", items))
     # No index: vectors are encoded on demand; warm them so threads only race on SQL.
     with runtime.session() as session:
         item_vectors = runtime.vectors.get(session, [i["id"] for i in items])
