@@ -23,7 +23,7 @@ from pydantic import (
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from engine.clock import iso_z, utcnow
+from engine import clock
 from engine.contract import (
     MAX_TITLE_CHARS,
     Category,
@@ -136,7 +136,7 @@ class ItemIn(BaseModel):
             "category": self.category,
             "tags": list(self.tags),
             "attributes": dict(self.attributes),
-            "created_at": iso_z(self.created_at),
+            "created_at": clock.iso_z(self.created_at),
         }
 
     def content_hash(self) -> str:
@@ -178,7 +178,7 @@ def upsert_items(session: Session, items: Sequence[ItemIn]) -> UpsertCounts:
         return counts
     ids = [item.id for item in items]
     existing = {row.id: row for row in session.scalars(select(Item).where(Item.id.in_(ids))).all()}
-    now = utcnow()
+    now = clock.utcnow()
     for item in items:
         digest = item.content_hash()
         row = existing.get(item.id)
@@ -245,8 +245,8 @@ def item_to_dict(row: Item) -> dict[str, Any]:
         "category": row.category,
         "tags": list(row.tags or []),
         "attributes": dict(row.attributes or {}),
-        "created_at": iso_z(row.created_at),
-        "updated_at": iso_z(row.updated_at),
+        "created_at": clock.iso_z(row.created_at),
+        "updated_at": clock.iso_z(row.updated_at),
     }
 
 
@@ -268,7 +268,7 @@ def parse_items_payload(payload: object, max_items: int) -> list[ItemIn]:
         payload = payload["items"]
     rows = payload if isinstance(payload, list) else [payload]
     if not rows:
-        raise InvalidInput("no items in the request body")
+        raise InvalidInput("no items in the request body", [Problem("items", "is empty")])
     if len(rows) > max_items:
         raise TooLarge(f"{len(rows)} items in one request; the limit is {max_items}")
     problems: list[Problem] = []

@@ -79,8 +79,8 @@ def check_text(value: object, limit: int, *, ident: bool = False, required: bool
 
 
 def _safe_repr(value: str) -> str:
-    shown = value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
-    return repr(shown if len(shown) <= 80 else shown[:77] + "...")
+    # repr escapes control characters and lone surrogates, and keeps "café" readable.
+    return repr(value if len(value) <= 80 else value[:77] + "...")
 
 
 def _text(limit: int, *, ident: bool = False, required: bool = True) -> Any:
@@ -102,8 +102,21 @@ def numeric_id(value: object) -> object:
 
 
 # Each text type strips, checks its column's limit and documents it as maxLength.
-Id = Annotated[str, _text(MAX_ID_CHARS, ident=True), Field(max_length=MAX_ID_CHARS)]
-Title = Annotated[str, _text(MAX_TITLE_CHARS), Field(max_length=MAX_TITLE_CHARS)]
+# What /openapi.json says of ids and required text, so a client (or a fuzzer) can tell a
+# valid value: not blank, and for ids no control characters.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+NOT_BLANK = r"\S"
+
+Id = Annotated[
+    str,
+    _text(MAX_ID_CHARS, ident=True),
+    Field(min_length=1, max_length=MAX_ID_CHARS, json_schema_extra={"pattern": ID_PATTERN}),
+]
+Title = Annotated[
+    str,
+    _text(MAX_TITLE_CHARS),
+    Field(min_length=1, max_length=MAX_TITLE_CHARS, json_schema_extra={"pattern": NOT_BLANK}),
+]
 OptionalId = Annotated[
     Annotated[str, Field(max_length=MAX_ID_CHARS)] | None,
     _text(MAX_ID_CHARS, ident=True, required=False),

@@ -2,9 +2,12 @@
 second, merged with the main index at query time, and folded in by the next build.
 
 A background thread per process polls SQL for items updated since its watermark and embeds
-them into a small exact index (and a small BM25). Their rows in the main index, if any, are
-shadowed (stale text). Deleted items need no tombstone list here: every candidate is joined
-with SQL, so an item gone from SQL is gone from results.
+those whose text changed into a small exact index (and a small BM25). Their rows in the main
+index, if any, are shadowed (stale text). Every item written since the build also has its
+fresh fields here (title, tags, attributes, ...), which serving reads instead of the index
+version's. Deleted items need no tombstone list here: a search reads whether its candidates
+still exist from SQL (with their popularity, in one query), so an item gone from SQL is gone
+from results at once, in every process.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.catalog import embedding_text, text_hash
-from engine.index_store import IndexArtifact, LiveIndex
+from engine.index_store import IndexArtifact, ItemFields, LiveIndex
 from engine.lexical import LexicalIndex
 from engine.models import Item
 
@@ -30,7 +33,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DeltaSnapshot:
-    """An immutable view the request path reads; refreshes replace it whole."""
+    """An immutable view the request path reads; refreshes replace it whole.
+
+    ids, categories, texts, vectors and lexical cover the items re-embedded since the build
+    (new, or with changed text); items holds the fields of every item written since.
+    """
 
     base_version: str
     watermark: datetime
@@ -39,19 +46,21 @@ class DeltaSnapshot:
     texts: list[str] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.float32))
     lexical: LexicalIndex | None = None
+    items: dict[str, ItemFields] = field(default_factory=dict)
+    _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
 
     @property
     def size(self) -> int:
         return len(self.ids)
 
     def row_of(self, item_id: str) -> int | None:
-        try:
-            return self.ids.index(item_id)
-        except ValueError:
-            return None
+        return self._rows.get(item_id)
 
     def shadows(self) -> set[str]:
-        return set(self.ids)
+        return set(self._rows)
 
     def search(self, query: np.ndarray, k: int, category: str | None) -> list[tuple[str, float]]:
         """Exact top-k over the delta (it is small): (id, cosine), best first."""
@@ -142,7 +151,14 @@ class Delta:
                 old = DeltaSnapshot(artifact.version, watermark)
                 self._cache.clear()
             query = select(
-                Item.id, Item.title, Item.text, Item.category, Item.tags, Item.updated_at
+                Item.id,
+                Item.title,
+                Item.text,
+                Item.category,
+                Item.tags,
+                Item.attributes,
+                Item.created_at,
+                Item.updated_at,
             ).where(Item.updated_at >= old.watermark)
             with self.sessions() as session:
                 rows = session.execute(query).all()
@@ -151,8 +167,12 @@ class Delta:
             entries = {
                 i: (c, t) for i, c, t in zip(old.ids, old.categories, old.texts, strict=True)
             }
+            items = dict(old.items)
             watermark = old.watermark
             for row in rows:
+                items[row.id] = ItemFields.from_columns(
+                    row.title, row.category, row.tags, row.attributes, row.created_at
+                )
                 text = embedding_text(row.title, row.text, row.category, row.tags or [])
                 main_row = artifact.row_of(row.id)
                 unchanged = main_row is not None and artifact.text_hashes[main_row] == _build_hash(
@@ -182,7 +202,8 @@ class Delta:
                 categories=[entries[i][0] for i in ids],
                 texts=texts,
                 vectors=vectors,
-                lexical=LexicalIndex.build(texts) if texts else None,
+                lexical=LexicalIndex.build_if_any(texts) if texts else None,
+                items=items,
             )
             self._snapshot = snap
             if ids:

@@ -24,6 +24,9 @@ from engine.errors import InvalidInput, Problem, TooLarge
 EVENT_TYPES = ("impression", "view", "click", "cart", "purchase", "rating")
 EventType = Literal["impression", "view", "click", "cart", "purchase", "rating"]
 DEFAULT_MAX_CLOCK_SKEW_S = 300.0
+# Ratings weigh (value − neutral)·scale in decayed sums: unbounded ones would overflow them.
+MAX_RATING = 100.0
+MAX_EVENT_VALUE = 1e9
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class EventBody(BaseModel):
     value: Annotated[float | None, BeforeValidator(_value)] = Field(
         default=None,
         validate_default=True,
-        description="required for a rating: the stars, e.g. 4.5",
+        description="required for a rating: the stars, e.g. 4.5 (within ±100)",
+        json_schema_extra={"minimum": -MAX_RATING, "maximum": MAX_RATING},
     )
     ts: Annotated[datetime | None, BeforeValidator(_ts)] = Field(
         default=None,
@@ -89,9 +93,14 @@ class EventBody(BaseModel):
 
     @field_validator("value")
     @classmethod
-    def _rating_has_value(cls, value: float | None, info: ValidationInfo) -> float | None:
-        if value is None and info.data.get("type") == "rating":
+    def _value_in_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        is_rating = info.data.get("type") == "rating"
+        if value is None and is_rating:
             raise fail("is required for a rating (the stars, e.g. 4.5)")
+        limit = MAX_RATING if is_rating else MAX_EVENT_VALUE
+        if value is not None and abs(value) > limit:
+            what = "a rating" if is_rating else "an event value"
+            raise fail(f"is {value:g}; {what} must lie within ±{limit:g}")
         return value
 
     @field_validator("ts")

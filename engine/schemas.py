@@ -56,6 +56,8 @@ def _integer(value: object) -> object:
     """An integer as JSON or as a query-string word; not a boolean, not 2.5."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, float) and value.is_integer():  # 5.0 is an integer in JSON Schema
+        return int(value)
     if isinstance(value, str):
         try:
             return int(value.strip())
@@ -106,7 +108,10 @@ class SearchQuery(BaseModel):
 
     q: QueryText = Field(default=None, description="the query text")
     k: Annotated[int, BeforeValidator(_integer)] = Field(
-        default=10, ge=1, description="how many results (at most RECSEARCH_MAX_K)"
+        default=10,
+        ge=1,
+        description="how many results (at most RECSEARCH_MAX_K)",
+        json_schema_extra={"maximum": 100},  # /openapi.json puts the server's RECSEARCH_MAX_K
     )
     category: Category = Field(default=None, description="only items of this category")
     user_id: Annotated[Id | None, BeforeValidator(lambda v: None if v == "" else v)] = Field(
@@ -123,6 +128,9 @@ class SearchQuery(BaseModel):
         default="purchased", description="true (= purchased), false (= none), or all"
     )
     explain: Flag = Field(default=False, description="each score's feature contributions")
+    timings: Flag = Field(
+        default=False, description="per-stage timings_ms, also without explanations"
+    )
 
     @field_validator("k")
     @classmethod
@@ -143,6 +151,7 @@ class SearchQuery(BaseModel):
             tuple(self.context_items),
             self.exclude_seen,
             self.explain,
+            self.timings,
         )
 
 
@@ -199,7 +208,7 @@ def search_json(response: SearchResponse, *, explain: bool = False) -> dict[str,
         "mode": response.mode,
         "request_id": response.request_id,
     }
-    if explain:
+    if explain or response.show_timings:
         body["timings_ms"] = dict(response.timings_ms)
     return body
 
@@ -317,7 +326,9 @@ def _version(value: object) -> object:
     return value
 
 
-Version = Annotated[str, BeforeValidator(_version), Field(pattern=VERSION_PATTERN)]
+Version = Annotated[
+    str, BeforeValidator(_version), Field(json_schema_extra={"pattern": VERSION_PATTERN})
+]
 
 
 class VersionBody(BaseModel):

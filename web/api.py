@@ -12,6 +12,7 @@ from engine import schemas
 from engine.catalog import delete_items, get_item, item_to_dict, parse_items_payload, upsert_items
 from engine.clock import utcnow
 from engine.contract import check_id
+from engine.embedder import describe_encoder
 from engine.errors import NotFound
 from engine.events import parse_events_payload
 from engine.users import record_events, user_profile
@@ -21,6 +22,7 @@ from web.contract import body, json_payload, operation, query
 from web.latency import latency
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
+MAX_ITEMS_DOCUMENTED = 1_000  # RECSEARCH_MAX_BATCH_ITEMS by default
 health = Blueprint("health", __name__)
 
 _SEARCH = {
@@ -55,7 +57,8 @@ def _search(search: schemas.SearchQuery) -> ResponseReturnValue:
 
 def _items_schema(ref: Any) -> dict[str, Any]:
     item = ref(schemas.ItemIn)
-    return {"oneOf": [item, {"type": "array", "items": item}, ref(schemas.ItemsBody)]}
+    array = {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_ITEMS_DOCUMENTED}
+    return {"oneOf": [item, array, ref(schemas.ItemsBody)]}
 
 
 @bp.post("/items")
@@ -169,6 +172,9 @@ def readyz() -> ResponseReturnValue:
         checks["database"] = f"unreachable: {type(exc).__name__}"
     version = runtime.searcher.store.current_version() if checks["database"] == "ok" else None
     checks["index_version"] = version
+    if version is not None:  # a differing encoder serves anyway: its vectors agree with torch's
+        built = runtime.searcher.store.manifest(version)
+        checks["encoder"] = describe_encoder(runtime.embedder.encoder, built)
     if version is None and checks["database"] == "ok":
         checks["index"] = "no index published: run `recsearch build`"
     ready = checks["database"] == "ok" and version is not None

@@ -102,7 +102,7 @@ def spec(app: Flask) -> dict[str, Any]:
         release = version("recsearch")
     except PackageNotFoundError:
         release = "0"
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "recsearch",
@@ -119,6 +119,28 @@ def spec(app: Flask) -> dict[str, Any]:
             },
         },
     }
+    _apply_limits(document, app)
+    return document
+
+
+def _apply_limits(document: dict[str, Any], app: Flask) -> None:
+    """The server's own bounds (RECSEARCH_MAX_K, _MAX_BATCH_ITEMS) where models say defaults."""
+    from web import runtime_of
+
+    settings = runtime_of(app).settings
+    schemas = document["components"]["schemas"]
+    if "SearchQuery" in schemas:
+        schemas["SearchQuery"]["properties"]["k"]["maximum"] = settings.max_k
+    for methods in document["paths"].values():
+        for op in methods.values():
+            for parameter in op.get("parameters", []):
+                if parameter["name"] == "k" and parameter["in"] == "query":
+                    parameter["schema"]["maximum"] = settings.max_k
+    items = document["paths"].get("/v1/items", {}).get("post")
+    if items:
+        for choice in items["requestBody"]["content"]["application/json"]["schema"]["oneOf"]:
+            if choice.get("type") == "array":
+                choice["maxItems"] = settings.max_batch_items
 
 
 def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
