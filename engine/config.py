@@ -13,6 +13,7 @@ from engine.errors import ConfigError
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+ENCODERS = ("onnx", "onnx-int8", "torch")
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,15 @@ class Settings:
     model: str = PACKAGED_MODEL
     # Load the model from local files only (the machine may be offline); set 0 to allow the hub.
     model_offline: bool = True
-    device: str = "cpu"
+    # Where batch embedding (builds) runs: "auto" is CUDA where torch or onnxruntime sees a
+    # device, else the CPU; "cuda" without one is a ConfigError. Also "cpu" or "cuda:N".
+    device: str = "auto"
     embed_batch_size: int = 64
+    # The encoder backend for RECSEARCH_MODEL: "onnx" (exported once, checked against torch),
+    # "onnx-int8" (its dynamic int8 quantization) or "torch".
+    encoder: str = "onnx"
+    # onnxruntime intra-op threads (torch's too, when set); 0: the cores this process may use.
+    encoder_threads: int = 0
 
     # "auto" picks flat below auto_flat_max_items and HNSW above; or flat | hnsw | ivf,
     # or any FAISS factory string (e.g. "IVF1024,PQ32").
@@ -135,6 +143,7 @@ class Settings:
     def validate(self) -> None:
         checks = {
             "embed_batch_size": self.embed_batch_size >= 1,
+            "encoder_threads": self.encoder_threads >= 0,
             "auto_flat_max_items": self.auto_flat_max_items >= 0,
             "hnsw_m": self.hnsw_m >= 2,
             "hnsw_ef_construction": self.hnsw_ef_construction >= 1,
@@ -164,6 +173,14 @@ class Settings:
             if not ok:
                 value = getattr(self, name)
                 raise ConfigError(f"RECSEARCH_{name.upper()}={value!r} is out of range")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(
+                f"RECSEARCH_ENCODER={self.encoder!r}: expected one of {', '.join(ENCODERS)}"
+            )
+        if not is_device(self.device):
+            raise ConfigError(
+                f"RECSEARCH_DEVICE={self.device!r}: expected auto, cpu, cuda or cuda:<index>"
+            )
         if not self.index_type.strip():
             raise ConfigError("RECSEARCH_INDEX_TYPE must not be empty")
         self.type_weights()  # raises on a malformed RECSEARCH_EVENT_WEIGHTS
@@ -171,6 +188,11 @@ class Settings:
     @property
     def model_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def half_life_s(self) -> float:
+        """half_life_days in seconds, as engine.decay takes it."""
+        return self.half_life_days * 86_400.0
 
     def attribute_features(self) -> tuple[str, ...]:
         return tuple(a.strip() for a in self.feature_attributes.split(",") if a.strip())
@@ -190,6 +212,14 @@ class Settings:
                     f"separated by commas, e.g. view=1,click=2; bad part {part!r}"
                 ) from None
         return weights
+
+
+def is_device(device: str) -> bool:
+    """auto, cpu, cuda or cuda:<index>."""
+    kind, sep, index = device.partition(":")
+    if sep:
+        return kind == "cuda" and index.isdigit()
+    return device in ("auto", "cpu", "cuda")
 
 
 def _parse(name: str, raw: str, type_: Any) -> Any:

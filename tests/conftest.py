@@ -53,9 +53,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    """The real all-MiniLM-L6-v2, loaded once (seconds) and shared; it holds no state."""
-    return Embedder(Settings())
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    """The real all-MiniLM-L6-v2 on the default encoder, loaded once and shared; it holds no
+    state. Its ONNX export (seconds) goes to this run's temp folder, not ./var."""
+    return Embedder(Settings(data_dir=tmp_path_factory.mktemp("encoder") / "var"))
 
 
 @pytest.fixture(scope="session")

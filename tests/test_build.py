@@ -48,7 +48,12 @@ def test_build_publishes_a_self_describing_version(runtime: Runtime, tmp_path: P
     assert store.current_version() == report.version == "v000001"
     manifest = json.loads((runtime.settings.index_dir / "v000001" / "manifest.json").read_text())
     assert manifest["version"] == "v000001"
-    assert manifest["model"] == {"name": "all-MiniLM-L6-v2", "dimension": 384, "normalized": True}
+    assert manifest["model"] == {
+        "name": "all-MiniLM-L6-v2",
+        "dimension": 384,
+        "normalized": True,
+        "encoder": runtime.embedder.batch_encoder,
+    }
     assert manifest["metric"] == "inner_product"
     assert manifest["index"]["backend"] == "faiss" and manifest["index"]["factory"] == "Flat"
     assert manifest["item_count"] == 30 and manifest["recall_at_10"] == 1.0
