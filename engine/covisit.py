@@ -2,28 +2,29 @@
 
 Each event with positive weight pairs its item with the user's few most recent other items
 (both directions, +1 each). A user with history then gets candidates that co-occur with what
-they just did, which embeddings of titles cannot see.
+they just did, which embeddings of titles cannot see (read by engine.state).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine.events import EventIn
 from engine.models import Covisit
-from engine.users import UserState
 
 
-def partners(state: UserState, event: EventIn, window: int) -> list[str]:
-    """The user's most recent other items at or before the event's time (at most window)."""
+def partners(recent: Sequence[Sequence[str]], event: EventIn, window: int) -> list[str]:
+    """The user's most recent other items at or before the event's time (at most window).
+
+    recent: the user's [item_id, type, iso_ts] entries, newest first (UserState.recent).
+    """
     stamp = event.ts.isoformat()
     out: list[str] = []
-    for item_id, _type, ts in state.recent:  # newest first
+    for item_id, _type, ts in recent:
         if ts <= stamp and item_id != event.item_id and item_id not in out:
             out.append(item_id)
             if len(out) == window:
@@ -50,21 +51,3 @@ def write_pairs(session: Session, counts: Counter[tuple[str, str]]) -> None:
     rows = [{"item_a": a, "item_b": b, "weight": w} for (a, b), w in sorted(counts.items())]
     for start in range(0, len(rows), 5_000):
         session.execute(stmt, rows[start : start + 5_000])
-
-
-def covisited(
-    session: Session, item_ids: list[str], limit: int, exclude: set[str]
-) -> list[tuple[str, float]]:
-    """Items most co-visited with the given ones, with their summed weight, best first."""
-    if not item_ids or limit <= 0:
-        return []
-    total = func.sum(Covisit.weight).label("total")
-    query = (
-        select(Covisit.item_b, total)
-        .where(Covisit.item_a.in_(item_ids))
-        .group_by(Covisit.item_b)
-        .order_by(total.desc(), Covisit.item_b)
-        .limit(limit + len(exclude) + len(item_ids))
-    )
-    skip = exclude | set(item_ids)
-    return [(b, float(w)) for b, w in session.execute(query) if b not in skip][:limit]

@@ -7,16 +7,13 @@ one model serves search, recommendation and cold start.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from functools import cached_property
 
 import numpy as np
 
-from engine.users import UserState
+from engine.candidates import Candidate
+from engine.context import Context
 
 BASE_FEATURES = (
     # f(c): the item
@@ -47,47 +44,6 @@ def feature_names(numeric_attributes: Sequence[str] = ()) -> tuple[str, ...]:
     return BASE_FEATURES + tuple(f"{ATTRIBUTE_PREFIX}{a}" for a in numeric_attributes)
 
 
-@dataclass
-class Candidate:
-    """An item the first stage found, with where it came from and what the ranker needs.
-
-    tags and attributes arrive as JSON text and are decoded on first use: most candidates
-    never need their attributes, and decoding is a large share of a search's own cost.
-    """
-
-    item_id: str
-    rank: int
-    title: str
-    category: str | None
-    popularity: float  # decayed to the time of the request
-    popularity_ref: datetime | None = None  # when the stored popularity was last updated
-    created_at: datetime | None = None
-    tags_json: str | None = None
-    attributes_json: str | None = None
-    ann_rank: int | None = None
-    lexical_rank: int | None = None
-    lexical_score: float = 0.0
-    covisit_rank: int | None = None
-    covisit_score: float = 0.0
-
-    @cached_property
-    def tags(self) -> list[str]:
-        return list(json.loads(self.tags_json)) if self.tags_json else []
-
-    @cached_property
-    def attributes(self) -> dict[str, object]:
-        return dict(json.loads(self.attributes_json)) if self.attributes_json else {}
-
-
-@dataclass
-class ContextParts:
-    query: np.ndarray | None
-    user: UserState | None
-    user_vector: np.ndarray | None
-    session: np.ndarray | None
-    now: datetime
-
-
 def _rank_feature(rank: int | None) -> float:
     return 0.0 if rank is None else 1.0 / math.log2(2 + rank)
 
@@ -95,7 +51,7 @@ def _rank_feature(rank: int | None) -> float:
 def compute(
     candidates: list[Candidate],
     item_vectors: np.ndarray,
-    parts: ContextParts,
+    context: Context,
     names: Sequence[str] = BASE_FEATURES,
 ) -> np.ndarray:
     """(n_candidates, len(names)) float64; item_vectors is (n, dim) unit float32."""
@@ -109,15 +65,15 @@ def compute(
         if name in col:
             x[:, col[name]] = values
 
-    if parts.query is not None:
-        sims = item_vectors @ parts.query
+    if context.query is not None:
+        sims = item_vectors @ context.query
         put("query_sim", sims)
         spread = float(sims.max() - sims.min())
         put("query_sim_norm", (sims - sims.min()) / spread if spread > 1e-9 else 1.0)
-    if parts.user_vector is not None:
-        put("user_sim", item_vectors @ parts.user_vector)
-    if parts.session is not None:
-        put("session_sim", item_vectors @ parts.session)
+    if context.user_vector is not None:
+        put("user_sim", item_vectors @ context.user_vector)
+    if context.session is not None:
+        put("session_sim", item_vectors @ context.session)
     best_lexical = max((c.lexical_score for c in candidates), default=0.0)
     if best_lexical > 0:
         put("lexical_score", [c.lexical_score / best_lexical for c in candidates])
@@ -131,27 +87,29 @@ def compute(
         "freshness",
         [
             0.0
-            if c.created_at is None
-            else 2.0 ** (-max(0.0, (parts.now - c.created_at).total_seconds()) / year_s)
+            if c.item.created_at is None
+            else 2.0 ** (-max(0.0, (context.now - c.item.created_at).total_seconds()) / year_s)
             for c in candidates
         ],
     )
 
-    user = parts.user
+    user = context.user
     if user is not None:
         put("user_activity", math.log1p(user.event_count))
         if user.first_ts is not None:
-            days = max(0.0, (parts.now - user.first_ts).total_seconds() / 86_400.0)
+            days = max(0.0, (context.now - user.first_ts).total_seconds() / 86_400.0)
             put("user_tenure", math.log1p(days))
         categories = user.normalized_affinity("category")
         tags = user.normalized_affinity("tag")
         seen = {r[0] for r in user.recent}
-        put("category_affinity", [categories.get(c.category or "", 0.0) for c in candidates])
+        put("category_affinity", [categories.get(c.item.category or "", 0.0) for c in candidates])
         if tags:
             put(
                 "tag_affinity",
                 [
-                    sum(tags.get(t, 0.0) for t in c.tags) / len(c.tags) if c.tags else 0.0
+                    sum(tags.get(t, 0.0) for t in c.item.tags) / len(c.item.tags)
+                    if c.item.tags
+                    else 0.0
                     for c in candidates
                 ],
             )
@@ -160,7 +118,7 @@ def compute(
     for name, j in col.items():
         if name.startswith(ATTRIBUTE_PREFIX):
             attribute = name[len(ATTRIBUTE_PREFIX) :]
-            x[:, j] = [_number(c.attributes.get(attribute)) for c in candidates]
+            x[:, j] = [_number(c.item.attributes.get(attribute)) for c in candidates]
     return x
 
 

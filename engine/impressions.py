@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.catalog import utcnow
+from engine.clock import utcnow
 from engine.models import Impression
 
 log = logging.getLogger(__name__)

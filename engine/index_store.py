@@ -2,8 +2,10 @@
 
 Layout under settings.index_dir:
     CURRENT            the serving version's name, replaced with os.replace (atomic)
-    v000007/           manifest.json, index.faiss, items.json (row → id, category, text hash),
-                       vectors.npy ((n, dim) float32 unit vectors: reused by the next build)
+    v000007/           manifest.json, index.faiss, items.json (row → id, category, text hash,
+                       and what a search returns and ranks on: title, tags, attributes,
+                       created_at), vectors.npy ((n, dim) float32 unit vectors: reused by the
+                       next build), lexical/ (BM25)
     .staging-*/        a build in progress; a crash leaves one behind, never a half version
     .publish-lock      held (flock) while a version is numbered and made current
 
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -50,6 +53,29 @@ PRIVATE_DIR_MODE = 0o700
 STALE_STAGING_S = 24 * 3600
 
 
+@dataclass(frozen=True, slots=True)
+class ItemFields:
+    """What a search returns and ranks on for one item, held by the index version (and by the
+    delta for items written since), so serving never reads them from SQL."""
+
+    title: str
+    category: str | None
+    tags: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)  # shared: copy before changing
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_columns(
+        cls,
+        title: str,
+        category: str | None,
+        tags: Any,
+        attributes: Any,
+        created_at: datetime | None,
+    ) -> ItemFields:
+        return cls(title, category, tuple(tags or ()), dict(attributes or {}), created_at)
+
+
 @dataclass
 class IndexArtifact:
     """A loaded index version: the ANN index plus its row → item map."""
@@ -65,6 +91,8 @@ class IndexArtifact:
     _row_of: dict[str, int] = field(default_factory=dict)
     _vectors: np.ndarray | None = None
     lexical: LexicalIndex | None = None
+    # Row-aligned with ids; None for a version built before items carried their fields.
+    items: list[ItemFields] | None = None
 
     @property
     def dim(self) -> int:
@@ -265,6 +293,13 @@ class IndexStore(VersionStore):
         manifest = self.manifest(version)
         rows = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
         ann = load_index(folder, manifest["index"])
+        items = _item_fields(rows)
+        if items is None:
+            log.warning(
+                "index %s holds no item fields (built by an older release): searches read "
+                "them from SQL until the next `recsearch build`",
+                version,
+            )
         return IndexArtifact(
             version=version,
             folder=folder,
@@ -274,6 +309,7 @@ class IndexStore(VersionStore):
             categories=rows["categories"],
             text_hashes=rows["text_hashes"],
             lexical=LexicalIndex.load(folder, len(rows["ids"])),
+            items=items,
         )
 
 
@@ -355,16 +391,54 @@ def write_artifact_files(
     categories: list[str | None],
     text_hashes: list[str],
     vectors: np.ndarray,
+    items: list[ItemFields],
 ) -> None:
-    """Write the row map, the vectors and the manifest of a staged version."""
+    """Write the row map with the items' fields, the vectors and the manifest of a staged
+    version; items is row-aligned with ids."""
+    if len(items) != len(ids):
+        raise ValueError(f"{len(items)} item fields for {len(ids)} ids")
     write_json_durably(
-        folder / ITEMS, {"ids": ids, "categories": categories, "text_hashes": text_hashes}
+        folder / ITEMS,
+        {
+            "ids": ids,
+            "categories": categories,
+            "text_hashes": text_hashes,
+            "titles": [i.title for i in items],
+            "tags": [list(i.tags) for i in items],
+            "attributes": [i.attributes for i in items],
+            "created_at": [
+                None if i.created_at is None else i.created_at.isoformat() for i in items
+            ],
+        },
     )
     with open(folder / VECTORS, "wb") as fh:
         np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
         fh.flush()
         os.fsync(fh.fileno())
     write_json_durably(folder / MANIFEST, manifest)
+
+
+def _item_fields(rows: dict[str, Any]) -> list[ItemFields] | None:
+    """The fields items.json holds, row-aligned; None when it predates them."""
+    if "titles" not in rows:
+        return None
+    return [
+        ItemFields(
+            title,
+            category,
+            tuple(tags),
+            attributes,
+            None if created is None else datetime.fromisoformat(created),
+        )
+        for title, category, tags, attributes, created in zip(
+            rows["titles"],
+            rows["categories"],
+            rows["tags"],
+            rows["attributes"],
+            rows["created_at"],
+            strict=True,
+        )
+    ]
 
 
 def write_json_durably(path: Path, data: Any) -> None:

@@ -1,9 +1,7 @@
 """User features and item statistics, updated incrementally by events in one transaction.
 
-Every decayed quantity is kept as of a reference time (the newest event seen): an event at
-time t adds w·2^(-(ref - t)/half_life); an event newer than ref first decays everything to
-its own time. The state therefore does not depend on the order events arrive in, which is
-what lets concurrent writers, replays and out-of-order batches agree exactly.
+Every decayed quantity follows engine.decay: kept as of the newest event seen, so the state
+does not depend on the order events arrive in.
 """
 
 from __future__ import annotations
@@ -20,8 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from engine.catalog import iso_z, utcnow
+from engine import covisit
+from engine.clock import iso_z, utcnow
 from engine.config import Settings
+from engine.decay import as_of, rebase
 from engine.errors import InvalidInput, NotFound, Problem
 from engine.events import EventIn
 from engine.models import Event, Item, ItemStats, UserFeatures
@@ -39,11 +39,6 @@ def event_weight(event: EventIn, settings: Settings, type_weights: dict[str, flo
             settings.rating_scale
         )
     return type_weights.get(event.type, 0.0)
-
-
-def decay(seconds: float, half_life_s: float) -> float:
-    """The factor a weight keeps after `seconds`: 1/2 per half-life."""
-    return float(2.0 ** (-seconds / half_life_s))
 
 
 @dataclass
@@ -64,7 +59,8 @@ class UserState:
     purchased: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_row(cls, row: UserFeatures) -> UserState:
+    def from_row(cls, row: Any) -> UserState:
+        """From a user_features row: the UserFeatures object or a row selected from its table."""
         vector = None
         if row.vector:
             vector = np.frombuffer(row.vector, dtype=np.float64).copy()
@@ -107,19 +103,17 @@ class UserState:
         half_life_s: float,
         recent_max: int,
     ) -> None:
-        """Fold one event into the state (order-independent, see the module docstring)."""
+        """Fold one event into the state (order-independent: engine.decay's rule)."""
         t = event.ts
-        if self.ref_ts is None:
-            self.ref_ts = t
-        elif t > self.ref_ts:
-            f = decay((t - self.ref_ts).total_seconds(), half_life_s)
+        moved = self.ref_ts is not None and t > self.ref_ts
+        self.ref_ts, f, age_factor = rebase(self.ref_ts, t, half_life_s)
+        if moved:
             if self.vector is not None:
                 self.vector *= f
             self.vector_weight *= f
             self.category_affinity = {k: v * f for k, v in self.category_affinity.items()}
             self.tag_affinity = {k: v * f for k, v in self.tag_affinity.items()}
-            self.ref_ts = t
-        w = weight * decay((self.ref_ts - t).total_seconds(), half_life_s)
+        w = weight * age_factor
         if w != 0.0:
             if item_vector is not None:
                 if self.vector is None or self.vector.shape != item_vector.shape:
@@ -222,21 +216,19 @@ def record_events(
     weights = settings.type_weights()
     weight_of = {id(e): event_weight(e, settings, weights) for e in new}
     vector_of = vectors.get(session, {e.item_id for e in new if weight_of[id(e)] != 0.0})
-    half_life_s = settings.half_life_days * 86_400.0
+    half_life_s = settings.half_life_s
 
     by_user: dict[str, list[EventIn]] = defaultdict(list)
     for event in new:
         by_user[event.user_id].append(event)
     report.users = len(by_user)
     # Lock order, users then items, each sorted, so concurrent batches cannot deadlock.
-    from engine import covisit  # imports UserState from here
-
     pairs: Counter[tuple[str, str]] = Counter()
     for row in _locked_rows(session, UserFeatures, UserFeatures.user_id, sorted(by_user)):
         state = UserState.from_row(row)
         for event in by_user[row.user_id]:
             if weight_of[id(event)] > 0 and settings.covisit_window > 0:
-                others = covisit.partners(state, event, settings.covisit_window)
+                others = covisit.partners(state.recent, event, settings.covisit_window)
                 covisit.add_pairs(pairs, event.item_id, others)
             category, tags = items[event.item_id]
             state.apply(
@@ -343,13 +335,8 @@ def _apply_item_stats(
     ref = stats.ref_ts
     counts = dict(stats.counts or {})
     for event in events:
-        if ref is None:
-            ref = event.ts
-        elif event.ts > ref:
-            popularity *= decay((event.ts - ref).total_seconds(), half_life_s)
-            ref = event.ts
-        weight = max(weight_of[id(event)], 0.0)
-        popularity += weight * decay((ref - event.ts).total_seconds(), half_life_s)
+        ref, kept, age_factor = rebase(ref, event.ts, half_life_s)
+        popularity = popularity * kept + max(weight_of[id(event)], 0.0) * age_factor
         counts[event.type] = counts.get(event.type, 0) + 1
     stats.popularity = popularity
     stats.ref_ts = ref
@@ -370,9 +357,7 @@ def user_profile(
     if state is None:
         raise NotFound(f"user {user_id!r} (no events recorded)")
     now = utcnow()
-    f = 1.0
-    if state.ref_ts is not None and now > state.ref_ts:
-        f = decay((now - state.ref_ts).total_seconds(), settings.half_life_days * 86_400.0)
+    f = as_of(1.0, state.ref_ts, now, settings.half_life_s)
 
     def ranked(values: dict[str, float]) -> list[dict[str, Any]]:
         best = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:top]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import platform
 import time
@@ -22,7 +23,7 @@ from engine.clock import utcnow
 from engine.config import Settings
 from engine.embedder import Embedder
 from engine.errors import Conflict, InvalidInput
-from engine.index_store import IndexStore, write_artifact_files
+from engine.index_store import IndexStore, ItemFields, write_artifact_files
 from engine.lexical import LexicalIndex
 from engine.models import IndexVersion, Item
 from engine.runtime import Runtime
@@ -56,11 +57,17 @@ class _CatalogRows:
     categories: list[str | None]
     texts: list[str]
     text_hashes: list[str]
+    items: list[ItemFields]  # what searches return and rank on, served from the artifact
 
     def fingerprint(self) -> str:
+        """Changes with anything the version holds: text (hence vectors), category, and the
+        fields served from it (attributes, created_at; title and tags are in the text)."""
         digest = hashlib.sha256()
-        for item_id, cat, th in zip(self.ids, self.categories, self.text_hashes, strict=True):
-            digest.update(f"{item_id}\0{cat or ''}\0{th}\n".encode())
+        for item_id, cat, th, item in zip(
+            self.ids, self.categories, self.text_hashes, self.items, strict=True
+        ):
+            served = json.dumps([item.attributes, str(item.created_at)], sort_keys=True)
+            digest.update(f"{item_id}\0{cat or ''}\0{th}\0{served}\n".encode())
         return digest.hexdigest()
 
 
@@ -141,7 +148,12 @@ def build(
     build_s = time.perf_counter() - started
     manifest = {
         "version": None,
-        "model": {"name": embedder.name, "dimension": embedder.dim, "normalized": True},
+        "model": {
+            "name": embedder.name,
+            "dimension": embedder.dim,
+            "normalized": True,
+            "encoder": embedder.batch_encoder,
+        },
         "metric": "inner_product",
         "index": index_section,
         "lexical": {"backend": "bm25s", "stemmer": "english", "stopwords": "en"},
@@ -165,6 +177,7 @@ def build(
         categories=rows.categories,
         text_hashes=rows.text_hashes,
         vectors=vectors,
+        items=rows.items,
     )
     progress("publish", 0, 1)  # staged and durable; the next step makes it live
     version = store.publish(staging)
@@ -200,10 +213,18 @@ def build(
 
 
 def _load_catalog(session: Session, model_name: str, progress: Progress) -> _CatalogRows:
-    rows = _CatalogRows([], [], [], [])
-    query = select(Item.id, Item.title, Item.text, Item.category, Item.tags).order_by(Item.id)
+    rows = _CatalogRows([], [], [], [], [])
+    query = select(
+        Item.id,
+        Item.title,
+        Item.text,
+        Item.category,
+        Item.tags,
+        Item.attributes,
+        Item.created_at,
+    ).order_by(Item.id)
     progress("load", 0, 0)
-    for item_id, title, text, category, tags in session.execute(
+    for item_id, title, text, category, tags, attributes, created_at in session.execute(
         query.execution_options(yield_per=5_000)
     ):
         content = embedding_text(title, text, category, tags or [])
@@ -211,6 +232,7 @@ def _load_catalog(session: Session, model_name: str, progress: Progress) -> _Cat
         rows.categories.append(category)
         rows.texts.append(content)
         rows.text_hashes.append(text_hash(model_name, content))
+        rows.items.append(ItemFields.from_columns(title, category, tags, attributes, created_at))
     progress("load", len(rows.ids), len(rows.ids))
     return rows
 

@@ -467,6 +467,7 @@ def status(obj: _Context) -> None:
     from sqlalchemy import func, select
 
     from engine.db import current_revision
+    from engine.embedder import describe_encoder
     from engine.index_store import IndexStore
     from engine.model_store import ModelStore
     from engine.models import Item
@@ -489,6 +490,8 @@ def status(obj: _Context) -> None:
         f"{index['size_bytes'] / 1048576:.1f} MiB; {index['delta_items']} items pending "
         "in the delta"
     )
+    built = store.manifest(index["version"])
+    click.echo(f"encoder    {describe_encoder(runtime.settings.encoder, built)}")
     click.echo(f"versions   {', '.join(store.versions())}")
     live = ModelStore(runtime.settings.model_dir).current_version()
     click.echo(f"model      {live or 'prior (hand-set weights; train one with `recsearch train`)'}")
@@ -497,19 +500,41 @@ def status(obj: _Context) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(1), help="gunicorn workers."
+)
+@click.option(
+    "--threads", default=4, show_default=True, type=click.IntRange(1), help="Threads per worker."
+)
+@click.option("--dev", is_flag=True, help="Flask's development server (one process) instead.")
 @pass_ctx
-def serve(obj: _Context, host: str, port: int) -> None:
-    """Run the HTTP API with Flask's server (for production use gunicorn; see README)."""
+def serve(obj: _Context, host: str, port: int, workers: int, threads: int, dev: bool) -> None:
+    """Serve the HTTP API: gunicorn with N workers; SIGTERM drains in-flight requests."""
     # The one place the CLI reaches into web/: serving is what this command is for.
-    from web import create_app
+    from engine.secrets import api_key
+    from web.auth import open_areas
+    from web.server import LOCAL_HOSTS, encoder_threads, run
 
-    runtime = obj.runtime
-    app = create_app(runtime=runtime, loopback=host in ("127.0.0.1", "localhost", "::1"))
-    runtime.searcher  # load the model before the first request, not during it  # noqa: B018
-    opened = ", ".join(sorted(app.config["RECSEARCH_OPEN"])) or "nothing"
-    click.echo(f"recsearch serving on http://{host}:{port}  (Ctrl-C to stop)")
+    settings = obj.settings
+    api_key(settings)  # created once here, not raced by the workers
+    opened = ", ".join(sorted(open_areas(settings, host in LOCAL_HOSTS))) or "nothing"
+    if dev:
+        from web import create_app
+
+        runtime = obj.runtime
+        app = create_app(runtime=runtime, loopback=host in LOCAL_HOSTS)
+        runtime.searcher  # load the model before the first request, not during it  # noqa: B018
+        opened = ", ".join(sorted(app.config["RECSEARCH_OPEN"])) or "nothing"
+        click.echo(f"recsearch (development server) on http://{host}:{port}  (Ctrl-C to stop)")
+        click.echo(f"open without a key: {opened}; everything else needs the API key")
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        return
+    click.echo(
+        f"recsearch serving on http://{host}:{port} with {workers} workers × {threads} threads, "
+        f"{encoder_threads(settings, workers)} encoder threads each  (Ctrl-C to stop)"
+    )
     click.echo(f"open without a key: {opened}; everything else needs the API key (`recsearch key`)")
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    run(settings, host=host, port=port, workers=workers, threads=threads)
 
 
 @cli.command()

@@ -211,7 +211,7 @@ def evaluate_movielens(
     """
     from datetime import timedelta
 
-    from engine.catalog import utcnow
+    from engine.clock import utcnow
     from engine.events import validate_event
     from engine.state import SqlState
     from engine.users import record_events

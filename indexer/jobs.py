@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.catalog import iso_z, utcnow
+from engine.clock import iso_z, utcnow
 from engine.errors import Conflict, InvalidInput, NotFound, RecsearchError
 from engine.models import Job
 from engine.runtime import Runtime

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from engine.catalog import utcnow
+from engine.clock import utcnow
 from engine.index_store import IndexStore
 from engine.models import Job
 from engine.runtime import Runtime

@@ -20,7 +20,8 @@ from alembic import command
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog import ItemIn, upsert_items, utcnow
+from engine.catalog import ItemIn, upsert_items
+from engine.clock import utcnow
 from engine.config import Settings
 from engine.db import _alembic_config, head_revision, make_engine, upgrade
 from engine.embedder import Embedder

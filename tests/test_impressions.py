@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from engine.catalog import utcnow
+from engine.clock import utcnow
 from engine.errors import InvalidInput
 from engine.models import Impression
 from engine.runtime import Runtime

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from engine.catalog import utcnow
+from engine.clock import utcnow
 from engine.events import EventIn, validate_event
 from engine.models import Covisit, Item
 from engine.runtime import Runtime

@@ -1,0 +1,256 @@
+"""The first stage's candidates: every source, merged into one list in a fixed order.
+
+Sources: the ANN index (with the delta's exact search) around the context vector, BM25 (main
+and delta) for a query, items co-visited with the user's latest ones, and the most popular
+items when there is no context at all. Item fields come from the corpus; whether each
+candidate still exists, and its popularity, come from the state in one read for all sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.config import Settings
+from engine.context import Context
+from engine.corpus import Corpus
+from engine.decay import as_of
+from engine.index_store import ItemFields
+from engine.models import Item
+from engine.state import StateView, Stored
+
+if TYPE_CHECKING:
+    from engine.search import SearchRequest
+
+# ANN candidates fetched beyond what is needed, so items deleted since the build can go.
+_OVERFETCH = 16
+
+
+@dataclass(slots=True, eq=False)
+class Candidate:
+    """An item the first stage found, with where it came from and what the ranker needs."""
+
+    item_id: str
+    rank: int  # when it was found; breaks ties between equal scores
+    item: ItemFields
+    popularity: float = 0.0  # decayed to the time of the request
+    ann_rank: int | None = None
+    lexical_rank: int | None = None
+    lexical_score: float = 0.0
+    covisit_rank: int | None = None
+    covisit_score: float = 0.0
+
+
+def gather(
+    session: Session,
+    corpus: Corpus,
+    state: StateView,
+    context: Context,
+    request: SearchRequest,
+    settings: Settings,
+    include: Sequence[str] = (),
+) -> list[Candidate]:
+    """Candidates from every source, in found order; include: ids to score even if no source
+    found them (training's random negatives), last."""
+    live = _Live(session, corpus, state, settings.half_life_s)
+    want = max(settings.candidates, request.k)
+    category = request.category
+    covisited = _covisited(state, context, settings)
+    also = [i for i, _ in covisited] + list(include)  # checked with the first source's ids
+    if context.vector is None:
+        ids = _popular(session, state, want, context.exclude, category)
+        live.check([*ids, *also])
+        candidates = live.candidates(ids)
+    else:
+        candidates = _retrieve(
+            corpus, context.vector, context.exclude, request.q, category, want, settings, live, also
+        )
+    if covisited:
+        _add_covisited(candidates, covisited, category, live)
+    if include:
+        found = {c.item_id for c in candidates}
+        for c in live.candidates([i for i in include if i not in found]):
+            c.rank = len(candidates)
+            candidates.append(c)
+    return candidates
+
+
+class _Live:
+    """Which ids exist and their popularity, read from the state once per id."""
+
+    def __init__(
+        self, session: Session, corpus: Corpus, state: StateView, half_life_s: float
+    ) -> None:
+        self.session = session
+        self.corpus = corpus
+        self.state = state
+        self.half_life_s = half_life_s
+        self.stored: dict[str, Stored] = {}
+        self._checked: set[str] = set()
+
+    def check(self, item_ids: Sequence[str]) -> None:
+        new = [i for i in dict.fromkeys(item_ids) if i not in self._checked]
+        if new:
+            self.stored.update(self.state.live_items(new))
+            self._checked.update(new)
+
+    def exists(self, item_id: str) -> bool:
+        return item_id in self.stored
+
+    def candidates(self, item_ids: Sequence[str]) -> list[Candidate]:
+        """Candidates for the ids that exist, in the given order, ranked by position."""
+        self.check(item_ids)
+        ids = [i for i in item_ids if i in self.stored]
+        fields = self.corpus.fields(self.session, ids)
+        out: list[Candidate] = []
+        for item_id in ids:
+            item = fields.get(item_id)
+            if item is not None:
+                out.append(Candidate(item_id, len(out), item, self.popularity(item_id)))
+        return out
+
+    def popularity(self, item_id: str) -> float:
+        value, ref = self.stored[item_id]
+        return as_of(value, ref, self.state.now, self.half_life_s)
+
+
+def _retrieve(
+    corpus: Corpus,
+    vector: np.ndarray,
+    exclude: set[str],
+    q: str | None,
+    category: str | None,
+    want: int,
+    settings: Settings,
+    live: _Live,
+    also: list[str],
+) -> list[Candidate]:
+    """The top `want` live ANN neighbours of the vector (index and delta) and the BM25 hits,
+    merged in that order; also: ids of other sources, checked in the same read."""
+    artifact, delta = corpus.artifact, corpus.delta
+    allowed = None
+    if category is not None:
+        allowed = artifact.rows_for_category(category)
+        if allowed.size == 0 and (delta is None or delta.size == 0):
+            return []
+    # Rows of items rewritten since the build are stale: their delta entry replaces them.
+    skip = exclude | delta.shadows() if delta is not None else exclude
+    limit = artifact.ann.size if allowed is None else int(allowed.size)
+    lexical = _lexical(corpus, q, want, allowed, skip, exclude, category, settings) if q else {}
+    extra = delta.search(vector, want, category) if delta is not None else []
+    extra = [(i, sc) for i, sc in extra if i not in exclude]
+    fetch_k = min(limit, want + _OVERFETCH + len(skip))
+    ids = artifact.ids
+    while True:
+        pairs: list[tuple[str, float]] = []
+        if limit > 0:
+            scores, rows = artifact.ann.search(vector, fetch_k, allowed_rows=allowed)
+            pairs = [
+                (ids[r], sc)
+                for sc, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)
+                if r >= 0 and ids[r] not in skip
+            ]
+        ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
+        merged = list(dict.fromkeys([*ann_ids, *lexical]))
+        live.check([*merged, *also])
+        found = [i for i in merged if live.exists(i)]
+        ann_rank = {i: rank for rank, i in enumerate(ann_ids)}
+        # Enough live items, or nothing more to fetch: done. Otherwise many candidates were
+        # deleted since the build; look further down the list.
+        if sum(1 for i in found if i in ann_rank) >= want or fetch_k >= limit:
+            break
+        fetch_k = min(limit, fetch_k * 4)
+    kept: list[tuple[int, str, int | None]] = []  # (found position, id, ANN rank)
+    kept_ann = 0
+    for position, item_id in enumerate(found):
+        rank = None
+        if item_id in ann_rank:
+            kept_ann += 1
+            if kept_ann > want and item_id not in lexical:
+                continue
+            rank = kept_ann - 1
+        kept.append((position, item_id, rank))
+    fields = corpus.fields(live.session, [i for _, i, _ in kept])
+    out: list[Candidate] = []
+    for position, item_id, rank in kept:
+        item = fields.get(item_id)
+        if item is None:
+            continue
+        c = Candidate(item_id, position, item, live.popularity(item_id), ann_rank=rank)
+        if item_id in lexical:
+            c.lexical_rank, c.lexical_score = lexical[item_id]
+        out.append(c)
+    return out
+
+
+def _lexical(
+    corpus: Corpus,
+    q: str,
+    want: int,
+    allowed: np.ndarray | None,
+    skip: set[str],
+    exclude: set[str],
+    category: str | None,
+    settings: Settings,
+) -> dict[str, tuple[int, float]]:
+    """BM25 hits of the index and the delta: id → (rank, score), best first."""
+    artifact, delta = corpus.artifact, corpus.delta
+    found: list[tuple[str, float]] = []
+    if artifact.lexical is not None and (allowed is None or allowed.size):
+        rows, scores = artifact.lexical.search(q, want + len(skip), allowed)
+        ids = artifact.ids
+        found = [
+            (ids[r], sc)
+            for r, sc in zip(rows.tolist(), scores.tolist(), strict=True)
+            if ids[r] not in skip
+        ]
+    if delta is not None:
+        found += [(i, sc) for i, sc in delta.lexical_search(q, want, category) if i not in exclude]
+    ranked = sorted(found, key=lambda p: -p[1])
+    return {i: (rank, sc) for rank, (i, sc) in enumerate(ranked[: settings.lexical_candidates])}
+
+
+def _covisited(state: StateView, context: Context, settings: Settings) -> list[tuple[str, float]]:
+    """Items co-visited with the user's latest ones, with their weight, best first."""
+    user = context.user
+    if user is None or not user.recent or settings.covisit_candidates <= 0:
+        return []
+    recent = list(dict.fromkeys(r[0] for r in user.recent))[: settings.covisit_window]
+    return state.covisited(recent, settings.covisit_candidates, context.exclude)
+
+
+def _add_covisited(
+    candidates: list[Candidate],
+    covisited: list[tuple[str, float]],
+    category: str | None,
+    live: _Live,
+) -> None:
+    """Merge the co-visited items in (after the others) and mark every candidate among them."""
+    by_id = {c.item_id: c for c in candidates}
+    for c in live.candidates([i for i, _ in covisited if i not in by_id]):
+        if category is None or c.item.category == category:
+            c.rank = len(candidates)
+            candidates.append(c)
+            by_id[c.item_id] = c
+    for rank, (item_id, weight) in enumerate(covisited):
+        hit = by_id.get(item_id)
+        if hit is not None:
+            hit.covisit_rank, hit.covisit_score = rank, weight
+
+
+def _popular(
+    session: Session, state: StateView, want: int, exclude: set[str], category: str | None
+) -> list[str]:
+    ids = state.most_popular(want, exclude, category)
+    if len(ids) < want:  # a young catalog: fill with the newest items
+        query = select(Item.id).order_by(Item.updated_at.desc(), Item.id).limit(want * 2)
+        if category is not None:
+            query = query.where(Item.category == category)
+        taken = set(ids) | exclude
+        ids += [i for i in session.scalars(query) if i not in taken][: want - len(ids)]
+    return ids

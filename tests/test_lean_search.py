@@ -1,0 +1,134 @@
+"""The request path's reads (issue 9): item fields come from the index version and its delta,
+SQL is read at most three times per search, deletions vanish at once in every process."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from engine.index_store import ITEMS
+from engine.runtime import Runtime
+from engine.search import Searcher, SearchRequest
+from tests.conftest import SAMPLE_CATALOG
+
+FIELDS = ("title", "text", "tags", "attributes", "created_at")
+EIFFEL = SearchRequest(q="Eiffel Tower and the Louvre", k=3)
+
+
+@contextmanager
+def statements(runtime: Runtime) -> Iterator[list[str]]:
+    """The SQL this thread sends while the block runs (other threads: the delta's poll)."""
+    seen: list[str] = []
+    me = threading.get_ident()
+
+    def record(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if threading.get_ident() == me and sql.split()[0].upper() not in ("BEGIN", "COMMIT"):
+            seen.append(sql)
+
+    event.listen(runtime.db, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(runtime.db, "before_cursor_execute", record)
+
+
+def search_ids(client: Any, **params: Any) -> list[str]:
+    response = client.get("/v1/search", query_string=params)
+    assert response.status_code == 200, response.get_json()
+    return [r["id"] for r in response.get_json()["results"]]
+
+
+def test_a_search_reads_sql_three_times_at_most_and_no_item_fields(
+    client: Any, built: Runtime
+) -> None:
+    events = [
+        {"user_id": "reader", "item_id": i, "type": "click"}
+        for i in ("tokyo-japan", "kyoto-japan", "paris-france")
+    ]
+    assert client.post("/v1/events", json={"events": events}).status_code == 200
+    for params in (
+        {"q": "temples and gardens"},
+        {"q": "temples and gardens", "user_id": "reader"},  # user row, co-visits, candidates
+        {"user_id": "reader", "context_items": "zermatt-switzerland"},
+    ):
+        with statements(built) as seen:
+            assert search_ids(client, **params)
+        assert 1 <= len(seen) <= 3, seen
+        for sql in seen:
+            selected = sql.split("FROM")[0]
+            assert not any(f"items.{f}" in selected for f in FIELDS), sql
+
+
+def test_timings_without_explanations(client: Any, built: Runtime) -> None:
+    body = client.get("/v1/search", query_string={"q": "beach", "timings": "true"}).get_json()
+    assert set(body["timings_ms"]) == {"embed", "retrieve", "features", "rank"}
+    assert all("explanation" not in r for r in body["results"])
+    assert "timings_ms" not in client.get("/v1/search?q=beach").get_json()
+
+
+def test_deleted_items_vanish_at_once_here_and_in_another_process(
+    client: Any, built: Runtime
+) -> None:
+    other = Runtime(built.settings, embedder=built.embedder)  # another server on the same data
+    try:
+        top = search_ids(client, q="Eiffel Tower and the Louvre", k=3)
+        assert top[0] == "paris-france"
+        with other.session() as session:
+            assert top[0] in [h.id for h in other.searcher.search(session, EIFFEL).results]
+        assert client.delete("/v1/items/paris-france").status_code == 200
+        assert "paris-france" not in search_ids(client, q="Eiffel Tower and the Louvre", k=3)
+        with other.session() as session:
+            found = other.searcher.search(session, EIFFEL).results
+        assert "paris-france" not in [h.id for h in found]
+        # An item written and deleted since the build, known to the delta.
+        new = {"id": "quokka-island", "title": "Quokkaville", "text": "xylospongium festival"}
+        assert client.post("/v1/items", json=new).status_code == 201
+        built.delta.refresh()
+        assert search_ids(client, q="xylospongium festival", k=1) == ["quokka-island"]
+        assert client.delete("/v1/items/quokka-island").status_code == 200
+        assert "quokka-island" not in search_ids(client, q="xylospongium festival", k=10)
+    finally:
+        other.close()
+
+
+def test_fields_follow_the_delta_and_an_index_without_them_falls_back_to_sql(
+    client: Any, built: Runtime
+) -> None:
+    tokyo = client.get("/v1/items/tokyo-japan").get_json()
+    changed = {k: tokyo[k] for k in ("id", "title", "text", "category", "tags")}
+    changed["attributes"] = {**tokyo["attributes"], "avg_daily_cost_usd": 999}
+    client.post("/v1/items", json=changed)
+    built.delta.refresh()
+    hit = client.get("/v1/search?q=Tokyo,+Japan&k=1").get_json()["results"][0]
+    assert hit["id"] == "tokyo-japan" and hit["attributes"]["avg_daily_cost_usd"] == 999
+
+    # A version built before versions held item fields: served, reading them from SQL.
+    expected = client.get("/v1/search?q=quiet+beaches&k=10").get_json()["results"]
+    artifact = built.searcher.artifact()
+    rows = json.loads((artifact.folder / ITEMS).read_text())
+    old = {k: rows[k] for k in ("ids", "categories", "text_hashes")}
+    (artifact.folder / ITEMS).write_text(json.dumps(old))
+    fresh = Searcher(built.settings, built.embedder)
+    assert fresh.artifact().items is None
+    with built.session() as session:
+        got = fresh.search(session, SearchRequest(q="quiet beaches", k=10)).results
+    assert [(h.id, h.title, h.tags, h.attributes) for h in got] == [
+        (r["id"], r["title"], r["tags"], r["attributes"]) for r in expected
+    ]
+
+
+def test_the_index_version_holds_every_item_field(built: Runtime) -> None:
+    artifact = built.searcher.artifact()
+    assert artifact.items is not None
+    catalog = {r["id"]: r for r in map(json.loads, SAMPLE_CATALOG.read_text().splitlines())}
+    assert len(artifact.items) == len(artifact.ids) == len(catalog)
+    for item_id, fields in zip(artifact.ids, artifact.items, strict=True):
+        row = catalog[item_id]
+        assert fields.title == row["title"] and fields.category == row.get("category")
+        assert list(fields.tags) == row.get("tags", [])
+        assert fields.attributes == row.get("attributes", {})
