@@ -7,8 +7,9 @@ Setup (once, kept in --workdir): SciFact's 5,183 abstracts imported and built wi
 encoder. Then, for each round, each variant in turn (interleaved, so drift on a shared machine
 hits all alike): start the server (`serve` = gunicorn workers, `dev` = Flask's server) with
 RECSEARCH_ENCODER set to the variant's encoder, warm it, and run `wrk` at each connection
-count over SciFact's 1,109 unique queries, each wrk thread starting at another offset (so the
-1,024-entry query cache does not help). Reports requests/s, p50/p99 and errors; prints a table
+count over SciFact's 1,109 unique queries, each wrk thread starting at another offset and each
+request's text made unique by a request number after the query (several workers each with a
+1,024-entry cache would otherwise serve repeats from it). Reports requests/s, p50/p99 and errors; prints a table
 and writes JSON (default bench/results/rest_throughput.json). Needs Debian's `wrk`.
 """
 
@@ -60,10 +61,12 @@ def lua_script(data: Path, path: Path) -> int:
         f"local paths = {{\n{lines}\n}}\n"
         "local counter = 0\n"
         "function setup(thread) thread:set('id', counter); counter = counter + 1 end\n"
-        "function init(args) i = (tonumber(id) or 0) * 277 end\n"
+        "function init(args) i = (tonumber(id) or 0) * 277; n = 0; tid = tonumber(id) or 0 end\n"
         "request = function()\n"
         "  i = i % #paths + 1\n"
-        "  return wrk.format('GET', paths[i])\n"
+        "  n = n + 1\n"
+        # A request number after the query makes every text new to every worker's cache.
+        "  return wrk.format('GET', paths[i] .. '+' .. tid .. 'x' .. n)\n"
         "end\n"
     )
     return len(unique)

@@ -182,7 +182,8 @@ class SearchOut(BaseModel):
     mode: Literal["search", "recommend", "popular"]
     request_id: str = Field(description="send it with events that follow from these results")
     timings_ms: dict[str, float] | None = Field(
-        default=None, description="per stage (embed, retrieve, features, rank), with explain"
+        default=None,
+        description="per stage (embed, retrieve, features, rank), with explain or timings",
     )
 
 
