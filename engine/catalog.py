@@ -211,6 +211,18 @@ def _fill_row(row: Item, item: ItemIn, digest: str, now: datetime) -> None:
     row.updated_at = now
 
 
+# What a build and the delta read of each item: its embedded text and its served fields.
+INDEXED_COLUMNS = (
+    Item.id,
+    Item.title,
+    Item.text,
+    Item.category,
+    Item.tags,
+    Item.attributes,
+    Item.created_at,
+)
+
+
 def get_item(session: Session, item_id: str) -> Item:
     """The stored item; raises NotFound."""
     row = session.get(Item, item_id)

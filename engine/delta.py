@@ -23,7 +23,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.catalog import embedding_text, text_hash
+from engine.catalog import INDEXED_COLUMNS, embedding_text, text_hash
 from engine.index_store import IndexArtifact, ItemFields, LiveIndex
 from engine.lexical import LexicalIndex
 from engine.models import Item
@@ -150,16 +150,9 @@ class Delta:
                 )
                 old = DeltaSnapshot(artifact.version, watermark)
                 self._cache.clear()
-            query = select(
-                Item.id,
-                Item.title,
-                Item.text,
-                Item.category,
-                Item.tags,
-                Item.attributes,
-                Item.created_at,
-                Item.updated_at,
-            ).where(Item.updated_at >= old.watermark)
+            query = select(*INDEXED_COLUMNS, Item.updated_at).where(
+                Item.updated_at >= old.watermark
+            )
             with self.sessions() as session:
                 rows = session.execute(query).all()
             if not rows and old is self._snapshot:

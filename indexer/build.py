@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from engine import __version__
 from engine.ann import create_index
 from engine.ann.faiss import choose_factory, exact_top_k
-from engine.catalog import embedding_text, text_hash
+from engine.catalog import INDEXED_COLUMNS, embedding_text, text_hash
 from engine.clock import utcnow
 from engine.config import Settings
 from engine.embedder import Embedder
@@ -214,15 +214,7 @@ def build(
 
 def _load_catalog(session: Session, model_name: str, progress: Progress) -> _CatalogRows:
     rows = _CatalogRows([], [], [], [], [])
-    query = select(
-        Item.id,
-        Item.title,
-        Item.text,
-        Item.category,
-        Item.tags,
-        Item.attributes,
-        Item.created_at,
-    ).order_by(Item.id)
+    query = select(*INDEXED_COLUMNS).order_by(Item.id)
     progress("load", 0, 0)
     for item_id, title, text, category, tags, attributes, created_at in session.execute(
         query.execution_options(yield_per=5_000)

@@ -272,7 +272,7 @@ def test_wrong_api_keys_are_rate_limited_per_address(app: Flask) -> None:
         assert client.get("/admin/api/jobs", headers=wrong).status_code == 403
     limited = client.get("/admin/api/jobs", headers=wrong)
     assert limited.status_code == 429 and limited.get_json()["error"] == "too_many_requests"
-    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert int(limited.headers["Retry-After"]) in range(1, 61)
     # While blocked, the right key gets 429 too: a different answer would let guessing go on.
     assert client.get("/admin/api/jobs", headers=right).status_code == 429
     assert client.post("/v1/items", json={"id": "a"}, headers=wrong).status_code == 429
@@ -306,7 +306,7 @@ def test_failed_sign_ins_are_rate_limited_with_wrong_keys(app: Flask) -> None:
         assert browser.get("/admin/api/jobs", headers=wrong_key).status_code == 403
     limited = browser.post("/admin/login", data={"csrf": token, "password": _key(app)})
     assert limited.status_code == 429 and "Too many" in limited.get_data(as_text=True)
-    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert int(limited.headers["Retry-After"]) in range(1, 61)
     _later(app, 61)
     _sign_in(browser, _key(app))
 
