@@ -1,0 +1,70 @@
+"""Diversification after ranking: maximal marginal relevance and a cap per category.
+
+MMR (Carbonell & Goldstein, 1998) picks, one at a time, the candidate that maximizes
+
+    (1 − λ) · relevance(c) − λ · max_{s ∈ picked} cosine(c, s)
+
+with λ = the request's `diversity` (0 = the ranker's order, 1 = as different as possible).
+Relevance is the ranker's probability, in [0, 1], on the same scale as a cosine's useful
+range, so one λ means the same thing for every query. The cap skips a candidate whose
+category already has `max_per_category` picks; items without a category are never capped.
+A cap can leave fewer than k results: a user who asked for at most 2 per category would
+rather have 6 results than a seventh from a third-time category.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    index: int  # into the candidate list
+    redundancy: float  # max cosine to an earlier pick (0 for the first); what MMR charged
+
+
+def diversify(
+    relevance: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    *,
+    diversity: float = 0.0,
+    categories: Sequence[str | None] | None = None,
+    max_per_category: int | None = None,
+) -> list[Pick]:
+    """Up to k candidates in MMR order; relevance (n,) and vectors (n, dim) unit rows.
+
+    With diversity 0 and no cap this is the relevance order (ties kept in input order).
+    """
+    n = len(relevance)
+    if vectors.shape[0] != n:
+        raise ValueError(f"{n} relevance values but {vectors.shape[0]} vectors")
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"diversity must be within 0..1, got {diversity}")
+    relevance = np.asarray(relevance, dtype=np.float64)
+    capped = max_per_category is not None and categories is not None
+    counts: dict[str, int] = {}
+    available = np.ones(n, dtype=bool)
+    redundancy = np.zeros(n)  # max cosine of each candidate to the picks so far
+    picks: list[Pick] = []
+    while len(picks) < k and available.any():
+        if diversity == 0.0:
+            gain = relevance
+        else:
+            gain = (1.0 - diversity) * relevance - diversity * redundancy
+        # argmax over the available ones, first index on ties (stable with the ranker's order)
+        best = int(np.flatnonzero(available)[np.argmax(gain[available])])
+        available[best] = False
+        if capped:
+            category = categories[best]  # type: ignore[index]
+            if category is not None:
+                if counts.get(category, 0) >= max_per_category:  # type: ignore[operator]
+                    continue
+                counts[category] = counts.get(category, 0) + 1
+        picks.append(Pick(best, float(redundancy[best]) if picks else 0.0))
+        if diversity > 0.0:
+            np.maximum(redundancy, vectors @ vectors[best], out=redundancy)
+    return picks
