@@ -12,12 +12,15 @@ import numpy as np
 from engine.ann.faiss import exact_top_k
 from engine.catalog import upsert_items
 from engine.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+from engine.ranker import LinearRanker
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
+from indexer import ablation
 from indexer.build import build
+from indexer.click_prior import click_state, cross_fitted_states, judgment_clicks
 from indexer.datasets import beir_items, beir_qrels, beir_queries
 from indexer.progress import Progress, no_progress
-from indexer.train import Judgment, train_from_judgments
+from indexer.train import Judgment, judgment_examples, train_from_examples
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,19 @@ def _minmax(values: np.ndarray) -> np.ndarray:
 
 
 def evaluate_beir(
-    runtime: Runtime, folder: Path, *, promote: bool = False, progress: Progress = no_progress
+    runtime: Runtime,
+    folder: Path,
+    *,
+    promote: bool = False,
+    folds: int = 10,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """NDCG@10 and Recall@100 on the test split for dense (exact), dense_ann (the published
-    index), lexical (BM25), hybrid (min-max fusion over the engine's candidates) and reranked
-    (the sigmoid ranker trained on the train split's judgments; test judgments are only read
-    to score)."""
+    index), lexical (BM25), hybrid (min-max fusion over the engine's candidates), and the
+    sigmoid ranker trained on the train split's judgments: reranked_no_prior (content
+    features only) and reranked (also the click prior: see indexer.click_prior; training
+    examples are cross-fitted over `folds` folds of the train queries). Test judgments are
+    only read to score. Also: per-feature-group ablations of the reranked model."""
     started = time.perf_counter()
     import_beir(runtime, folder)
     with runtime.session() as session:
@@ -58,24 +68,45 @@ def evaluate_beir(
     deep = runtime.settings.replace(candidates=DEPTH, lexical_candidates=DEPTH)
     searcher = Searcher(deep, runtime.embedder, runtime.live, runtime.vectors)
     t = time.perf_counter()
+    # Keyed by query text, as judgments are: two train queries with one text are one query,
+    # so neither's clicks can reach the other's features.
+    judged: dict[str, dict[str, float]] = {}
+    for q, docs in train_qrels.items():
+        if q in queries:
+            judged.setdefault(queries[q], {}).update(docs)
     judgments = [
-        Judgment(queries[q], doc, grade)
-        for q, docs in train_qrels.items()
-        if q in queries
-        for doc, grade in docs.items()
+        Judgment(text, doc, grade) for text, docs in judged.items() for doc, grade in docs.items()
     ]
     with runtime.session() as session:
-        ranker, train_report = train_from_judgments(
-            runtime, session, judgments, promote=promote, progress=progress, searcher=searcher
+        fold, fold_states = cross_fitted_states(session, deep, judged, folds)
+        all_clicks = judgment_clicks(judged)
+        test_state = click_state(session, deep, all_clicks)
+        x, y, groups, names = judgment_examples(
+            runtime,
+            session,
+            judgments,
+            progress,
+            searcher,
+            {text: fold_states[fold[text]] for text in judged},
         )
+    ranker, train_report = train_from_examples(
+        runtime, x, y, groups, names, promote=promote, progress=progress
+    )
     train_s = time.perf_counter() - t
+    no_prior = ablation.without(x, y, names, ablation.groups(names).get("popularity", []), l2=1e-3)
 
     artifact = runtime.searcher.artifact()
     vectors = np.asarray(artifact.vectors())
     test_ids = [q for q in test_qrels if q in queries]
     runs: dict[str, list[list[str]]] = {
-        m: [] for m in ("dense", "dense_ann", "lexical", "hybrid", "reranked")
+        m: [] for m in ("dense", "dense_ann", "lexical", "hybrid", "reranked_no_prior", "reranked")
     }
+    stages: list[tuple[list[str], np.ndarray]] = []  # (candidate ids, features) per test query
+
+    def rerank(model: LinearRanker, ids: list[str], x_test: np.ndarray) -> list[str]:
+        logits = model.aligned(names).logits(x_test)
+        return [ids[i] for i in np.argsort(-logits, kind="stable")]
+
     with runtime.session() as session:
         for n, qid in enumerate(test_ids):
             text = queries[qid]
@@ -90,30 +121,24 @@ def evaluate_beir(
             )
             runs["lexical"].append([artifact.ids[r] for r in lexical_rows])
 
-            stage = searcher.first_stage(session, SearchRequest(q=text, k=DEPTH))
+            stage = searcher.first_stage(session, SearchRequest(q=text, k=DEPTH), state=test_state)
             ids = [c.item_id for c in stage.candidates]
             sims = stage.x[:, stage.names.index("query_sim")]
             bm25 = np.array([c.lexical_score for c in stage.candidates])
             fused = _minmax(sims) + _minmax(bm25)
             runs["hybrid"].append([ids[i] for i in np.argsort(-fused, kind="stable")])
-            logits = ranker.aligned(stage.names).logits(stage.x)
-            runs["reranked"].append([ids[i] for i in np.argsort(-logits, kind="stable")])
+            runs["reranked_no_prior"].append(rerank(no_prior, ids, stage.x))
+            runs["reranked"].append(rerank(ranker, ids, stage.x))
+            stages.append((ids, stage.x))
             progress("evaluate", n + 1, len(test_ids))
+
+    def ndcg(model: LinearRanker) -> float:
+        return _mean_ndcg([rerank(model, ids, xs) for ids, xs in stages], test_ids, test_qrels)
 
     metrics = {}
     for method, ranked_lists in runs.items():
         metrics[method] = {
-            "ndcg@10": round(
-                float(
-                    np.mean(
-                        [
-                            ndcg_at_k(r, test_qrels[q], 10)
-                            for r, q in zip(ranked_lists, test_ids, strict=True)
-                        ]
-                    )
-                ),
-                4,
-            ),
+            "ndcg@10": round(_mean_ndcg(ranked_lists, test_ids, test_qrels), 4),
             "recall@100": round(
                 float(
                     np.mean(
@@ -126,12 +151,31 @@ def evaluate_beir(
                 4,
             ),
         }
+    clicked = {doc for docs in judged.values() for doc in docs}
     return {
         "dataset": f"beir:{folder.name}",
         "split": "test",
         "queries": len(test_ids),
         "documents": len(artifact.ids),
         "metrics": metrics,
+        "prior": {
+            "source": "train judgments as clicks, one pseudo-user per train query",
+            "clicks": len(all_clicks),
+            "clicked_items": len(clicked),
+            "folds": folds,
+            # How much a prior can help: test queries with an answer someone clicked before.
+            "test_queries_answered_before": sum(
+                1 for q in test_ids if set(test_qrels[q]) & clicked
+            ),
+        },
+        "ablations": ablation.ablate(
+            x,
+            y,
+            names,
+            ndcg,
+            full=metrics["reranked"]["ndcg@10"],
+            known={"popularity": no_prior},
+        ),
         "index": {
             "version": build_report.version,
             "factory": build_report.factory,
@@ -143,15 +187,37 @@ def evaluate_beir(
     }
 
 
+def _mean_ndcg(
+    ranked_lists: list[list[str]], query_ids: list[str], qrels: dict[str, dict[str, float]]
+) -> float:
+    return float(
+        np.mean([ndcg_at_k(r, qrels[q], 10) for r, q in zip(ranked_lists, query_ids, strict=True)])
+    )
+
+
 def print_table(result: dict[str, Any]) -> str:
     metric_names = sorted({m for v in result["metrics"].values() for m in v})
     count = result.get("queries") or result.get("users")
     lines = [f"{result['dataset']} ({count} {'queries' if 'queries' in result else 'users'})"]
-    lines.append(f"{'method':<12}" + "".join(f"{m:>12}" for m in metric_names))
+    width = max(12, *(len(m) + 1 for m in result["metrics"]))
+    lines.append(f"{'method':<{width}}" + "".join(f"{m:>12}" for m in metric_names))
     for method, values in result["metrics"].items():
         lines.append(
-            f"{method:<12}" + "".join(f"{values.get(m, float('nan')):>12.4f}" for m in metric_names)
+            f"{method:<{width}}"
+            + "".join(f"{values.get(m, float('nan')):>12.4f}" for m in metric_names)
         )
+    ablations = result.get("ablations") or {}
+    if ablations:
+        lines.append("reranked without one feature group (re-trained), NDCG@10:")
+        for group, found in ablations.items():
+            lines.append(
+                f"  {group:<{width - 2}}"
+                + (
+                    "     unused (constant here)"
+                    if found.get("unused")
+                    else f"{found['ndcg@10']:>12.4f}{found['change']:>+12.4f}"
+                )
+            )
     return "\n".join(lines)
 
 
@@ -216,7 +282,7 @@ def evaluate_movielens(
     from engine.state import SqlState
     from engine.users import record_events
     from indexer.datasets import movielens_items, movielens_ratings
-    from indexer.train import train_from_events
+    from indexer.train import replay_examples, train_from_replayed
 
     started = time.perf_counter()
     settings = runtime.settings.replace(
@@ -259,7 +325,8 @@ def evaluate_movielens(
 
     t = time.perf_counter()
     with rt.session() as session:
-        ranker, train_report = train_from_events(rt, session, history, progress=progress)
+        x, y, order, names = replay_examples(rt, session, history, progress=progress)
+    ranker, train_report = train_from_replayed(rt, x, y, order, names)
     train_s = time.perf_counter() - t
 
     seen: dict[str, set[str]] = {}
@@ -276,6 +343,14 @@ def evaluate_movielens(
     if als is not None:
         runs["als"] = []
     end = max(e.ts for e in history) + timedelta(seconds=1)
+    pools: list[tuple[list[str], np.ndarray]] = []  # (unseen candidate ids, features) per user
+
+    def top10(model: LinearRanker, ids: list[str], x_pool: np.ndarray) -> list[str]:
+        if not ids:
+            return []
+        logits = model.aligned(names).logits(x_pool)
+        return [ids[i] for i in np.argsort(-logits, kind="stable")[:10]]
+
     searcher = rt.searcher
     with rt.session() as session:
         state = SqlState(session, end)
@@ -290,9 +365,9 @@ def evaluate_movielens(
             )
             runs["retrieval"].append([c.item_id for c in by_ann[:10]])
             keep = [i for i, c in enumerate(stage.candidates) if c.item_id not in skip]
-            logits = ranker.aligned(stage.names).logits(stage.x[keep]) if keep else np.zeros(0)
-            ranked = [stage.candidates[keep[i]].item_id for i in np.argsort(-logits, kind="stable")]
-            runs["reranked"].append(ranked[:10])
+            pool_ids = [stage.candidates[i].item_id for i in keep]
+            pools.append((pool_ids, stage.x[keep]))
+            runs["reranked"].append(top10(ranker, pool_ids, stage.x[keep]))
             if als is not None:
                 runs["als"].append(als[user])
             progress("evaluate", n + 1, len(users))
@@ -312,6 +387,13 @@ def evaluate_movielens(
             ),
         }
     rt.close()
+    targets = [{held[u].item_id} for u in users]
+
+    def ndcg(model: LinearRanker) -> float:
+        ranked = [top10(model, ids, xs) for ids, xs in pools]
+        return float(np.mean([ndcg_at_k(r, t, 10) for r, t in zip(ranked, targets, strict=True)]))
+
+    ablations = ablation.ablate(x, y, names, ndcg, full=metrics["reranked"]["ndcg@10"])
     baselines = [m for m in ("popularity", "retrieval", "als") if m in metrics]
     best = max(metrics[m]["ndcg@10"] for m in baselines)
     return {
@@ -324,6 +406,7 @@ def evaluate_movielens(
         "reranked_over_best_baseline": round(metrics["reranked"]["ndcg@10"] / best, 3)
         if best
         else None,
+        "ablations": ablations,
         "index": {"version": build_report.version, "factory": build_report.factory},
         "model": train_report.to_dict(),
         "train_seconds": round(train_s, 2),

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from engine.model_store import ModelStore
 from engine.ranker import LinearRanker, fit_logistic
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
+from engine.state import StateView
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def judgment_examples(
     judgments: Sequence[Judgment],
     progress: Progress = no_progress,
     searcher: Searcher | None = None,
+    states: Mapping[str, StateView] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """Features of the first stage's candidates for each judged query: (x, y, query_index).
 
@@ -88,6 +90,9 @@ def judgment_examples(
     the query are its negatives. Judged items no source found are left out: the ranker can
     only reorder candidates, and scoring them would teach it that "not retrieved" means
     relevant (their rank features are all zero).
+
+    states: per query text, the users and items its features are read from (e.g. clicks of
+    the other queries only, indexer.click_prior); a query not in it reads the live state.
     """
     by_query: dict[str, dict[str, float]] = defaultdict(dict)
     for j in judgments:
@@ -98,7 +103,9 @@ def judgment_examples(
     for qi, (query, grades) in enumerate(by_query.items()):
         positives = [i for i, g in grades.items() if g > 0]
         stage = searcher.first_stage(
-            session, SearchRequest(q=query, k=min(k, runtime.settings.max_k))
+            session,
+            SearchRequest(q=query, k=min(k, runtime.settings.max_k)),
+            state=states.get(query) if states is not None else None,
         )
         if not stage.candidates or not set(positives) & {c.item_id for c in stage.candidates}:
             continue
@@ -123,11 +130,40 @@ def train_from_judgments(
     l2: float = 1e-3,
     progress: Progress = no_progress,
     searcher: Searcher | None = None,
+    states: Mapping[str, StateView] | None = None,
 ) -> tuple[LinearRanker, TrainReport]:
     """Fit on a random 1 - validation_fraction of the queries, report on the rest, then refit
-    on all of them and save that model (with the held-out report) as a new version."""
+    on all of them and save that model (with the held-out report) as a new version.
+    states: see judgment_examples."""
     started = time.perf_counter()
-    x, y, groups, names = judgment_examples(runtime, session, judgments, progress, searcher)
+    examples = judgment_examples(runtime, session, judgments, progress, searcher, states)
+    return train_from_examples(
+        runtime,
+        *examples,
+        promote=promote,
+        validation_fraction=validation_fraction,
+        l2=l2,
+        progress=progress,
+        started=started,
+    )
+
+
+def train_from_examples(
+    runtime: Runtime,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    promote: bool = False,
+    validation_fraction: float = 0.2,
+    l2: float = 1e-3,
+    progress: Progress = no_progress,
+    started: float | None = None,
+) -> tuple[LinearRanker, TrainReport]:
+    """train_from_judgments on examples already made (judgment_examples' output): a random
+    split by query for the held-out report, then a refit on all, saved as a new version."""
+    started = time.perf_counter() if started is None else started
     if y.sum() == 0 or y.sum() == len(y):
         raise InvalidInput("the judgments give only one class of examples; need both")
     queries = np.unique(groups)
@@ -137,7 +173,7 @@ def train_from_judgments(
             queries, size=max(1, int(len(queries) * validation_fraction)), replace=False
         ).tolist()
     )
-    is_val = np.array([g in held_out for g in groups])
+    is_val = np.isin(groups, list(held_out))
     progress("fit", 0, 1)
     result = _fit_and_save(
         runtime,
@@ -354,6 +390,34 @@ def train_from_events(
     x, y, order, names = replay_examples(
         runtime, session, events, searcher=searcher, progress=progress, max_per_user=max_per_user
     )
+    return train_from_replayed(
+        runtime,
+        x,
+        y,
+        order,
+        names,
+        promote=promote,
+        validation_fraction=validation_fraction,
+        l2=l2,
+        started=started,
+    )
+
+
+def train_from_replayed(
+    runtime: Runtime,
+    x: np.ndarray,
+    y: np.ndarray,
+    order: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    promote: bool = False,
+    validation_fraction: float = 0.2,
+    l2: float = 1e-3,
+    started: float | None = None,
+) -> tuple[LinearRanker, TrainReport]:
+    """train_from_events on examples already replayed (replay_examples' output): the newest
+    validation_fraction report, then a refit on all, saved as a new version."""
+    started = time.perf_counter() if started is None else started
     is_val, groups = _newest_held_out(order, validation_fraction)
     return _fit_and_save(
         runtime,
@@ -367,6 +431,14 @@ def train_from_events(
         l2=l2,
         started=started,
     )
+
+
+def fit_ranker(
+    x: np.ndarray, y: np.ndarray, names: Sequence[str], *, l2: float = 1e-3
+) -> LinearRanker:
+    """The one fit every trained ranker uses (evaluate's ablations too): class-balanced
+    logistic regression on standardized features."""
+    return fit_logistic(x, y, names, l2=l2, balance_classes=True)
 
 
 def _fit_and_save(
@@ -386,9 +458,9 @@ def _fit_and_save(
     save that model with the report as a new version (live when promote)."""
     if y[~is_val].sum() in (0, (~is_val).sum()):
         raise InvalidInput("the training part holds only one class of examples; need both")
-    held = fit_logistic(x[~is_val], y[~is_val], names, l2=l2, balance_classes=True)
+    held = fit_ranker(x[~is_val], y[~is_val], names, l2=l2)
     p_val = held.probability(held.logits(x[is_val]))
-    ranker = fit_logistic(x, y, names, l2=l2, balance_classes=True)
+    ranker = fit_ranker(x, y, names, l2=l2)
     report = TrainReport(
         version=None,
         promoted=promote,

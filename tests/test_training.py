@@ -138,8 +138,28 @@ def test_evaluate_beir_through_the_engine(runtime: Runtime, tmp_path: Path) -> N
     folder = mini_beir(tmp_path / "mini-scifact")
     result: dict[str, Any] = evaluate_beir(runtime, folder)
     metrics = result["metrics"]
-    assert set(metrics) == {"dense", "dense_ann", "lexical", "hybrid", "reranked"}
+    assert set(metrics) == {
+        "dense",
+        "dense_ann",
+        "lexical",
+        "hybrid",
+        "reranked_no_prior",
+        "reranked",
+    }
     assert result["queries"] == 40 and result["model"]["validation_auc"] > 0.7
+    # The prior: one click per train judgment; the ablations re-train without each group.
+    prior = result["prior"]
+    texts = {
+        row["_id"]: row["text"]
+        for row in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())
+    }
+    train_rows = (folder / "qrels" / "train.tsv").read_text().splitlines()[1:]
+    assert prior["clicks"] == len({(texts[r.split("\t")[0]], r.split("\t")[1]) for r in train_rows})
+    assert 0 <= prior["test_queries_answered_before"] <= 40
+    ablations = result["ablations"]
+    assert {"dense", "lexical", "popularity"} <= set(ablations)
+    assert ablations["popularity"]["ndcg@10"] == metrics["reranked_no_prior"]["ndcg@10"]
+    assert ablations["personal"]["unused"] is True  # no query has a user
     for values in metrics.values():
         assert set(values) == {"ndcg@10", "recall@100"} and 0 <= values["ndcg@10"] <= 1
     # On a few hundred documents every method finds most answers; the order is what differs.
