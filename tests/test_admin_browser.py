@@ -1,8 +1,10 @@
 """The admin page in a real browser (Debian's Chromium driven by Playwright): sign-in, a
-rebuild with its progress bar, and a playground search with explanation bars."""
+rebuild with its progress bar, a playground search with explanation bars, and the latency
+chart drawn from the /metrics histogram."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -110,5 +112,15 @@ def test_rebuild_progress_and_playground(page, server: tuple[str, str], built: R
     page.wait_for_selector("#results li.result .contrib")
     assert page.locator("#results li.result").count() == 10
     assert page.locator("#results li.result").first.locator(".contrib .pos").count() >= 1
+
+    # The latency chart, from the /metrics histogram: the playground's search lands in a
+    # minute's bar at the next refresh (every 5 s), between two snapshots of the buckets.
+    page.wait_for_function("document.querySelectorAll('#latency-chart rect').length > 0")
+    text = page.text_content("#latency-text") or ""
+    figures = r"p50 [\d.]+ ms · p95 [\d.]+ ms · p99 [\d.]+ ms over \d+ search(es)?"
+    assert re.fullmatch(figures + r" \((since the server started|last 300 s), this process\)", text)
+    assert "recsearch_http_request_duration_seconds" in (
+        page.get_attribute("#latency-text", "title") or ""
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)

@@ -72,7 +72,7 @@ def test_ingest_build_serve_in_separate_processes(
             try:
                 if get(f"{base}/readyz")[0] == 200:
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
             assert time.monotonic() < deadline, "server did not become ready"

@@ -20,7 +20,7 @@ def create_app(
 
     With no arguments it reads RECSEARCH_* from the environment (what gunicorn calls:
     `gunicorn -w 4 'web:create_app()'`). loopback says the server listens on 127.0.0.1 only,
-    which opens search and events without a key under RECSEARCH_OPEN_ENDPOINTS=auto.
+    which opens search, events and /metrics without a key under RECSEARCH_OPEN_ENDPOINTS=auto.
     """
     if runtime is None:
         runtime = Runtime(settings or Settings.from_env())
@@ -29,8 +29,9 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = runtime
 
-    from web import admin, api, auth, errors, openapi
+    from web import admin, api, auth, errors, metrics, openapi
 
+    metrics.init(app)  # first: its timer starts before any other hook can refuse a request
     auth.init(app, runtime.settings, loopback)
     app.config.update(
         # The admin sign-in cookie: HTTPS-only unless served on loopback, hidden from scripts,

@@ -15,7 +15,8 @@ from indexer.jobs import JobRunner
 from web import runtime_of
 from web.auth import require_admin
 from web.contract import body, operation, query
-from web.latency import LATENCY, LatencyLog, latency
+from web.latency import LATENCY, LatencyHistory, latency_summary
+from web.metrics import observe_search
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 JOBS = "recsearch_jobs"
@@ -25,7 +26,7 @@ def init(app: Flask) -> None:
     runner = JobRunner(runtime_of(app))
     runner.recover_orphans()  # jobs left "running" by a server that stopped
     app.extensions[JOBS] = runner
-    app.extensions[LATENCY] = LatencyLog()
+    app.extensions[LATENCY] = LatencyHistory()
     app.register_blueprint(bp)
     from web import admin_page
 
@@ -129,7 +130,7 @@ def playground_search() -> ResponseReturnValue:
     search = search.model_copy(update={"explain": True})
     with runtime.session() as db:
         response = runtime.searcher.search(db, search.to_request())
-    latency().add(response.took_ms)
+    observe_search(runtime, response)
     return jsonify(schemas.search_json(response, explain=True))
 
 
@@ -154,6 +155,6 @@ def status() -> ResponseReturnValue:
             ],
             "live_model": live_model or "prior",
             "jobs": jobs().list(limit=10),
-            "latency_ms": latency().summary(),
+            "latency_ms": latency_summary(),
         }
     )

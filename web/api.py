@@ -7,19 +7,20 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
+from werkzeug.exceptions import BadRequest
 
 from engine import schemas
 from engine.catalog import delete_items, get_item, item_to_dict, parse_items_payload, upsert_items
 from engine.clock import utcnow
 from engine.contract import check_id
 from engine.embedder import describe_encoder
-from engine.errors import NotFound
+from engine.errors import InvalidInput, NotFound, TooLarge
 from engine.events import parse_events_payload
 from engine.users import record_events, user_profile
 from web import runtime_of
 from web.auth import require_key
 from web.contract import body, json_payload, operation, query
-from web.latency import latency
+from web.metrics import observe_events, observe_rejected_events, observe_search
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 MAX_ITEMS_DOCUMENTED = 1_000  # RECSEARCH_MAX_BATCH_ITEMS by default
@@ -51,7 +52,7 @@ def _search(search: schemas.SearchQuery) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     with runtime.session() as session:
         response = runtime.searcher.search(session, search.to_request())
-    latency().add(response.took_ms)
+    observe_search(runtime, response)
     return jsonify(schemas.search_json(response, explain=search.explain))
 
 
@@ -123,11 +124,18 @@ def events_post() -> ResponseReturnValue:
     require_key("events")
     runtime = runtime_of(current_app)
     settings = runtime.settings
-    events = parse_events_payload(
-        json_payload(), settings.max_events_batch, utcnow(), settings.max_clock_skew_s
-    )
-    with runtime.write_session() as session:
-        report = record_events(session, events, settings, runtime.vectors)
+    payload: object = None
+    try:  # events refused for breaking the contract are counted, then refused as usual
+        payload = json_payload()
+        events = parse_events_payload(
+            payload, settings.max_events_batch, utcnow(), settings.max_clock_skew_s
+        )
+        with runtime.write_session() as session:
+            report = record_events(session, events, settings, runtime.vectors)
+    except (InvalidInput, TooLarge, BadRequest):
+        observe_rejected_events(payload)
+        raise
+    observe_events(report)
     return jsonify(
         {
             "received": report.received,

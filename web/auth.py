@@ -1,5 +1,5 @@
 """API keys: every write endpoint and the admin API need `Authorization: Bearer <key>`;
-search and events are open or keyed by configuration (open on 127.0.0.1 by default).
+search, events and /metrics are open or keyed by configuration (open on 127.0.0.1 by default).
 The admin page's sign-in sessions, and a limit on wrong keys per client address."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 from engine.config import Settings
 from engine.secrets import api_key
 
-OPEN_AREAS = ("search", "events")
+# Areas that RECSEARCH_OPEN_ENDPOINTS may open: "auto" opens them all, on loopback only.
+OPEN_AREAS = ("search", "events", "metrics")
 SIGN_INS = "recsearch_sign_ins"
 FAILURES = "recsearch_auth_failures"
 # How long a sign-in lasts, counted from the sign-in, however active the session is.
@@ -145,7 +146,8 @@ class FailureLimit:
 
 
 def open_areas(settings: Settings, loopback: bool) -> set[str]:
-    """Which of search/events answer without a key: 'auto' opens both only on loopback."""
+    """Which of search/events/metrics answer without a key: 'auto' opens all of them, only
+    on loopback."""
     value = settings.open_endpoints.strip().lower()
     if value == "auto":
         return set(OPEN_AREAS) if loopback else set()

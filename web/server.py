@@ -12,16 +12,25 @@ Why these choices:
   overlap those waits; `--threads` sets how many.
 - SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish within
   graceful_timeout, then exits; a worker that dies is replaced by the arbiter.
+- Metrics add up across workers: prometheus_client's multiprocess mode, in a folder made
+  fresh for this server start under DATA_DIR/metrics (0700, like the data dir), set in the
+  environment before any worker imports prometheus_client; child_exit marks a dead worker so
+  its per-process gauges leave with it (its counts stay); the folder is removed on exit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from engine.config import Settings
+from engine.index_store import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,8 @@ def run(
     # Native pools read these when they start, which is after the fork in each worker.
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(per_worker)
+    metrics_dir = fresh_metrics_dir(settings.data_dir)
+    use_metrics_dir(metrics_dir)
     loopback = host in LOCAL_HOSTS
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -76,6 +87,8 @@ def run(
         "errorlog": "-",
         "loglevel": "info",
         "post_fork": _post_fork(per_worker),
+        "child_exit": _child_exit(metrics_dir),
+        "on_exit": _on_exit(metrics_dir),
     }
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -88,7 +101,15 @@ def run(
 
             app = create_app(settings, loopback=loopback)
             runtime = app.extensions["recsearch"]
-            runtime.searcher  # load the model and index now, not during the first request  # noqa: B018
+            runtime.searcher  # noqa: B018
+            # Load the index and the model now, not during the first request; and say so in
+            # this worker's /metrics gauges from the start.
+            from web.metrics import FACTS
+
+            try:
+                FACTS.publish(runtime, force=True)
+            except Exception:  # serve anyway: health, the admin API (a rollback) still work
+                log.exception("loading the serving index at worker start failed")
             return app
 
     log.info(
@@ -111,3 +132,62 @@ def _post_fork(threads: int) -> Any:
             torch.set_num_threads(threads)
 
     return post_fork
+
+
+def fresh_metrics_dir(data_dir: Path) -> Path:
+    """A new private folder for this server's metrics files: DATA_DIR/metrics/HOST-PID-XXXX.
+
+    Fresh per start, so no count from an earlier run is added in (prometheus_client reads
+    every file in the folder). Folders left by servers that died without cleaning up (kill
+    -9) are removed: those of this host whose master process is gone.
+    """
+    parent = data_dir / "metrics"
+    if not parent.is_dir():
+        make_private_dir(parent)
+    host = socket.gethostname()
+    for old in parent.glob(f"{host}-*-*"):
+        pid = old.name[len(host) + 1 :].split("-", 1)[0]
+        if pid.isdigit() and not _is_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=parent))  # mode 0700
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def use_metrics_dir(folder: Path) -> None:
+    """Point prometheus_client at `folder`, in this process and the workers it forks.
+
+    prometheus_client picks its value class (memory or mmap files) when it is first imported;
+    if something imported it already, it is picked again here, before any worker creates a
+    metric (the workers import web.metrics after the fork).
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    if "prometheus_client.values" in sys.modules:
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()
+
+
+def _child_exit(folder: Path) -> Any:
+    def child_exit(server: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        # The dead worker's "live" gauges (serving version, delta size) go; its counts stay.
+        multiprocess.mark_process_dead(worker.pid, str(folder))
+
+    return child_exit
+
+
+def _on_exit(folder: Path) -> Any:
+    def on_exit(server: Any) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    return on_exit

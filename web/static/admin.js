@@ -44,9 +44,12 @@ function renderStatus(status) {
 }
 
 function renderLatency(latency) {
+  // From the /metrics histogram: say over which window and whose searches (all workers or one).
+  const basis = `${latency.window}, ${latency.source}`;
   $("latency-text").textContent = latency.count
-    ? `p50 ${latency.p50} ms · p95 ${latency.p95} ms · p99 ${latency.p99} ms over ${latency.count} searches`
-    : "no searches in the last 5 minutes";
+    ? `p50 ${latency.p50} ms · p95 ${latency.p95} ms · p99 ${latency.p99} ms over ${latency.count} search${latency.count === 1 ? "" : "es"} (${basis})`
+    : `no searches (${basis})`;
+  $("latency-text").title = latency.metric;
   const svg = $("latency-chart"); svg.innerHTML = "";
   const points = latency.per_minute || []; if (!points.length) return;
   const max = Math.max(...points.map((p) => p.p99), 1), w = 420 / Math.max(points.length, 1);
