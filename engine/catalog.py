@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
@@ -20,7 +20,8 @@ from pydantic import (
     StrictInt,
     StrictStr,
 )
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine import clock
@@ -38,7 +39,7 @@ from engine.contract import (
     validate,
 )
 from engine.errors import InvalidInput, NotFound, Problem, TooLarge
-from engine.models import Item
+from engine.models import Item, ItemTombstone, ItemVector
 
 MAX_TAGS = 100
 MAX_TAG_CHARS = 100
@@ -190,6 +191,9 @@ def upsert_items(session: Session, items: Sequence[ItemIn]) -> UpsertCounts:
         else:
             _fill_row(row, item, digest, now)
             counts.updated += 1
+    inserted = [item.id for item in items if item.id not in existing]
+    if inserted:  # an id written again is no longer deleted for the vector stores
+        session.execute(delete(ItemTombstone).where(ItemTombstone.item_id.in_(inserted)))
     session.flush()
     return counts
 
@@ -240,12 +244,27 @@ def get_items(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
 
 
 def delete_items(session: Session, item_ids: Sequence[str]) -> list[str]:
-    """Delete the given items; return the ids that did not exist (nothing is deleted then)."""
+    """Delete the given items; return the ids that did not exist (nothing is deleted then).
+
+    Their stored vectors go with them, and a tombstone each tells the embedding follower to
+    drop them from a vector store that holds them (engine.embedding_follower).
+    """
     found = set(session.scalars(select(Item.id).where(Item.id.in_(list(item_ids)))))
     missing = [i for i in item_ids if i not in found]
     if missing:
         return missing
-    session.execute(delete(Item).where(Item.id.in_(list(found))))
+    ids = sorted(found)
+    session.execute(delete(Item).where(Item.id.in_(ids)))
+    session.execute(delete(ItemVector).where(ItemVector.item_id.in_(ids)))
+    now = clock.utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(ItemTombstone)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["item_id"], set_={"deleted_at": stmt.excluded.deleted_at}
+        ),
+        [{"item_id": i, "deleted_at": now} for i in ids],
+    )
     return []
 
 
@@ -307,3 +326,33 @@ def parse_items_payload(payload: object, max_items: int) -> list[ItemIn]:
 def text_hash(model_name: str, content: str) -> str:
     """Identifies one embedding: the same model and text give the same vector."""
     return hashlib.sha1(f"{model_name}\0{content}".encode(), usedforsecurity=False).hexdigest()
+
+
+# How far a watermark over updated_at stays behind what looks settled: covers a writer between
+# taking its timestamp and its first statement, and small clock differences between hosts.
+SETTLE_MARGIN = timedelta(seconds=1)
+
+
+def settled_before(session: Session) -> datetime:
+    """A time before which every item write is committed: a reader following updated_at
+    (the delta, the embedding follower) must not move its watermark past it.
+
+    updated_at is taken when a row is written, not when its transaction commits, so on
+    PostgreSQL a long ingest commits rows older than rows another writer made visible
+    meanwhile; a watermark at the newest visible row would skip them for good. Any such
+    transaction is open now and started before it wrote them, so the start of the oldest open
+    transaction that has written anything bounds them (pg_stat_activity; other roles' sessions
+    are only seen with pg_read_all_stats). SQLite writers take the one write lock at BEGIN
+    (Runtime.write_session), so their rows commit in timestamp order.
+    """
+    now = clock.utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        oldest = session.execute(
+            text(
+                "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+        if oldest is not None:
+            now = min(now, oldest.astimezone(UTC).replace(tzinfo=None))
+    return now - SETTLE_MARGIN

@@ -182,3 +182,31 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, object] | None] = mapped_column(JSON)
+
+
+class ItemVector(Base):
+    """An item's embedding, computed once by the elected follower for every server to load.
+
+    Holds the vectors of items written since a build (the index version holds the others);
+    text_hash (engine.catalog.text_hash of the model and the embedded text) says which text
+    the vector belongs to, so a reader never uses a vector of an older text.
+    """
+
+    __tablename__ = "item_vectors"
+
+    item_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    text_hash: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    # (dim,) float32, L2-normalized, little-endian bytes.
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class ItemTombstone(Base):
+    """A deleted item, so the follower can tell a vector store to drop it; cleared when an
+    item with the same id is written again."""
+
+    __tablename__ = "item_tombstones"
+
+    item_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime, index=True)

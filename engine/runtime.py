@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.config import Settings
 from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.delta import Delta
+from engine.election import leadership_for
 from engine.embedder import Embedder
+from engine.embedding_follower import EmbeddingFollower
 from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex, make_private_dir
 from engine.model_store import live_model
@@ -47,11 +49,25 @@ class Runtime:
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
         self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
-        self.delta = Delta(
+        # New items are embedded once, by whichever server process holds the election; the
+        # follower polls twice as often as the delta, so an item written anywhere is on every
+        # server within 1.5 polls (0.75 s by default) plus its encode. Both start with the
+        # first search, so CLI jobs that never search do not take part. The leader's own
+        # delta does not wait for the follower's poll: it runs it when items wait.
+        self.follower = EmbeddingFollower(
             self.sessions,
             self.live,
             lambda texts: self.embedder.encode(texts),
+            leadership_for(self.db, "embedding-follower"),
+            settings.delta_poll_s / 2,
+            on_stored=lambda: self.delta.wake(),
+        )
+        self.delta = Delta(
+            self.sessions,
+            self.live,
             settings.delta_poll_s,
+            on_start=self.follower.start,
+            catch_up=self.follower.catch_up,
         )
 
     @property
@@ -102,6 +118,7 @@ class Runtime:
 
     def close(self) -> None:
         self.delta.close()
+        self.follower.close()
         self.impressions.close()
         self.db.dispose()
 
