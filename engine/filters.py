@@ -113,7 +113,7 @@ class Schema:
         kinds: dict[str, set[Kind]] = {}
         for item in items:
             for name, value in item.attributes.items():
-                kind = _kind_of(value)
+                kind = kind_of(value)
                 if kind is not None:
                     kinds.setdefault(name, set()).add(kind)
         return cls(kinds)
@@ -193,7 +193,7 @@ class Columns:
                         value = field_value(item, name)
                         elements = value if isinstance(value, list | tuple) else (value,)
                         for v in elements:
-                            if v is not None and _kind_of(v) is not None:
+                            if v is not None and kind_of(v) is not None:
                                 lists.setdefault(_key(v), []).append(row)
                     found = {k: np.asarray(v, dtype=np.int64) for k, v in lists.items()}
                     self._lists[name] = found
@@ -266,7 +266,7 @@ def _condition(name: str, spec: object, schema: Schema, where: str) -> Condition
 
 
 def _scalar(value: object, kinds: set[Kind], name: str) -> Scalar:
-    kind = _kind_of(value)
+    kind = kind_of(value)
     if kind is None or kind == "list":
         raise _Bad(f"expected a string, number or boolean, got {_described(value)}")
     # A list field (tags, or an attribute holding lists) is matched element by element.
@@ -289,7 +289,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _kind_of(value: object) -> Kind | None:
+def kind_of(value: object) -> Kind | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):

@@ -210,3 +210,21 @@ class ItemTombstone(Base):
 
     item_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class MerchandisingRule(Base):
+    """A pin, boost, bury or hide rule (engine.rules), managed from the admin API."""
+
+    __tablename__ = "rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(8))
+    item_id: Mapped[str | None] = mapped_column(String(256))
+    # The filters as the user wrote them; parsed against the catalog when loaded.
+    where: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    query: Mapped[str | None] = mapped_column(String(1000))  # normalized (engine.rules)
+    position: Mapped[int | None] = mapped_column(Integer)
+    weight: Mapped[float | None] = mapped_column(Float)
+    starts_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

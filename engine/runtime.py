@@ -21,6 +21,7 @@ from engine.embedding_follower import EmbeddingFollower
 from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex, make_private_dir
 from engine.model_store import live_model
+from engine.rule_store import RuleCache
 from engine.search import Searcher
 from engine.vectors import ItemVectors
 
@@ -48,6 +49,7 @@ class Runtime:
         # Item vectors come from the index; only items newer than it load the encoder.
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
+        self.rules = RuleCache(self.sessions)  # merchandising rules, reloaded every second
         self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
         # New items are embedded once, by whichever server process holds the election; the
         # follower polls twice as often as the delta, so an item written anywhere is on every

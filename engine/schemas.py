@@ -8,6 +8,7 @@ all print it.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -26,6 +27,7 @@ from engine.contract import (
     QueryText,
     described,
     fail,
+    iso_datetime,
 )
 from engine.events import EventBody
 from engine.index_store import VERSION_RE
@@ -397,3 +399,90 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     problems: list[ProblemOut] | None = None
+
+
+class RuleIn(BaseModel):
+    """A merchandising rule: pin, boost, bury or hide items by id or by filters (`where`),
+    for every query or one query text, optionally within a time window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["pin", "boost", "bury", "hide"]
+    item_id: Id | None = Field(default=None, description="the item the rule is about")
+    where: dict[str, Any] | None = Field(
+        default=None,
+        validate_default=True,
+        description="or the items matching these filters (as a search's filters)",
+    )
+    query: QueryText = Field(default=None, description="only for this query text (normalized)")
+    position: Annotated[int, BeforeValidator(_integer)] | None = Field(
+        default=None, ge=1, le=1000, validate_default=True, description="pin: the 1-based position"
+    )
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="boost/bury: odds times / divided by this (default 2)",
+    )
+    starts_at: Annotated[datetime, BeforeValidator(iso_datetime)] | None = None
+    ends_at: Annotated[datetime, BeforeValidator(iso_datetime)] | None = None
+
+    # Checks across fields run as field validators, in field order, so each error names the
+    # field a user has to change.
+    @field_validator("where", mode="after")
+    @classmethod
+    def _one_target(cls, where: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        item_id = info.data.get("item_id")
+        if (item_id is None) == (where is None):
+            raise fail("give exactly one of item_id and where")
+        if info.data.get("action") == "pin" and item_id is None:
+            raise fail("a pin places one item: give item_id, not where")
+        return where
+
+    @field_validator("position", mode="after")
+    @classmethod
+    def _pin_position(cls, position: int | None, info: ValidationInfo) -> int | None:
+        action = info.data.get("action")
+        if action == "pin" and position is None:
+            raise fail("a pin needs a position (1 = first)")
+        if action != "pin" and position is not None:
+            raise fail(f"position applies to pin, not {action}")
+        return position
+
+    @field_validator("weight", mode="after")
+    @classmethod
+    def _weight(cls, weight: float | None, info: ValidationInfo) -> float | None:
+        action = info.data.get("action")
+        if weight is not None and action not in ("boost", "bury"):
+            raise fail(f"weight applies to boost and bury, not {action}")
+        return weight
+
+    @field_validator("ends_at", mode="after")
+    @classmethod
+    def _window(cls, ends_at: datetime | None, info: ValidationInfo) -> datetime | None:
+        starts_at = info.data.get("starts_at")
+        if starts_at is not None and ends_at is not None and starts_at >= ends_at:
+            raise fail("must be after starts_at")
+        return ends_at
+
+
+class RuleOut(BaseModel):
+    id: int
+    action: str
+    item_id: str | None
+    where: dict[str, Any] | None
+    query: str | None
+    position: int | None
+    weight: float | None
+    starts_at: str | None
+    ends_at: str | None
+    created_at: str
+
+
+class RuleList(BaseModel):
+    rules: list[RuleOut]
+
+
+class RuleDeleted(BaseModel):
+    deleted: int

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from engine import schemas
+from engine import rule_store, schemas
 from engine.model_store import ModelStore
 from engine.status import index_status
 from indexer.jobs import JobRunner
@@ -114,6 +114,39 @@ def promote() -> ResponseReturnValue:
     version = body(schemas.VersionBody).version
     ModelStore(runtime_of(current_app).settings.model_dir).point_current_at(version)
     return jsonify({"model_version": version})
+
+
+@bp.post("/rules")
+@operation(
+    summary="Add a merchandising rule (pin, boost, bury, hide)",
+    body=schemas.RuleIn,
+    responses={201: schemas.RuleOut},
+    **_ADMIN,
+)
+def rule_create() -> ResponseReturnValue:
+    rule = body(schemas.RuleIn)
+    runtime = runtime_of(current_app)
+    with runtime.write_session() as session:
+        created = rule_store.create(session, rule)
+    runtime.rules.invalidate()
+    return jsonify(created), 201
+
+
+@bp.get("/rules")
+@operation(summary="The merchandising rules", responses={200: schemas.RuleList}, **_ADMIN)
+def rule_list() -> ResponseReturnValue:
+    with runtime_of(current_app).session() as session:
+        return jsonify({"rules": rule_store.list_all(session)})
+
+
+@bp.delete("/rules/<int:rule_id>")
+@operation(summary="Delete a merchandising rule", responses={200: schemas.RuleDeleted}, **_ADMIN)
+def rule_delete(rule_id: int) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    with runtime.write_session() as session:
+        rule_store.remove(session, rule_id)
+    runtime.rules.invalidate()
+    return jsonify({"deleted": rule_id})
 
 
 @bp.get("/search")

@@ -1,0 +1,159 @@
+"""Merchandising rules in SQL: create, list, delete, and the live set each process serves.
+
+Searches never read the rules table: each process keeps the rules in memory and reloads
+them at most once a second (RuleCache), so a rule written through one worker acts on every
+worker within a second and at once on the worker that wrote it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from engine import filters as filtering
+from engine.clock import iso_z, utcnow
+from engine.contract import MAX_INT64
+from engine.errors import InvalidInput, NotFound, Problem
+from engine.models import Item, MerchandisingRule
+from engine.rules import Rule, normalize_query
+from engine.schemas import RuleIn
+
+RELOAD_S = 1.0
+
+
+def create(
+    session: Session, body: RuleIn, schema: filtering.Schema | None = None
+) -> dict[str, Any]:
+    """Store a rule; its `where` is checked against the catalog (schema: default from SQL).
+
+    Raises InvalidInput naming `where.<field>` for an unknown attribute or a wrong type.
+    """
+    if body.where is not None:
+        try:
+            filtering.parse(body.where, schema or catalog_schema(session), prefix="where")
+        except InvalidInput as bad:
+            raise InvalidInput(str(bad), bad.problems) from None
+        if not body.where:
+            raise InvalidInput("where: give at least one field", [Problem("where", "is empty")])
+    row = MerchandisingRule(
+        action=body.action,
+        item_id=body.item_id,
+        where=body.where,
+        query=normalize_query(body.query),
+        position=body.position,
+        weight=body.weight,
+        starts_at=body.starts_at,
+        ends_at=body.ends_at,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return to_json(row)
+
+
+def list_all(session: Session) -> list[dict[str, Any]]:
+    rows = session.scalars(select(MerchandisingRule).order_by(MerchandisingRule.id))
+    return [to_json(r) for r in rows]
+
+
+def remove(session: Session, rule_id: int) -> None:
+    """Delete one rule; raises NotFound for an unknown id (or one no rule can have)."""
+    if not 1 <= rule_id <= MAX_INT64:
+        raise NotFound(f"rule {rule_id}")
+    gone = session.execute(delete(MerchandisingRule).where(MerchandisingRule.id == rule_id))
+    if not gone.rowcount:  # type: ignore[attr-defined]
+        raise NotFound(f"rule {rule_id}")
+
+
+def load(session: Session) -> list[Rule]:
+    return [to_rule(r) for r in session.scalars(select(MerchandisingRule))]
+
+
+def catalog_schema(session: Session) -> filtering.Schema:
+    """The attributes of the catalog in SQL and their kinds (an admin action: reads them all)."""
+    kinds: dict[str, set[filtering.Kind]] = {}
+    for attributes in session.scalars(select(Item.attributes)):
+        for name, value in (attributes or {}).items():
+            kind = filtering.kind_of(value)
+            if kind is not None:
+                kinds.setdefault(name, set()).add(kind)
+    return filtering.Schema(kinds)
+
+
+def to_rule(row: MerchandisingRule) -> Rule:
+    where = None
+    if row.where is not None:
+        # Checked when it was written; parse against the kinds its own values imply, so a
+        # rule outlives a catalog that no longer has the attribute (it then matches nothing).
+        where = filtering.parse(row.where, _schema_of(row.where), prefix="where")
+    return Rule(
+        id=row.id,
+        action=row.action,  # type: ignore[arg-type]
+        item_id=row.item_id,
+        where=where,
+        query=row.query,
+        position=row.position,
+        weight=row.weight if row.weight is not None else 2.0,
+        starts_at=row.starts_at,
+        ends_at=row.ends_at,
+        where_raw=row.where,
+    )
+
+
+def to_json(row: MerchandisingRule) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "action": row.action,
+        "item_id": row.item_id,
+        "where": row.where,
+        "query": row.query,
+        "position": row.position,
+        "weight": row.weight,
+        "starts_at": iso_z(row.starts_at) if row.starts_at else None,
+        "ends_at": iso_z(row.ends_at) if row.ends_at else None,
+        "created_at": iso_z(row.created_at),
+    }
+
+
+def _schema_of(where: Mapping[str, Any]) -> filtering.Schema:
+    kinds: dict[str, set[filtering.Kind]] = {}
+    for name, spec in where.items():
+        values = [spec]
+        if isinstance(spec, Mapping):
+            values = [v for vs in spec.values() for v in (vs if isinstance(vs, list) else [vs])]
+            if set(spec) & {"any", "all"}:
+                kinds.setdefault(name, set()).add("list")
+        for v in values:
+            kind = filtering.kind_of(v)
+            if kind is not None:
+                kinds.setdefault(name, set()).add(kind)
+    return filtering.Schema(kinds)
+
+
+class RuleCache:
+    """The rules one process serves: reloaded from SQL at most every RELOAD_S seconds."""
+
+    def __init__(self, sessions: Callable[[], Session], reload_s: float = RELOAD_S) -> None:
+        self._sessions = sessions
+        self._reload_s = reload_s
+        self._rules: list[Rule] = []
+        self._loaded_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def get(self) -> list[Rule]:
+        if time.monotonic() - self._loaded_at >= self._reload_s:
+            with self._lock:
+                if time.monotonic() - self._loaded_at >= self._reload_s:
+                    with self._sessions() as session:
+                        self._rules = load(session)
+                    self._loaded_at = time.monotonic()
+        return self._rules
+
+    def invalidate(self) -> None:
+        """After a write in this process: the next search reloads."""
+        self._loaded_at = -float("inf")
