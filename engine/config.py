@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,11 @@ from engine.errors import ConfigError
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 ENCODERS = ("onnx", "onnx-int8", "torch")
+VECTOR_STORES = ("faiss", "milvus")
+# Milvus names: a letter or underscore, then letters, digits and underscores. The alias is
+# also the prefix of each version's collection name (<alias>_<built at>_<random>), so it
+# leaves room for that suffix under Milvus's 255 characters.
+MILVUS_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,17 @@ class Settings:
     # A build whose measured recall@10 is below this is not published.
     min_recall: float = 0.9
     keep_versions: int = 5
+    # Where item vectors live and are searched: "faiss" (an index file in each version
+    # folder; items written since the build are searched in the delta) or "milvus" (a
+    # collection per version behind an alias that moves atomically; item upserts and
+    # deletes go straight into the serving collection).
+    vector_store: str = "faiss"
+    # For vector_store=milvus: a local path ending in .db runs Milvus Lite inside this
+    # process (one process at a time may open it), http(s)://host:19530 reaches a Milvus
+    # standalone or cluster. Empty: DATA_DIR/milvus.db.
+    milvus_uri: str = ""
+    # The alias searches and writes go through (the part CURRENT plays for FAISS).
+    milvus_collection: str = "recsearch"
 
     # --- users and events (real-time personalization) ---
     # Every decayed quantity (user vector, affinities, popularity) halves in this many days.
@@ -183,7 +200,31 @@ class Settings:
             )
         if not self.index_type.strip():
             raise ConfigError("RECSEARCH_INDEX_TYPE must not be empty")
+        if self.vector_store not in VECTOR_STORES:
+            raise ConfigError(
+                f"RECSEARCH_VECTOR_STORE={self.vector_store!r}: expected one of "
+                f"{', '.join(VECTOR_STORES)}"
+            )
+        if self.milvus_uri and not is_milvus_uri(self.milvus_uri):
+            raise ConfigError(
+                f"RECSEARCH_MILVUS_URI={self.milvus_uri!r}: expected a Milvus Lite file path "
+                "ending in .db (e.g. var/milvus.db) or a server URL like http://host:19530"
+            )
+        if not MILVUS_NAME_RE.fullmatch(self.milvus_collection):
+            raise ConfigError(
+                f"RECSEARCH_MILVUS_COLLECTION={self.milvus_collection[:60]!r}: expected a "
+                "letter or underscore, then up to 199 letters, digits or underscores"
+            )
         self.type_weights()  # raises on a malformed RECSEARCH_EVENT_WEIGHTS
+
+    @property
+    def milvus_target(self) -> str:
+        """The Milvus URI builds and writers use: a server URL, or Milvus Lite's .db path
+        made absolute (the manifest records it, and any process may read that)."""
+        uri = self.milvus_uri or str(self.data_dir / "milvus.db")
+        if is_lite_uri(uri):
+            return str(Path(uri).expanduser().resolve())
+        return uri
 
     @property
     def model_dir(self) -> Path:
@@ -220,6 +261,19 @@ def is_device(device: str) -> bool:
     if sep:
         return kind == "cuda" and index.isdigit()
     return device in ("auto", "cpu", "cuda")
+
+
+def is_lite_uri(uri: str) -> bool:
+    """A local Milvus Lite database (pymilvus treats a URI ending in .db as one)."""
+    return "://" not in uri and uri.endswith(".db")
+
+
+def is_milvus_uri(uri: str) -> bool:
+    """A Milvus Lite .db path, or an http(s)/tcp URL with a host."""
+    if is_lite_uri(uri):
+        return True
+    scheme, sep, rest = uri.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https", "tcp") and bool(rest.strip("/"))
 
 
 def _parse(name: str, raw: str, type_: Any) -> Any:

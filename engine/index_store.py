@@ -2,7 +2,8 @@
 
 Layout under settings.index_dir:
     CURRENT            the serving version's name, replaced with os.replace (atomic)
-    v000007/           manifest.json, index.faiss, items.json (row → id, category, text hash,
+    v000007/           manifest.json, index.faiss (FAISS; a Milvus version's manifest names
+                       its collection instead), items.json (row → id, category, text hash,
                        and what a search returns and ranks on: title, tags, attributes,
                        created_at), vectors.npy ((n, dim) float32 unit vectors: reused by the
                        next build), lexical/ (BM25)
@@ -33,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from engine.ann import AnnIndex, load_index
+from engine.ann import AnnIndex, RowLabels, load_index
 from engine.errors import InvalidInput, NotFound, NotReady
 from engine.lexical import LexicalIndex
 
@@ -83,12 +84,10 @@ class IndexArtifact:
     version: str
     folder: Path
     manifest: dict[str, Any]
-    ann: AnnIndex
+    ann: AnnIndex  # labelled with ids and categories
     ids: list[str]
     categories: list[str | None]
     text_hashes: list[str]
-    _category_rows: dict[str, np.ndarray] = field(default_factory=dict)
-    _row_of: dict[str, int] = field(default_factory=dict)
     _vectors: np.ndarray | None = None
     lexical: LexicalIndex | None = None
     # Row-aligned with ids; None for a version built before items carried their fields.
@@ -100,13 +99,7 @@ class IndexArtifact:
 
     def rows_for_category(self, category: str) -> np.ndarray:
         """Sorted int64 rows of the category (empty for an unknown one)."""
-        if not self._category_rows:
-            by_cat: dict[str, list[int]] = {}
-            for row, cat in enumerate(self.categories):
-                if cat is not None:
-                    by_cat.setdefault(cat, []).append(row)
-            self._category_rows = {c: np.asarray(r, dtype=np.int64) for c, r in by_cat.items()}
-        return self._category_rows.get(category, np.empty(0, dtype=np.int64))
+        return self.ann.rows_for_category(category)
 
     def vectors(self) -> np.ndarray:
         """(n, dim) float32 unit vectors, memory-mapped read-only."""
@@ -116,9 +109,7 @@ class IndexArtifact:
 
     def row_of(self, item_id: str) -> int | None:
         """The item's row in this version, or None if it was not in the catalog at build."""
-        if not self._row_of:
-            self._row_of = {item_id: row for row, item_id in enumerate(self.ids)}
-        return self._row_of.get(item_id)
+        return self.ann.row_of(item_id)
 
 
 class VersionStore:
@@ -277,9 +268,61 @@ class VersionStore:
 
 
 class IndexStore(VersionStore):
-    """The index folder: versions of ANN index + row map + vectors + BM25."""
+    """The index folder: versions of ANN index + row map + vectors + BM25.
+
+    A version whose vectors live in Milvus names its collection in the manifest; making it
+    current moves the Milvus alias too (under the same lock, alias first: if CURRENT cannot
+    be written the alias moves back), and pruning it drops its collection.
+    """
 
     kind = "index version"
+    _replaced: str | None = None  # what CURRENT named before this store last moved it
+
+    def _write_current(self, version: str) -> None:
+        self._replaced = self.current_version()
+        manifest = self.manifest(version)
+        index = manifest["index"]
+        if index.get("backend") != "milvus":
+            super()._write_current(version)
+            return
+        from engine.ann.milvus_alias import make_serving
+
+        undo = make_serving(index, manifest.get("catalog_read_at"))
+        try:
+            super()._write_current(version)
+        except BaseException:
+            undo()
+            raise
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions, never the current one, with the Milvus
+        collections they name."""
+        collections: dict[str, dict[str, Any]] = {}
+        for version in self.versions():
+            try:
+                index = self.manifest(version)["index"]
+            except (NotFound, KeyError, ValueError):
+                continue
+            if index.get("backend") == "milvus":
+                collections[version] = index
+        doomed = super().prune(keep)
+        # The version this store's last publish or rollback replaced may still serve other
+        # processes until they next poll CURRENT: a folder they memory-mapped outlives its
+        # deletion, a dropped collection does not. Its collection is left for the sweep of
+        # collections no version names (a day later, at a build).
+        dropping = [v for v in doomed if v != self._replaced]
+        by_place: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for version in dropping:
+            if version in collections:
+                index = collections[version]
+                by_place.setdefault((index["uri"], index["alias"]), []).append(index)
+        if by_place:
+            from engine.ann.milvus_alias import drop_collections
+
+            kept = [c["collection"] for v, c in collections.items() if v not in dropping]
+            for gone in by_place.values():
+                drop_collections(gone[0], [g["collection"] for g in gone], keep=kept)
+        return doomed
 
     def load(self, version: str | None = None) -> IndexArtifact:
         """Load a version (default: CURRENT); raises NotReady when nothing is published."""
@@ -292,7 +335,7 @@ class IndexStore(VersionStore):
         folder = self.folder(version)
         manifest = self.manifest(version)
         rows = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
-        ann = load_index(folder, manifest["index"])
+        ann = load_index(folder, manifest["index"], RowLabels(rows["ids"], rows["categories"]))
         items = _item_fields(rows)
         if items is None:
             log.warning(

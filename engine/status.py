@@ -16,9 +16,10 @@ def index_status(store: IndexStore, session: Session) -> dict[str, Any] | None:
     """The current index version's facts, or None when none is published.
 
     Keys: version, items, factory, params, size_bytes (the version folder on disk),
-    built_at, recall_at_10, and delta_items: items written since the build read the
-    catalog, which searches serve from the delta until the next build. Reads the manifest
-    and one SQL count; loads no index and no encoder.
+    built_at, recall_at_10, vector_store ({"backend": "faiss"}, or Milvus's uri, collection
+    and alias), and delta_items: items written since the build read the catalog, which
+    searches serve from the delta until the next build (with Milvus, from the collection).
+    Reads the manifest and one SQL count; loads no index and no encoder.
     """
     version = store.current_version()
     if version is None:
@@ -34,6 +35,7 @@ def index_status(store: IndexStore, session: Session) -> dict[str, Any] | None:
         "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         "built_at": manifest.get("built_at"),
         "recall_at_10": manifest.get("recall_at_10"),
+        "vector_store": manifest.get("vector_store", {"backend": index.get("backend", "faiss")}),
         "delta_items": _written_since(session, manifest),
     }
 

@@ -16,13 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import __version__
-from engine.ann import create_index
+from engine.ann import RowLabels, create_index
 from engine.ann.faiss import choose_factory, exact_top_k
 from engine.catalog import INDEXED_COLUMNS, embedding_text, text_hash
 from engine.clock import utcnow
 from engine.config import Settings
 from engine.embedder import Embedder
-from engine.errors import Conflict, InvalidInput
+from engine.errors import Conflict, InvalidInput, NotReady
 from engine.index_store import IndexStore, ItemFields, write_artifact_files
 from engine.lexical import LexicalIndex
 from engine.models import IndexVersion, Item
@@ -125,62 +125,77 @@ def build(
 
     vectors, reused, embed_s = _embed(rows, embedder, store, previous, progress)
 
-    index = create_index("faiss", embedder.dim, n, settings)
-    progress("index", 0, n)
-    for start in range(0, n, _ADD_CHUNK):
-        index.add(vectors[start : start + _ADD_CHUNK])
-        progress("index", min(n, start + _ADD_CHUNK), n)
-
-    recall = measure_recall(index, vectors, settings.recall_sample, progress)
-    progress("lexical", 0, n)
-    lexical = LexicalIndex.build(rows.texts)
-    progress("lexical", n, n)
-    if recall < settings.min_recall:
-        raise Conflict(
-            f"measured recall@10 {recall:.3f} is below RECSEARCH_MIN_RECALL "
-            f"{settings.min_recall:.3f} for index {index.description['factory']!r}: not published; "
-            "raise efSearch/nprobe or choose another index type"
-        )
-
-    staging = store.stage()
-    index_section = index.save(staging)
-    lexical.save(staging)
-    build_s = time.perf_counter() - started
-    manifest = {
-        "version": None,
-        "model": {
-            "name": embedder.name,
-            "dimension": embedder.dim,
-            "normalized": True,
-            "encoder": embedder.batch_encoder,
-        },
-        "metric": "inner_product",
-        "index": index_section,
-        "lexical": {"backend": "bm25s", "stemmer": "english", "stopwords": "en"},
-        "item_count": n,
-        "catalog_fingerprint": fingerprint,
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "catalog_read_at": catalog_read_at.isoformat(),
-        "build_seconds": round(build_s, 3),
-        "embed_seconds": round(embed_s, 3),
-        "embedded": n - reused,
-        "reused_embeddings": reused,
-        "recall_at_10": recall,
-        "recall_sample": min(settings.recall_sample, n),
-        "engine_version": __version__,
-        "host": platform.node(),
-    }
-    write_artifact_files(
-        staging,
-        manifest=manifest,
-        ids=rows.ids,
-        categories=rows.categories,
-        text_hashes=rows.text_hashes,
-        vectors=vectors,
-        items=rows.items,
+    if settings.vector_store == "milvus":
+        _drop_stale_collections(settings, store)
+    labels = RowLabels(
+        rows.ids, rows.categories, [i.tags for i in rows.items], [i.attributes for i in rows.items]
     )
-    progress("publish", 0, 1)  # staged and durable; the next step makes it live
-    version = store.publish(staging)
+    index = create_index(settings.vector_store, embedder.dim, n, settings, labels)
+    try:
+        progress("index", 0, n)
+        for start in range(0, n, _ADD_CHUNK):
+            index.add(vectors[start : start + _ADD_CHUNK])
+            progress("index", min(n, start + _ADD_CHUNK), n)
+
+        recall = measure_recall(index, vectors, settings.recall_sample, progress)
+        progress("lexical", 0, n)
+        lexical = LexicalIndex.build(rows.texts)
+        progress("lexical", n, n)
+        if recall < settings.min_recall:
+            raise Conflict(
+                f"measured recall@10 {recall:.3f} is below RECSEARCH_MIN_RECALL "
+                f"{settings.min_recall:.3f} for index {index.description['factory']!r}: not "
+                "published; raise efSearch/nprobe or choose another index type"
+            )
+
+        staging = store.stage()
+        index_section = index.save(staging)
+        lexical.save(staging)
+        build_s = time.perf_counter() - started
+        manifest = {
+            "version": None,
+            "model": {
+                "name": embedder.name,
+                "dimension": embedder.dim,
+                "normalized": True,
+                "encoder": embedder.batch_encoder,
+            },
+            "metric": "inner_product",
+            "index": index_section,
+            "vector_store": _vector_store_section(index_section),
+            "lexical": {"backend": "bm25s", "stemmer": "english", "stopwords": "en"},
+            "item_count": n,
+            "catalog_fingerprint": fingerprint,
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "catalog_read_at": catalog_read_at.isoformat(),
+            "build_seconds": round(build_s, 3),
+            "embed_seconds": round(embed_s, 3),
+            "embedded": n - reused,
+            "reused_embeddings": reused,
+            "recall_at_10": recall,
+            "recall_sample": min(settings.recall_sample, n),
+            "engine_version": __version__,
+            "host": platform.node(),
+        }
+        write_artifact_files(
+            staging,
+            manifest=manifest,
+            ids=rows.ids,
+            categories=rows.categories,
+            text_hashes=rows.text_hashes,
+            vectors=vectors,
+            items=rows.items,
+        )
+        progress("publish", 0, 1)  # staged and durable; the next step makes it live
+        version = store.publish(staging)
+    except BaseException:
+        # Nothing was published: a Milvus collection, which lives outside the staging
+        # folder, goes with the build (a crash leaves it to _drop_stale_collections).
+        try:
+            index.discard()
+        except Exception:
+            log.warning("could not drop the unpublished build's index", exc_info=True)
+        raise
     with runtime.session() as record:
         record.add(
             IndexVersion(
@@ -229,6 +244,45 @@ def _load_catalog(session: Session, model_name: str, progress: Progress) -> _Cat
     return rows
 
 
+def _vector_store_section(index_section: dict[str, Any]) -> dict[str, Any]:
+    """Where the version's vectors are searched: the manifest's "vector_store"."""
+    section = {"backend": index_section["backend"]}
+    if index_section["backend"] == "milvus":
+        for key in ("uri", "collection", "alias"):
+            section[key] = index_section[key]
+    return section
+
+
+def _same_store(index: dict[str, Any], settings: Settings) -> bool:
+    """Whether a version's vectors are where settings would put them now."""
+    if index.get("backend", "faiss") != settings.vector_store:
+        return False
+    if settings.vector_store != "milvus":
+        return True
+    from engine.ann.milvus import shown_uri
+
+    return (
+        index.get("uri") == shown_uri(settings.milvus_target)
+        and index.get("alias") == settings.milvus_collection
+    )
+
+
+def _drop_stale_collections(settings: Settings, store: IndexStore) -> None:
+    """Drop collections that crashed builds left behind (a day old, named by no version)."""
+    from engine.ann.milvus import client
+    from engine.ann.milvus_alias import stale_collections
+
+    named = []
+    for version in store.versions():
+        index = store.manifest(version).get("index", {})
+        if index.get("backend") == "milvus":
+            named.append(index["collection"])
+    milvus = client(settings.milvus_target)
+    for name in stale_collections(settings, named):
+        log.warning("dropping Milvus collection %s: left by a build that did not finish", name)
+        milvus.drop_collection(name)
+
+
 def _same_build(
     previous: dict[str, Any],
     fingerprint: str,
@@ -238,7 +292,8 @@ def _same_build(
 ) -> bool:
     index = previous.get("index", {})
     return (
-        previous.get("catalog_fingerprint") == fingerprint
+        _same_store(index, settings)
+        and previous.get("catalog_fingerprint") == fingerprint
         and previous.get("model", {}).get("name") == embedder.name
         and index.get("factory") == factory
         and index.get("params", {}).get("efSearch", settings.hnsw_ef_search)
@@ -258,8 +313,13 @@ def _embed(
     vectors = np.empty((n, embedder.dim), dtype=np.float32)
     todo = list(range(n))
     reused = 0
+    old = None
     if previous and previous["model"]["name"] == embedder.name:
-        old = store.load(previous["version"])
+        try:
+            old = store.load(previous["version"])
+        except NotReady as exc:  # e.g. its Milvus collection was dropped: embed everything
+            log.warning("cannot reuse the vectors of %s: %s", previous["version"], exc)
+    if old is not None:
         if old.dim == embedder.dim:
             old_rows = {h: r for r, h in enumerate(old.text_hashes)}
             old_vectors = old.vectors()

@@ -490,6 +490,11 @@ def status(obj: _Context) -> None:
         f"{index['size_bytes'] / 1048576:.1f} MiB; {index['delta_items']} items pending "
         "in the delta"
     )
+    where = index["vector_store"]
+    if where["backend"] == "milvus":
+        click.echo(
+            f"vectors    Milvus {where['uri']}: {where['collection']} (alias {where['alias']})"
+        )
     built = store.manifest(index["version"])
     click.echo(f"encoder    {describe_encoder(runtime.settings.encoder, built)}")
     click.echo(f"versions   {', '.join(store.versions())}")
@@ -516,6 +521,15 @@ def serve(obj: _Context, host: str, port: int, workers: int, threads: int, dev: 
     from web.server import LOCAL_HOSTS, encoder_threads, run
 
     settings = obj.settings
+    if settings.vector_store == "milvus" and workers > 1 and not dev:
+        from engine.config import is_lite_uri
+
+        if is_lite_uri(settings.milvus_target):
+            # Milvus Lite locks its folder to one process: the second worker could not open it.
+            raise click.UsageError(
+                f"Milvus Lite ({settings.milvus_target}) serves one process: use --workers 1, "
+                "or set RECSEARCH_MILVUS_URI to a Milvus server (http://host:19530) for more"
+            )
     api_key(settings)  # created once here, not raced by the workers
     opened = ", ".join(sorted(open_areas(settings, host in LOCAL_HOSTS))) or "nothing"
     if dev:

@@ -68,3 +68,34 @@ def test_unloadable_model_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="RECSEARCH_MODEL="):
         Embedder(Settings(model=str(tmp_path / "no-model")))
+
+
+def test_vector_store_settings(tmp_path: Path) -> None:
+    s = Settings.from_env({})
+    assert (s.vector_store, s.milvus_uri, s.milvus_collection) == ("faiss", "", "recsearch")
+    lite = Settings.from_env(
+        {"RECSEARCH_VECTOR_STORE": "milvus", "RECSEARCH_DATA_DIR": str(tmp_path / "var")}
+    )
+    # No URI: Milvus Lite in the data dir, made absolute for the manifest.
+    assert lite.milvus_target == str((tmp_path / "var" / "milvus.db").resolve())
+    server = Settings.from_env(
+        {"RECSEARCH_VECTOR_STORE": "milvus", "RECSEARCH_MILVUS_URI": "http://milvus:19530"}
+    )
+    assert server.milvus_target == "http://milvus:19530"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("RECSEARCH_VECTOR_STORE", "qdrant", "RECSEARCH_VECTOR_STORE='qdrant': expected one of"),
+        ("RECSEARCH_MILVUS_URI", "var/milvus", "ending in .db"),
+        ("RECSEARCH_MILVUS_URI", "ftp://host", "http://host:19530"),
+        ("RECSEARCH_MILVUS_URI", "http://", "http://host:19530"),
+        ("RECSEARCH_MILVUS_COLLECTION", "items; drop", "RECSEARCH_MILVUS_COLLECTION="),
+        ("RECSEARCH_MILVUS_COLLECTION", "9lives", "a letter or underscore"),
+    ],
+)
+def test_bad_vector_store_values_name_the_variable(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert fragment in str(info.value)

@@ -1,0 +1,381 @@
+"""One suite over both vector stores, FAISS and Milvus Lite: build, search, category filter,
+upsert, delete, rebuild, rollback, prune, the recall gate, and the two stores' answers
+compared on the sample catalog.
+
+Milvus Lite starts a server in this process (seconds), so the module shares one Lite
+database; each test gets its own alias (collections are named after it), which keeps tests
+apart as separate deployments on one Milvus server would be.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.ann import item_writer
+from engine.ann.milvus import client
+from engine.ann.milvus_alias import alias_target
+from engine.ann.milvus_filter import all_of, between, equals, one_of, quote
+from engine.config import Settings
+from engine.embedder import Embedder
+from engine.errors import Conflict
+from engine.index_store import IndexArtifact, IndexStore
+from engine.runtime import Runtime
+from engine.search import SearchRequest
+from indexer.build import BuildReport, build
+from indexer.ingest import ingest
+from tests.conftest import SAMPLE_CATALOG
+
+STORES = ["faiss", "milvus"]
+
+
+@pytest.fixture(scope="module")
+def lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One Milvus Lite database for the module (its server starts once per process)."""
+    return str(tmp_path_factory.mktemp("milvus") / "lite.db")
+
+
+def store_settings(base: Settings, store: str, lite_uri: str) -> Settings:
+    return base.replace(
+        vector_store=store,
+        milvus_uri=lite_uri,
+        milvus_collection=f"t_{uuid.uuid4().hex[:12]}",
+        index_type="flat",
+    )
+
+
+def sample_runtime(settings: Settings, embedder: Embedder, seed_index: Path) -> Runtime:
+    """A runtime with the sample catalog ingested, and the seed's FAISS version copied in so
+    builds reuse its vectors instead of encoding the catalog again."""
+    shutil.copytree(seed_index, settings.index_dir)
+    runtime = Runtime(settings, embedder=embedder)
+    with runtime.write_session() as session:
+        ingest(runtime, session, SAMPLE_CATALOG)
+    return runtime
+
+
+def run_build(runtime: Runtime, **kw: object) -> BuildReport:
+    with runtime.session() as session:
+        report = build(runtime, session, **kw)  # type: ignore[arg-type]
+    assert report.version is not None
+    return report
+
+
+def served(runtime: Runtime) -> IndexArtifact:
+    return runtime.live.get()
+
+
+@pytest.fixture(params=STORES)
+def store_runtime(
+    request: pytest.FixtureRequest,
+    sqlite_settings: Settings,
+    embedder: Embedder,
+    seed_index: Path,
+    lite_uri: str,
+) -> Runtime:
+    settings = store_settings(sqlite_settings, request.param, lite_uri)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    request.addfinalizer(runtime.close)
+    return runtime
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_build_search_filter_rebuild_rollback(
+    store: str,
+    settings: Settings,  # on SQLite, and on PostgreSQL when a URL is given
+    request: pytest.FixtureRequest,
+    embedder: Embedder,
+    seed_index: Path,
+    lite_uri: str,
+) -> None:
+    base = settings
+    settings = store_settings(base, store, lite_uri).replace(keep_versions=2)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    request.addfinalizer(runtime.close)
+
+    first = run_build(runtime)
+    assert first.reused == first.item_count == 325 and first.recall_at_10 == 1.0
+    manifest = IndexStore(settings.index_dir).manifest(first.version)  # type: ignore[arg-type]
+    assert manifest["index"]["backend"] == store and manifest["index"]["is_exact"]
+    assert manifest["vector_store"]["backend"] == store
+    assert {"items.json", "vectors.npy", "lexical", "manifest.json"} <= {
+        p.name
+        for p in (settings.index_dir / first.version).iterdir()  # type: ignore[operator]
+    }
+    if store == "milvus":
+        assert manifest["vector_store"] == {
+            "backend": "milvus",
+            "uri": lite_uri,
+            "collection": manifest["index"]["collection"],
+            "alias": settings.milvus_collection,
+        }
+        milvus = client(lite_uri)
+        assert alias_target(milvus, settings.milvus_collection) == manifest["index"]["collection"]
+
+    artifact = served(runtime)
+    assert artifact.ann.is_live == (store == "milvus")
+    paris = artifact.vectors()[artifact.row_of("paris-france")]  # type: ignore[index]
+    hits = artifact.ann.search_ids(paris, 10)
+    assert hits[0][0] == "paris-france" and len(hits) == 10
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    beaches = artifact.ann.search_ids(paris, 10, category="beach")
+    category_of = dict(zip(artifact.ids, artifact.categories, strict=True))
+    assert len(beaches) == 10 and {category_of[i] for i, _ in beaches} == {"beach"}
+    assert artifact.ann.search_ids(paris, 10, category='beach" or category != "') == []
+
+    with runtime.session() as session:
+        response = runtime.searcher.search(session, SearchRequest(q="museums in Paris", k=5))
+    assert response.index_version == first.version and response.results[0].id == "paris-france"
+
+    second = run_build(runtime)
+    assert (first.version, second.version) == ("v000002", "v000003")  # after the seed's
+    if store == "milvus":
+        second_collection = served(runtime).manifest["index"]["collection"]
+        assert alias_target(milvus, settings.milvus_collection) == second_collection
+    IndexStore(settings.index_dir).point_current_at(first.version)  # type: ignore[arg-type]
+    assert served(runtime).version == first.version
+    if store == "milvus":
+        first_collection = manifest["index"]["collection"]
+        assert alias_target(milvus, settings.milvus_collection) == first_collection
+        # A third build keeps two versions. The first's folder goes, but not yet its
+        # collection: it served until this publish, and other processes may still search it.
+        third = run_build(runtime)
+        assert IndexStore(settings.index_dir).versions() == [second.version, third.version]
+        third_collection = served(runtime).manifest["index"]["collection"]
+        # One a build crashed in long ago (named by no version): the next build drops it.
+        crashed = f"{settings.milvus_collection}_20000101T000000_0badf00d"
+        milvus.create_collection(crashed, dimension=4)
+        # A fourth build prunes the second, which served no one lately: its collection goes.
+        fourth = run_build(runtime)
+        assert IndexStore(settings.index_dir).versions() == [third.version, fourth.version]
+        fourth_collection = served(runtime).manifest["index"]["collection"]
+        ours = {c for c in milvus.list_collections() if c.startswith(settings.milvus_collection)}
+        assert ours == {first_collection, third_collection, fourth_collection}
+
+
+def test_upsert_and_delete_go_straight_into_the_serving_collection(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str
+) -> None:
+    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    try:
+        run_build(runtime)
+        artifact = served(runtime)
+        writer = item_writer(settings)
+        assert writer is not None
+        paris = np.asarray(artifact.vectors()[artifact.row_of("paris-france")])  # type: ignore[index]
+        # A new item, and an existing one moved to another category, with new vectors.
+        writer.upsert(
+            ["paris-twin", "kyoto-japan"],
+            np.stack([paris, paris]),
+            ["city", "beach"],
+            tags=[["art"], ["zen-gardens"]],
+            attributes=[{"country": 'Fra"nce'}, {"country": "Japan"}],
+        )
+        top = [i for i, _ in artifact.ann.search_ids(paris, 3)]
+        assert set(top[:2]) == {"paris-france", "paris-twin"} and top[2] == "kyoto-japan"
+        assert "kyoto-japan" in [i for i, _ in artifact.ann.search_ids(paris, 5, category="beach")]
+        # The row search serves only the build's rows: the new item has none.
+        _, rows = artifact.ann.search(paris, 3)
+        assert "paris-twin" not in [artifact.ids[r] for r in rows[0] if r >= 0]
+        # Attribute and tag filters run inside Milvus, with quoted values.
+        milvus = client(lite_uri)
+        found = milvus.query(
+            settings.milvus_collection,
+            filter=equals("country", 'Fra"nce'),
+            output_fields=["id"],
+        )
+        assert [r["id"] for r in found] == ["paris-twin"]
+        found = milvus.query(
+            settings.milvus_collection, filter=equals("tags", "zen-gardens"), output_fields=["id"]
+        )
+        assert [r["id"] for r in found] == ["kyoto-japan"]
+
+        # Expressions over the build's rows agree with the catalog evaluated in Python
+        # (the two items just upserted have other fields now).
+        expression = all_of(
+            [
+                one_of("continent", ["Europe", "Asia"]),
+                between("avg_daily_cost_usd", 100, 200, high_inclusive=False),
+                equals("family_friendly", True),
+                one_of("tags", ["food", "beach"]),
+            ]
+        )
+        found = milvus.query(settings.milvus_collection, filter=expression, output_fields=["id"])
+        assert artifact.items is not None
+        upserted = {"paris-twin", "kyoto-japan"}
+        expected = {
+            i
+            for i, item in zip(artifact.ids, artifact.items, strict=True)
+            if item.attributes["continent"] in ("Europe", "Asia")
+            and 100 <= item.attributes["avg_daily_cost_usd"] < 200
+            and item.attributes["family_friendly"] is True
+            and {"food", "beach"} & set(item.tags)
+            and i not in upserted
+        }
+        assert expected and {r["id"] for r in found} - upserted == expected
+
+        writer.delete(["paris-twin", "no-such-item"])
+        top = [i for i, _ in artifact.ann.search_ids(paris, 3)]
+        assert "paris-twin" not in top and top[0] == "paris-france"
+
+    finally:
+        runtime.close()
+
+
+def test_writes_during_a_build_survive_the_alias_move(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str
+) -> None:
+    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    try:
+        run_build(runtime)
+        writer = item_writer(settings)
+        assert writer is not None
+        artifact = served(runtime)
+        paris = np.asarray(artifact.vectors()[artifact.row_of("paris-france")])  # type: ignore[index]
+
+        def write_mid_build(phase: str, done: int, total: int) -> None:
+            # After the catalog was read, before the alias moves: lands in the old collection.
+            if phase == "publish" and done == 0:
+                writer.upsert(["written-mid-build"], paris[None, :], ["city"])
+
+        run_build(runtime, progress=write_mid_build)
+        rebuilt = served(runtime)
+        assert "written-mid-build" in [i for i, _ in rebuilt.ann.search_ids(paris, 3)]
+    finally:
+        runtime.close()
+
+
+def test_stores_return_the_same_top_10(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str, tmp_path: Path
+) -> None:
+    """Exact indexes over the same vectors: the same neighbours, scores and searches."""
+    runtimes = {}
+    for store in STORES:
+        base = sqlite_settings.replace(data_dir=tmp_path / store)
+        runtimes[store] = sample_runtime(
+            store_settings(base, store, lite_uri), embedder, seed_index
+        )
+    try:
+        artifacts = {}
+        for store, runtime in runtimes.items():
+            run_build(runtime)
+            artifacts[store] = served(runtime)
+        faiss, milvus = artifacts["faiss"].ann, artifacts["milvus"].ann
+        queries = embedder.encode(
+            ["quiet beaches with coral reefs", "museums and art", "hiking in the alps"]
+        )
+        queries = np.concatenate([queries, artifacts["faiss"].vectors()[::40]])
+        categories = [None, "beach", "city", "nature"]
+        for query in queries:
+            for category in categories:
+                a = faiss.search_ids(query, 10, category=category)
+                b = milvus.search_ids(query, 10, category=category)
+                np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+                # Ids may differ only among equal scores.
+                differs = [x != y for (x, _), (y, _) in zip(a, b, strict=True)]
+                assert not any(differs) or _tied(a, differs)
+        for q in ["quiet beaches with coral reefs", "street food", "ski resorts"]:
+            results = []
+            for runtime in runtimes.values():
+                with runtime.session() as session:
+                    response = runtime.searcher.search(session, SearchRequest(q=q, k=10))
+                results.append([(h.id, round(h.score, 5)) for h in response.results])
+            assert results[0] == results[1]
+    finally:
+        for runtime in runtimes.values():
+            runtime.close()
+
+
+def _tied(hits: list[tuple[str, float]], differs: list[bool]) -> bool:
+    scores = [s for _, s in hits]
+    return all(
+        any(abs(scores[i] - scores[j]) < 1e-6 for j in range(len(scores)) if j != i)
+        for i, d in enumerate(differs)
+        if d
+    )
+
+
+def test_recall_gate_publishes_nothing_and_leaves_no_collection(
+    store_runtime: Runtime, lite_uri: str
+) -> None:
+    settings = store_runtime.settings
+    first = run_build(store_runtime)
+    bad = settings.replace(index_type="ivf", ivf_nprobe=1, min_recall=0.999)
+    with pytest.raises(Conflict, match="below RECSEARCH_MIN_RECALL"):
+        run_build(store_runtime, settings=bad)
+    store = IndexStore(settings.index_dir)
+    assert store.current_version() == first.version
+    if settings.vector_store == "milvus":
+        milvus = client(lite_uri)
+        ours = [c for c in milvus.list_collections() if c.startswith(settings.milvus_collection)]
+        assert ours == [store.manifest(first.version)["index"]["collection"]]  # type: ignore[arg-type]
+
+
+def test_expressions_quote_every_value() -> None:
+    assert quote('a"b\\c') == '"a\\"b\\\\c"' and quote("ü") == '"ü"'
+    assert quote(True) == "true" and quote(2) == "2" and quote(1.5) == "1.5"
+    assert equals("category", 'x" or id != "') == 'category == "x\\" or id != \\""'
+    assert equals("price", 3) == 'attributes["price"] == 3'
+    assert equals('a"]', "v") == 'attributes["a\\"]"] == "v"'
+    assert one_of("tags", ["a", 'b"']) == 'json_contains_any(tags, ["a", "b\\""])'
+    assert between("cost", 1, None) == 'attributes["cost"] >= 1.0'
+    assert (
+        one_of("country", ["a", "b"])
+        == 'attributes["country"] == "a" or attributes["country"] == "b"'
+    )
+    assert between("cost", None, None) == "" and all_of(["", "a == 1", "b"]) == "(a == 1) and (b)"
+    with pytest.raises(ValueError):
+        quote(float("nan"))
+    with pytest.raises(TypeError):
+        quote(None)  # type: ignore[arg-type]
+
+
+def test_lite_open_in_another_process_is_a_clear_error(lite_uri: str) -> None:
+    """Milvus Lite locks its folder: a second process (a second gunicorn worker) fails at
+    once with a message that says what to do, instead of hanging."""
+    client(lite_uri)  # this process holds it
+    code = (
+        "import sys\n"
+        "from engine.ann.milvus import client\n"
+        "from engine.errors import ConfigError\n"
+        "try:\n"
+        f"    client({lite_uri!r})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "open in another process" in done.stdout and "http://host:19530" in done.stdout
+
+
+def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from indexer.cli import _Context, cli
+
+    settings = Settings(data_dir=tmp_path / "var", vector_store="milvus")
+    result = CliRunner().invoke(cli, ["serve", "--workers", "2"], obj=_Context(settings, True))
+    assert result.exit_code == 2
+    assert "serves one process: use --workers 1" in result.output
+
+
+def test_milvus_setup_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.ann import RowLabels, create_index
+    from engine.errors import ConfigError
+
+    faiss_only = Settings(data_dir=tmp_path, vector_store="milvus", index_type="IVF64,PQ8")
+    with pytest.raises(ConfigError, match="use auto, flat, hnsw or ivf"):
+        create_index("milvus", 8, 10, faiss_only, RowLabels(["a"], [None]))
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the extra were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'recsearch\[milvus\]'"):
+        client(str(tmp_path / "elsewhere.db"))
