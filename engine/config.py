@@ -103,8 +103,8 @@ class Settings:
     # --- security ---
     # The API key for writes and the admin API; empty: one is generated into DATA_DIR/api_key.
     api_key: str = ""
-    # search and events without a key: "auto" (open only when served on loopback), "none",
-    # or a comma list of "search", "events".
+    # search, events and /metrics without a key: "auto" (open only when served on loopback),
+    # "none", or a comma list of "search", "events", "metrics".
     open_endpoints: str = "auto"
 
     max_k: int = 100

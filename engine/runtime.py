@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.ann import item_writer
 from engine.config import Settings
 from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.delta import Delta
@@ -64,6 +65,9 @@ class Runtime:
             settings.delta_poll_s / 2,
             on_stored=lambda: self.delta.wake(),
         )
+        # With Milvus, the follower also writes each new vector (and each deletion) into the
+        # serving collection; FAISS has no writer (None): its delta serves new items.
+        self.follower.set_sink(item_writer(settings))
         self.delta = Delta(
             self.sessions,
             self.live,

@@ -357,6 +357,7 @@ class IndexStatus(BaseModel):
     built_at: str | None
     recall_at_10: float | None
     delta_items: int
+    vector_store: dict[str, Any] | None = None
 
 
 class ModelInfo(BaseModel):

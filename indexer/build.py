@@ -15,10 +15,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import __version__
+from engine import __version__, stored_vectors
 from engine.ann import RowLabels, create_index
 from engine.ann.faiss import choose_factory, exact_top_k
-from engine.catalog import INDEXED_COLUMNS, embedding_text, text_hash
+from engine.catalog import INDEXED_COLUMNS, embedding_text, settled_before, text_hash
 from engine.clock import utcnow
 from engine.config import Settings
 from engine.embedder import Embedder
@@ -96,8 +96,9 @@ def build(
     embedder = runtime.embedder
     started = time.perf_counter()
     store = IndexStore(settings.index_dir)
-    # Items written after this moment are served from the delta until the next build.
-    catalog_read_at = utcnow()
+    # Items written after this moment are served from the delta until the next build. Not
+    # "now": a write transaction still open now may commit rows stamped earlier (PostgreSQL).
+    catalog_read_at = settled_before(session)
     rows = _load_catalog(session, embedder.name, progress)
     n = len(rows.ids)
     if n == 0:
@@ -123,7 +124,7 @@ def build(
             skipped=True,
         )
 
-    vectors, reused, embed_s = _embed(rows, embedder, store, previous, progress)
+    vectors, reused, embed_s = _embed(rows, embedder, store, previous, progress, session)
 
     if settings.vector_store == "milvus":
         _drop_stale_collections(settings, store)
@@ -307,8 +308,10 @@ def _embed(
     store: IndexStore,
     previous: dict[str, Any] | None,
     progress: Progress,
+    session: Session,
 ) -> tuple[np.ndarray, int, float]:
-    """All item vectors, reusing the previous version's for texts that did not change."""
+    """All item vectors, reusing the previous version's for texts that did not change and
+    those the embedding follower stored since (so a rebuild after live writes encodes none)."""
     n = len(rows.ids)
     vectors = np.empty((n, embedder.dim), dtype=np.float32)
     todo = list(range(n))
@@ -331,6 +334,19 @@ def _embed(
                 else:
                     vectors[row] = old_vectors[old_row]
             reused = n - len(todo)
+    if todo:
+        found = stored_vectors.load_matching(
+            session, {rows.ids[r]: rows.text_hashes[r] for r in todo}
+        )
+        kept = []
+        for r in todo:
+            vector = found.get(rows.ids[r])
+            if vector is not None and vector.shape[0] == embedder.dim:
+                vectors[r] = vector
+            else:
+                kept.append(r)
+        reused += len(todo) - len(kept)
+        todo = kept
     done = reused
     progress("embed", done, n)
 
