@@ -83,21 +83,26 @@ def start(env: dict[str, str], kind: str, encoder: str, workers: int, port: int)
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{kind}:{encoder} did not start")
-        time.sleep(0.5)
+    wait_ready(server, f"{base}/readyz", f"{kind}:{encoder}")
     for n in range(20):  # warm every worker's encoder and index
         q = urllib.parse.quote_plus(f"warm up query {n}")
         urllib.request.urlopen(f"{base}/v1/search?q={q}", timeout=30).read()
     return server
+
+
+def wait_ready(server: Any, url: str, name: str, timeout_s: float = 300) -> None:
+    """Poll url until it answers 200; raise if the server exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.5)
 
 
 def stop(server: Any) -> None:
@@ -117,6 +122,12 @@ def wrk(base: str, script: Path, connections: int, duration_s: int) -> dict[str,
         text=True,
         check=True,
     ).stdout
+    return {"connections": connections, **parse_wrk(out)}
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """requests, requests/s, p50/p99 (ms), non-2xx responses and socket errors from wrk's
+    --latency report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {
         p: float(v) * _UNITS[u]
@@ -126,7 +137,6 @@ def wrk(base: str, script: Path, connections: int, duration_s: int) -> dict[str,
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     total = re.search(r"(\d+) requests in", out)
     return {
-        "connections": connections,
         "requests": int(total.group(1)) if total else 0,
         "rps": rps,
         "p50_ms": latency.get("50"),

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from engine import sql_bulk
 from engine.events import EventIn
 from engine.models import Covisit
 
@@ -39,15 +39,7 @@ def add_pairs(counts: Counter[tuple[str, str]], item_id: str, others: Iterable[s
 
 
 def write_pairs(session: Session, counts: Counter[tuple[str, str]]) -> None:
-    """Add the counts with one atomic upsert per pair, in key order (no deadlocks)."""
-    if not counts:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Covisit)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["item_a", "item_b"], set_={"weight": Covisit.weight + stmt.excluded.weight}
-    )
+    """Add the counts to the stored weights atomically: one upsert statement for the batch
+    (engine.sql_bulk), pairs in key order so concurrent batches cannot deadlock."""
     rows = [{"item_a": a, "item_b": b, "weight": w} for (a, b), w in sorted(counts.items())]
-    for start in range(0, len(rows), 5_000):
-        session.execute(stmt, rows[start : start + 5_000])
+    sql_bulk.add_to(session, Covisit, ["item_a", "item_b"], "weight", rows)

@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from engine import covisit
+from engine import covisit, sql_bulk
 from engine.clock import iso_z, utcnow
 from engine.config import Settings
 from engine.decay import as_of, rebase
 from engine.errors import InvalidInput, NotFound, Problem
 from engine.events import EventIn
-from engine.models import Event, Item, ItemStats, UserFeatures
+from engine.models import Covisit, Event, Item, ItemStats, UserFeatures
 from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -79,19 +78,23 @@ class UserState:
             purchased=list(row.purchased or []),
         )
 
-    def write_to(self, row: UserFeatures) -> None:
-        row.event_count = self.event_count
-        row.counts = dict(self.counts)
-        row.first_ts = self.first_ts
-        row.last_ts = self.last_ts
-        row.ref_ts = self.ref_ts
-        row.vector = None if self.vector is None else self.vector.astype(np.float64).tobytes()
-        row.vector_weight = self.vector_weight
-        row.category_affinity = dict(self.category_affinity)
-        row.tag_affinity = dict(self.tag_affinity)
-        row.recent = [list(r) for r in self.recent]
-        row.purchased = list(self.purchased)
-        row.updated_at = utcnow()
+    def values(self, now: datetime) -> dict[str, Any]:
+        """The user_features row's columns for this state, updated at now."""
+        return {
+            "user_id": self.user_id,
+            "event_count": self.event_count,
+            "counts": dict(self.counts),
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "ref_ts": self.ref_ts,
+            "vector": None if self.vector is None else self.vector.astype(np.float64).tobytes(),
+            "vector_weight": self.vector_weight,
+            "category_affinity": dict(self.category_affinity),
+            "tag_affinity": dict(self.tag_affinity),
+            "recent": [list(r) for r in self.recent],
+            "purchased": list(self.purchased),
+            "updated_at": now,
+        }
 
     def apply(
         self,
@@ -174,10 +177,15 @@ class EventReport:
 
 def unknown_items(session: Session, item_ids: Iterable[str]) -> set[str]:
     ids = set(item_ids)
+    return ids - set(_item_meta(session, ids))
+
+
+def _item_meta(session: Session, ids: set[str]) -> dict[str, tuple[str | None, list[str]]]:
+    """Category and tags of the items that exist, by id."""
     if not ids:
-        return set()
-    found = set(session.scalars(select(Item.id).where(Item.id.in_(list(ids)))))
-    return ids - found
+        return {}
+    query = select(Item.id, Item.category, Item.tags).where(Item.id.in_(list(ids)))
+    return {row.id: (row.category, list(row.tags or [])) for row in session.execute(query)}
 
 
 def record_events(
@@ -186,18 +194,23 @@ def record_events(
     """Store events and fold the new ones into their users' features and items' statistics.
 
     Runs in the caller's transaction (open it with engine.db.WRITE_INTENT): commit it and
-    the next search sees the update. Events whose event_id was already stored are skipped.
+    the next search sees the update. Events whose event_id was already stored, or that
+    repeat an event_id earlier in the batch, are skipped.
     Raises InvalidInput naming each event whose item does not exist; nothing is written then.
+
+    A batch costs a fixed number of statements, whatever its size (engine.sql_bulk): the
+    items, the events, then for users and for items one insert of missing rows, one locked
+    read and one update, and one upsert of all co-visit pairs.
     """
     report = EventReport(received=len(events))
     if not events:
         return report
-    missing = unknown_items(session, (e.item_id for e in events))
-    if missing:
+    items = _item_meta(session, {e.item_id for e in events})
+    if len(items) < len({e.item_id for e in events}):
         problems = [
             Problem(f"events[{i}].item_id", f"unknown item {e.item_id!r}")
             for i, e in enumerate(events)
-            if e.item_id in missing
+            if e.item_id not in items
         ]
         raise InvalidInput("; ".join(str(p) for p in problems[:20]), problems)
 
@@ -207,12 +220,6 @@ def record_events(
     if not new:
         return report
 
-    items = {
-        row.id: (row.category, list(row.tags or []))
-        for row in session.execute(
-            select(Item.id, Item.category, Item.tags).where(Item.id.in_({e.item_id for e in new}))
-        )
-    }
     weights = settings.type_weights()
     weight_of = {id(e): event_weight(e, settings, weights) for e in new}
     vector_of = vectors.get(session, {e.item_id for e in new if weight_of[id(e)] != 0.0})
@@ -222,9 +229,12 @@ def record_events(
     for event in new:
         by_user[event.user_id].append(event)
     report.users = len(by_user)
-    # Lock order, users then items, each sorted, so concurrent batches cannot deadlock.
+    # Lock order, users then items then co-visit pairs, each sorted, so concurrent batches
+    # cannot deadlock.
     pairs: Counter[tuple[str, str]] = Counter()
-    for row in _locked_rows(session, UserFeatures, UserFeatures.user_id, sorted(by_user)):
+    users = []
+    now = utcnow()
+    for row in _locked_rows(session, UserFeatures, "user_id", sorted(by_user)):
         state = UserState.from_row(row)
         for event in by_user[row.user_id]:
             if weight_of[id(event)] > 0 and settings.covisit_window > 0:
@@ -240,31 +250,39 @@ def record_events(
                 half_life_s,
                 settings.recent_items,
             )
-        state.write_to(row)
+        users.append(state.values(now))
+    sql_bulk.update_rows(session, UserFeatures, "user_id", users)
 
     by_item: dict[str, list[EventIn]] = defaultdict(list)
     for event in new:
         by_item[event.item_id].append(event)
-    for stats in _locked_rows(session, ItemStats, ItemStats.item_id, sorted(by_item)):
-        _apply_item_stats(stats, by_item[stats.item_id], weight_of, half_life_s)
+    stats = [
+        _item_stats(row, by_item[row.item_id], weight_of, half_life_s)
+        for row in _locked_rows(session, ItemStats, "item_id", sorted(by_item))
+    ]
+    sql_bulk.update_rows(session, ItemStats, "item_id", stats)
     covisit.write_pairs(session, pairs)
-    session.flush()
+    _expire(session, (UserFeatures, ItemStats, Covisit))
     return report
 
 
 def _insert_new(session: Session, events: Sequence[EventIn]) -> list[EventIn]:
-    """Insert the events; return those not already stored (by event_id) in input order."""
-    now = utcnow()
-    first_by_id: dict[str, EventIn] = {}
-    anonymous: list[EventIn] = []
-    for event in events:
-        if event.event_id is None:
-            anonymous.append(event)
-        else:
-            first_by_id.setdefault(event.event_id, event)
+    """Insert the events; return those not already stored (by event_id) in input order.
 
-    def values(e: EventIn) -> dict[str, Any]:
-        return {
+    One statement for the batch: an event_id repeated within it is sent once (its first
+    occurrence), and the database's unique event_id skips those stored before.
+    """
+    now = utcnow()
+    seen: set[str] = set()
+    first: list[EventIn] = []  # by position: a caller may pass the same object twice
+    for event in events:
+        if event.event_id is not None:
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+        first.append(event)
+    rows = [
+        {
             "event_id": e.event_id,
             "user_id": e.user_id,
             "item_id": e.item_id,
@@ -274,63 +292,43 @@ def _insert_new(session: Session, events: Sequence[EventIn]) -> list[EventIn]:
             "request_id": e.request_id,
             "received_at": now,
         }
-
-    inserted: set[str] = set()
-    if first_by_id:
-        stmt = (
-            _dialect_insert(session, Event)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(Event.event_id)
-        )
-        rows = [values(e) for e in first_by_id.values()]
-        inserted = {r for r in session.scalars(stmt, rows) if r is not None}
-    if anonymous:
-        session.execute(_dialect_insert(session, Event), [values(e) for e in anonymous])
-    kept = {id(first_by_id[i]) for i in inserted}
-    return [e for e in events if e.event_id is None or id(e) in kept]
+        for e in first
+    ]
+    inserted = set(sql_bulk.insert_new_keys(session, Event, "event_id", rows))
+    return [e for e in first if e.event_id is None or e.event_id in inserted]
 
 
-def _dialect_insert(session: Session, table: Any) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "user_features": {
+        "event_count": 0,
+        "counts": {},
+        "vector_weight": 0.0,
+        "category_affinity": {},
+        "tag_affinity": {},
+        "recent": [],
+        "purchased": [],
+    },
+    "item_stats": {"popularity": 0.0, "counts": {}},
+}
 
 
-def _locked_rows(session: Session, model: Any, key: Any, ids: list[str]) -> list[Any]:
-    """The rows for ids, created if missing, locked FOR UPDATE (PostgreSQL) in id order."""
+def _locked_rows(session: Session, model: Any, key: str, ids: list[str]) -> list[Any]:
+    """The rows for ids, created if missing, locked FOR UPDATE (PostgreSQL) in id order.
+
+    Creating first (insert, skip existing) then locking means two batches that both see a
+    new user serialize on its row instead of both starting from an empty state.
+    """
     if not ids:
         return []
-    defaults: dict[str, Any]
-    if model is UserFeatures:
-        defaults = {
-            "event_count": 0,
-            "counts": {},
-            "vector_weight": 0.0,
-            "category_affinity": {},
-            "tag_affinity": {},
-            "recent": [],
-            "purchased": [],
-        }
-    else:
-        defaults = {"popularity": 0.0, "counts": {}}
-    session.execute(
-        _dialect_insert(session, model).on_conflict_do_nothing(index_elements=[key.key]),
-        [{key.key: i, **defaults} for i in ids],
-    )
-    query = (
-        select(model)
-        .where(key.in_(ids))
-        .order_by(key)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return list(session.scalars(query))
+    defaults = _DEFAULTS[model.__tablename__]
+    sql_bulk.insert_missing(session, model, key, [{key: i, **defaults} for i in ids])
+    return sql_bulk.select_for_update(session, model, key, ids)
 
 
-def _apply_item_stats(
-    stats: ItemStats, events: list[EventIn], weight_of: dict[int, float], half_life_s: float
-) -> None:
+def _item_stats(
+    stats: Any, events: list[EventIn], weight_of: dict[int, float], half_life_s: float
+) -> dict[str, Any]:
+    """The item_stats row after the events: decayed popularity and counts by type."""
     popularity = stats.popularity or 0.0
     ref = stats.ref_ts
     counts = dict(stats.counts or {})
@@ -338,9 +336,15 @@ def _apply_item_stats(
         ref, kept, age_factor = rebase(ref, event.ts, half_life_s)
         popularity = popularity * kept + max(weight_of[id(event)], 0.0) * age_factor
         counts[event.type] = counts.get(event.type, 0) + 1
-    stats.popularity = popularity
-    stats.ref_ts = ref
-    stats.counts = counts
+    return {"item_id": stats.item_id, "popularity": popularity, "ref_ts": ref, "counts": counts}
+
+
+def _expire(session: Session, models: tuple[type, ...]) -> None:
+    """Expire loaded objects of the tables written with SQL behind the ORM's back, so a later
+    read in the same session sees the new values."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, models):
+            session.expire(obj)
 
 
 def load_user(session: Session, user_id: str) -> UserState | None:

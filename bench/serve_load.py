@@ -1,0 +1,582 @@
+"""Mixed load on `recsearch serve` (gunicorn workers) vs the dev server vs txtai, on SciFact.
+
+    .venv/bin/python bench/serve_load.py [--duration 20] [--connections 1,4,16]
+        [--targets serve-pg,serve-sqlite,dev-sqlite,txtai] [--workers 2] [--rounds 1]
+        [--rebuild admin|cli|none] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+Setup (once, kept in --workdir): BEIR SciFact's 5,183 abstracts imported and built into a
+SQLite store and a PostgreSQL store (the second build reuses the first one's vectors), and
+--users users seeded with click histories. SciFact is read from shared/data, never copied.
+
+Each round runs every target in turn (interleaved, so drift on a shared machine hits all
+alike): start it, warm it, then `wrk` at each connection count on two workloads:
+- mix: a prepared request file cycled by a Lua script — anonymous searches, searches with a
+  seeded user, and POST /v1/events batches (--mix weights) — over SciFact's 1,109 unique
+  queries, each search text made unique by a request number after the query (every worker
+  has a query cache) and each event_id unique per run;
+- search: anonymous searches only, the workload the txtai peer also runs
+  (GET /search?query=...&limit=10 on txtai.api, same queries, same model, exact index).
+During the mix at --rebuild-connections, a rebuild starts half-way through the cell (the
+admin API's POST /admin/api/rebuild, or `recsearch build` in another process) and the cell
+reports whether it finished inside the load. Every cell counts non-2xx responses and
+socket errors (both must be 0), and records the RSS of the server's processes (gunicorn's
+master and each worker, read from /proc/<pid>/status) at the end of the cell.
+
+The txtai target needs bench/txtai_peer.sh's venv and index (outside the repo; minutes:
+`bench/txtai_peer.sh index`); it is skipped with a note when they are missing.
+Prints a table and writes JSON (default bench/results/serve_load.json). Needs Debian's `wrk`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rest_throughput import free_port, parse_wrk, stop, wait_ready  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "beir-scifact"
+RECSEARCH = [sys.executable, "-m", "indexer.cli"]
+TXTAI_PEER = ROOT / "bench" / "txtai_peer.sh"
+TXTAI_INDEX = Path(os.environ.get("TXTAI_INDEX", "/work/txtai-scifact"))
+API_KEY = "serve-load-bench-key-0123456789abcdef"
+KINDS = ("anon", "user", "events")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str  # serve | dev | txtai
+    store: str | None  # sqlite | postgresql (None for txtai)
+
+
+TARGETS = {
+    "serve-pg": Target("serve-pg", "serve", "postgresql"),
+    "serve-sqlite": Target("serve-sqlite", "serve", "sqlite"),
+    "dev-sqlite": Target("dev-sqlite", "dev", "sqlite"),
+    "dev-pg": Target("dev-pg", "dev", "postgresql"),
+    "txtai": Target("txtai", "txtai", None),
+}
+
+
+# --- stores -----------------------------------------------------------------------------
+
+
+def recsearch(env: dict[str, str], *args: str) -> None:
+    subprocess.run([*RECSEARCH, "-q", *args], env=env, cwd=ROOT, check=True)
+
+
+def prepare_stores(workdir: Path, data: Path, pg: str, stores: set[str]) -> dict[str, Any]:
+    """An imported and built SciFact per store kind; returns each store's environment."""
+    base = dict(os.environ, RECSEARCH_API_KEY=API_KEY)
+    base.pop("RECSEARCH_DATABASE_URL", None)
+    envs: dict[str, dict[str, str]] = {}
+    sqlite_var = workdir / "sqlite" / "var"
+    envs["sqlite"] = dict(base, RECSEARCH_DATA_DIR=str(sqlite_var))
+    if not (sqlite_var / "indexes" / "CURRENT").exists():
+        print(f"importing and building {data} on SQLite (once; minutes)", flush=True)
+        recsearch(envs["sqlite"], "import", "beir", str(data))
+        recsearch(envs["sqlite"], "build")
+    if "postgresql" in stores:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        pg_var = workdir / "postgresql" / "var"
+        # One database per workdir: two runs with their own workdirs never share one.
+        database = "recsearch_serve_load_" + hashlib.sha256(str(workdir).encode()).hexdigest()[:8]
+        url = make_url(pg).set(database=database)
+        envs["postgresql"] = dict(
+            base,
+            RECSEARCH_DATA_DIR=str(pg_var),
+            RECSEARCH_DATABASE_URL=url.render_as_string(hide_password=False),
+        )
+        ready = (pg_var / "indexes" / "CURRENT").exists()
+        admin = create_engine(pg, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            exists = conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+            )
+            if exists and not ready:
+                conn.execute(text(f'DROP DATABASE "{database}" WITH (FORCE)'))
+            if not exists or not ready:
+                conn.execute(text(f'CREATE DATABASE "{database}"'))
+        admin.dispose()
+        if not exists or not ready:  # a store is its database and its folder, made together
+            print("importing and building on PostgreSQL (reusing SQLite's vectors)", flush=True)
+            shutil.rmtree(pg_var, ignore_errors=True)
+            pg_var.mkdir(parents=True)
+            os.chmod(pg_var, 0o700)
+            shutil.copytree(sqlite_var / "indexes", pg_var / "indexes")
+            recsearch(envs["postgresql"], "import", "beir", str(data))
+            recsearch(envs["postgresql"], "build")
+    return envs
+
+
+def seed_users(env: dict[str, str], workdir: Path, doc_ids: list[str], users: int) -> None:
+    """Click histories for load-u0.. through `recsearch events` (fixed event_ids: seeding
+    again records nothing; no ts, so they happen now and never lie in the future)."""
+    rng = random.Random(7)
+    path = workdir / "seed-events.jsonl"
+    with path.open("w") as f:
+        for u in range(users):
+            for k in range(20):
+                event = {
+                    "user_id": f"load-u{u}",
+                    "item_id": rng.choice(doc_ids),
+                    "type": rng.choice(["view", "click", "click", "purchase"]),
+                    "event_id": f"seed-{u}-{k}",
+                }
+                f.write(json.dumps(event) + "\n")
+    recsearch(env, "events", str(path))
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def post(base: str, path: str, body: Any, timeout_s: float = 60) -> Any:
+    request = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def get(base: str, path: str, timeout_s: float = 60) -> Any:
+    request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def unique_queries(data: Path) -> list[str]:
+    queries = [json.loads(line)["text"] for line in (data / "queries.jsonl").open()]
+    return list(dict.fromkeys(queries))
+
+
+def requests_for(
+    workload: str,
+    queries: list[str],
+    doc_ids: list[str],
+    users: int,
+    mix: dict[str, int],
+    txtai: bool,
+    events_per_post: int = 5,
+    seed: int = 3,
+) -> list[dict[str, Any]]:
+    """The request file a Lua script cycles through: {kind, method, path, body}. Searches
+    end with the query, so the script can append a request number to it; an event's id is
+    `@-j`, where the script puts run, thread and request number in place of `@`."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    n = len(queries) * (2 if workload == "mix" else 1)
+    for i in range(n):
+        q = urllib.parse.quote_plus(queries[i % len(queries)])
+        kind = "anon"
+        if workload == "mix":
+            kind = rng.choices(list(mix), list(mix.values()))[0]
+        if txtai:
+            out.append({"kind": "anon", "method": "GET", "path": f"/search?limit=10&query={q}"})
+        elif kind == "anon":
+            out.append({"kind": kind, "method": "GET", "path": f"/v1/search?k=10&q={q}"})
+        elif kind == "user":
+            user = f"load-u{rng.randrange(users)}"
+            path = f"/v1/search?k=10&user_id={user}&q={q}"
+            out.append({"kind": kind, "method": "GET", "path": path})
+        else:
+            user = f"load-u{rng.randrange(users)}"
+            events = [
+                {
+                    "user_id": user,
+                    "item_id": rng.choice(doc_ids),
+                    "type": rng.choice(["view", "click", "click", "cart", "purchase"]),
+                    "event_id": f"@-{j}",
+                }
+                for j in range(events_per_post)
+            ]
+            body = json.dumps({"events": events})
+            out.append({"kind": kind, "method": "POST", "path": "/v1/events", "body": body})
+    return out
+
+
+def lua_script(path: Path, requests: list[dict[str, Any]], run_id: str) -> Path:
+    """A wrk script cycling through the requests, one connection per thread, counting
+    responses and non-2xx by kind (printed as one RESULT line by done())."""
+    kinds = {k: i + 1 for i, k in enumerate(KINDS)}
+    rows = ",\n".join(
+        f"{{{kinds[r['kind']]}, {_lua_str(r['method'])}, {_lua_str(r['path'])}, "
+        f"{_lua_str(r.get('body', ''))}}}"
+        for r in requests
+    )
+    path.write_text(
+        f"local reqs = {{\n{rows}\n}}\n"
+        f'local run = "{run_id}"\n'
+        'local auth = "Bearer ' + API_KEY + '"\n'
+        "local threads = {}\n"
+        "function setup(thread)\n"
+        "  thread:set('id', #threads)\n"
+        "  table.insert(threads, thread)\n"
+        "end\n"
+        "function init(args)\n"
+        "  tid = tonumber(id) or 0\n"
+        "  i = (tid * 277) % #reqs\n"
+        "  n = 0\n"
+        "  last = 1\n"
+        "  done_by = {0, 0, 0}\n"
+        "  bad_by = {0, 0, 0}\n"
+        "end\n"
+        "request = function()\n"
+        "  i = i % #reqs + 1\n"
+        "  n = n + 1\n"
+        "  local r = reqs[i]\n"
+        "  last = r[1]\n"
+        "  local headers = {Authorization = auth}\n"
+        "  if r[2] == 'POST' then\n"
+        "    headers['Content-Type'] = 'application/json'\n"
+        "    local body = r[4]:gsub('@', run .. '-' .. tid .. '-' .. n)\n"
+        "    return wrk.format('POST', r[3], headers, body)\n"
+        "  end\n"
+        # A request number after the query makes every text new to every worker's cache.
+        "  return wrk.format('GET', r[3] .. '+' .. tid .. 'x' .. n, headers)\n"
+        "end\n"
+        "response = function(status, headers, body)\n"
+        "  done_by[last] = done_by[last] + 1\n"
+        "  if status < 200 or status > 299 then bad_by[last] = bad_by[last] + 1 end\n"
+        "end\n"
+        "function done(summary, latency, requests)\n"
+        "  local d, b = {0, 0, 0}, {0, 0, 0}\n"
+        "  for _, t in ipairs(threads) do\n"
+        "    local td, tb = t:get('done_by'), t:get('bad_by')\n"
+        "    for k = 1, 3 do d[k] = d[k] + td[k]; b[k] = b[k] + tb[k] end\n"
+        "  end\n"
+        "  io.write(string.format('RESULT %d %d %d %d %d %d\\n', d[1], d[2], d[3], b[1], b[2], b[3]))\n"
+        "end\n"
+    )
+    return path
+
+
+def _lua_str(value: str) -> str:
+    # Lua long brackets need no escaping; the level guards against ']]' in the text.
+    level = "=" * 3
+    assert f"]{level}]" not in value
+    return f"[{level}[{value}]{level}]"
+
+
+# --- servers ----------------------------------------------------------------------------
+
+
+def start(target: Target, env: dict[str, str] | None, port: int, workers: int, threads: int) -> Any:
+    log = Path(tempfile.gettempdir()) / f"serve_load-{target.name}.log"
+    if target.kind == "txtai":
+        server = subprocess.Popen(
+            ["bash", str(TXTAI_PEER), "serve", str(port)],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_ready(server, f"http://127.0.0.1:{port}/search?query=warm&limit=1", target.name)
+        return server
+    assert env is not None
+    args = ["serve", "--port", str(port)]
+    if target.kind == "dev":
+        args.append("--dev")
+    else:
+        args += ["--workers", str(workers), "--threads", str(threads)]
+    server = subprocess.Popen(
+        [*RECSEARCH, *args], env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    wait_ready(server, f"http://127.0.0.1:{port}/readyz", target.name)
+    return server
+
+
+def warm(base: str, target: Target, n: int = 20) -> None:
+    """Load every worker's encoder and index (requests spread over the workers)."""
+    for k in range(n):
+        q = urllib.parse.quote_plus(f"warm up query {k}")
+        path = f"/search?limit=10&query={q}" if target.kind == "txtai" else f"/v1/search?q={q}"
+        get(base, path)
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return round(int(match.group(1)) / 1024, 1) if match else None
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(out))
+
+
+def memory(server: Any, target: Target) -> dict[str, Any]:
+    """RSS of the server process and, under gunicorn, of each worker (its children)."""
+    pid = server.pid
+    if target.kind == "txtai":  # bash exec'd uvicorn: the same pid
+        return {"process_mb": rss_mb(pid)}
+    if target.kind == "dev":
+        return {"process_mb": rss_mb(pid)}
+    workers = [m for m in (rss_mb(c) for c in children(pid)) if m is not None]
+    return {"master_mb": rss_mb(pid), "workers_mb": workers}
+
+
+class Rebuild(threading.Thread):
+    """A rebuild started after delay_s while the load runs; records when it ended."""
+
+    def __init__(self, how: str, base: str, env: dict[str, str], delay_s: float) -> None:
+        super().__init__(daemon=True)
+        self.how, self.base, self.env, self.delay_s = how, base, env, delay_s
+        self.result: dict[str, Any] = {"how": how}
+
+    def run(self) -> None:
+        time.sleep(self.delay_s)
+        started = time.monotonic()
+        try:
+            if self.how == "cli":
+                recsearch(self.env, "build")
+                self.result["state"] = "succeeded"
+            else:
+                job = post(self.base, "/admin/api/rebuild", {})
+                while job.get("state") in ("queued", "running"):
+                    time.sleep(0.5)
+                    job = get(self.base, f"/admin/api/jobs/{job['id']}")
+                self.result["state"] = job.get("state")
+                self.result["error"] = job.get("error")
+        except Exception as exc:  # reported in the row, the load goes on
+            self.result["state"] = f"error: {exc}"
+        self.result["seconds"] = round(time.monotonic() - started, 1)
+
+
+def run_wrk(base: str, script: Path, connections: int, duration_s: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        ["wrk", f"-t{connections}", f"-c{connections}", f"-d{duration_s}s", "--latency"]
+        + ["--timeout", "30s", "-s", str(script), base],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    row: dict[str, Any] = {"connections": connections, **parse_wrk(proc.stdout)}
+    result = re.search(r"^RESULT ((?:\d+ ?){6})$", proc.stdout, re.M)
+    if result:
+        counts = [int(x) for x in result.group(1).split()]
+        row["by_kind"] = {k: counts[i] for i, k in enumerate(KINDS) if counts[i]}
+        row["non_2xx_by_kind"] = {k: counts[3 + i] for i, k in enumerate(KINDS) if counts[3 + i]}
+    row["errors"] = row["non_2xx"] + row["socket_errors"]
+    return row
+
+
+def run_target(
+    target: Target,
+    env: dict[str, str] | None,
+    scripts: dict[str, Path],
+    args: argparse.Namespace,
+    round_no: int,
+) -> list[dict[str, Any]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start(target, env, port, args.workers, args.threads)
+    rows: list[dict[str, Any]] = []
+    try:
+        warm(base, target)
+        cells = [("search", c) for c in args.search_connections]
+        if target.kind != "txtai":
+            cells = [("mix", c) for c in args.connections] + cells
+        for workload, connections in cells:
+            rebuild = None
+            if (
+                workload == "mix"
+                and connections == args.rebuild_connections
+                and args.rebuild != "none"
+                and env is not None
+            ):
+                rebuild = Rebuild(args.rebuild, base, env, args.duration / 2)
+                rebuild.start()
+            row = run_wrk(
+                base, scripts[f"{workload}-{target.kind == 'txtai'}"], connections, args.duration
+            )
+            if rebuild is not None:
+                rebuild.join(timeout=600)
+                row["rebuild"] = rebuild.result
+                row["rebuild"]["within_load"] = (
+                    args.duration / 2 + rebuild.result.get("seconds", 1e9) <= args.duration
+                )
+            row.update(
+                target=target.name, workload=workload, round=round_no, memory=memory(server, target)
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        stop(server)
+    return rows
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'target':<13} {'load':<7} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6}  {'RSS MB (master; workers)':<26} rebuild"
+    ]
+    for r in rows:
+        mem = r["memory"]
+        if "workers_mb" in mem:
+            rss = f"{mem['master_mb']}; " + ", ".join(str(m) for m in mem["workers_mb"])
+        else:
+            rss = str(mem.get("process_mb"))
+        rebuild = ""
+        if "rebuild" in r:
+            rb = r["rebuild"]
+            inside = "inside the load" if rb.get("within_load") else "ended after the load"
+            rebuild = f"{rb['how']} {rb.get('state')} in {rb.get('seconds')} s, {inside}"
+        lines.append(
+            f"{r['target']:<13} {r['workload']:<7} {r['connections']:>5} {r['rps']:>8.1f} "
+            f"{r['p50_ms'] or 0:>8.1f} {r['p99_ms'] or 0:>8.1f} {r['errors']:>6}  {rss:<26} {rebuild}"
+        )
+    return "\n".join(lines)
+
+
+def peer_verdict(rows: list[dict[str, Any]], connections: int = 4) -> list[str]:
+    """The issue's goal at 4 connections: >= 2x txtai's QPS with p99 <= half of its p99."""
+    peer = [r for r in rows if r["target"] == "txtai" and r["connections"] == connections]
+    if not peer:
+        return []
+    out = []
+    for p in peer:
+        ours = [
+            r
+            for r in rows
+            if r["target"] != "txtai"
+            and r["workload"] == "search"
+            and r["connections"] == connections
+            and r["round"] == p["round"]
+        ]
+        for r in ours:
+            ratio = r["rps"] / p["rps"] if p["rps"] else float("inf")
+            p99 = (r["p99_ms"] or 0) / (p["p99_ms"] or 1)
+            ok = ratio >= 2 and p99 <= 0.5
+            out.append(
+                f"round {p['round']}: {r['target']} vs txtai at {connections} connections: "
+                f"{ratio:.2f}x the QPS, p99 {p99:.2f}x ({'meets' if ok else 'misses'} the goal)"
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=SCIFACT)
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "rs-serve-load"
+    )
+    parser.add_argument("--duration", type=int, default=20, help="seconds per cell")
+    parser.add_argument("--connections", default="1,4,16", help="for the mixed load")
+    parser.add_argument(
+        "--search-connections", default="1,4,16", help="for anonymous searches only (txtai's load)"
+    )
+    parser.add_argument("--targets", default="serve-pg,serve-sqlite,dev-sqlite,txtai")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--mix", default="anon=70,user=20,events=10", help="request weights")
+    parser.add_argument("--users", type=int, default=200, help="seeded users for user searches")
+    parser.add_argument("--rebuild", choices=["admin", "cli", "none"], default="admin")
+    parser.add_argument("--rebuild-connections", type=int, default=4)
+    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
+    args = parser.parse_args()
+    args.connections = [int(c) for c in args.connections.split(",") if c]
+    args.search_connections = [int(c) for c in args.search_connections.split(",") if c]
+    mix = {k: int(v) for k, v in (part.split("=") for part in args.mix.split(","))}
+    if set(mix) - set(KINDS):
+        sys.exit(f"--mix takes weights for {', '.join(KINDS)}")
+    if not args.data.is_dir():
+        sys.exit(f"{args.data} is missing: this benchmark reads BEIR SciFact from shared/data")
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install wrk")
+    targets = [TARGETS[t] for t in args.targets.split(",")]
+    if any(t.kind == "txtai" for t in targets) and not (TXTAI_INDEX / "peer.json").exists():
+        print(f"skipping txtai: no index at {TXTAI_INDEX} (run bench/txtai_peer.sh index)")
+        targets = [t for t in targets if t.kind != "txtai"]
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    envs = prepare_stores(
+        args.workdir, args.data, args.pg, {t.store for t in targets if t.store is not None}
+    )
+    doc_ids = [json.loads(line)["_id"] for line in (args.data / "corpus.jsonl").open()]
+    queries = unique_queries(args.data)
+    run_id = uuid.uuid4().hex[:8]  # event_ids new to this run, so events are recorded
+    scripts: dict[str, Path] = {}
+    for workload in ("mix", "search"):
+        for txtai in (False, True):
+            requests = requests_for(workload, queries, doc_ids, args.users, mix, txtai)
+            name = f"{workload}-{'txtai' if txtai else 'recsearch'}.lua"
+            scripts[f"{workload}-{txtai}"] = lua_script(args.workdir / name, requests, run_id)
+
+    for env in envs.values():
+        seed_users(env, args.workdir, doc_ids, args.users)
+    rows: list[dict[str, Any]] = []
+    for round_no in range(args.rounds):
+        for target in targets:
+            env = envs[target.store] if target.store else None
+            rows += run_target(target, env, scripts, args, round_no)
+
+    print(
+        f"\nSciFact: {len(doc_ids)} abstracts, {len(queries)} unique queries; {args.duration} s "
+        f"per cell; mix {args.mix}; {args.workers} workers x {args.threads} threads; "
+        f"{os.cpu_count()} cores"
+    )
+    print(table(rows))
+    for line in peer_verdict(rows):
+        print(line)
+    errors = sum(r["errors"] for r in rows)
+    print(f"errors in all cells: {errors}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "serve_load",
+                "documents": len(doc_ids),
+                "queries": len(queries),
+                "duration_s": args.duration,
+                "mix": mix,
+                "workers": args.workers,
+                "threads": args.threads,
+                "cores": os.cpu_count(),
+                "rows": rows,
+                "peer": peer_verdict(rows),
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
