@@ -16,19 +16,23 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import filters as filtering
 from engine.config import Settings
 from engine.context import Context
 from engine.corpus import Corpus
 from engine.decay import as_of
+from engine.filters import Filters
 from engine.index_store import ItemFields
 from engine.models import Item
-from engine.state import StateView, Stored
+from engine.state import StateView, Stored, latest_items
 
 if TYPE_CHECKING:
     from engine.search import SearchRequest
 
 # ANN candidates fetched beyond what is needed, so items deleted since the build can go.
 _OVERFETCH = 16
+# How far a live index (Milvus) is searched at most: Milvus's own limit on k.
+_LIVE_LIMIT = 16_384
 
 
 @dataclass(slots=True, eq=False)
@@ -54,53 +58,107 @@ def gather(
     request: SearchRequest,
     settings: Settings,
     include: Sequence[str] = (),
+    where: Filters | None = None,
 ) -> list[Candidate]:
     """Candidates from every source, in found order; include: ids to score even if no source
-    found them (training's random negatives), last."""
-    live = _Live(session, corpus, state, settings.half_life_s)
-    want = max(settings.candidates, request.k)
+    found them (training's random negatives, pinned items), last. where: the request's
+    filters, applied in the first stage (allowed rows for ANN and BM25; a check on the fields
+    of every other source's items)."""
+    live = _Live(session, corpus, state, settings.half_life_s, where)
+    want = max(settings.candidates, request.k + request.offset)
     category = request.category
-    covisited = _covisited(state, context, settings)
+    covisited = _covisited(context, settings)
     also = [i for i, _ in covisited] + list(include)  # checked with the first source's ids
+    allowed = _allowed_rows(corpus, category, where)
     if context.vector is None:
-        ids = _popular(session, state, want, context.exclude, category)
+        ids = _popular(session, state, want, context.exclude, category, where)
         live.check([*ids, *also])
+        ids = [i for i in ids if i in live.stored]
+        if where and len(ids) < want and allowed is not None:  # fill from the matching items
+            taken = set(ids) | context.exclude
+            more = [corpus.artifact.ids[r] for r in allowed[: want * 2].tolist()]
+            more = [i for i in more if i not in taken]
+            live.check(more)
+            ids += [i for i in more if i in live.stored][: want - len(ids)]
         candidates = live.candidates(ids)
     else:
         candidates = _retrieve(
-            corpus, context.vector, context.exclude, request.q, category, want, settings, live, also
+            corpus,
+            context.vector,
+            context.exclude,
+            request.q,
+            category,
+            want,
+            settings,
+            live,
+            also,
+            allowed,
         )
     if covisited:
         _add_covisited(candidates, covisited, category, live)
     if include:
         found = {c.item_id for c in candidates}
         for c in live.candidates([i for i in include if i not in found]):
-            c.rank = len(candidates)
-            candidates.append(c)
+            if category is None or c.item.category == category:
+                c.rank = len(candidates)
+                candidates.append(c)
     return candidates
+
+
+def _allowed_rows(corpus: Corpus, category: str | None, where: Filters | None) -> np.ndarray | None:
+    """Sorted rows of the index version that the category and filters allow (None: all).
+
+    Rows come from the version's columns; an item written since the build is judged on its
+    fresh fields (the delta's), so one that now matches is let in here and one that no longer
+    does is dropped by the check every candidate gets (_Live).
+    """
+    artifact = corpus.artifact
+    allowed = artifact.rows_for_category(category) if category is not None else None
+    if not where:
+        return allowed
+    rows = filtering.columns_for(artifact).rows(where)
+    fresh = corpus.delta.items if corpus.delta is not None else {}
+    if fresh:
+        now_match = [
+            r
+            for i, f in fresh.items()
+            if where.matches(f) and (r := artifact.row_of(i)) is not None
+        ]
+        if now_match:
+            rows = np.union1d(rows, np.asarray(now_match, dtype=np.int64))
+    return rows if allowed is None else np.intersect1d(rows, allowed, assume_unique=True)
 
 
 class _Live:
     """Which ids exist and their popularity, read from the state once per id."""
 
     def __init__(
-        self, session: Session, corpus: Corpus, state: StateView, half_life_s: float
+        self,
+        session: Session,
+        corpus: Corpus,
+        state: StateView,
+        half_life_s: float,
+        where: Filters | None = None,
     ) -> None:
         self.session = session
         self.corpus = corpus
         self.state = state
         self.half_life_s = half_life_s
-        self.stored: dict[str, Stored] = {}
+        self.where = where or None
+        self.stored: dict[str, Stored] = {}  # ids that exist (and match the filters)
         self._checked: set[str] = set()
 
     def check(self, item_ids: Sequence[str]) -> None:
         new = [i for i in dict.fromkeys(item_ids) if i not in self._checked]
         if new:
-            self.stored.update(self.state.live_items(new))
+            found = self.state.live_items(new)
+            if self.where is not None:  # an item that does not match is not there for us
+                fields = self.corpus.fields(self.session, list(found))
+                found = {
+                    i: v for i, v in found.items() if i in fields and self.where.matches(fields[i])
+                }
+            self.stored.update(found)
             self._checked.update(new)
-
-    def exists(self, item_id: str) -> bool:
-        return item_id in self.stored
 
     def candidates(self, item_ids: Sequence[str]) -> list[Candidate]:
         """Candidates for the ids that exist, in the given order, ranked by position."""
@@ -116,6 +174,8 @@ class _Live:
 
     def popularity(self, item_id: str) -> float:
         value, ref = self.stored[item_id]
+        if not value:  # most items: no interactions, nothing to decay
+            return value
         return as_of(value, ref, self.state.now, self.half_life_s)
 
 
@@ -129,26 +189,37 @@ def _retrieve(
     settings: Settings,
     live: _Live,
     also: list[str],
+    allowed: np.ndarray | None = None,
 ) -> list[Candidate]:
     """The top `want` live ANN neighbours of the vector (index and delta) and the BM25 hits,
     merged in that order; also: ids of other sources, checked in the same read."""
     artifact, delta = corpus.artifact, corpus.delta
-    allowed = None
-    if category is not None:
-        allowed = artifact.rows_for_category(category)
-        if allowed.size == 0 and (delta is None or delta.size == 0):
+    # A live index (Milvus) took every upsert and delete since the build: it finds new items
+    # by id itself, so the delta's vectors are neither searched nor shadow its rows.
+    is_live = artifact.ann.is_live
+    if allowed is not None and allowed.size == 0 and not is_live:
+        if delta is None or delta.size == 0:
             return []
-    # Rows of items rewritten since the build are stale: their delta entry replaces them.
-    skip = exclude | delta.shadows() if delta is not None else exclude
+    # Rows of items rewritten since the build are stale: their delta entry replaces them
+    # (in BM25 always; in the ANN index unless it is live, where the upsert replaced them).
+    stale = exclude | delta.shadows() if delta is not None else exclude
+    skip = exclude if is_live else stale
     limit = artifact.ann.size if allowed is None else int(allowed.size)
-    lexical = _lexical(corpus, q, want, allowed, skip, exclude, category, settings) if q else {}
-    extra = delta.search(vector, want, category) if delta is not None else []
+    if is_live:
+        limit = _LIVE_LIMIT  # the collection may hold more items than the build's rows
+    lexical = _lexical(corpus, q, want, allowed, stale, exclude, category, settings) if q else {}
+    extra = delta.search(vector, want, category) if delta is not None and not is_live else []
     extra = [(i, sc) for i, sc in extra if i not in exclude]
     fetch_k = min(limit, want + _OVERFETCH + len(skip))
     ids = artifact.ids
     while True:
         pairs: list[tuple[str, float]] = []
-        if limit > 0:
+        if is_live:
+            hits = artifact.ann.search_ids(vector, fetch_k, category=category)
+            pairs = [(i, sc) for i, sc in hits if i not in skip]
+            if len(hits) < fetch_k:
+                limit = fetch_k  # the collection has nothing more
+        elif limit > 0:
             scores, rows = artifact.ann.search(vector, fetch_k, allowed_rows=allowed)
             pairs = [
                 (ids[r], sc)
@@ -158,8 +229,9 @@ def _retrieve(
         ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
         live.check([*merged, *also])
-        found = [i for i in merged if live.exists(i)]
-        ann_rank = {i: rank for rank, i in enumerate(ann_ids)}
+        stored = live.stored  # the ids that exist
+        found = [i for i in merged if i in stored]
+        ann_rank = set(ann_ids)
         # Enough live items, or nothing more to fetch: done. Otherwise many candidates were
         # deleted since the build; look further down the list.
         if sum(1 for i in found if i in ann_rank) >= want or fetch_k >= limit:
@@ -177,13 +249,15 @@ def _retrieve(
         kept.append((position, item_id, rank))
     fields = corpus.fields(live.session, [i for _, i, _ in kept])
     out: list[Candidate] = []
+    popularity = live.popularity
     for position, item_id, rank in kept:
         item = fields.get(item_id)
         if item is None:
             continue
-        c = Candidate(item_id, position, item, live.popularity(item_id), ann_rank=rank)
-        if item_id in lexical:
-            c.lexical_rank, c.lexical_score = lexical[item_id]
+        c = Candidate(item_id, position, item, popularity(item_id), ann_rank=rank)
+        hit = lexical.get(item_id)
+        if hit is not None:
+            c.lexical_rank, c.lexical_score = hit
         out.append(c)
     return out
 
@@ -215,13 +289,17 @@ def _lexical(
     return {i: (rank, sc) for rank, (i, sc) in enumerate(ranked[: settings.lexical_candidates])}
 
 
-def _covisited(state: StateView, context: Context, settings: Settings) -> list[tuple[str, float]]:
-    """Items co-visited with the user's latest ones, with their weight, best first."""
-    user = context.user
-    if user is None or not user.recent or settings.covisit_candidates <= 0:
+def _covisited(context: Context, settings: Settings) -> list[tuple[str, float]]:
+    """Items co-visited with the user's latest ones (or with the item a similar-items request
+    names), with their weight, best first; the state read them with the user
+    (StateView.user_with_covisits) or for the item (StateView.covisited)."""
+    if not context.covisits:
         return []
-    recent = list(dict.fromkeys(r[0] for r in user.recent))[: settings.covisit_window]
-    return state.covisited(recent, settings.covisit_candidates, context.exclude)
+    skip = set(context.exclude)
+    if context.user is not None:
+        skip |= set(latest_items(context.user, settings.covisit_window))
+    found = [(i, w) for i, w in context.covisits if i not in skip]
+    return found[: settings.covisit_candidates]
 
 
 def _add_covisited(
@@ -244,8 +322,15 @@ def _add_covisited(
 
 
 def _popular(
-    session: Session, state: StateView, want: int, exclude: set[str], category: str | None
+    session: Session,
+    state: StateView,
+    want: int,
+    exclude: set[str],
+    category: str | None,
+    where: Filters | None = None,
 ) -> list[str]:
+    if where:  # the filters drop some after the read: read more
+        want *= 4
     ids = state.most_popular(want, exclude, category)
     if len(ids) < want:  # a young catalog: fill with the newest items
         query = select(Item.id).order_by(Item.updated_at.desc(), Item.id).limit(want * 2)

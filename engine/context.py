@@ -4,7 +4,7 @@ the user should not be shown again."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,9 @@ class Context:
     now: datetime
     vector: np.ndarray | None  # what the ANN searches with; None: popular items instead
     exclude: set[str]  # item ids never to return
+    # Items co-visited with the user's latest ones, best first, as the state read them with
+    # the user (not yet filtered by exclude).
+    covisits: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -45,8 +48,10 @@ def build(
     query: np.ndarray | None,
     user: UserState | None,
     session_vectors: Sequence[np.ndarray],
+    covisits: Sequence[tuple[str, float]] = (),
 ) -> Context:
-    """The context of one request; session_vectors: the vectors of its context items."""
+    """The context of one request; session_vectors: the vectors of its context items;
+    covisits: what StateView.user_with_covisits read with the user."""
     user_vector = user.unit_vector() if user else None
     session = mean_direction(session_vectors)
     vector = combine(
@@ -59,7 +64,7 @@ def build(
     exclude = _excluded(user, request.exclude_seen)
     if query is None:
         exclude |= set(request.context_items)  # "for you" should not echo the session
-    return Context(query, user, user_vector, session, now, vector, exclude)
+    return Context(query, user, user_vector, session, now, vector, exclude, list(covisits))
 
 
 def _excluded(user: UserState | None, exclude_seen: str) -> set[str]:

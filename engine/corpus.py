@@ -87,7 +87,9 @@ class Corpus:
         if rows:
             order = np.argsort(rows)  # sequential reads of the memory map
             where = np.asarray(positions)[order]
-            out[where] = self.artifact.vectors()[np.asarray(rows)[order]]
+            # As a plain ndarray: indexing np.memmap itself builds a memmap subclass per call.
+            held = np.asarray(self.artifact.vectors())
+            out[where] = held[np.asarray(rows)[order]]
             found[where] = True
         if missing:
             encoded = self._fallback.get(session, [item_ids[i] for i in missing])

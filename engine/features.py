@@ -44,24 +44,24 @@ def feature_names(numeric_attributes: Sequence[str] = ()) -> tuple[str, ...]:
     return BASE_FEATURES + tuple(f"{ATTRIBUTE_PREFIX}{a}" for a in numeric_attributes)
 
 
-def _rank_feature(rank: int | None) -> float:
-    return 0.0 if rank is None else 1.0 / math.log2(2 + rank)
-
-
 def compute(
     candidates: list[Candidate],
     item_vectors: np.ndarray,
     context: Context,
     names: Sequence[str] = BASE_FEATURES,
 ) -> np.ndarray:
-    """(n_candidates, len(names)) float64; item_vectors is (n, dim) unit float32."""
+    """(n_candidates, len(names)) float64; item_vectors is (n, dim) unit float32.
+
+    Similarities are matrix products; what each candidate carries is read in one pass over
+    the candidates (a pass per feature cost more than the products at 100+ candidates).
+    """
     n = len(candidates)
     col = {name: j for j, name in enumerate(names)}
     x = np.zeros((n, len(names)), dtype=np.float64)
     if n == 0:
         return x
 
-    def put(name: str, values: np.ndarray | list[float] | float) -> None:
+    def put(name: str, values: np.ndarray | float) -> None:
         if name in col:
             x[:, col[name]] = values
 
@@ -74,46 +74,67 @@ def compute(
         put("user_sim", item_vectors @ context.user_vector)
     if context.session is not None:
         put("session_sim", item_vectors @ context.session)
-    best_lexical = max((c.lexical_score for c in candidates), default=0.0)
-    if best_lexical > 0:
-        put("lexical_score", [c.lexical_score / best_lexical for c in candidates])
-    put("ann_rank", [_rank_feature(c.ann_rank) for c in candidates])
-    put("lexical_rank", [_rank_feature(c.lexical_rank) for c in candidates])
-    put("covisit_score", [math.log1p(c.covisit_score) for c in candidates])
-    put("covisit_rank", [_rank_feature(c.covisit_rank) for c in candidates])
-    put("popularity", [math.log1p(max(c.popularity, 0.0)) for c in candidates])
-    year_s = 365.0 * 86_400.0
-    put(
-        "freshness",
-        [
-            0.0
-            if c.item.created_at is None
-            else 2.0 ** (-max(0.0, (context.now - c.item.created_at).total_seconds()) / year_s)
-            for c in candidates
-        ],
-    )
 
     user = context.user
+    categories = user.normalized_affinity("category") if user is not None else {}
+    tags = user.normalized_affinity("tag") if user is not None else {}
+    seen = {r[0] for r in user.recent} if user is not None else set()
+    now = context.now
+    year_s = 365.0 * 86_400.0
+    log2, log1p = math.log2, math.log1p
+    rows = []
+    for c in candidates:
+        item = c.item
+        created = item.created_at
+        item_tags = item.tags
+        ann, lex, co = c.ann_rank, c.lexical_rank, c.covisit_rank
+        rows.append(
+            (  # rank features: 1 / log2(2 + rank), 0 when absent
+                c.lexical_score,
+                0.0 if ann is None else 1.0 / log2(2 + ann),
+                0.0 if lex is None else 1.0 / log2(2 + lex),
+                log1p(c.covisit_score),
+                0.0 if co is None else 1.0 / log2(2 + co),
+                log1p(max(c.popularity, 0.0)),
+                0.0
+                if created is None
+                else 2.0 ** (-max(0.0, (now - created).total_seconds()) / year_s),
+                categories.get(item.category or "", 0.0),
+                sum([tags.get(t, 0.0) for t in item_tags]) / len(item_tags)
+                if tags and item_tags
+                else 0.0,
+                1.0 if c.item_id in seen else 0.0,
+            )
+        )
+    (
+        lexical,
+        ann_rank,
+        lexical_rank,
+        covisit_score,
+        covisit_rank,
+        popularity,
+        freshness,
+        category_affinity,
+        tag_affinity,
+        seen_recently,
+    ) = np.array(rows, dtype=np.float64).T
+    best_lexical = float(lexical.max())
+    if best_lexical > 0:
+        put("lexical_score", lexical / best_lexical)
+    put("ann_rank", ann_rank)
+    put("lexical_rank", lexical_rank)
+    put("covisit_score", covisit_score)
+    put("covisit_rank", covisit_rank)
+    put("popularity", popularity)
+    put("freshness", freshness)
     if user is not None:
         put("user_activity", math.log1p(user.event_count))
         if user.first_ts is not None:
-            days = max(0.0, (context.now - user.first_ts).total_seconds() / 86_400.0)
+            days = max(0.0, (now - user.first_ts).total_seconds() / 86_400.0)
             put("user_tenure", math.log1p(days))
-        categories = user.normalized_affinity("category")
-        tags = user.normalized_affinity("tag")
-        seen = {r[0] for r in user.recent}
-        put("category_affinity", [categories.get(c.item.category or "", 0.0) for c in candidates])
-        if tags:
-            put(
-                "tag_affinity",
-                [
-                    sum(tags.get(t, 0.0) for t in c.item.tags) / len(c.item.tags)
-                    if c.item.tags
-                    else 0.0
-                    for c in candidates
-                ],
-            )
-        put("seen_recently", [1.0 if c.item_id in seen else 0.0 for c in candidates])
+        put("category_affinity", category_affinity)
+        put("tag_affinity", tag_affinity)
+        put("seen_recently", seen_recently)
 
     for name, j in col.items():
         if name.startswith(ATTRIBUTE_PREFIX):

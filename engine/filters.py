@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.errors import InvalidInput, Problem
-from engine.index_store import ItemFields
+from engine.index_store import IndexArtifact, ItemFields
 
 Kind = Literal["text", "number", "bool", "list"]
 Scalar = str | float | bool
@@ -213,6 +213,49 @@ class Columns:
                     )
                     self._numbers[name] = found
         return found
+
+
+_VERSIONS_KEPT = 4
+_by_version: dict[tuple[str, str], tuple[Schema, Columns]] = {}
+_by_version_lock = threading.Lock()
+
+
+def columns_for(artifact: IndexArtifact) -> Columns:
+    """The filter columns of an index version, built once per version (per process)."""
+    return _for_version(artifact)[1]
+
+
+def schema_for(artifact: IndexArtifact, fresh: Mapping[str, ItemFields] | None = None) -> Schema:
+    """What can be filtered on: the version's items, plus attributes items written since
+    the build (the delta's fresh fields) brought."""
+    schema = _for_version(artifact)[0]
+    if not fresh:
+        return schema
+    extra = Schema.from_items(fresh.values())
+    merged = Schema(schema.kinds)
+    for name, kinds in extra.kinds.items():
+        merged.kinds.setdefault(name, set()).update(kinds)
+    return merged
+
+
+def _for_version(artifact: IndexArtifact) -> tuple[Schema, Columns]:
+    key = (str(artifact.folder), artifact.version)
+    found = _by_version.get(key)
+    if found is None:
+        if artifact.items is None:
+            raise InvalidInput(
+                f"index version {artifact.version} predates filters (it holds no item "
+                "fields): rebuild the index to filter",
+                [Problem("filters", "this index version cannot filter; rebuild it")],
+            )
+        with _by_version_lock:
+            found = _by_version.get(key)
+            if found is None:
+                found = (Schema.from_items(artifact.items), Columns(artifact.items))
+                while len(_by_version) >= _VERSIONS_KEPT:
+                    _by_version.pop(next(iter(_by_version)))
+                _by_version[key] = found
+    return found
 
 
 class _Bad(Exception):

@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 
 from engine import filters as filtering
 from engine.clock import iso_z, utcnow
-from engine.contract import MAX_INT64
 from engine.errors import InvalidInput, NotFound, Problem
 from engine.models import Item, MerchandisingRule
 from engine.rules import Rule, normalize_query
 from engine.schemas import RuleIn
 
 RELOAD_S = 1.0
+MAX_RULE_ID = 2**31 - 1  # an SQL INTEGER: larger ids cannot exist (and PostgreSQL refuses them)
 
 
 def create(
@@ -63,7 +63,7 @@ def list_all(session: Session) -> list[dict[str, Any]]:
 
 def remove(session: Session, rule_id: int) -> None:
     """Delete one rule; raises NotFound for an unknown id (or one no rule can have)."""
-    if not 1 <= rule_id <= MAX_INT64:
+    if not 1 <= rule_id <= MAX_RULE_ID:
         raise NotFound(f"rule {rule_id}")
     gone = session.execute(delete(MerchandisingRule).where(MerchandisingRule.id == rule_id))
     if not gone.rowcount:  # type: ignore[attr-defined]
@@ -140,15 +140,15 @@ class RuleCache:
 
     def __init__(self, sessions: Callable[[], Session], reload_s: float = RELOAD_S) -> None:
         self._sessions = sessions
-        self._reload_s = reload_s
+        self.reload_s = reload_s
         self._rules: list[Rule] = []
         self._loaded_at = -float("inf")
         self._lock = threading.Lock()
 
     def get(self) -> list[Rule]:
-        if time.monotonic() - self._loaded_at >= self._reload_s:
+        if time.monotonic() - self._loaded_at >= self.reload_s:
             with self._lock:
-                if time.monotonic() - self._loaded_at >= self._reload_s:
+                if time.monotonic() - self._loaded_at >= self.reload_s:
                     with self._sessions() as session:
                         self._rules = load(session)
                     self._loaded_at = time.monotonic()

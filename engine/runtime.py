@@ -98,6 +98,7 @@ class Runtime:
                         self.model.get,
                         self.impressions,
                         self.delta,
+                        self.rules.get,
                     )
         return self._searcher
 

@@ -8,6 +8,7 @@ all print it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -102,6 +103,31 @@ def _exclude(value: object) -> object:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
+def _json_object(value: object) -> object:
+    """An object, or (in a query string) its JSON text."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise fail(f"is not a JSON object: {described(value)}", "json_invalid") from None
+    if value is not None and not isinstance(value, dict):
+        raise fail(f"must be an object, got {described(value)}", "dict_type")
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise fail(f"must be a number, got {described(value)}", "float_type")
+    return value
+
+
 class SearchQuery(BaseModel):
     """A search: a query, a user, a session, or none (popular items). GET takes the same
     fields as query parameters (context_items repeated or comma-separated)."""
@@ -133,6 +159,21 @@ class SearchQuery(BaseModel):
     timings: Flag = Field(
         default=False, description="per-stage timings_ms, also without explanations"
     )
+    filters: Annotated[dict[str, Any] | None, BeforeValidator(_json_object)] = Field(
+        default=None,
+        description='item fields and attributes: {"country": "Japan"}, '
+        '{"cost": {"gte": 50, "lte": 100}}, {"continent": {"in": [...]}}, '
+        '{"tags": {"any": [...]}} or {"all": [...]}, booleans; a JSON string in a GET',
+    )
+    diversity: Annotated[float, BeforeValidator(_number)] = Field(
+        default=0.0, ge=0.0, le=1.0, description="0..1: maximal marginal relevance (0 = off)"
+    )
+    max_per_category: Annotated[int, BeforeValidator(_integer)] | None = Field(
+        default=None, ge=1, le=1000, description="at most this many results per category"
+    )
+    offset: Annotated[int, BeforeValidator(_integer)] = Field(
+        default=0, ge=0, le=1000, description="results to skip (pages); see next_offset"
+    )
 
     @field_validator("k")
     @classmethod
@@ -154,6 +195,45 @@ class SearchQuery(BaseModel):
             self.exclude_seen,
             self.explain,
             self.timings,
+            self.filters,
+            self.diversity,
+            self.max_per_category,
+            self.offset,
+        )
+
+
+class SimilarQuery(BaseModel):
+    """Items like one item: its vector neighbours and co-visits, ranked by the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: Annotated[int, BeforeValidator(_integer)] = Field(
+        default=10, ge=1, json_schema_extra={"maximum": 100}, description="how many"
+    )
+    user_id: Annotated[Id | None, BeforeValidator(lambda v: None if v == "" else v)] = Field(
+        default=None, description="personalize for this user"
+    )
+    explain: Flag = False
+    timings: Flag = False
+
+    @field_validator("k")
+    @classmethod
+    def _within_max_k(cls, k: int, info: ValidationInfo) -> int:
+        max_k = int((info.context or {}).get("max_k", 100))
+        if not 1 <= k <= max_k:
+            raise fail(f"must be between 1 and {max_k}, got {k}")
+        return k
+
+    def to_request(self, item_id: str) -> SearchRequest:
+        from engine.search import SearchRequest
+
+        return SearchRequest(
+            k=self.k,
+            user_id=self.user_id,
+            explain=self.explain,
+            timings=self.timings,
+            exclude_seen="purchased",
+            similar_to=item_id,
         )
 
 
@@ -165,6 +245,15 @@ class Explanation(BaseModel):
     bias: float
     contributions: dict[str, float]
     features: dict[str, float]
+    rules: list[dict[str, Any]] | None = Field(
+        default=None, description="the merchandising rules that changed this result"
+    )
+    adjusted_logit: float | None = Field(
+        default=None, description="the logit after boost/bury rules (the score's)"
+    )
+    diversity: dict[str, float] | None = Field(
+        default=None, description="MMR: the cosine to the closest result above it"
+    )
 
 
 class SearchHit(BaseModel):
@@ -181,8 +270,11 @@ class SearchOut(BaseModel):
     results: list[SearchHit]
     index_version: str
     took_ms: float
-    mode: Literal["search", "recommend", "popular"]
+    mode: Literal["search", "recommend", "popular", "similar"]
     request_id: str = Field(description="send it with events that follow from these results")
+    next_offset: int | None = Field(
+        default=None, description="the offset of the next page; null at the end"
+    )
     timings_ms: dict[str, float] | None = Field(
         default=None,
         description="per stage (embed, retrieve, features, rank), with explain or timings",
@@ -210,6 +302,7 @@ def search_json(response: SearchResponse, *, explain: bool = False) -> dict[str,
         "took_ms": response.took_ms,
         "mode": response.mode,
         "request_id": response.request_id,
+        "next_offset": response.next_offset,
     }
     if explain or response.show_timings:
         body["timings_ms"] = dict(response.timings_ms)

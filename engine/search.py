@@ -5,8 +5,9 @@ co-visitation or popular items, merged) → engine.features (φ(u, q, c)) → en
 (σ(w·φ + b), top k) → response; what was shown goes to engine.impressions.
 
 Item fields and vectors come from the published index version and its delta
-(engine.corpus); SQL is read for the user, the co-visits of the user's latest items, and
-which candidates still exist with their popularity (engine.state), once each.
+(engine.corpus). SQL is read at most twice (engine.state): the user's row with the co-visits
+of the user's latest items, then which candidates still exist, with the popularity of those
+this process has not read in the last second (ItemStatsCache).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,16 +24,22 @@ from sqlalchemy.orm import Session
 
 from engine import context as contexts
 from engine import features
+from engine import filters as filtering
 from engine.candidates import Candidate, gather
 from engine.clock import utcnow
 from engine.config import Settings
 from engine.corpus import Corpus
 from engine.delta import Delta
+from engine.diversify import diversify
 from engine.embedder import Embedder
+from engine.errors import NotFound
 from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
 from engine.ranker import LinearRanker
-from engine.state import SqlState, StateView
+from engine.rules import Rule, live_rules, pinned_ids, place_pins
+from engine.rules import apply as apply_rules
+from engine.state import ItemStatsCache, SqlState, StateView
+from engine.users import UserState
 from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,11 @@ class SearchRequest:
     exclude_seen: str = "purchased"
     explain: bool = False
     timings: bool = False  # return per-stage timings even without explanations
+    filters: Mapping[str, Any] | None = None  # engine.filters' language; checked per version
+    diversity: float = 0.0  # MMR's λ (engine.diversify); 0 = the ranker's order
+    max_per_category: int | None = None
+    offset: int = 0  # results skipped: pages of k
+    similar_to: str | None = None  # items like this one (never itself)
 
 
 @dataclass
@@ -72,6 +84,7 @@ class SearchResponse:
     timings_ms: dict[str, float]  # embed, retrieve, features, rank
     request_id: str = ""
     show_timings: bool = False  # the request asked for timings_ms
+    next_offset: int | None = None  # the next page's offset; None at the end
 
 
 @dataclass
@@ -84,10 +97,12 @@ class Stage:
     names: tuple[str, ...]
     context: contexts.Context
     timings_ms: dict[str, float]
+    vectors: np.ndarray | None = None  # (len(candidates), dim) unit vectors (diversity)
+    similar: bool = False
 
     @property
     def mode(self) -> str:
-        return self.context.mode
+        return "similar" if self.similar else self.context.mode
 
 
 class Searcher:
@@ -102,6 +117,7 @@ class Searcher:
         ranker: Callable[[], LinearRanker] | None = None,
         impressions: ImpressionLog | None = None,
         delta: Delta | None = None,
+        rules: Callable[[], list[Rule]] | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -113,7 +129,10 @@ class Searcher:
         self.ranker = ranker or (lambda: prior)
         self.impressions = impressions
         self.delta = delta
+        self.rules = rules or list
         self.feature_names = features.feature_names(settings.attribute_features())
+        # Popularity read in the last second, shared by this process's searches.
+        self.item_stats = ItemStatsCache()
 
     @property
     def store(self) -> IndexStore:
@@ -123,25 +142,49 @@ class Searcher:
         return self.live.get()
 
     def search(self, session: Session, request: SearchRequest) -> SearchResponse:
-        """Top-k items for the request; raises NotReady before the first build."""
+        """A page of results for the request; raises NotReady before the first build,
+        InvalidInput for filters the catalog cannot answer, NotFound for an unknown similar_to.
+
+        rank → rules (hide, boost, bury) → diversify → pins → page.
+        """
         started = time.perf_counter()
-        stage = self.first_stage(session, request)
+        now = utcnow()
+        rules = live_rules(self.rules(), now, request.q) if not request.similar_to else []
+        stage = self.first_stage(session, request, include=pinned_ids(rules))
         t = time.perf_counter()
         ranker = self.ranker().aligned(stage.names)
         hits: list[SearchHit] = []
         shown: list[int] = []
+        next_offset = None
         if stage.candidates:
-            shown, probabilities = ranker.top(
-                stage.x, [c.rank for c in stage.candidates], request.k
+            logits = ranker.logits(stage.x)
+            found_order = np.array([c.rank for c in stage.candidates])
+            ranked = np.lexsort((found_order, -logits)).tolist()
+            cands = [stage.candidates[i] for i in ranked]
+            applied = apply_rules(
+                rules, [c.item_id for c in cands], [c.item for c in cands], logits[ranked]
             )
-            hits = [
-                _hit(
-                    stage.candidates[i],
-                    float(probabilities[i]),
-                    ranker.explain(stage.x[i]) if request.explain else None,
-                )
-                for i in shown
-            ]
+            probabilities = ranker.probability(applied.logits)
+            need = request.offset + request.k + 1  # one more says whether a next page exists
+            picks = self._diversify(
+                request, stage, ranked, cands, applied.order, probabilities, need
+            )
+            final = place_pins([p for p, _ in picks], applied.pins)
+            redundancy = dict(picks)
+            page = final[request.offset : request.offset + request.k]
+            if len(final) > request.offset + request.k:
+                next_offset = request.offset + request.k
+            shown = [ranked[j] for j in page]
+            for j in page:
+                explanation = None
+                if request.explain:
+                    explanation = ranker.explain(stage.x[ranked[j]])
+                    if j in applied.effects:
+                        explanation["rules"] = applied.effects[j]
+                        explanation["adjusted_logit"] = float(applied.logits[j])
+                    if request.diversity > 0 and j in redundancy:
+                        explanation["diversity"] = {"redundancy": redundancy[j]}
+                hits.append(_hit(cands[j], float(probabilities[j]), explanation))
         stage.timings_ms["rank"] = _ms(t)
         request_id = uuid.uuid4().hex
         if self.impressions is not None and hits:
@@ -165,7 +208,33 @@ class Searcher:
             stage.timings_ms,
             request_id,
             request.timings,
+            next_offset,
         )
+
+    @staticmethod
+    def _diversify(
+        request: SearchRequest,
+        stage: Stage,
+        ranked: list[int],
+        cands: list[Candidate],
+        order: list[int],
+        probabilities: np.ndarray,
+        need: int,
+    ) -> list[tuple[int, float]]:
+        """(index into cands, redundancy) for the first `need` of order, diversified if asked."""
+        if request.diversity <= 0 and request.max_per_category is None:
+            return [(j, 0.0) for j in order[:need]]
+        assert stage.vectors is not None
+        vectors = stage.vectors[[ranked[j] for j in order]]
+        picks = diversify(
+            probabilities[order],
+            vectors,
+            need,
+            diversity=request.diversity,
+            categories=[cands[j].item.category for j in order],
+            max_per_category=request.max_per_category,
+        )
+        return [(order[p.index], p.redundancy) for p in picks]
 
     def first_stage(
         self,
@@ -182,28 +251,66 @@ class Searcher:
         artifact = self.live.get()
         snapshot = self.delta.snapshot(artifact) if self.delta is not None else None
         corpus = Corpus(artifact, snapshot, self.vectors)
-        state = state or SqlState(session, utcnow())
+        where = None
+        if request.filters:
+            fresh = snapshot.items if snapshot is not None else None
+            where = filtering.parse(request.filters, filtering.schema_for(artifact, fresh))
+        state = state or SqlState(session, utcnow(), self.item_stats)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         query = self.embedder.encode_query(request.q) if request.q else None
         timings["embed"] = _ms(t)
-        user = state.user(request.user_id) if request.user_id else None
+        user: UserState | None = None
+        covisits: list[tuple[str, float]] = []
+        if request.user_id:
+            # One read: the user's row and the co-visits of the user's latest items, enough
+            # of them to drop what the context will exclude (its items, without a query).
+            user, covisits = state.user_with_covisits(
+                request.user_id,
+                self.settings.covisit_window if self.settings.covisit_candidates > 0 else 0,
+                self.settings.covisit_candidates + len(request.context_items),
+            )
         session_vectors: list[np.ndarray] = []
-        if request.context_items:
-            vectors, found = corpus.vectors(session, request.context_items)
+        context_items = request.context_items
+        if request.similar_to:
+            # Items like this one: its vector is the context, its co-visits a source.
+            if not state.live_items([request.similar_to]):
+                raise NotFound(f"item {request.similar_to!r}")
+            context_items = (request.similar_to,)
+            covisits = (
+                state.covisited([request.similar_to], self.settings.covisit_candidates, set())
+                + covisits
+            )
+            request = replace(request, context_items=context_items)
+        if context_items:
+            vectors, found = corpus.vectors(session, context_items)
             session_vectors = list(vectors[found])
-        context = contexts.build(request, self.settings, state.now, query, user, session_vectors)
+        context = contexts.build(
+            request, self.settings, state.now, query, user, session_vectors, covisits
+        )
 
         t = time.perf_counter()
-        candidates = gather(session, corpus, state, context, request, self.settings, include)
+        if request.similar_to:
+            context.exclude.add(request.similar_to)
+        candidates = gather(session, corpus, state, context, request, self.settings, include, where)
         timings["retrieve"] = _ms(t)
         t = time.perf_counter()
         x = np.zeros((0, len(self.feature_names)))
+        candidate_vectors = None
         if candidates:
-            vectors, _ = corpus.vectors(session, [c.item_id for c in candidates])
-            x = features.compute(candidates, vectors, context, self.feature_names)
+            candidate_vectors, _ = corpus.vectors(session, [c.item_id for c in candidates])
+            x = features.compute(candidates, candidate_vectors, context, self.feature_names)
         timings["features"] = _ms(t)
-        return Stage(artifact.version, candidates, x, self.feature_names, context, timings)
+        return Stage(
+            artifact.version,
+            candidates,
+            x,
+            self.feature_names,
+            context,
+            timings,
+            candidate_vectors,
+            similar=request.similar_to is not None,
+        )
 
 
 def _hit(c: Candidate, probability: float, explanation: dict[str, Any] | None) -> SearchHit:

@@ -8,6 +8,8 @@ and the same feature code, so an example never sees its own future.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,15 +17,17 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
-    Integer,
+    JSON,
     String,
     any_,
     bindparam,
+    column,
     exists,
     func,
     literal,
     null,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
@@ -44,7 +48,13 @@ _NONE: Stored = (0.0, None)
 class StateView(Protocol):
     now: datetime
 
-    def user(self, user_id: str) -> UserState | None: ...
+    def user_with_covisits(
+        self, user_id: str, window: int, limit: int
+    ) -> tuple[UserState | None, list[tuple[str, float]]]:
+        """The user (None without events) and the items most co-visited with the user's latest
+        `window` distinct items, with their summed weight, best first: enough of them that
+        `limit` remain once those items and everything the user has seen are left out."""
+        ...
 
     def live_items(self, item_ids: Sequence[str]) -> dict[str, Stored]:
         """The given items that exist, each with its popularity as stored (decay.as_of reads
@@ -55,38 +65,106 @@ class StateView(Protocol):
 
     def covisited(
         self, item_ids: list[str], limit: int, exclude: set[str]
-    ) -> list[tuple[str, float]]: ...
+    ) -> list[tuple[str, float]]:
+        """Items co-visited with the given ones (similar items), best first."""
+        ...
+
+
+class ItemStatsCache:
+    """Items' popularity as stored, kept per process for at most max_age_s.
+
+    Popularity may lag a second (issue 9), existence may not: SqlState.live_items always asks
+    SQL which candidates still exist, and reads popularity only for the ids whose entry here
+    is older than max_age_s. A search then reads no item_stats rows for the candidates the
+    searches of the last second already read, which is most of them.
+    """
+
+    def __init__(
+        self,
+        max_age_s: float = 1.0,
+        max_items: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age_s = max_age_s
+        self.max_items = max_items
+        self.clock = clock
+        self._entries: dict[str, tuple[float, Stored]] = {}  # id -> (read at, stored)
+        self._lock = threading.Lock()
+
+    def split(self, item_ids: Sequence[str]) -> tuple[dict[str, Stored], list[str]]:
+        """(the ids' fresh entries, the ids to read again)."""
+        oldest = self.clock() - self.max_age_s
+        fresh: dict[str, Stored] = {}
+        stale: list[str] = []
+        entries = self._entries
+        for item_id in item_ids:
+            entry = entries.get(item_id)
+            if entry is not None and entry[0] >= oldest:
+                fresh[item_id] = entry[1]
+            else:
+                stale.append(item_id)
+        return fresh, stale
+
+    def put(self, read_at: float, stored: dict[str, Stored]) -> None:
+        """Entries read from SQL at read_at (a clock() taken before the read)."""
+        with self._lock:
+            if len(self._entries) + len(stored) > self.max_items:
+                self._entries = {}  # rare (a huge catalog): start over, not an LRU per read
+            for item_id, value in stored.items():
+                self._entries[item_id] = (read_at, value)
 
 
 class SqlState:
     """The live state in SQL, as of the request (or of an earlier moment, for evaluation).
 
-    A search reads it with at most three statements: the user's row, the co-visits of the
-    user's latest items, and which candidates still exist with their popularity (all of them
-    at once). Each sees every committed write, so the next search reflects the last event.
+    A search reads it with at most two statements: the user's row with the co-visits of the
+    user's latest items, and which candidates still exist (all of them at once), with the
+    popularity of those the cache does not hold fresh. Each sees every committed write, so
+    the next search reflects the last event and the last deletion.
     """
 
-    def __init__(self, session: Session, now: datetime) -> None:
+    def __init__(
+        self, session: Session, now: datetime, stats: ItemStatsCache | None = None
+    ) -> None:
         self.session = session
         self.now = now
+        self.stats = stats
         self._sql = _statements(session)
 
     def user(self, user_id: str) -> UserState | None:
-        row = self.session.execute(self._sql.user, {"user_id": user_id}).first()
-        return None if row is None else UserState.from_row(row)
+        return self.user_with_covisits(user_id, 0, 0)[0]
+
+    def user_with_covisits(
+        self, user_id: str, window: int, limit: int
+    ) -> tuple[UserState | None, list[tuple[str, float]]]:
+        row = self.session.execute(
+            self._sql.user_with_covisits,
+            {"user_id": user_id, "window": max(window, 0), "limit": max(limit, 0)},
+        ).first()
+        if row is None:
+            return None, []
+        ranked = sorted(row.covisits or [])  # by rank: an aggregate's input order is not promised
+        return UserState.from_row(row), [(item_id, float(total)) for _, item_id, total in ranked]
 
     def live_items(self, item_ids: Sequence[str]) -> dict[str, Stored]:
         if not item_ids:
             return {}
-        stored: dict[str, Stored] = {}
+        read_at = self.stats.clock() if self.stats is not None else 0.0
+        stored, stale = self.stats.split(item_ids) if self.stats is not None else ({}, item_ids)
         missing: set[str] = set()
-        rows = self.session.execute(self._sql.live_items, {"ids": self._sql.ids(item_ids)})
+        read: dict[str, Stored] = dict.fromkeys(stale, _NONE)  # no item_stats row: 0
+        rows = self.session.execute(
+            self._sql.live_items, {"ids": self._sql.ids(item_ids), "stale": self._sql.ids(stale)}
+        )
         for kind, item_id, popularity, ref in rows.all():
             if kind == 0:
                 missing.add(item_id)
             else:
-                stored[item_id] = (popularity or 0.0, ref)
-        return {i: stored.get(i, _NONE) for i in item_ids if i not in missing}
+                read[item_id] = (popularity or 0.0, ref)
+        if self.stats is not None and stale:
+            self.stats.put(read_at, {i: v for i, v in read.items() if i not in missing})
+        stored.update(read)
+        return {i: stored[i] for i in item_ids if i not in missing}
 
     def most_popular(self, limit: int, exclude: set[str], category: str | None) -> list[str]:
         return most_popular(self.session, limit, exclude, category)
@@ -94,15 +172,16 @@ class SqlState:
     def covisited(
         self, item_ids: list[str], limit: int, exclude: set[str]
     ) -> list[tuple[str, float]]:
-        """Items most co-visited with the given ones, with their summed weight, best first."""
-        if not item_ids or limit <= 0:
-            return []
-        rows = self.session.execute(
-            self._sql.covisited,
-            {"ids": self._sql.ids(item_ids), "n": limit + len(exclude) + len(item_ids)},
-        )
         skip = exclude | set(item_ids)
-        return [(b, float(w)) for b, w in rows.all() if b not in skip][:limit]
+        total = func.sum(Covisit.weight)
+        rows = self.session.execute(
+            select(Covisit.item_b, total)
+            .where(Covisit.item_a.in_(item_ids))
+            .group_by(Covisit.item_b)
+            .order_by(total.desc(), Covisit.item_b)
+            .limit(limit + len(skip))
+        ).all()
+        return [(b, float(w)) for b, w in rows if b not in skip][:limit]
 
 
 class ReplayState:
@@ -154,6 +233,15 @@ class ReplayState:
     def user(self, user_id: str) -> UserState | None:
         return self.users.get(user_id)
 
+    def user_with_covisits(
+        self, user_id: str, window: int, limit: int
+    ) -> tuple[UserState | None, list[tuple[str, float]]]:
+        user = self.users.get(user_id)
+        if user is None or window <= 0 or limit <= 0:
+            return user, []
+        latest = latest_items(user, window)
+        return user, self.covisited(latest, limit + len(user.recent) + len(user.purchased), set())
+
     def live_items(self, item_ids: Sequence[str]) -> dict[str, Stored]:
         # Exists: in the catalog as read when the replay started.
         return {i: self._popularity.get(i, _NONE) for i in item_ids if i in self.items}
@@ -184,6 +272,52 @@ class ReplayState:
         return ranked[:limit]
 
 
+def latest_items(user: UserState, window: int) -> list[str]:
+    """The user's `window` latest distinct items, newest first (co-visitation starts there)."""
+    return list(dict.fromkeys(r[0] for r in user.recent))[:window]
+
+
+# The user's row with, in one more column, the co-visits of the user's latest `window`
+# distinct items as a JSON array of [rank, item_b, total]: one round trip, one row. Enough
+# co-visits come back for `limit` to remain after the caller drops the user's seen items
+# (recent and purchased ids: at most their two list lengths). SQLite prints each total with
+# 17 digits (its JSON would keep 15), so the float read back is the one summed.
+_USER_WITH_COVISITS = """
+WITH latest AS (
+    SELECT {item_of_entry} AS item_id, min({position}) AS pos
+    FROM user_features AS u, {entries}
+    WHERE u.user_id = :user_id
+    GROUP BY 1 ORDER BY 2 LIMIT :window
+), pairs AS (
+    SELECT c.item_b AS item_b, sum(c.weight) AS total
+    FROM covisits AS c WHERE c.item_a IN (SELECT item_id FROM latest)
+    GROUP BY c.item_b
+), ranked AS (
+    SELECT item_b, total, row_number() OVER (ORDER BY total DESC, item_b) AS n FROM pairs
+)
+SELECT user_id, event_count, counts, first_ts, last_ts, ref_ts, vector, vector_weight,
+       category_affinity, tag_affinity, recent, purchased,
+       (SELECT {aggregate} FROM ranked
+        WHERE n <= :limit + json_array_length(recent) + json_array_length(purchased)
+       ) AS covisits
+FROM user_features WHERE user_id = :user_id
+"""
+_USER_COLUMNS = (
+    "user_id",
+    "event_count",
+    "counts",
+    "first_ts",
+    "last_ts",
+    "ref_ts",
+    "vector",
+    "vector_weight",
+    "category_affinity",
+    "tag_affinity",
+    "recent",
+    "purchased",
+)
+
+
 @dataclass(frozen=True)
 class _Statements:
     """SqlState's statements for one dialect, built once: each compiles once and is cached.
@@ -193,9 +327,8 @@ class _Statements:
     renders again on every call.
     """
 
-    user: Any
+    user_with_covisits: Any
     live_items: Any
-    covisited: Any
     ids: Callable[[Sequence[str]], Any]
 
 
@@ -208,42 +341,59 @@ def _statements(session: Session) -> _Statements:
     if found is not None:
         return found
     ids: Callable[[Sequence[str]], Any]
-    among: Callable[[Any], Any]  # column → "column is one of the ids", using its index
+    listed: Callable[[str], Any]  # parameter name → a table of its ids, column "value"
+    among: Callable[[Any, str], Any]  # column → "column is one of the ids", using its index
     if dialect == "postgresql":
-        param = bindparam("ids", type_=postgresql.ARRAY(String))
-        listed = func.unnest(param).table_valued("value").render_derived()
         ids = list
+        entries = {
+            "item_of_entry": "r.value ->> 0",
+            "position": "r.pos",
+            "entries": "json_array_elements(u.recent) WITH ORDINALITY AS r(value, pos)",
+            "aggregate": "json_agg(json_build_array(n, item_b, total))",
+        }
 
-        def among(column: Any) -> Any:
-            return column == any_(param)  # IN (SELECT unnest) makes it hash a whole table
+        def listed(name: str) -> Any:
+            param = bindparam(name, type_=postgresql.ARRAY(String))
+            return func.unnest(param).table_valued("value").render_derived()
+
+        def among(column: Any, name: str) -> Any:
+            # IN (SELECT unnest) makes PostgreSQL hash a whole table.
+            return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))
     else:
-        listed = func.json_each(bindparam("ids", type_=String)).table_valued("value")
+        entries = {
+            "item_of_entry": "json_extract(r.value, '$[0]')",
+            "position": "r.key",
+            "entries": "json_each(u.recent) AS r",
+            "aggregate": "json_group_array(json_array(n, item_b, printf('%.17g', total)))",
+        }
 
         def ids(item_ids: Sequence[str]) -> str:
             return json.dumps(list(item_ids))
 
-        def among(column: Any) -> Any:
-            return column.in_(select(listed.c.value))
+        def listed(name: str) -> Any:
+            return func.json_each(bindparam(name, type_=String)).table_valued("value")
 
-    total = func.sum(Covisit.weight).label("total")
+        def among(column: Any, name: str) -> Any:
+            return column.in_(select(listed(name).c.value))
+
+    users = UserFeatures.__table__
+    candidates = listed("ids")
     found = _STATEMENTS[dialect] = _Statements(
-        user=select(UserFeatures.__table__).where(UserFeatures.user_id == bindparam("user_id")),
-        # Rows (1, id, popularity, ref_ts) from item_stats, and (0, id, None, None) for each id
-        # not in items: primary-key lookups that return only what is needed (nearly always no
-        # missing ids). The result takes the first select's column types (DateTime).
+        user_with_covisits=text(_USER_WITH_COVISITS.format(**entries)).columns(
+            *(users.c[name] for name in _USER_COLUMNS), column("covisits", JSON)
+        ),
+        # Rows (1, id, popularity, ref_ts) from item_stats for the `stale` ids, and
+        # (0, id, None, None) for each candidate not in items (nearly always none):
+        # primary-key lookups that return only what is needed. The result takes the first
+        # select's column types (DateTime), so item_stats comes first.
         live_items=union_all(
             select(literal(1), ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts).where(
-                among(ItemStats.item_id)
+                among(ItemStats.item_id, "stale")
             ),
-            select(literal(0), listed.c.value, null(), null()).where(
-                ~exists().where(Item.id == listed.c.value)
+            select(literal(0), candidates.c.value, null(), null()).where(
+                ~exists().where(Item.id == candidates.c.value)
             ),
         ),
-        covisited=select(Covisit.item_b, total)
-        .where(among(Covisit.item_a))
-        .group_by(Covisit.item_b)
-        .order_by(total.desc(), Covisit.item_b)
-        .limit(bindparam("n", type_=Integer)),
         ids=ids,
     )
     return found

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import utcnow
@@ -29,9 +29,8 @@ from engine.delta import Delta, DeltaSnapshot
 from engine.embedder import Embedder
 from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
-from engine.models import Item, ItemStats
+from engine.models import Covisit, Item, ItemStats
 from engine.ranker import LinearRanker
-from engine.state import SqlState
 from engine.users import UserState, load_user, most_popular
 from engine.vectors import ItemVectors
 from tests import _legacy_features as feats
@@ -461,4 +460,17 @@ class LegacySqlState:
     def covisited(
         self, item_ids: list[str], limit: int, exclude: set[str]
     ) -> list[tuple[str, float]]:
-        return SqlState(self.session, self.now).covisited(item_ids, limit, exclude)
+        if not item_ids or limit <= 0:
+            return []
+        total = func.sum(Covisit.weight).label("total")
+        query = (
+            select(Covisit.item_b, total)
+            .where(Covisit.item_a.in_(item_ids))
+            .group_by(Covisit.item_b)
+            .order_by(total.desc(), Covisit.item_b)
+            .limit(limit + len(exclude) + len(item_ids))
+        )
+        skip = exclude | set(item_ids)
+        return [(b, float(w)) for b, w in self.session.execute(query).all() if b not in skip][
+            :limit
+        ]

@@ -248,11 +248,19 @@ def test_search_json_is_the_same_everywhere(client: Any, built: Runtime) -> None
             "took_ms",
             "mode",
             "request_id",
+            "next_offset",
             "timings_ms",
         }
         assert len(body["request_id"]) == 32
         assert [r["id"] for r in body["results"]] == [r["id"] for r in api["results"]]
         assert all("explanation" in r for r in body["results"])
     plain = client.get("/v1/search?q=beach&k=3").get_json()
-    assert set(plain) == {"results", "index_version", "took_ms", "mode", "request_id"}
+    assert set(plain) == {
+        "results",
+        "index_version",
+        "took_ms",
+        "mode",
+        "request_id",
+        "next_offset",
+    }
     assert all("explanation" not in r for r in plain["results"])

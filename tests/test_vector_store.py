@@ -379,3 +379,53 @@ def test_milvus_setup_errors_are_clear(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"pip install 'recsearch\[milvus\]'"):
         client(str(tmp_path / "elsewhere.db"))
+
+
+def test_a_search_finds_items_upserted_into_milvus(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str, tmp_path: Path
+) -> None:
+    """With Milvus the search path's ANN call is the id search: an item written since the
+    build is found in the collection, with a category no build has seen."""
+    from tests.conftest import write_jsonl
+
+    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    try:
+        run_build(runtime)
+        artifact = served(runtime)
+        paris = np.asarray(artifact.vectors()[artifact.row_of("paris-france")])  # type: ignore[index]
+        new = {"id": "lutetia", "title": "Lutetia", "text": "Old Paris.", "category": "ancient"}
+        with runtime.write_session() as session:
+            ingest(runtime, session, write_jsonl(tmp_path / "new.jsonl", [new]))
+        writer = item_writer(settings)
+        assert writer is not None
+        writer.upsert(["lutetia"], paris[None, :], ["ancient"])
+        with runtime.session() as session:
+            request = SearchRequest(q="museums in Paris", k=5, category="ancient")
+            response = runtime.searcher.search(session, request)
+        assert [h.id for h in response.results] == ["lutetia"]
+    finally:
+        runtime.close()
+
+
+def test_the_follower_writes_new_items_into_milvus(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str, tmp_path: Path
+) -> None:
+    """No hand-made upsert: the elected follower embeds the new item once and writes it into
+    the serving collection, where the search's id-level ANN call finds it."""
+    from tests.conftest import write_jsonl
+
+    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    try:
+        run_build(runtime)
+        new = {"id": "lutetia", "title": "Lutetia", "text": "Old Paris.", "category": "ancient"}
+        with runtime.write_session() as session:
+            ingest(runtime, session, write_jsonl(tmp_path / "new.jsonl", [new]))
+        assert runtime.follower.run_once() == 1 and runtime.follower.is_leader
+        with runtime.session() as session:
+            request = SearchRequest(q="old Paris", k=5, category="ancient")
+            response = runtime.searcher.search(session, request)
+        assert [h.id for h in response.results] == ["lutetia"]
+    finally:
+        runtime.close()

@@ -96,6 +96,19 @@ def item_get(item_id: str) -> ResponseReturnValue:
         return jsonify(item_to_dict(get_item(session, item_id)))
 
 
+@bp.get("/items/<path:item_id>/similar")
+@operation(summary="Items similar to an item", query=schemas.SimilarQuery, **_SEARCH)
+def item_similar(item_id: str) -> ResponseReturnValue:
+    require_key("search")
+    item_id = check_id(item_id, "item_id")
+    similar = query(schemas.SimilarQuery)
+    runtime = runtime_of(current_app)
+    with runtime.session() as session:
+        response = runtime.searcher.search(session, similar.to_request(item_id))
+    observe_search(runtime, response)
+    return jsonify(schemas.search_json(response, explain=similar.explain))
+
+
 @bp.delete("/items/<path:item_id>")
 @operation(summary="Delete an item", tag="items", responses={200: schemas.ItemDeleted})
 def item_delete(item_id: str) -> ResponseReturnValue:
