@@ -31,6 +31,8 @@ class Shown:
     model_version: str
     index_version: str
     ts: datetime
+    experiment_id: int | None = None  # an interleaved request: which side showed each item
+    teams: list[str] | None = None  # "live" or "candidate", per shown item
 
 
 class ImpressionLog:
@@ -106,6 +108,8 @@ class ImpressionLog:
                         "model_version": shown.model_version,
                         "index_version": shown.index_version,
                         "ts": shown.ts,
+                        "experiment_id": shown.experiment_id,
+                        "team": shown.teams[position] if shown.teams else None,
                     }
                     for position, (item_id, values) in enumerate(
                         zip(shown.item_ids, shown.features, strict=True)

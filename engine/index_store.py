@@ -279,9 +279,12 @@ class IndexStore(VersionStore):
     _replaced: str | None = None  # what CURRENT named before this store last moved it
 
     def _write_current(self, version: str) -> None:
-        self._replaced = self.current_version()
+        try:
+            self._replaced = self.current_version()
+        except NotReady:  # CURRENT names no version (a bad pointer being replaced now)
+            self._replaced = None
         manifest = self.manifest(version)
-        index = manifest["index"]
+        index = manifest.get("index") or {}
         if index.get("backend") != "milvus":
             super()._write_current(version)
             return

@@ -133,6 +133,10 @@ class Impression(Base):
     features: Mapped[dict[str, list[object]]] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(64))
     index_version: Mapped[str] = mapped_column(String(64))
+    # In an online experiment (team-draft interleaving): the experiment, and which ranking
+    # ("live" or "candidate") contributed this result.
+    experiment_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    team: Mapped[str | None] = mapped_column(String(9))
     ts: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
@@ -228,3 +232,17 @@ class MerchandisingRule(Base):
     starts_at: Mapped[datetime | None] = mapped_column(DateTime)
     ends_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Experiment(Base):
+    """An online experiment: the live model interleaved with a candidate (engine.experiments)."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate: Mapped[str] = mapped_column(String(64))
+    live: Mapped[str] = mapped_column(String(64))  # the live model when it started
+    traffic: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(10))  # running, stopped, promoted
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -19,9 +19,10 @@ from engine.delta import Delta
 from engine.election import leadership_for
 from engine.embedder import Embedder
 from engine.embedding_follower import EmbeddingFollower
+from engine.experiments import ExperimentCache
 from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex, make_private_dir
-from engine.model_store import live_model
+from engine.model_store import ModelStore, live_model
 from engine.rule_store import RuleCache
 from engine.search import Searcher
 from engine.vectors import ItemVectors
@@ -51,6 +52,8 @@ class Runtime:
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
         self.rules = RuleCache(self.sessions)  # merchandising rules, reloaded every second
+        # The running online experiment (if any), reloaded every second.
+        self.experiments = ExperimentCache(self.sessions, ModelStore(settings.model_dir))
         self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
         # New items are embedded once, by whichever server process holds the election; the
         # follower polls twice as often as the delta, so an item written anywhere is on every
@@ -99,6 +102,7 @@ class Runtime:
                         self.impressions,
                         self.delta,
                         self.rules.get,
+                        self.experiments.get,
                     )
         return self._searcher
 

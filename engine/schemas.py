@@ -406,7 +406,10 @@ class JobList(BaseModel):
 class TrainBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["impressions", "events"] = "impressions"
+    source: Literal["auto", "impressions", "events"] = Field(
+        default="auto",
+        description="auto: logged impressions when some were clicked, else the event history",
+    )
     promote: Flag = False
 
 
@@ -414,6 +417,12 @@ class EmptyBody(BaseModel):
     """No fields; an empty body or {} is fine."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _candidate(value: object) -> object:
+    if value == "latest":
+        return value
+    return _version(value)
 
 
 def _version(value: object) -> object:
@@ -580,3 +589,35 @@ class RuleList(BaseModel):
 
 class RuleDeleted(BaseModel):
     deleted: int
+
+
+class ExperimentIn(BaseModel):
+    """Start interleaving a candidate model with the live one on a share of searches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: Annotated[str, BeforeValidator(_candidate)] = Field(
+        description='a model version (v000002) or "latest"'
+    )
+    traffic: float = Field(
+        default=0.5, ge=0.0, le=1.0, allow_inf_nan=False, description="share of searches, 0..1"
+    )
+
+
+class ExperimentOut(BaseModel):
+    id: int
+    candidate: str
+    live: str
+    traffic: float
+    state: Literal["running", "stopped", "promoted"]
+    started_at: str
+    stopped_at: str | None
+    requests: int = Field(description="interleaved requests shown")
+    wins: int = Field(description="clicked requests where the candidate's items won")
+    losses: int
+    ties: int
+    p_value: float = Field(description="two-sided sign test of wins vs losses")
+
+
+class ExperimentList(BaseModel):
+    experiments: list[ExperimentOut]

@@ -13,6 +13,7 @@ this process has not read in the last second (ItemStatsCache).
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +34,10 @@ from engine.delta import Delta
 from engine.diversify import diversify
 from engine.embedder import Embedder
 from engine.errors import NotFound
+from engine.experiments import Running
 from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
+from engine.interleave import Side, team_draft
 from engine.ranker import LinearRanker
 from engine.rules import Rule, live_rules, pinned_ids, place_pins
 from engine.rules import apply as apply_rules
@@ -118,6 +121,7 @@ class Searcher:
         impressions: ImpressionLog | None = None,
         delta: Delta | None = None,
         rules: Callable[[], list[Rule]] | None = None,
+        experiments: Callable[[], Running | None] | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -130,6 +134,8 @@ class Searcher:
         self.impressions = impressions
         self.delta = delta
         self.rules = rules or list
+        self.experiments = experiments or (lambda: None)
+        self._coin = random.Random()  # which searches an experiment takes
         self.feature_names = features.feature_names(settings.attribute_features())
         # Popularity read in the last second, shared by this process's searches.
         self.item_stats = ItemStatsCache()
@@ -156,6 +162,7 @@ class Searcher:
         hits: list[SearchHit] = []
         shown: list[int] = []
         next_offset = None
+        experiment: tuple[int, dict[str, Side]] | None = None
         if stage.candidates:
             logits = ranker.logits(stage.x)
             found_order = np.array([c.rank for c in stage.candidates])
@@ -166,9 +173,30 @@ class Searcher:
             )
             probabilities = ranker.probability(applied.logits)
             need = request.offset + request.k + 1  # one more says whether a next page exists
-            picks = self._diversify(
-                request, stage, ranked, cands, applied.order, probabilities, need
-            )
+            running = self.experiments() if request.offset == 0 and not request.similar_to else None
+            if running is not None and self._coin.random() < running.traffic:
+                # An experiment's share: the live and candidate rankings (rules applied to
+                # both), interleaved by team draft; diversity does not apply here.
+                contender = running.candidate.aligned(stage.names)
+                theirs = apply_rules(
+                    rules,
+                    [c.item_id for c in cands],
+                    [c.item for c in cands],
+                    contender.logits(stage.x)[ranked],
+                )
+                position = {c.item_id: j for j, c in enumerate(cands)}
+                mixed, teams = team_draft(
+                    [cands[j].item_id for j in applied.order],
+                    [cands[j].item_id for j in theirs.order],
+                    need,
+                    self._coin,
+                )
+                picks = [(position[i], 0.0) for i in mixed]
+                experiment = (running.id, teams)
+            else:
+                picks = self._diversify(
+                    request, stage, ranked, cands, applied.order, probabilities, need
+                )
             final = place_pins([p for p, _ in picks], applied.pins)
             redundancy = dict(picks)
             page = final[request.offset : request.offset + request.k]
@@ -198,6 +226,8 @@ class Searcher:
                     model_version=ranker.version,
                     index_version=stage.index_version,
                     ts=stage.context.now,
+                    experiment_id=experiment[0] if experiment else None,
+                    teams=[experiment[1].get(h.id, "pin") for h in hits] if experiment else None,
                 )
             )
         return SearchResponse(

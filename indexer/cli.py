@@ -363,8 +363,7 @@ def import_movielens_cmd(obj: _Context, folder: Path) -> None:
 @click.option(
     "--judgments",
     type=click.Path(path_type=Path),
-    help="(query, item_id, grade) rows: JSONL, CSV or TSV. Without it: learn from logged "
-    "search impressions and the clicks that name their request_id.",
+    help="(query, item_id, grade) rows: JSONL, CSV or TSV.",
 )
 @click.option(
     "--from-events",
@@ -372,21 +371,38 @@ def import_movielens_cmd(obj: _Context, folder: Path) -> None:
     help="Learn from the event history by point-in-time replay (for histories logged without "
     "search impressions, e.g. an imported ratings log).",
 )
+@click.option(
+    "--from-impressions",
+    is_flag=True,
+    help="Learn from logged search impressions and the clicks that name their request_id.",
+)
 @click.option("--promote", is_flag=True, help="Make the new model live.")
 @pass_ctx
-def train(obj: _Context, judgments: Path | None, from_events: bool, promote: bool) -> None:
-    """Train the sigmoid ranker; save it as a model version (live with --promote)."""
+def train(
+    obj: _Context, judgments: Path | None, from_events: bool, from_impressions: bool, promote: bool
+) -> None:
+    """Train the sigmoid ranker; save it as a model version (live with --promote).
+
+    Without a source flag: logged impressions when some were clicked, else the event history.
+    """
     from indexer.train import (
+        default_source,
         read_judgments,
         train_from_events,
         train_from_impressions,
         train_from_judgments,
     )
 
-    if judgments is not None and from_events:
-        raise click.UsageError("choose one of --judgments FILE and --from-events")
+    if sum([judgments is not None, from_events, from_impressions]) > 1:
+        raise click.UsageError(
+            "choose one of --judgments FILE, --from-events and --from-impressions"
+        )
     runtime = obj.runtime
     with runtime.session() as session, _bar(not obj.quiet) as progress:
+        if judgments is None and not from_events and not from_impressions:
+            source, why = default_source(runtime, session)
+            click.echo(why)
+            from_events = source == "events"
         if from_events:
             _, report = train_from_events(runtime, session, promote=promote, progress=progress)
         elif judgments is None:
@@ -413,6 +429,72 @@ def promote(obj: _Context, version: str) -> None:
 
     ModelStore(obj.settings.model_dir).point_current_at(version)
     click.echo(f"model {version} is live")
+
+
+@cli.group()
+def experiment() -> None:
+    """Online experiments: interleave a candidate model with the live one and count wins."""
+
+
+@experiment.command("start")
+@click.argument("candidate")
+@click.option("--traffic", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@pass_ctx
+def experiment_start(obj: _Context, candidate: str, traffic: float) -> None:
+    """Start interleaving CANDIDATE (a model version, or "latest") on a share of searches."""
+    from engine import experiments
+    from engine.model_store import ModelStore
+
+    runtime = obj.runtime
+    with runtime.write_session() as session:
+        started = experiments.start(session, ModelStore(obj.settings.model_dir), candidate, traffic)
+    click.echo(
+        f"experiment {started['id']}: {started['candidate']} vs live {started['live']} on "
+        f"{started['traffic']:.0%} of searches (servers pick it up within a second)"
+    )
+
+
+@experiment.command("status")
+@click.argument("experiment_id", type=int, required=False)
+@pass_ctx
+def experiment_status(obj: _Context, experiment_id: int | None) -> None:
+    """An experiment's wins, losses, ties and p-value (default: the latest ones)."""
+    from engine import experiments
+
+    runtime = obj.runtime
+    with runtime.session() as session:
+        rating = obj.settings.positive_rating
+        found = (
+            [experiments.report(session, experiment_id, positive_rating=rating)]
+            if experiment_id is not None
+            else experiments.list_all(session, positive_rating=rating)
+        )
+    if not found:
+        click.echo("no experiments")
+    for e in found:
+        click.echo(
+            f"experiment {e['id']} ({e['state']}): {e['candidate']} vs {e['live']}, "
+            f"{e['requests']} interleaved requests; wins {e['wins']}, losses {e['losses']}, "
+            f"ties {e['ties']}; p = {e['p_value']:.4g}"
+        )
+
+
+@experiment.command("stop")
+@click.argument("experiment_id", type=int)
+@click.option("--promote", is_flag=True, help="Make the candidate live as well.")
+@pass_ctx
+def experiment_stop(obj: _Context, experiment_id: int, promote: bool) -> None:
+    """Stop interleaving (with --promote: and make the candidate live)."""
+    from engine import experiments
+    from engine.model_store import ModelStore
+
+    runtime = obj.runtime
+    with runtime.write_session() as session:
+        if promote:
+            done = experiments.promote(session, ModelStore(obj.settings.model_dir), experiment_id)
+        else:
+            done = experiments.stop(session, experiment_id)
+    click.echo(f"experiment {done['id']} {done['state']}")
 
 
 @cli.group()

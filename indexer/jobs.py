@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("build", "train")
 ACTIVE = ("queued", "running")
-TRAIN_SOURCES = ("impressions", "events")
+TRAIN_SOURCES = ("auto", "impressions", "events")
 # A running job writes its heartbeat at least this often; three misses make it an orphan.
 HEARTBEAT_S = 5.0
 ORPHAN_AFTER = timedelta(seconds=3 * HEARTBEAT_S + 15)
@@ -90,7 +90,7 @@ class JobRunner:
         params = dict(params or {})
         if kind not in KINDS:
             raise InvalidInput(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
-        if kind == "train" and params.get("source", "impressions") not in TRAIN_SOURCES:
+        if kind == "train" and params.get("source", "auto") not in TRAIN_SOURCES:
             raise InvalidInput(f"source must be one of {', '.join(TRAIN_SOURCES)}")
         self.recover_orphans()
         now = utcnow()
@@ -212,13 +212,17 @@ class JobRunner:
                 "recall_at_10": report.recall_at_10,
                 "build_seconds": round(report.build_seconds, 2),
             }
-        from indexer.train import train_from_events, train_from_impressions
+        from indexer.train import default_source, train_from_events, train_from_impressions
 
         promote = bool(params.get("promote", False))
-        train = train_from_events if params.get("source") == "events" else train_from_impressions
         with rt.session() as session:
+            source = params.get("source", "auto")
+            why = f"source: {source}"
+            if source == "auto":
+                source, why = default_source(rt, session)
+            train = train_from_events if source == "events" else train_from_impressions
             _, train_report = train(rt, session, promote=promote, progress=progress)
-        return train_report.to_dict()
+        return {**train_report.to_dict(), "source": source, "source_reason": why}
 
 
 def _check_id(job_id: int) -> None:

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.errors import InvalidInput
 from engine.events import EventIn
 from engine.metrics import auc, log_loss
 from engine.model_store import ModelStore
+from engine.models import Event, Impression
 from engine.ranker import LinearRanker, fit_logistic
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
@@ -241,6 +243,35 @@ def impression_examples(
         y[n] = 1.0 if (request_id, item_id) in positive else 0.0
         order[n] = request_number.setdefault(request_id, len(request_number))
     return x, y, order, names
+
+
+def default_source(runtime: Runtime, session: Session) -> tuple[str, str]:
+    """Which history `recsearch train` learns from without a flag, and why, in words:
+    logged impressions when some were clicked (events naming their request_id), else the
+    event history by replay."""
+    runtime.impressions.flush()
+    shown = session.scalar(select(func.count()).select_from(Impression)) or 0
+    clicked = 0
+    if shown:
+        clicked = (
+            session.scalar(
+                select(func.count(func.distinct(Event.request_id))).where(
+                    Event.request_id.in_(select(Impression.request_id))
+                )
+            )
+            or 0
+        )
+    if clicked:
+        return "impressions", (
+            f"training from logged impressions ({shown} shown results, {clicked} requests "
+            "with a click)"
+        )
+    if shown:
+        return "events", (
+            f"{shown} logged impressions but no event names their request_id: training from "
+            "the event history"
+        )
+    return "events", "no logged impressions: training from the event history"
 
 
 def train_from_impressions(

@@ -363,7 +363,7 @@ def test_an_expected_job_failure_logs_one_line(
 ) -> None:
     runner = JobRunner(runtime)
     with caplog.at_level(logging.INFO, logger="indexer.jobs"):
-        job = runner.wait(runner.start("train")["id"], 60)
+        job = runner.wait(runner.start("train", {"source": "impressions"})["id"], 60)
     assert job["state"] == "failed" and "no logged impressions" in job["error"]
     records = [r for r in caplog.records if r.name == "indexer.jobs" and r.levelno >= logging.ERROR]
     assert len(records) == 1
@@ -413,6 +413,7 @@ def test_index_status_before_and_after_a_build(runtime: Runtime, seed_index: Pat
         "built_at": manifest["built_at"],
         "recall_at_10": manifest["recall_at_10"],
         "delta_items": 1,
+        "vector_store": {"backend": "faiss"},
     }
     assert status["size_bytes"] > 0
 

@@ -52,9 +52,11 @@ def test_a_search_reads_sql_twice_at_most_and_no_item_fields(client: Any, built:
         for i in ("tokyo-japan", "kyoto-japan", "paris-france")
     ]
     assert client.post("/v1/events", json={"events": events}).status_code == 200
-    # The merchandising rules reload once a second per process, not per search.
-    built.rules.reload_s = 3600.0
+    # Merchandising rules and the running experiment reload once a second per process, not
+    # per search.
+    built.rules.reload_s = built.experiments.reload_s = 3600.0
     built.rules.get()
+    built.experiments.get()
     for params, most in (
         ({"q": "temples and gardens"}, 1),  # which candidates exist (and their popularity)
         ({"q": "temples and gardens", "user_id": "reader"}, 2),  # + the user with co-visits

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from engine import rule_store, schemas
+from engine import experiments, rule_store, schemas
 from engine.model_store import ModelStore
 from engine.status import index_status
 from indexer.jobs import JobRunner
@@ -147,6 +147,71 @@ def rule_delete(rule_id: int) -> ResponseReturnValue:
         rule_store.remove(session, rule_id)
     runtime.rules.invalidate()
     return jsonify({"deleted": rule_id})
+
+
+@bp.post("/experiments")
+@operation(
+    summary="Start an online experiment (team-draft interleaving)",
+    body=schemas.ExperimentIn,
+    responses={201: schemas.ExperimentOut},
+    **_ADMIN,
+)
+def experiment_start() -> ResponseReturnValue:
+    wanted = body(schemas.ExperimentIn)
+    runtime = runtime_of(current_app)
+    models = ModelStore(runtime.settings.model_dir)
+    with runtime.write_session() as session:
+        started = experiments.start(session, models, wanted.candidate, wanted.traffic)
+    runtime.experiments.invalidate()
+    return jsonify(started), 201
+
+
+@bp.get("/experiments")
+@operation(summary="Recent experiments", responses={200: schemas.ExperimentList}, **_ADMIN)
+def experiment_list() -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    runtime.impressions.flush()
+    with runtime.session() as session:
+        found = experiments.list_all(session, positive_rating=runtime.settings.positive_rating)
+    return jsonify({"experiments": found})
+
+
+@bp.get("/experiments/<int:experiment_id>")
+@operation(summary="An experiment's report", responses={200: schemas.ExperimentOut}, **_ADMIN)
+def experiment_get(experiment_id: int) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    runtime.impressions.flush()  # this process's latest interleaved requests count too
+    with runtime.session() as session:
+        return jsonify(
+            experiments.report(
+                session, experiment_id, positive_rating=runtime.settings.positive_rating
+            )
+        )
+
+
+@bp.post("/experiments/<int:experiment_id>/stop")
+@operation(summary="Stop an experiment", responses={200: schemas.ExperimentOut}, **_ADMIN)
+def experiment_stop(experiment_id: int) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    with runtime.write_session() as session:
+        stopped = experiments.stop(session, experiment_id)
+    runtime.experiments.invalidate()
+    return jsonify(stopped)
+
+
+@bp.post("/experiments/<int:experiment_id>/promote")
+@operation(
+    summary="Make an experiment's candidate live (ends it)",
+    responses={200: schemas.ExperimentOut},
+    **_ADMIN,
+)
+def experiment_promote(experiment_id: int) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    models = ModelStore(runtime.settings.model_dir)
+    with runtime.write_session() as session:
+        promoted = experiments.promote(session, models, experiment_id)
+    runtime.experiments.invalidate()
+    return jsonify(promoted)
 
 
 @bp.get("/search")
