@@ -183,6 +183,9 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads would spin for a while after each encode, taking the cores the
+        # rest of the search (and other workers) needs right then.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: no provider chatter on every start
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.startswith("cuda"):

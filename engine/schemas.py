@@ -621,3 +621,26 @@ class ExperimentOut(BaseModel):
 
 class ExperimentList(BaseModel):
     experiments: list[ExperimentOut]
+
+
+class EventOut(BaseModel):
+    type: str
+    item_id: str
+    ts: str
+    value: float | None
+    request_id: str | None
+
+
+class AdminUser(BaseModel):
+    """The admin page's user inspector: profile, latest events, recommendations explained."""
+
+    profile: UserProfile
+    events: list[EventOut]
+    recommendations: SearchOut
+
+
+class AdminItem(BaseModel):
+    """The admin page's item page: the item and its similar items, explained."""
+
+    item: ItemOut
+    similar: SearchOut

@@ -397,3 +397,23 @@ def most_popular(
     if category is not None:
         query = query.where(Item.category == category)
     return [i for i in session.scalars(query) if i not in exclude][:limit]
+
+
+def recent_events(session: Session, user_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The user's latest events, newest first (the admin page's user inspector)."""
+    rows = session.scalars(
+        select(Event)
+        .where(Event.user_id == user_id)
+        .order_by(Event.ts.desc(), Event.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "type": e.type,
+            "item_id": e.item_id,
+            "ts": iso_z(e.ts),
+            "value": e.value,
+            "request_id": e.request_id,
+        }
+        for e in rows
+    ]

@@ -124,3 +124,79 @@ def test_rebuild_progress_and_playground(page, server: tuple[str, str], built: R
     )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+
+
+def test_inspector_catalog_rules_and_experiments(
+    page, server: tuple[str, str], built: Runtime
+) -> None:  # type: ignore[no-untyped-def]
+    from engine.model_store import ModelStore
+    from engine.ranker import LinearRanker
+    from indexer.events import load_events
+
+    with built.write_session() as session:
+        load_events(built, session, ROOT / "data" / "events.jsonl")
+    prior = LinearRanker.prior()
+    candidate = ModelStore(built.settings.model_dir).save(
+        LinearRanker(prior.names, -prior.weights, -prior.bias), {"note": "test"}, promote=False
+    )
+    base, key = server
+    sign_in(page, base, key)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # The user inspector: profile, latest events, recommendations with explanations.
+    page.fill("#user-id", "luxury-2")
+    page.click("#user-look")
+    page.wait_for_selector("#user-recs li.result .contrib")
+    assert page.locator("#user-recs li.result").count() == 10
+    assert page.locator("#user-events tbody tr").count() > 0
+    assert "events" in (page.text_content("#user-meta") or "")
+    page.locator("#users-panel").screenshot(path=str(ARTIFACTS / "admin-users.png"))
+
+    # The catalog browser: filters, then an item page with its similar items.
+    page.fill("#catalog-filters", '{"country": "Japan"}')
+    page.click("#catalog-search")
+    page.wait_for_selector("#catalog-results li.result")
+    assert page.locator("#catalog-results li.result").count() == 7
+    page.locator("#catalog-results li.result").first.click()
+    page.wait_for_selector("#item-similar li.result")
+    assert page.locator("#item-similar li.result").count() == 8
+    shown = page.text_content("#item-fields") or ""
+    assert "Japan" in shown
+    page.locator("#catalog-panel").screenshot(path=str(ARTIFACTS / "admin-catalog.png"))
+
+    # The rules editor: a pin shows in the playground, with its rule named.
+    page.select_option("#rule-action", "pin")
+    page.fill("#rule-item", "paris-france")
+    page.fill("#rule-position", "1")
+    page.click("#rule-add")
+    page.wait_for_selector("#rules tbody tr")
+    assert page.text_content("#rules tbody tr td:nth-child(3)") == "paris-france"
+    page.select_option("#rule-action", "boost")
+    page.fill("#rule-where", '{"colour": "red"}')
+    page.click("#rule-add")
+    page.wait_for_function("document.getElementById('rule-text').textContent.includes('colour')")
+    page.fill("#q", "snowy mountains")
+    page.click("#search")
+    page.wait_for_selector("#results li.result")
+    first = page.locator("#results li.result").first
+    assert first.get_attribute("data-id") == "paris-france"
+    assert "pin" in (first.locator(".rule-note").text_content() or "")
+    page.locator("#rules-panel").screenshot(path=str(ARTIFACTS / "admin-rules.png"))
+    page.click("#rules tbody tr .rule-delete")
+    page.wait_for_function("document.querySelectorAll('#rules tbody tr').length === 0")
+
+    # The experiment report: start, see it running, stop it, promote the candidate.
+    page.click("#experiment-start")
+    page.wait_for_selector("#experiments tbody tr .experiment-stop")
+    row = page.locator("#experiments tbody tr").first
+    assert candidate in (row.text_content() or "") and "running" in (row.text_content() or "")
+    page.locator("#experiments-panel").screenshot(path=str(ARTIFACTS / "admin-experiments.png"))
+    row.locator(".experiment-stop").click()
+    page.wait_for_function(
+        "document.querySelector('#experiments tbody tr td:nth-child(4)').textContent === 'stopped'"
+    )
+    page.locator("#experiments tbody tr .experiment-promote").click()
+    page.wait_for_function(
+        "document.querySelector('#experiments tbody tr td:nth-child(4)').textContent === 'promoted'"
+    )
+    assert ModelStore(built.settings.model_dir).current_version() == candidate

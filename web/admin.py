@@ -9,8 +9,12 @@ from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from engine import experiments, rule_store, schemas
+from engine.catalog import get_item, item_to_dict
+from engine.contract import check_id
 from engine.model_store import ModelStore
+from engine.search import SearchRequest
 from engine.status import index_status
+from engine.users import recent_events, user_profile
 from indexer.jobs import JobRunner
 from web import runtime_of
 from web.auth import require_admin
@@ -230,6 +234,47 @@ def playground_search() -> ResponseReturnValue:
         response = runtime.searcher.search(db, search.to_request())
     observe_search(runtime, response)
     return jsonify(schemas.search_json(response, explain=True))
+
+
+@bp.get("/users/<path:user_id>")
+@operation(
+    summary="A user's profile, latest events and recommendations (explained)",
+    responses={200: schemas.AdminUser},
+    **_ADMIN,
+)
+def user_inspect(user_id: str) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    user_id = check_id(user_id, "user_id")
+    with runtime.session() as session:
+        profile = user_profile(session, user_id, runtime.settings)
+        events = recent_events(session, user_id)
+        found = runtime.searcher.search(session, SearchRequest(user_id=user_id, k=10, explain=True))
+    observe_search(runtime, found)
+    return jsonify(
+        {
+            "profile": profile,
+            "events": events,
+            "recommendations": schemas.search_json(found, explain=True),
+        }
+    )
+
+
+@bp.get("/items/<path:item_id>")
+@operation(
+    summary="An item and its similar items (explained)",
+    responses={200: schemas.AdminItem},
+    **_ADMIN,
+)
+def item_inspect(item_id: str) -> ResponseReturnValue:
+    runtime = runtime_of(current_app)
+    item_id = check_id(item_id, "item_id")
+    with runtime.session() as session:
+        item = item_to_dict(get_item(session, item_id))
+        found = runtime.searcher.search(
+            session, SearchRequest(k=8, explain=True, similar_to=item_id)
+        )
+    observe_search(runtime, found)
+    return jsonify({"item": item, "similar": schemas.search_json(found, explain=True)})
 
 
 @bp.get("/status")

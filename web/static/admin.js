@@ -93,34 +93,144 @@ $("train").addEventListener("click", async () => {
   catch (e) { $("train-text").textContent = e.message; }
 });
 
+// One rendering of explained results: the playground, the user inspector, similar items.
+function renderHits(list, body, onPick) {
+  list.innerHTML = "";
+  for (const hit of body.results) {
+    const li = document.createElement("li"); li.className = "result"; li.dataset.id = hit.id;
+    li.innerHTML = `<strong></strong> <span class="score"></span>`;
+    li.querySelector("strong").textContent = `${hit.title} (${hit.category || "-"})`;
+    const e = hit.explanation;
+    li.querySelector(".score").textContent = `score ${hit.score.toFixed(3)}` + (e ? ` · logit ${e.logit.toFixed(2)}` : "");
+    if (e && e.rules) {
+      const note = document.createElement("div"); note.className = "rule-note";
+      note.textContent = e.rules.map((r) => `rule ${r.rule_id}: ${r.action}`).join(", ");
+      li.append(note);
+    }
+    const contributions = e ? Object.entries(e.contributions).filter(([, v]) => Math.abs(v) > 1e-9) : [];
+    const scale = Math.max(...contributions.map(([, v]) => Math.abs(v)), 1e-9);
+    for (const [name, value] of contributions.sort((a, b) => Math.abs(b[1]) - Math.abs(a[1])).slice(0, 6)) {
+      const row = document.createElement("div"); row.className = "contrib";
+      row.innerHTML = `<span class="name"></span><span class="track"><span class="${value >= 0 ? "pos" : "neg"}"></span></span><span class="value"></span>`;
+      row.querySelector(".name").textContent = name;
+      row.querySelector(".track span").style.width = (50 * Math.abs(value) / scale) + "%";
+      row.querySelector(".value").textContent = value.toFixed(3);
+      li.append(row);
+    }
+    if (onPick) li.addEventListener("click", () => onPick(hit.id));
+    list.append(li);
+  }
+}
+
+function fillList(dl, pairs) {
+  dl.innerHTML = "";
+  for (const [k, v] of pairs) { const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = v; dl.append(dt, dd); }
+}
+
 $("search-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const params = new URLSearchParams({ k: $("k").value });
   if ($("q").value) params.set("q", $("q").value);
   if ($("user").value) params.set("user_id", $("user").value);
-  const list = $("results"); list.innerHTML = "";
+  $("results").innerHTML = "";
   try {
     const body = await api("/search?" + params);
     $("search-meta").textContent = `${body.mode} · index ${body.index_version} · ${body.took_ms} ms`;
-    for (const hit of body.results) {
-      const li = document.createElement("li"); li.className = "result";
-      li.innerHTML = `<strong></strong> <span class="score"></span>`;
-      li.querySelector("strong").textContent = `${hit.title} (${hit.category || "-"})`;
-      li.querySelector(".score").textContent = `score ${hit.score.toFixed(3)} · logit ${hit.explanation.logit.toFixed(2)}`;
-      const contributions = Object.entries(hit.explanation.contributions).filter(([, v]) => Math.abs(v) > 1e-9);
-      const scale = Math.max(...contributions.map(([, v]) => Math.abs(v)), 1e-9);
-      for (const [name, value] of contributions.sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]))) {
-        const row = document.createElement("div"); row.className = "contrib";
-        row.innerHTML = `<span class="name"></span><span class="track"><span class="${value >= 0 ? "pos" : "neg"}"></span></span><span class="value"></span>`;
-        row.querySelector(".name").textContent = name;
-        row.querySelector(".track span").style.width = (50 * Math.abs(value) / scale) + "%";
-        row.querySelector(".value").textContent = value.toFixed(3);
-        li.append(row);
-      }
-      list.append(li);
-    }
+    renderHits($("results"), body);
   } catch (e) { $("search-meta").textContent = e.message; }
 });
 
+$("user-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = $("user-id").value.trim(); if (!id) return;
+  try {
+    const body = await api("/users/" + encodeURIComponent(id));
+    const p = body.profile;
+    $("user-meta").textContent = `${p.event_count} events · last active ${p.last_activity || "-"}`;
+    fillList($("user-profile"), [
+      ["events", Object.entries(p.counts).map(([k, v]) => `${k} ${v}`).join(", ")],
+      ["categories", p.top_categories.map((a) => `${a.name} ${a.affinity.toFixed(2)}`).join(", ")],
+      ["tags", p.top_tags.map((a) => `${a.name} ${a.affinity.toFixed(2)}`).join(", ")],
+      ["purchased", p.purchased.join(", ") || "-"],
+    ]);
+    const rows = $("user-events").tBodies[0]; rows.innerHTML = "";
+    for (const e of body.events) { const r = rows.insertRow(); cell(r, e.ts); cell(r, e.type); cell(r, e.item_id); cell(r, e.request_id ? e.request_id.slice(0, 8) : ""); }
+    renderHits($("user-recs"), body.recommendations);
+  } catch (e) { $("user-meta").textContent = e.message; $("user-recs").innerHTML = ""; }
+});
+
+async function showItem(id) {
+  try {
+    const body = await api("/items/" + encodeURIComponent(id));
+    const item = body.item;
+    $("item-title").textContent = `${item.title} (${item.category || "-"})`;
+    fillList($("item-fields"), [["id", item.id], ["tags", item.tags.join(", ")],
+      ...Object.entries(item.attributes).map(([k, v]) => [k, String(v)])]);
+    $("similar-heading").textContent = "Similar items";
+    renderHits($("item-similar"), body.similar, showItem);
+  } catch (e) { $("item-title").textContent = e.message; }
+}
+
+$("catalog-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const params = new URLSearchParams({ k: "20" });
+  if ($("catalog-q").value) params.set("q", $("catalog-q").value);
+  if ($("catalog-filters").value.trim()) params.set("filters", $("catalog-filters").value.trim());
+  try {
+    const body = await api("/search?" + params);
+    $("catalog-meta").textContent = `${body.results.length} items · ${body.mode}`;
+    renderHits($("catalog-results"), body, showItem);
+  } catch (e) { $("catalog-meta").textContent = e.message; $("catalog-results").innerHTML = ""; }
+});
+
+async function refreshRules() {
+  const rows = $("rules").tBodies[0]; rows.innerHTML = "";
+  for (const r of (await api("/rules")).rules) {
+    const row = rows.insertRow(); cell(row, r.id); cell(row, r.action);
+    cell(row, r.item_id || JSON.stringify(r.where)); cell(row, r.query || "every query");
+    cell(row, r.position ?? r.weight ?? ""); cell(row, [r.starts_at, r.ends_at].filter(Boolean).join(" → "));
+    const button = document.createElement("button"); button.textContent = "delete"; button.className = "rule-delete";
+    button.addEventListener("click", async () => { await api("/rules/" + r.id, { method: "DELETE" }); refreshRules(); });
+    row.insertCell().append(button);
+  }
+}
+
+$("rule-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const rule = { action: $("rule-action").value };
+  try {
+    if ($("rule-item").value.trim()) rule.item_id = $("rule-item").value.trim();
+    if ($("rule-where").value.trim()) rule.where = JSON.parse($("rule-where").value);
+    if ($("rule-query").value.trim()) rule.query = $("rule-query").value;
+    if ($("rule-position").value) rule.position = Number($("rule-position").value);
+    if ($("rule-weight").value) rule.weight = Number($("rule-weight").value);
+    await api("/rules", { method: "POST", body: JSON.stringify(rule) });
+    $("rule-text").textContent = ""; $("rule-form").reset(); refreshRules();
+  } catch (e) { $("rule-text").textContent = e.message; }
+});
+
+async function refreshExperiments() {
+  const rows = $("experiments").tBodies[0]; rows.innerHTML = "";
+  for (const x of (await api("/experiments")).experiments) {
+    const row = rows.insertRow(); row.dataset.id = x.id;
+    for (const v of [x.id, x.candidate, x.live, x.state, x.traffic, x.requests, x.wins, x.losses, x.ties, x.p_value.toPrecision(3)]) cell(row, v);
+    const actions = row.insertCell();
+    for (const [label, path] of x.state === "running" ? [["stop", "stop"], ["promote", "promote"]] : x.state === "stopped" ? [["promote", "promote"]] : []) {
+      const button = document.createElement("button"); button.textContent = label; button.className = "experiment-" + label;
+      button.addEventListener("click", async () => { await api(`/experiments/${x.id}/${path}`, { method: "POST" }); refreshExperiments(); refresh(); });
+      actions.append(button);
+    }
+  }
+}
+
+$("experiment-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = JSON.stringify({ candidate: $("experiment-candidate").value.trim(), traffic: Number($("experiment-traffic").value) });
+  try { await api("/experiments", { method: "POST", body }); $("experiment-text").textContent = ""; refreshExperiments(); }
+  catch (e) { $("experiment-text").textContent = e.message; }
+});
+
+refreshRules().catch(console.error);
+refreshExperiments().catch(console.error);
 refresh();
 setInterval(refresh, 5000);
