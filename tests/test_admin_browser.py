@@ -191,12 +191,9 @@ def test_inspector_catalog_rules_and_experiments(
     row = page.locator("#experiments tbody tr").first
     assert candidate in (row.text_content() or "") and "running" in (row.text_content() or "")
     page.locator("#experiments-panel").screenshot(path=str(ARTIFACTS / "admin-experiments.png"))
+    state = "document.querySelector('#experiments tbody tr td:nth-child(4)')?.textContent"
     row.locator(".experiment-stop").click()
-    page.wait_for_function(
-        "document.querySelector('#experiments tbody tr td:nth-child(4)').textContent === 'stopped'"
-    )
+    page.wait_for_function(f"{state} === 'stopped'")
     page.locator("#experiments tbody tr .experiment-promote").click()
-    page.wait_for_function(
-        "document.querySelector('#experiments tbody tr td:nth-child(4)').textContent === 'promoted'"
-    )
+    page.wait_for_function(f"{state} === 'promoted'")
     assert ModelStore(built.settings.model_dir).current_version() == candidate

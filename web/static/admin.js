@@ -184,8 +184,9 @@ $("catalog-form").addEventListener("submit", async (event) => {
 });
 
 async function refreshRules() {
+  const rules = (await api("/rules")).rules;  // fetched before clearing: no empty flash
   const rows = $("rules").tBodies[0]; rows.innerHTML = "";
-  for (const r of (await api("/rules")).rules) {
+  for (const r of rules) {
     const row = rows.insertRow(); cell(row, r.id); cell(row, r.action);
     cell(row, r.item_id || JSON.stringify(r.where)); cell(row, r.query || "every query");
     cell(row, r.position ?? r.weight ?? ""); cell(row, [r.starts_at, r.ends_at].filter(Boolean).join(" → "));
@@ -210,8 +211,9 @@ $("rule-form").addEventListener("submit", async (event) => {
 });
 
 async function refreshExperiments() {
+  const experiments = (await api("/experiments")).experiments;
   const rows = $("experiments").tBodies[0]; rows.innerHTML = "";
-  for (const x of (await api("/experiments")).experiments) {
+  for (const x of experiments) {
     const row = rows.insertRow(); row.dataset.id = x.id;
     for (const v of [x.id, x.candidate, x.live, x.state, x.traffic, x.requests, x.wins, x.losses, x.ties, x.p_value.toPrecision(3)]) cell(row, v);
     const actions = row.insertCell();
