@@ -25,6 +25,9 @@ Try, from another terminal:
   curl -X POST http://$host:$port/v1/search -H 'Content-Type: application/json' \\
        -d '{"q": "skiing in the alps", "k": 5}'
   curl 'http://$host:$port/v1/search?user_id=beach-lover-1&k=5'           # "for you"
+  curl -G 'http://$host:$port/v1/search' --data-urlencode 'q=temples and gardens' \
+       --data-urlencode 'filters={"country": "Japan"}' --data-urlencode 'k=3'
+  curl 'http://$host:$port/v1/items/kyoto-japan/similar?k=5'              # similar items
   curl 'http://$host:$port/v1/search?q=city+break&user_id=mountain-hiker-1&explain=true&k=3'
   curl -X POST http://$host:$port/v1/events -H 'Content-Type: application/json' \
        -d '{"user_id": "me", "item_id": "kyoto-japan", "type": "click"}'
