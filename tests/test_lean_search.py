@@ -64,7 +64,8 @@ def test_a_search_reads_sql_twice_at_most_and_no_item_fields(client: Any, built:
     ):
         with statements(built) as seen:
             assert search_ids(client, **params)
-        assert 1 <= len(seen) <= most, seen
+        assert len(seen) >= 1, "the existence check must read SQL"
+        assert len(seen) <= most, seen
         for sql in seen:
             selected = sql.split("FROM")[0]
             assert not any(f"items.{f}" in selected for f in FIELDS), sql
