@@ -37,6 +37,12 @@ class Corpus:
     def dim(self) -> int:
         return self.artifact.dim
 
+    def unknown(self, item_ids: Sequence[str]) -> list[str]:
+        """The ids neither the version nor its delta holds (only SQL can say if they exist)."""
+        rows = self.artifact.ann.rows
+        fresh = self.delta.items if self.delta is not None else {}
+        return [i for i in item_ids if i not in rows and i not in fresh]
+
     def fields(self, session: Session, item_ids: Sequence[str]) -> dict[str, ItemFields]:
         """Fields of the given items that exist: the delta's for items written since the
         build, else the version's, else (written within the last poll) SQL's."""

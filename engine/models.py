@@ -112,6 +112,8 @@ class ItemStats(Base):
     popularity: Mapped[float] = mapped_column(Float, default=0.0)
     ref_ts: Mapped[datetime | None] = mapped_column(DateTime)
     counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # When the row last changed (None before migration 0010): servers follow it (item_watch).
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
 
 
 class Impression(Base):

@@ -22,6 +22,7 @@ from engine.embedding_follower import EmbeddingFollower
 from engine.experiments import ExperimentCache
 from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex, make_private_dir
+from engine.item_watch import ItemWatch
 from engine.model_store import ModelStore, live_model
 from engine.rule_store import RuleCache
 from engine.search import Searcher
@@ -71,6 +72,8 @@ class Runtime:
         # With Milvus, the follower also writes each new vector (and each deletion) into the
         # serving collection; FAISS has no writer (None): its delta serves new items.
         self.follower.set_sink(item_writer(settings))
+        # Items' popularity and deletions for this process's searches, polled like the delta.
+        self.watch = ItemWatch(self.sessions, settings.delta_poll_s)
         self.delta = Delta(
             self.sessions,
             self.live,
@@ -103,6 +106,7 @@ class Runtime:
                         self.delta,
                         self.rules.get,
                         self.experiments.get,
+                        watch=self.watch,
                     )
         return self._searcher
 
@@ -129,6 +133,7 @@ class Runtime:
 
     def close(self) -> None:
         self.delta.close()
+        self.watch.close()
         self.follower.close()
         self.impressions.close()
         self.db.dispose()

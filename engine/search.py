@@ -6,8 +6,8 @@ co-visitation or popular items, merged) → engine.features (φ(u, q, c)) → en
 
 Item fields and vectors come from the published index version and its delta
 (engine.corpus). SQL is read at most twice (engine.state): the user's row with the co-visits
-of the user's latest items, then which candidates still exist, with the popularity of those
-this process has not read in the last second (ItemStatsCache).
+of the user's latest items, then the items deleted since this process's ItemWatch last
+looked (nearly always none); popularity and older deletions come from that watch.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from engine.experiments import Running
 from engine.impressions import ImpressionLog, Shown
 from engine.index_store import IndexArtifact, IndexStore, LiveIndex
 from engine.interleave import Side, team_draft
+from engine.item_watch import ItemWatch
 from engine.ranker import LinearRanker
 from engine.rules import Rule, live_rules, pinned_ids, place_pins
 from engine.rules import apply as apply_rules
-from engine.state import ItemStatsCache, SqlState, StateView
+from engine.state import SqlState, StateView
 from engine.users import UserState
 from engine.vectors import ItemVectors
 
@@ -122,6 +123,7 @@ class Searcher:
         delta: Delta | None = None,
         rules: Callable[[], list[Rule]] | None = None,
         experiments: Callable[[], Running | None] | None = None,
+        watch: ItemWatch | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -137,8 +139,8 @@ class Searcher:
         self.experiments = experiments or (lambda: None)
         self._coin = random.Random()  # which searches an experiment takes
         self.feature_names = features.feature_names(settings.attribute_features())
-        # Popularity read in the last second, shared by this process's searches.
-        self.item_stats = ItemStatsCache()
+        # Items' popularity and deletions, followed per process (None: read per search).
+        self.watch = watch
 
     @property
     def store(self) -> IndexStore:
@@ -285,7 +287,7 @@ class Searcher:
         if request.filters:
             fresh = snapshot.items if snapshot is not None else None
             where = filtering.parse(request.filters, filtering.schema_for(artifact, fresh))
-        state = state or SqlState(session, utcnow(), self.item_stats)
+        state = state or SqlState(session, utcnow(), self.watch, corpus.unknown)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         query = self.embedder.encode_query(request.q) if request.q else None

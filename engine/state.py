@@ -8,8 +8,6 @@ and the same feature code, so an example never sees its own future.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,11 +35,10 @@ from engine import covisit
 from engine.config import Settings
 from engine.decay import rebase
 from engine.events import EventIn
-from engine.models import Covisit, Item, ItemStats, UserFeatures
+from engine.item_watch import ItemWatch, Stored
+from engine.models import Covisit, Item, ItemStats, ItemTombstone, UserFeatures
 from engine.users import UserState, event_weight, most_popular
 
-# A decayed sum as stored: (value, as of when); engine.decay.as_of reads it at a moment.
-Stored = tuple[float, datetime | None]
 _NONE: Stored = (0.0, None)
 
 
@@ -70,66 +67,32 @@ class StateView(Protocol):
         ...
 
 
-class ItemStatsCache:
-    """Items' popularity as stored, kept per process for at most max_age_s.
-
-    Popularity may lag a second (issue 9), existence may not: SqlState.live_items always asks
-    SQL which candidates still exist, and reads popularity only for the ids whose entry here
-    is older than max_age_s. A search then reads no item_stats rows for the candidates the
-    searches of the last second already read, which is most of them.
-    """
-
-    def __init__(
-        self,
-        max_age_s: float = 1.0,
-        max_items: int = 200_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_age_s = max_age_s
-        self.max_items = max_items
-        self.clock = clock
-        self._entries: dict[str, tuple[float, Stored]] = {}  # id -> (read at, stored)
-        self._lock = threading.Lock()
-
-    def split(self, item_ids: Sequence[str]) -> tuple[dict[str, Stored], list[str]]:
-        """(the ids' fresh entries, the ids to read again)."""
-        oldest = self.clock() - self.max_age_s
-        fresh: dict[str, Stored] = {}
-        stale: list[str] = []
-        entries = self._entries
-        for item_id in item_ids:
-            entry = entries.get(item_id)
-            if entry is not None and entry[0] >= oldest:
-                fresh[item_id] = entry[1]
-            else:
-                stale.append(item_id)
-        return fresh, stale
-
-    def put(self, read_at: float, stored: dict[str, Stored]) -> None:
-        """Entries read from SQL at read_at (a clock() taken before the read)."""
-        with self._lock:
-            if len(self._entries) + len(stored) > self.max_items:
-                self._entries = {}  # rare (a huge catalog): start over, not an LRU per read
-            for item_id, value in stored.items():
-                self._entries[item_id] = (read_at, value)
-
-
 class SqlState:
     """The live state in SQL, as of the request (or of an earlier moment, for evaluation).
 
     A search reads it with at most two statements: the user's row with the co-visits of the
-    user's latest items, and which candidates still exist (all of them at once), with the
-    popularity of those the cache does not hold fresh. Each sees every committed write, so
-    the next search reflects the last event and the last deletion.
+    user's latest items, and the deletions. Each sees every committed write, so the next
+    search reflects the last event and the last deletion.
+
+    With a watch (serving), popularity and older deletions come from the process's
+    ItemWatch and the second statement reads only the tombstones written since the watch
+    last looked; ids that neither the serving version nor its delta holds (`unknown` finds
+    them) are still checked in SQL. Without one (evaluation, tools), every candidate is looked up.
     """
 
     def __init__(
-        self, session: Session, now: datetime, stats: ItemStatsCache | None = None
+        self,
+        session: Session,
+        now: datetime,
+        watch: ItemWatch | None = None,
+        unknown: Callable[[Sequence[str]], list[str]] | None = None,
     ) -> None:
         self.session = session
         self.now = now
-        self.stats = stats
+        self.watch = watch if watch is not None and watch.ready() else None
+        self.unknown = unknown
         self._sql = _statements(session)
+        self._gone: set[str] | None = None  # tombstones since the watch's horizon, read once
 
     def user(self, user_id: str) -> UserState | None:
         return self.user_with_covisits(user_id, 0, 0)[0]
@@ -149,22 +112,35 @@ class SqlState:
     def live_items(self, item_ids: Sequence[str]) -> dict[str, Stored]:
         if not item_ids:
             return {}
-        read_at = self.stats.clock() if self.stats is not None else 0.0
-        stored, stale = self.stats.split(item_ids) if self.stats is not None else ({}, item_ids)
-        missing: set[str] = set()
-        read: dict[str, Stored] = dict.fromkeys(stale, _NONE)  # no item_stats row: 0
-        rows = self.session.execute(
-            self._sql.live_items, {"ids": self._sql.ids(item_ids), "stale": self._sql.ids(stale)}
-        )
-        for kind, item_id, popularity, ref in rows.all():
+        watch = self.watch
+        if watch is None:
+            return self._read_live(item_ids)
+        if self._gone is None:
+            assert watch.horizon is not None
+            self._gone = set(
+                self.session.scalars(self._sql.deleted_since, {"since": watch.horizon})
+            )
+        gone, deleted, popularity = self._gone, watch.deleted, watch.popularity
+        out = {i: popularity.get(i, _NONE) for i in item_ids if i not in gone and i not in deleted}
+        unknown = self.unknown(list(out)) if self.unknown is not None else []
+        if unknown:  # not in the version or its delta (rare): SQL says whether they exist
+            for item_id in unknown:
+                del out[item_id]
+            out.update(self._read_live(unknown))
+        return out
+
+    def _read_live(self, item_ids: Sequence[str]) -> dict[str, Stored]:
+        """The ids that exist in SQL with their stored popularity (one statement)."""
+        ids = self._sql.ids(item_ids)
+        found: dict[str, Stored] = dict.fromkeys(item_ids, _NONE)  # no item_stats row: 0
+        for kind, item_id, popularity, ref in self.session.execute(
+            self._sql.live_items, {"ids": ids, "stale": ids}
+        ).all():
             if kind == 0:
-                missing.add(item_id)
+                found.pop(item_id, None)
             else:
-                read[item_id] = (popularity or 0.0, ref)
-        if self.stats is not None and stale:
-            self.stats.put(read_at, {i: v for i, v in read.items() if i not in missing})
-        stored.update(read)
-        return {i: stored[i] for i in item_ids if i not in missing}
+                found[item_id] = (popularity or 0.0, ref)
+        return found
 
     def most_popular(self, limit: int, exclude: set[str], category: str | None) -> list[str]:
         return most_popular(self.session, limit, exclude, category)
@@ -329,6 +305,7 @@ class _Statements:
 
     user_with_covisits: Any
     live_items: Any
+    deleted_since: Any
     ids: Callable[[Sequence[str]], Any]
 
 
@@ -382,8 +359,8 @@ def _statements(session: Session) -> _Statements:
         user_with_covisits=text(_USER_WITH_COVISITS.format(**entries)).columns(
             *(users.c[name] for name in _USER_COLUMNS), column("covisits", JSON)
         ),
-        # Rows (1, id, popularity, ref_ts) from item_stats for the `stale` ids, and
-        # (0, id, None, None) for each candidate not in items (nearly always none):
+        # Rows (1, id, popularity, ref_ts) from item_stats for the ids, and
+        # (0, id, None, None) for each id not in items (nearly always none):
         # primary-key lookups that return only what is needed. The result takes the first
         # select's column types (DateTime), so item_stats comes first.
         live_items=union_all(
@@ -393,6 +370,9 @@ def _statements(session: Session) -> _Statements:
             select(literal(0), candidates.c.value, null(), null()).where(
                 ~exists().where(Item.id == candidates.c.value)
             ),
+        ),
+        deleted_since=select(ItemTombstone.item_id).where(
+            ItemTombstone.deleted_at >= bindparam("since")
         ),
         ids=ids,
     )

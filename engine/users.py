@@ -257,7 +257,7 @@ def record_events(
     for event in new:
         by_item[event.item_id].append(event)
     stats = [
-        _item_stats(row, by_item[row.item_id], weight_of, half_life_s)
+        _item_stats(row, by_item[row.item_id], weight_of, half_life_s, now)
         for row in _locked_rows(session, ItemStats, "item_id", sorted(by_item))
     ]
     sql_bulk.update_rows(session, ItemStats, "item_id", stats)
@@ -326,7 +326,11 @@ def _locked_rows(session: Session, model: Any, key: str, ids: list[str]) -> list
 
 
 def _item_stats(
-    stats: Any, events: list[EventIn], weight_of: dict[int, float], half_life_s: float
+    stats: Any,
+    events: list[EventIn],
+    weight_of: dict[int, float],
+    half_life_s: float,
+    now: datetime,
 ) -> dict[str, Any]:
     """The item_stats row after the events: decayed popularity and counts by type."""
     popularity = stats.popularity or 0.0
@@ -336,7 +340,13 @@ def _item_stats(
         ref, kept, age_factor = rebase(ref, event.ts, half_life_s)
         popularity = popularity * kept + max(weight_of[id(event)], 0.0) * age_factor
         counts[event.type] = counts.get(event.type, 0) + 1
-    return {"item_id": stats.item_id, "popularity": popularity, "ref_ts": ref, "counts": counts}
+    return {
+        "item_id": stats.item_id,
+        "popularity": popularity,
+        "ref_ts": ref,
+        "counts": counts,
+        "updated_at": now,  # taken in the write transaction: settled_before bounds it
+    }
 
 
 def _expire(session: Session, models: tuple[type, ...]) -> None:

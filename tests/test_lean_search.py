@@ -1,6 +1,7 @@
 """The request path's reads (issue 9): item fields come from the index version and its delta,
-SQL is read at most twice per search (the user with the co-visits, then which candidates
-exist), popularity is at most a second old, deletions vanish at once in every process."""
+SQL is read at most twice per search (the user with the co-visits, then the deletions since
+the process's item watch last looked), popularity is at most a poll old, deletions vanish at
+once in every process."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from sqlalchemy import event
 
 from engine.clock import utcnow
 from engine.index_store import ITEMS
+from engine.item_watch import ItemWatch
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
-from engine.state import ItemStatsCache, SqlState
+from engine.state import SqlState
 from tests.conftest import SAMPLE_CATALOG
 
 FIELDS = ("title", "text", "tags", "attributes", "created_at")
@@ -57,14 +59,15 @@ def test_a_search_reads_sql_twice_at_most_and_no_item_fields(client: Any, built:
     built.rules.reload_s = built.experiments.reload_s = 3600.0
     built.rules.get()
     built.experiments.get()
+    built.watch.ready()  # a process's first search reads popularity and tombstones whole
     for params, most in (
-        ({"q": "temples and gardens"}, 1),  # which candidates exist (and their popularity)
+        ({"q": "temples and gardens"}, 1),  # the deletions since the item watch looked
         ({"q": "temples and gardens", "user_id": "reader"}, 2),  # + the user with co-visits
         ({"user_id": "reader", "context_items": "zermatt-switzerland"}, 2),
     ):
         with statements(built) as seen:
             assert search_ids(client, **params)
-        assert len(seen) >= 1, "the existence check must read SQL"
+        assert len(seen) >= 1, "the deletion check must read SQL"
         assert len(seen) <= most, seen
         for sql in seen:
             selected = sql.split("FROM")[0]
@@ -90,9 +93,11 @@ def test_the_user_and_the_co_visits_come_in_one_read_with_the_last_event(
         assert user is not None and none == []
 
 
-def test_popularity_is_at_most_a_second_old(client: Any, built: Runtime) -> None:
-    now = [100.0]
-    built.searcher.item_stats = ItemStatsCache(max_age_s=1.0, clock=lambda: now[0])
+def test_popularity_follows_within_a_poll(client: Any, built: Runtime) -> None:
+    """Popularity comes from the process's item watch: unchanged until it polls, then fresh
+    (the poll runs every delta_poll_s, 0.5 s by default; here the test polls it)."""
+    built.watch.close()  # no background poll: the test decides when the watch looks
+    watch = built.searcher.watch = ItemWatch(built.sessions, poll_s=3600)
 
     def popularity() -> float:
         body = client.get("/v1/search?q=Eiffel+Tower+and+the+Louvre&k=3&explain=true").get_json()
@@ -102,10 +107,46 @@ def test_popularity_is_at_most_a_second_old(client: Any, built: Runtime) -> None
     before = popularity()
     event = {"user_id": "fan", "item_id": "paris-france", "type": "purchase"}
     assert client.post("/v1/events", json={"events": [event]}).status_code == 200
-    now[0] += 0.5
-    assert popularity() == before  # cached: read 0.5 s ago
-    now[0] += 0.6
-    assert popularity() > before  # 1.1 s: read again
+    assert popularity() == before  # the watch has not looked since
+    watch.refresh()
+    assert popularity() > before
+    watch.close()
+
+
+def test_the_item_watch_follows_deletions_and_items_written_again(
+    client: Any, built: Runtime
+) -> None:
+    """A deletion vanishes at once although the watch has not looked (the search reads the
+    tombstones since its horizon); once it has, the deletion is the watch's own; an item
+    written again after its deletion is back once the watch looks."""
+    built.watch.close()
+    watch = built.searcher.watch = ItemWatch(built.sessions, poll_s=3600)
+    eiffel = {"q": "Eiffel Tower and the Louvre", "k": 3}
+    assert search_ids(client, **eiffel)[0] == "paris-france"
+    paris = client.get("/v1/items/paris-france").get_json()
+    assert client.delete("/v1/items/paris-france").status_code == 200
+    assert "paris-france" not in search_ids(client, **eiffel)  # from the tombstone read
+    watch.refresh()
+    assert "paris-france" in watch.deleted
+    with statements(built) as seen:
+        assert "paris-france" not in search_ids(client, **eiffel)
+    assert all("item_tombstones" in sql for sql in seen), seen  # nothing per candidate
+    written = {k: paris[k] for k in ("id", "title", "text", "category", "tags", "attributes")}
+    assert client.post("/v1/items", json=written).status_code == 201
+    built.delta.refresh()
+    watch.refresh()
+    assert "paris-france" not in watch.deleted
+    assert search_ids(client, **eiffel)[0] == "paris-france"
+    watch.close()
+
+
+def test_a_searcher_without_a_watch_reads_each_candidate(client: Any, built: Runtime) -> None:
+    """Evaluation and tools search without a watch: existence and popularity per candidate."""
+    expected = search_ids(client, q="quiet beaches", k=5)
+    built.searcher.watch = None
+    with statements(built) as seen:
+        assert search_ids(client, q="quiet beaches", k=5) == expected
+    assert any("item_stats" in sql for sql in seen), seen
 
 
 def test_timings_without_explanations(client: Any, built: Runtime) -> None:

@@ -134,6 +134,7 @@ def test_similar_items(client: Any, built: Runtime) -> None:
         for item in ("kyoto-japan", "reykjavik-iceland")
     ]
     assert client.post("/v1/events", json={"events": events}).status_code == 200
+    built.watch.refresh()  # their popularity too, as a server sees it a poll later
     again = client.get("/v1/items/kyoto-japan/similar?k=10&user_id=pair-0&explain=true")
     assert "reykjavik-iceland" in ids(again.get_json())
     assert client.get("/v1/items/no-such-item/similar").status_code == 404

@@ -223,7 +223,8 @@ def test_upsert_and_delete_go_straight_into_the_serving_collection(
 
         writer.delete(["paris-twin", "no-such-item"])
         top = [i for i, _ in artifact.ann.search_ids(paris, 3)]
-        assert "paris-twin" not in top and top[0] == "paris-france"
+        # kyoto-japan holds Paris's vector now: the two tie, in either order.
+        assert "paris-twin" not in top and set(top[:2]) == {"paris-france", "kyoto-japan"}
 
     finally:
         runtime.close()

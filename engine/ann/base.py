@@ -107,9 +107,14 @@ class AnnIndex(ABC):
 
     def row_of(self, item_id: str) -> int | None:
         """The item's row at the build, or None."""
+        return self.rows.get(item_id)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Every item's row at the build, by id (built on first use)."""
         if self._row_of is None:
             self._row_of = {item_id: row for row, item_id in enumerate(self.labels.ids)}
-        return self._row_of.get(item_id)
+        return self._row_of
 
     @abstractmethod
     def save(self, folder: Path) -> dict[str, Any]:

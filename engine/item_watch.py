@@ -1,0 +1,101 @@
+"""Per process: the two things SQL changes about items between builds that every search needs,
+which items were deleted and how popular each is, followed in the background.
+
+A search used to ask SQL about each of its ~200 candidates (does it still exist, how popular
+is it). Here one background poll per process keeps:
+- popularity for every item with interactions: the whole of item_stats once, then the rows
+  written since the last poll (item_stats.updated_at). Issue 9 lets popularity lag a second;
+  it lags at most one poll (delta_poll_s, 0.5 s by default).
+- the deleted items: every tombstone once, then those written since, less the ids written
+  again since they were deleted (a re-written id drops its tombstone, engine.catalog).
+
+Deletions may not lag: a deleted item must vanish from the next search in every process. So
+a search still reads SQL once for them (SqlState): the tombstones written since `horizon`,
+an index range read that nearly always returns nothing. That is enough because of how the
+horizon is taken (engine.catalog.settled_before): every write stamped before it had committed
+when the poll read, so the poll saw it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.catalog import settled_before
+from engine.models import Item, ItemStats, ItemTombstone
+
+log = logging.getLogger(__name__)
+
+# A decayed sum as stored: (value, as of when); engine.decay.as_of reads it at a moment.
+Stored = tuple[float, datetime | None]
+
+
+class ItemWatch:
+    """Popularity and deletions of the catalog's items, as of `horizon`, for one process.
+
+    Readers use the fields directly and never lock: the poll writes single dict entries
+    (atomic in CPython) and moves `horizon` only after what it read is in place, so a reader
+    that sees the new horizon sees everything before it.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], poll_s: float) -> None:
+        self.sessions = sessions
+        self.poll_s = max(poll_s, 0.05)
+        self.popularity: dict[str, Stored] = {}  # items with no row have none (0)
+        self.deleted: dict[str, datetime] = {}  # id → when its tombstone was written
+        self.horizon: datetime | None = None  # None until the first read
+        self._lock = threading.Lock()  # one refresh at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ready(self) -> bool:
+        """Whether searches can use it; the first call reads the tables (once per process)
+        and starts the poll."""
+        if self.horizon is None:
+            self.refresh()
+            with self._lock:
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(target=self._run, name="items", daemon=True)
+                    self._thread.start()
+        return self.horizon is not None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # the next poll retries; searches read tombstones since horizon
+                log.exception("following item popularity and deletions failed")
+
+    def refresh(self) -> None:
+        """Read what changed since the horizon (everything, the first time)."""
+        with self._lock, self.sessions() as session:
+            since = self.horizon
+            horizon = settled_before(session)  # before the reads: see the module's docstring
+            stats = select(ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts)
+            tombstones = select(ItemTombstone.item_id, ItemTombstone.deleted_at)
+            if since is not None:
+                stats = stats.where(ItemStats.updated_at >= since)
+                tombstones = tombstones.where(ItemTombstone.deleted_at >= since)
+            for item_id, popularity, ref in session.execute(stats):
+                self.popularity[item_id] = (popularity or 0.0, ref)
+            for item_id, deleted_at in session.execute(tombstones):
+                self.deleted[item_id] = deleted_at
+            if since is not None and self.deleted:
+                # Written again after its tombstone: the item exists (its tombstone is gone).
+                rewritten = session.execute(
+                    select(Item.id, Item.updated_at).where(Item.updated_at >= since)
+                )
+                for item_id, updated_at in rewritten:
+                    when = self.deleted.get(item_id)
+                    if when is not None and updated_at >= when:
+                        del self.deleted[item_id]
+            self.horizon = horizon if since is None else max(since, horizon)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
