@@ -17,6 +17,8 @@ Then, for each query, in one loop so that machine noise hits all alike:
     ("everything but the encoder", the issue-9 goal: p50 <= 2 ms, p99 <= 4 ms at 100k);
   - the same two searches through Searcher.search in a session, lean and (when
     tests/_legacy_search.py still exists) the path before issue 9: took_ms minus embed.
+The process is tuned as a `recsearch serve` worker tunes itself once loaded
+(web.server.tune_process: a 1 ms GIL switch interval, the loaded heap frozen).
 Then the API searches again with every query vector cached ("query cached"): no encoder runs,
 so nothing it leaves behind (it slows the next few hundred ms of the process) is counted.
 The table and JSON also give /v1/search p99 over the encoder's own p99 in the same run
@@ -207,9 +209,12 @@ def measure_size(
     assert runtime.model.get().version == train_report.version, "the trained model is not live"
 
     from web import create_app
+    from web.server import tune_process
 
     client = create_app(runtime=runtime, loopback=True).test_client()
     lean = runtime.searcher
+    runtime.watch.ready()
+    tune_process()  # as each `recsearch serve` worker does once it has loaded
     legacy = (
         legacy_class(
             settings,

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert
+import numpy as np
+from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine import sql_bulk
 from engine.clock import utcnow
 from engine.models import Impression
 
@@ -27,7 +29,7 @@ class Shown:
     user_id: str | None
     item_ids: list[str]
     names: tuple[str, ...]
-    features: list[list[float]]  # one row per shown item, in names order
+    features: np.ndarray  # (shown, names) float: one row per shown item, in names order
     model_version: str
     index_version: str
     ts: datetime
@@ -104,21 +106,25 @@ class ImpressionLog:
                         "user_id": shown.user_id,
                         "item_id": item_id,
                         "position": position,
-                        "features": {"names": list(shown.names), "values": values},
+                        "features": {"names": names, "values": values},
                         "model_version": shown.model_version,
                         "index_version": shown.index_version,
                         "ts": shown.ts,
                         "experiment_id": shown.experiment_id,
                         "team": shown.teams[position] if shown.teams else None,
                     }
+                    for names in [list(shown.names)]
                     for position, (item_id, values) in enumerate(
-                        zip(shown.item_ids, shown.features, strict=True)
+                        zip(shown.item_ids, shown.features.tolist(), strict=True)
                     )
                 )
             if rows:
+                # This thread holds the GIL while it builds parameters, and searches in the
+                # same process wait meanwhile: sql_bulk.insert_rows, not the ORM's bulk
+                # insert (4x less Python per row, measured at 350 rows a flush).
                 with self.sessions() as session, session.begin():
                     for start in range(0, len(rows), self.batch):
-                        session.execute(insert(Impression), rows[start : start + self.batch])
+                        sql_bulk.insert_rows(session, Impression, rows[start : start + self.batch])
                 self.written += len(rows)
             if rows and time.monotonic() - self._last_purge > 3600:
                 self.purge()  # hourly, piggybacking on a write

@@ -224,7 +224,7 @@ class Searcher:
                     user_id=request.user_id,
                     item_ids=[h.id for h in hits],
                     names=stage.names,
-                    features=stage.x[shown].tolist(),
+                    features=stage.x[shown],  # a copy: one object until it is written
                     model_version=ranker.version,
                     index_version=stage.index_version,
                     ts=stage.context.now,

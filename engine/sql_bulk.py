@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import DateTime, LargeBinary, Row, Table, bindparam, select, text, update
+from sqlalchemy import JSON, DateTime, LargeBinary, Row, Table, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,60 @@ def insert_missing(
         )
     else:
         session.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
+
+
+def insert_rows(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """Insert the rows (no conflict handling), as cheaply in Python as each database allows.
+
+    Written by background threads (impressions) that hold the GIL while they build
+    parameters, so searches in the same process wait meanwhile: PostgreSQL gets one JSON
+    document; SQLite gets the DBAPI's executemany with values already in its storage format
+    (SQLAlchemy's per-row parameter processing cost about as much as the insert itself).
+    """
+    table = _table(model)
+    if not rows:
+        return
+    columns = list(rows[0])
+    if is_postgresql(session):
+        session.execute(
+            text(f"INSERT INTO {table.name} ({', '.join(columns)}) {_recordset(table, columns)}"),
+            _document(table, columns, rows),
+        )
+        return
+    convert = [_sqlite_value(table.c[c].type) for c in columns]
+    values = [
+        tuple(
+            v if f is None or v is None else f(v)
+            for f, v in zip(convert, (r[c] for c in columns), strict=True)
+        )
+        for r in rows
+    ]
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            values,
+        )
+    finally:
+        cursor.close()
+
+
+def _sqlite_value(column_type: Any) -> Any:
+    """How SQLAlchemy stores a value of this type in SQLite, or None for as-is."""
+    if isinstance(column_type, JSON):
+        return json_text
+    if isinstance(column_type, DateTime):
+        return _sqlite_datetime
+    return None
+
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _sqlite_datetime(value: Any) -> str:
+    return str(value.strftime("%Y-%m-%d %H:%M:%S.%f"))  # SQLAlchemy's SQLite DateTime format
 
 
 def insert_new_keys(

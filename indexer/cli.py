@@ -600,7 +600,7 @@ def serve(obj: _Context, host: str, port: int, workers: int, threads: int, dev: 
     # The one place the CLI reaches into web/: serving is what this command is for.
     from engine.secrets import api_key
     from web.auth import open_areas
-    from web.server import LOCAL_HOSTS, encoder_threads, run
+    from web.server import LOCAL_HOSTS, encoder_threads, run, tune_process
 
     settings = obj.settings
     if settings.vector_store == "milvus" and workers > 1 and not dev:
@@ -620,6 +620,8 @@ def serve(obj: _Context, host: str, port: int, workers: int, threads: int, dev: 
         runtime = obj.runtime
         app = create_app(runtime=runtime, loopback=host in LOCAL_HOSTS)
         runtime.searcher  # load the model before the first request, not during it  # noqa: B018
+        runtime.watch.ready()
+        tune_process()
         opened = ", ".join(sorted(app.config["RECSEARCH_OPEN"])) or "nothing"
         click.echo(f"recsearch (development server) on http://{host}:{port}  (Ctrl-C to stop)")
         click.echo(f"open without a key: {opened}; everything else needs the API key")

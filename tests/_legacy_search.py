@@ -137,7 +137,7 @@ class Searcher:
                     user_id=request.user_id,
                     item_ids=[h.id for h in hits],
                     names=stage.names,
-                    features=stage.x[shown_rows].tolist(),
+                    features=stage.x[shown_rows],
                     model_version=ranker.version,
                     index_version=stage.artifact.version,
                     ts=stage.parts.now,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
+from engine import sql_bulk
 from engine.config import Settings
 from engine.db import current_revision, ensure_schema, head_revision, make_engine, upgrade
+from engine.models import Impression
+from engine.runtime import Runtime
 
 
 def test_upgrade_creates_schema_and_is_idempotent(settings: Settings) -> None:
@@ -44,3 +48,46 @@ def test_concurrent_first_use_migrates_once(settings: Settings) -> None:
     assert current_revision(engine) == head_revision()
     engine.dispose()
     assert errors == []
+
+
+def test_bulk_inserted_rows_read_back_as_the_orm_wrote_them(runtime: Runtime) -> None:
+    """sql_bulk.insert_rows writes values in each database's own format (SQLite: JSON text
+    and SQLAlchemy's timestamp text): the ORM reads back exactly what went in, and rows it
+    wrote itself compare and sort with them."""
+    ts = datetime(2026, 11, 29, 12, 0, 0)  # no microseconds: the format must still match
+    rows = [
+        {
+            "request_id": f"r{n}",
+            "user_id": None if n else "ann",
+            "item_id": f"i{n}",
+            "position": n,
+            "features": {"names": ["a", "b"], "values": [0.1 * n, 1e-300]},
+            "model_version": "m",
+            "index_version": "v",
+            "ts": ts + timedelta(microseconds=n),
+            "experiment_id": None,
+            "team": "live" if n else None,
+        }
+        for n in range(3)
+    ]
+    with runtime.session() as session:
+        sql_bulk.insert_rows(session, Impression, rows)
+        session.add(
+            Impression(
+                request_id="orm",
+                item_id="x",
+                position=0,
+                features={},
+                model_version="m",
+                index_version="v",
+                ts=ts + timedelta(microseconds=1, seconds=-1),
+            )
+        )
+    with runtime.session() as session:
+        stored = session.scalars(select(Impression).order_by(Impression.ts)).all()
+        after = session.scalars(select(Impression.request_id).where(Impression.ts >= ts)).all()
+    assert [r.request_id for r in stored] == ["orm", "r0", "r1", "r2"]
+    for row, wrote in zip(stored[1:], rows, strict=True):
+        got = {k: getattr(row, k) for k in wrote}
+        assert got == wrote
+    assert sorted(after) == ["r0", "r1", "r2"]
