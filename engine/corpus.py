@@ -50,10 +50,11 @@ class Corpus:
         missing = []
         fresh = self.delta.items if self.delta is not None else {}
         held = self.artifact.items
+        row_of = self.artifact.ann.rows.get  # per candidate: no method layers in between
         for item_id in item_ids:
             found = fresh.get(item_id)
             if found is None and held is not None:
-                row = self.artifact.row_of(item_id)
+                row = row_of(item_id)
                 if row is not None:
                     found = held[row]
             if found is None:
@@ -78,13 +79,14 @@ class Corpus:
         rows: list[int] = []
         missing: list[int] = []
         delta = self.delta if self.delta is not None and self.delta.size else None
+        row_of = self.artifact.ann.rows.get
         for i, item_id in enumerate(item_ids):
             fresh = delta.row_of(item_id) if delta is not None else None
             if fresh is not None and delta is not None:
                 out[i] = delta.vectors[fresh]
                 found[i] = True
                 continue
-            row = self.artifact.row_of(item_id)
+            row = row_of(item_id)
             if row is None:
                 missing.append(i)
             else:
