@@ -7,10 +7,10 @@ stored it (engine.embedding_follower): no server runs the encoder for them. They
 small exact index (and a small BM25), and their rows in the main index, if any, are shadowed
 (stale text); an item whose vector is not stored yet (within a poll or two) is shadowed and
 waits. Every item written since the build also has its fresh fields here (title, tags,
-attributes, ...), which serving reads instead of the index version's. Deleted items need no
-tombstone list here: a search reads whether its candidates still exist from SQL (with their
-popularity, in one query), so an item gone from SQL is gone from results at once, in every
-process.
+attributes, ...), which serving reads instead of the index version's. Deleted items are not
+tracked here: the process's ItemWatch (engine.item_watch) follows the tombstones, and each
+search reads those written since the watch last looked, so an item gone from SQL is gone
+from results at once, in every process.
 """
 
 from __future__ import annotations
