@@ -16,6 +16,7 @@ from sqlalchemy import event
 from engine.clock import utcnow
 from engine.index_store import ITEMS
 from engine.item_watch import ItemWatch
+from engine.models import ItemTombstone
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
 from engine.state import SqlState
@@ -217,3 +218,29 @@ def test_the_index_version_holds_every_item_field(built: Runtime) -> None:
         assert fields.title == row["title"] and fields.category == row.get("category")
         assert list(fields.tags) == row.get("tags", [])
         assert fields.attributes == row.get("attributes", {})
+
+
+def test_a_search_session_sends_no_transaction_on_postgresql(client: Any, built: Runtime) -> None:
+    """Searches read in autocommit on PostgreSQL (no BEGIN/COMMIT round trips) and still see
+    the last write; the pooled connection is transactional again for the next writer."""
+    postgres = built.db.dialect.name == "postgresql"
+
+    def autocommit(session: Any) -> bool:  # psycopg's flag: no BEGIN is sent when it is set
+        return bool(getattr(session.connection().connection.driver_connection, "autocommit", 0))
+
+    with built.read_session() as session:
+        assert autocommit(session) == postgres
+    event = {"user_id": "fresh", "item_id": "kyoto-japan", "type": "purchase"}
+    assert client.post("/v1/events", json={"events": [event]}).status_code == 200
+    assert "kyoto-japan" not in search_ids(client, user_id="fresh", q="Kyoto temples", k=10)
+    try:  # a write that fails half-way leaves nothing: its connection has a transaction
+        with built.write_session() as session:
+            assert not autocommit(session)
+            session.execute(
+                ItemTombstone.__table__.insert(), [{"item_id": "x", "deleted_at": utcnow()}]
+            )
+            raise RuntimeError("half-way")
+    except RuntimeError:
+        pass
+    with built.session() as session:
+        assert session.get(ItemTombstone, "x") is None
