@@ -128,6 +128,14 @@ def _number(value: object) -> object:
     return value
 
 
+def _within_max_k(k: int, info: ValidationInfo) -> int:
+    """k within 1..max_k, the server's limit (validation context; 100 without one)."""
+    max_k = int((info.context or {}).get("max_k", 100))
+    if not 1 <= k <= max_k:
+        raise fail(f"must be between 1 and {max_k}, got {k}")
+    return k
+
+
 class SearchQuery(BaseModel):
     """A search: a query, a user, a session, or none (popular items). GET takes the same
     fields as query parameters (context_items repeated or comma-separated)."""
@@ -178,10 +186,7 @@ class SearchQuery(BaseModel):
     @field_validator("k")
     @classmethod
     def _within_max_k(cls, k: int, info: ValidationInfo) -> int:
-        max_k = int((info.context or {}).get("max_k", 100))
-        if not 1 <= k <= max_k:
-            raise fail(f"must be between 1 and {max_k}, got {k}")
-        return k
+        return _within_max_k(k, info)
 
     def to_request(self) -> SearchRequest:
         from engine.search import SearchRequest
@@ -219,10 +224,7 @@ class SimilarQuery(BaseModel):
     @field_validator("k")
     @classmethod
     def _within_max_k(cls, k: int, info: ValidationInfo) -> int:
-        max_k = int((info.context or {}).get("max_k", 100))
-        if not 1 <= k <= max_k:
-            raise fail(f"must be between 1 and {max_k}, got {k}")
-        return k
+        return _within_max_k(k, info)
 
     def to_request(self, item_id: str) -> SearchRequest:
         from engine.search import SearchRequest

@@ -134,7 +134,7 @@ class SqlState:
         ids = self._sql.ids(item_ids)
         found: dict[str, Stored] = dict.fromkeys(item_ids, _NONE)  # no item_stats row: 0
         for kind, item_id, popularity, ref in self.session.execute(
-            self._sql.live_items, {"ids": ids, "stale": ids}
+            self._sql.live_items, {"ids": ids}
         ).all():
             if kind == 0:
                 found.pop(item_id, None)
@@ -365,7 +365,7 @@ def _statements(session: Session) -> _Statements:
         # select's column types (DateTime), so item_stats comes first.
         live_items=union_all(
             select(literal(1), ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts).where(
-                among(ItemStats.item_id, "stale")
+                among(ItemStats.item_id, "ids")
             ),
             select(literal(0), candidates.c.value, null(), null()).where(
                 ~exists().where(Item.id == candidates.c.value)
