@@ -40,6 +40,7 @@ from engine.contract import (
 )
 from engine.errors import InvalidInput, NotFound, Problem, TooLarge
 from engine.models import Item, ItemTombstone, ItemVector
+from engine.notify import announce
 
 MAX_TAGS = 100
 MAX_TAG_CHARS = 100
@@ -195,6 +196,8 @@ def upsert_items(session: Session, items: Sequence[ItemIn]) -> UpsertCounts:
     if inserted:  # an id written again is no longer deleted for the vector stores
         session.execute(delete(ItemTombstone).where(ItemTombstone.item_id.in_(inserted)))
     session.flush()
+    if counts.changed:
+        announce(session)  # servers' followers look at commit, not at their next poll
     return counts
 
 
@@ -265,6 +268,7 @@ def delete_items(session: Session, item_ids: Sequence[str]) -> list[str]:
         ),
         [{"item_id": i, "deleted_at": now} for i in ids],
     )
+    announce(session)
     return []
 
 

@@ -35,6 +35,7 @@ from engine.delta import version_watermark
 from engine.election import Leadership
 from engine.index_store import IndexArtifact, LiveIndex
 from engine.models import Item, ItemTombstone
+from engine.notify import announce
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,12 @@ class EmbeddingFollower:
         self._handed_deletes: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Look now rather than at the next poll (items were written)."""
+        self._wake.set()
 
     def set_sink(self, sink: VectorSink | None) -> None:
         """Plug a vector store in (or out); it first gets everything since the version."""
@@ -127,7 +133,8 @@ class EmbeddingFollower:
                 log.exception("the embedding follower failed")
                 with self._lock:
                     self._cursor = None
-            self._stop.wait(self.poll_s)
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
 
     def run_once(self) -> int:
         """If this process leads (or can take the lead now), embed and store what the
@@ -240,6 +247,7 @@ class EmbeddingFollower:
                     model,
                     utcnow(),
                 )
+                announce(session)  # every server's delta loads them at commit
                 session.commit()
             log.info("embedded %d new item texts for every server", encoded)
             if self.on_stored is not None:
@@ -305,6 +313,7 @@ class EmbeddingFollower:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         with self._lock:

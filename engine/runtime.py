@@ -24,6 +24,7 @@ from engine.impressions import ImpressionLog
 from engine.index_store import IndexStore, LiveIndex, make_private_dir
 from engine.item_watch import ItemWatch
 from engine.model_store import ModelStore, live_model
+from engine.notify import Listener
 from engine.rule_store import RuleCache
 from engine.search import Searcher
 from engine.vectors import ItemVectors
@@ -78,9 +79,22 @@ class Runtime:
             self.sessions,
             self.live,
             settings.delta_poll_s,
-            on_start=self.follower.start,
+            on_start=self._start_following,
             catch_up=self.follower.catch_up,
         )
+        # On PostgreSQL every item write, anywhere, wakes both at commit (engine.notify): a
+        # new item is then on every server in an encode and a read, polls being the floor.
+        self.listener = Listener(self.db, [self.follower.wake, self.delta.wake])
+
+    def _start_following(self) -> None:
+        self.follower.start()
+        self.listener.start()
+
+    def catalog_changed(self) -> None:
+        """This process wrote items: its followers look now (other processes hear of it
+        through engine.notify on PostgreSQL, or at their next poll on SQLite)."""
+        self.follower.wake()
+        self.delta.wake()
 
     @property
     def embedder(self) -> Embedder:
@@ -148,6 +162,7 @@ class Runtime:
         return self.session(write=True)
 
     def close(self) -> None:
+        self.listener.close()
         self.delta.close()
         self.watch.close()
         self.follower.close()
