@@ -31,8 +31,12 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 7_262_026
 
 
-def make_engine(settings: Settings) -> Engine:
-    """An SQLAlchemy engine for settings.db_url; SQLite gets WAL and a busy timeout."""
+def make_engine(settings: Settings, *, for_searches: bool = False) -> Engine:
+    """An SQLAlchemy engine for settings.db_url; SQLite gets WAL and a busy timeout.
+
+    for_searches (PostgreSQL): a pool for reads that may be retried (engine.runtime's
+    searches), in autocommit and without the ping each checkout otherwise costs.
+    """
     url = make_url(settings.db_url)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
@@ -41,7 +45,14 @@ def make_engine(settings: Settings) -> Engine:
         # Flask serves requests on threads; each connection is still used by one at a time.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif url.get_backend_name() == "postgresql":
-        kwargs["pool_pre_ping"] = True
+        if for_searches:
+            # Each statement sees what was committed when it ran, with no BEGIN and COMMIT
+            # round trips; a dropped connection fails the search, which runs once more.
+            kwargs["isolation_level"] = "AUTOCOMMIT"
+        else:
+            # A connection the server dropped (a restart, a failover) is found and replaced
+            # at checkout, for one round trip: writes and jobs never meet it.
+            kwargs["pool_pre_ping"] = True
         # User rows carry JSON columns read on every event batch: orjson decodes them about
         # 3x faster than the json module (a tenth of the write path's time on PostgreSQL).
         kwargs["json_deserializer"] = orjson.loads

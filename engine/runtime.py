@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.ann import item_writer
@@ -26,7 +27,7 @@ from engine.item_watch import ItemWatch
 from engine.model_store import ModelStore, live_model
 from engine.notify import Listener
 from engine.rule_store import RuleCache
-from engine.search import Searcher
+from engine.search import Searcher, SearchRequest, SearchResponse
 from engine.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,13 @@ class Runtime:
         self.db: Engine = make_engine(settings)
         ensure_schema(self.db)
         self.sessions: sessionmaker[Session] = session_factory(self.db)
+        # Searches read PostgreSQL through a pool of their own (see read_session).
+        self.search_db: Engine = (
+            make_engine(settings, for_searches=True)
+            if self.db.dialect.name == "postgresql"
+            else self.db
+        )
+        self._search_sessions = session_factory(self.search_db)
         self._embedder = embedder
         self._searcher: Searcher | None = None
         self._lock = threading.Lock()
@@ -147,16 +155,32 @@ class Runtime:
         """A session for reads that need no transaction of their own, such as a search.
 
         On PostgreSQL it runs in autocommit: each statement sees what was committed when it
-        ran, and the session sends no BEGIN and no COMMIT. That saves two of the four round
-        trips of an anonymous search, each of which waits for the server process to get a
-        core on a busy machine. A search's reads (the user, then the deletions) need no
-        common snapshot. SQLite is in-process, where BEGIN costs nothing, so it keeps the
-        plain session.
+        ran, and the session sends no BEGIN and no COMMIT. Its pool does not ping connections
+        at checkout either. That leaves an anonymous search one round trip of the four it
+        had, each of which waits for the server process to get a core on a busy machine. A
+        search's reads (the user, then the deletions) need no common snapshot; a connection
+        the server dropped is what `search` retries. SQLite is in-process, where BEGIN costs
+        nothing, so it keeps the plain session.
         """
-        with self.sessions() as session:
-            if self.db.dialect.name == "postgresql":
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        with self._search_sessions() as session:
             yield session
+
+    def search(self, request: SearchRequest) -> SearchResponse:
+        """The searcher's answer, read in a read_session.
+
+        A search only reads (its impressions are logged afterwards), so one that met a
+        connection the database had dropped runs once more: SQLAlchemy has by then discarded
+        every connection of the pool older than the failure, so it gets a fresh one.
+        """
+        try:
+            with self.read_session() as session:
+                return self.searcher.search(session, request)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            log.warning("a search met a dropped database connection; searching again")
+        with self.read_session() as session:
+            return self.searcher.search(session, request)
 
     def write_session(self) -> AbstractContextManager[Session]:
         return self.session(write=True)
@@ -168,6 +192,7 @@ class Runtime:
         self.follower.close()
         self.impressions.close()
         self.db.dispose()
+        self.search_db.dispose()
 
 
 def prepare_data_dir(data_dir: Path) -> None:

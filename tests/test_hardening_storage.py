@@ -431,3 +431,34 @@ def test_the_cli_status_shows_the_shared_index_status(runtime: Runtime, seed_ind
     assert "v000001: 325 items, Flat" in result.output
     assert "; 0 items pending in the delta" in result.output
     assert "versions   v000001" in result.output
+
+
+def test_searches_and_writes_survive_a_database_that_dropped_every_connection(
+    built: Runtime, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL restart or failover drops every pooled connection. Writes meet none (their
+    pool pings at checkout); searches, whose pool does not ping, run once more."""
+    if built.db.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server connections to drop")
+    event = {"user_id": "traveller", "item_id": "tokyo-japan", "type": "view"}
+
+    def serve() -> list[str]:
+        assert client.post("/v1/events", json=event).status_code == 200
+        found = client.get("/v1/search", query_string={"q": "museums", "user_id": "traveller"})
+        assert found.status_code == 200, found.get_json()
+        similar = client.get("/v1/items/paris-france/similar")
+        assert similar.status_code == 200, similar.get_json()
+        return [hit["id"] for hit in found.get_json()["results"]]
+
+    assert serve()
+    with built.db.connect() as conn:
+        dropped = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    assert dropped, "no connection was dropped"
+    with caplog.at_level(logging.WARNING, logger="engine.runtime"):
+        assert serve()
+    assert "a search met a dropped database connection" in caplog.text

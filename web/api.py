@@ -50,8 +50,7 @@ def search_post() -> ResponseReturnValue:
 
 def _search(search: schemas.SearchQuery) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
-    with runtime.read_session() as session:
-        response = runtime.searcher.search(session, search.to_request())
+    response = runtime.search(search.to_request())
     observe_search(runtime, response)
     return jsonify(schemas.search_json(response, explain=search.explain))
 
@@ -105,8 +104,7 @@ def item_similar(item_id: str) -> ResponseReturnValue:
     item_id = check_id(item_id, "item_id")
     similar = query(schemas.SimilarQuery)
     runtime = runtime_of(current_app)
-    with runtime.read_session() as session:
-        response = runtime.searcher.search(session, similar.to_request(item_id))
+    response = runtime.search(similar.to_request(item_id))
     observe_search(runtime, response)
     return jsonify(schemas.search_json(response, explain=similar.explain))
 
