@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    DateTime,
     String,
     any_,
     bindparam,
@@ -70,14 +71,13 @@ class StateView(Protocol):
 class SqlState:
     """The live state in SQL, as of the request (or of an earlier moment, for evaluation).
 
-    A search reads it with at most two statements: the user's row with the co-visits of the
-    user's latest items, and the deletions. Each sees every committed write, so the next
-    search reflects the last event and the last deletion.
-
-    With a watch (serving), popularity and older deletions come from the process's
-    ItemWatch and the second statement reads only the tombstones written since the watch
-    last looked; ids that neither the serving version nor its delta holds (`unknown` finds
-    them) are still checked in SQL. Without one (evaluation, tools), every candidate is looked up.
+    With a watch (serving), a search reads it with one statement: the user's row with the
+    co-visits of the user's latest items and the tombstones written since the watch last
+    looked (an anonymous search reads only those); popularity and older deletions come from
+    the process's ItemWatch. The statement sees every committed write, so the next search
+    reflects the last event and the last deletion. Ids that neither the serving version nor
+    its delta holds (`unknown` finds them) are still checked in SQL. Without a watch
+    (evaluation, tools), every candidate is looked up.
     """
 
     def __init__(
@@ -100,11 +100,21 @@ class SqlState:
     def user_with_covisits(
         self, user_id: str, window: int, limit: int
     ) -> tuple[UserState | None, list[tuple[str, float]]]:
+        # The same statement reads the deletions since the watch's horizon, which live_items
+        # would read next: a search with a user makes one round trip, not two.
+        since = self.watch.horizon if self.watch is not None and self._gone is None else None
         row = self.session.execute(
             self._sql.user_with_covisits,
-            {"user_id": user_id, "window": max(window, 0), "limit": max(limit, 0)},
-        ).first()
-        if row is None:
+            {
+                "user_id": user_id,
+                "window": max(window, 0),
+                "limit": max(limit, 0),
+                "since": since,
+            },
+        ).one()
+        if since is not None:
+            self._gone = set(row.gone or ())
+        if row.user_id is None:
             return None, []
         ranked = sorted(row.covisits or [])  # by rank: an aggregate's input order is not promised
         return UserState.from_row(row), [(item_id, float(total)) for _, item_id, total in ranked]
@@ -271,12 +281,13 @@ WITH latest AS (
 ), ranked AS (
     SELECT item_b, total, row_number() OVER (ORDER BY total DESC, item_b) AS n FROM pairs
 )
-SELECT user_id, event_count, counts, first_ts, last_ts, ref_ts, vector, vector_weight,
-       category_affinity, tag_affinity, recent, purchased,
+SELECT u.user_id, u.event_count, u.counts, u.first_ts, u.last_ts, u.ref_ts, u.vector,
+       u.vector_weight, u.category_affinity, u.tag_affinity, u.recent, u.purchased,
        (SELECT {aggregate} FROM ranked
-        WHERE n <= :limit + json_array_length(recent) + json_array_length(purchased)
-       ) AS covisits
-FROM user_features WHERE user_id = :user_id
+        WHERE n <= :limit + json_array_length(u.recent) + json_array_length(u.purchased)
+       ) AS covisits,
+       (SELECT {ids_aggregate} FROM item_tombstones WHERE deleted_at >= :since) AS gone
+FROM (SELECT 1 AS one) AS always LEFT JOIN user_features AS u ON u.user_id = :user_id
 """
 _USER_COLUMNS = (
     "user_id",
@@ -327,6 +338,7 @@ def _statements(session: Session) -> _Statements:
             "position": "r.pos",
             "entries": "json_array_elements(u.recent) WITH ORDINALITY AS r(value, pos)",
             "aggregate": "json_agg(json_build_array(n, item_b, total))",
+            "ids_aggregate": "json_agg(item_id)",
         }
 
         def listed(name: str) -> Any:
@@ -342,6 +354,7 @@ def _statements(session: Session) -> _Statements:
             "position": "r.key",
             "entries": "json_each(u.recent) AS r",
             "aggregate": "json_group_array(json_array(n, item_b, printf('%.17g', total)))",
+            "ids_aggregate": "json_group_array(item_id)",
         }
 
         def ids(item_ids: Sequence[str]) -> str:
@@ -356,8 +369,12 @@ def _statements(session: Session) -> _Statements:
     users = UserFeatures.__table__
     candidates = listed("ids")
     found = _STATEMENTS[dialect] = _Statements(
-        user_with_covisits=text(_USER_WITH_COVISITS.format(**entries)).columns(
-            *(users.c[name] for name in _USER_COLUMNS), column("covisits", JSON)
+        user_with_covisits=text(_USER_WITH_COVISITS.format(**entries))
+        .bindparams(bindparam("since", type_=DateTime))
+        .columns(
+            *(users.c[name] for name in _USER_COLUMNS),
+            column("covisits", JSON),
+            column("gone", JSON),
         ),
         # Rows (1, id, popularity, ref_ts) from item_stats for the ids, and
         # (0, id, None, None) for each id not in items (nearly always none):
