@@ -272,6 +272,17 @@ def delete_items(session: Session, item_ids: Sequence[str]) -> list[str]:
     return []
 
 
+def prune_tombstones(session: Session, before: datetime) -> int:
+    """Forget deletions older than `before`; returns how many.
+
+    A tombstone hides its item from versions built before the deletion (the item watch) and
+    drops it from a vector store that took upserts since one (the embedding follower). The
+    build prunes those older than every version it keeps could hold (indexer.build).
+    """
+    result = session.execute(delete(ItemTombstone).where(ItemTombstone.deleted_at < before))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def item_to_dict(row: Item) -> dict[str, Any]:
     return {
         "id": row.id,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -98,10 +98,15 @@ class DeltaSnapshot:
 
 def version_watermark(artifact: IndexArtifact) -> datetime:
     """When the version read the catalog: items written from then on are the delta's."""
-    read_at = artifact.manifest.get("catalog_read_at")
+    return manifest_watermark(artifact.manifest)
+
+
+def manifest_watermark(manifest: Mapping[str, Any]) -> datetime:
+    """version_watermark from a version's manifest alone."""
+    read_at = manifest.get("catalog_read_at")
     if read_at:
         return datetime.fromisoformat(read_at)
-    return datetime.fromisoformat(artifact.manifest["built_at"]).replace(tzinfo=None)
+    return datetime.fromisoformat(manifest["built_at"]).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)

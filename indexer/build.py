@@ -8,7 +8,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -18,9 +18,16 @@ from sqlalchemy.orm import Session
 from engine import __version__, stored_vectors
 from engine.ann import RowLabels, create_index
 from engine.ann.faiss import choose_factory, exact_top_k
-from engine.catalog import INDEXED_COLUMNS, embedding_text, settled_before, text_hash
+from engine.catalog import (
+    INDEXED_COLUMNS,
+    embedding_text,
+    prune_tombstones,
+    settled_before,
+    text_hash,
+)
 from engine.clock import utcnow
 from engine.config import Settings
+from engine.delta import manifest_watermark
 from engine.embedder import Embedder
 from engine.errors import Conflict, InvalidInput, NotReady
 from engine.index_store import IndexStore, ItemFields, write_artifact_files
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 
 RECALL_K = 10
 _ADD_CHUNK = 10_000
+# Deletions younger than this are kept whatever the versions (see _prune_tombstones).
+TOMBSTONE_GRACE = timedelta(days=1)
 
 
 @dataclass
@@ -210,6 +219,7 @@ def build(
             )
         )
     pruned = store.prune(settings.keep_versions)
+    _prune_tombstones(runtime, store)
     progress("publish", 1, 1)
     embedded = n - reused
     log.info("published index %s: %d items, recall@10 %.3f", version, n, recall)
@@ -226,6 +236,20 @@ def build(
         items_per_second=(embedded / embed_s) if embed_s > 0 and embedded else 0.0,
         pruned=pruned,
     )
+
+
+def _prune_tombstones(runtime: Runtime, store: IndexStore) -> None:
+    """Forget deletions that no kept version needs: each version read the catalog after
+    them, so none holds the item (rollback only goes to kept versions). A day's worth stays
+    regardless, for readers that have not yet seen them."""
+    versions = store.versions()
+    if not versions:
+        return
+    oldest = min(manifest_watermark(store.manifest(v)) for v in versions)
+    with runtime.write_session() as session:
+        gone = prune_tombstones(session, min(oldest, utcnow() - TOMBSTONE_GRACE))
+    if gone:
+        log.info("forgot %d deletions older than every kept version", gone)
 
 
 def _load_catalog(session: Session, model_name: str, progress: Progress) -> _CatalogRows:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from engine.catalog import delete_items
 from engine.errors import Conflict, InvalidInput, NotReady
 from engine.index_store import IndexStore
-from engine.models import IndexVersion
+from engine.models import IndexVersion, ItemTombstone
 from engine.runtime import Runtime
 from engine.search import SearchRequest
 from indexer.build import build
@@ -155,3 +158,33 @@ def test_old_versions_are_pruned(runtime: Runtime, tmp_path: Path) -> None:
     assert store.versions() == ["v000002", "v000003"] and reports[2].pruned == ["v000001"]
     store.point_current_at("v000002")  # rollback keeps working on kept versions
     assert search_ids(runtime, "museum")[0] == "v000002"
+
+
+def test_deletions_older_than_every_kept_version_are_forgotten(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tombstone lives while a kept version (a rollback target) still holds its item."""
+    monkeypatch.setattr("indexer.build.TOMBSTONE_GRACE", timedelta(0))
+    load(runtime, small_catalog(tmp_path, 10))
+    settings = runtime.settings.replace(keep_versions=2)
+    run_build(runtime, settings=settings)  # v000001 holds every item
+    _, found = search_ids(runtime, "Eiffel Tower and the Louvre")
+    victim = found[0]
+    with runtime.write_session() as session:
+        assert delete_items(session, [victim]) == []
+
+    def tombstones() -> list[str]:
+        with runtime.session() as session:
+            return list(session.scalars(select(ItemTombstone.item_id)))
+
+    time.sleep(1.2)  # a build reads the catalog as of a second ago (settled_before)
+    run_build(runtime, settings=settings)  # v000002 lacks it; v000001 is kept
+    assert tombstones() == [victim]
+    store = IndexStore(settings.index_dir)
+    store.point_current_at("v000001")  # the rollback target still hides the deleted item
+    version, found = search_ids(runtime, "Eiffel Tower and the Louvre")
+    assert version == "v000001" and found and victim not in found
+    store.point_current_at("v000002")
+    run_build(runtime, settings=settings)  # v000001 goes: no kept version holds the item
+    assert store.versions() == ["v000002", "v000003"]
+    assert tombstones() == []
