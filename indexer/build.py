@@ -241,13 +241,22 @@ def build(
 def _prune_tombstones(runtime: Runtime, store: IndexStore) -> None:
     """Forget deletions that no kept version needs: each version read the catalog after
     them, so none holds the item (rollback only goes to kept versions). A day's worth stays
-    regardless, for readers that have not yet seen them."""
-    versions = store.versions()
-    if not versions:
+    regardless, for readers that have not yet seen them. A kept version whose manifest does
+    not say when it read the catalog keeps every deletion. Housekeeping: the version is
+    published, so a failure here is a warning, and the next build tries again."""
+    try:
+        manifests = [store.manifest(v) for v in store.versions()]
+        if not manifests:
+            return
+        if not all(m.get("catalog_read_at") or m.get("built_at") for m in manifests):
+            log.info("a kept index version does not say when it read the catalog: deletions kept")
+            return
+        oldest = min(manifest_watermark(m) for m in manifests)
+        with runtime.write_session() as session:
+            gone = prune_tombstones(session, min(oldest, utcnow() - TOMBSTONE_GRACE))
+    except Exception:
+        log.warning("could not forget old deletions; the next build tries again", exc_info=True)
         return
-    oldest = min(manifest_watermark(store.manifest(v)) for v in versions)
-    with runtime.write_session() as session:
-        gone = prune_tombstones(session, min(oldest, utcnow() - TOMBSTONE_GRACE))
     if gone:
         log.info("forgot %d deletions older than every kept version", gone)
 

@@ -188,3 +188,26 @@ def test_deletions_older_than_every_kept_version_are_forgotten(
     run_build(runtime, settings=settings)  # v000001 goes: no kept version holds the item
     assert store.versions() == ["v000002", "v000003"]
     assert tombstones() == []
+
+
+def test_a_kept_version_of_unknown_age_keeps_every_deletion(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version published without a catalog read time (by hand, or by a tool) may hold any
+    deleted item: the build keeps the tombstones, and still succeeds."""
+    monkeypatch.setattr("indexer.build.TOMBSTONE_GRACE", timedelta(0))
+    load(runtime, small_catalog(tmp_path, 10))
+    run_build(runtime)
+    store = IndexStore(runtime.settings.index_dir)
+    path = store.folder("v000001") / store.manifest_name
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("catalog_read_at", "built_at"):
+        manifest.pop(key)
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    _, found = search_ids(runtime, "museum")
+    with runtime.write_session() as session:
+        assert delete_items(session, [found[0]]) == []
+    time.sleep(1.2)
+    assert run_build(runtime).version == "v000002"
+    with runtime.session() as session:
+        assert list(session.scalars(select(ItemTombstone.item_id))) == [found[0]]
