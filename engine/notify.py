@@ -10,7 +10,7 @@ not in up to three polls.
   rows the transaction wrote).
 - SQLite (a file): a signal file beside the database, touched after the writer commits; each
   listener looks at its modification time every few tens of milliseconds (a stat call, no
-  SQL). An in-memory database has one process, which wakes its own followers.
+  SQL). An in-memory database has no listener: its one process finds changes at a poll.
 
 Polling stays as the floor: a notification lost with a dropped listening connection costs at
 most the poll the server would have waited anyway.

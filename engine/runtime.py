@@ -90,19 +90,13 @@ class Runtime:
             on_start=self._start_following,
             catch_up=self.follower.catch_up,
         )
-        # On PostgreSQL every item write, anywhere, wakes both at commit (engine.notify): a
-        # new item is then on every server in an encode and a read, polls being the floor.
+        # Every item write, in any process, wakes both at commit (engine.notify): a new item
+        # is then on every server in an encode and a read, polls being the floor.
         self.listener = Listener(self.db, [self.follower.wake, self.delta.wake])
 
     def _start_following(self) -> None:
         self.follower.start()
         self.listener.start()
-
-    def catalog_changed(self) -> None:
-        """This process wrote items: its followers look now (other processes hear of it
-        through engine.notify on PostgreSQL, or at their next poll on SQLite)."""
-        self.follower.wake()
-        self.delta.wake()
 
     @property
     def embedder(self) -> Embedder:
@@ -158,7 +152,7 @@ class Runtime:
         ran, and the session sends no BEGIN and no COMMIT. Its pool does not ping connections
         at checkout either. That leaves an anonymous search one round trip of the four it
         had, each of which waits for the server process to get a core on a busy machine. A
-        search's reads (the user, then the deletions) need no common snapshot; a connection
+        search nearly always reads one statement, so it needs no transaction; a connection
         the server dropped is what `search` retries. SQLite is in-process, where BEGIN costs
         nothing, so it keeps the plain session.
         """

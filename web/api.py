@@ -75,8 +75,6 @@ def items_post() -> ResponseReturnValue:
     with runtime.write_session() as session:
         counts = upsert_items(session, items)
     runtime.vectors.forget(item.id for item in items)
-    if counts.changed:
-        runtime.catalog_changed()
     return jsonify(
         {
             "inserted": counts.inserted,
@@ -114,11 +112,9 @@ def item_similar(item_id: str) -> ResponseReturnValue:
 def item_delete(item_id: str) -> ResponseReturnValue:
     require_key()
     item_id = check_id(item_id, "item_id")
-    runtime = runtime_of(current_app)
-    with runtime.write_session() as session:
+    with runtime_of(current_app).write_session() as session:
         if delete_items(session, [item_id]):
             raise NotFound(f"item {item_id!r}")
-    runtime.catalog_changed()
     return jsonify({"deleted": item_id})
 
 
