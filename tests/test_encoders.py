@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -17,6 +18,7 @@ from engine.embedder import Embedder, describe_encoder, resolve_device
 from engine.errors import ConfigError
 from engine.onnx_encoder import pool, read_spec
 from engine.onnx_export import (
+    EXPORT_FORMAT,
     FILES,
     MIN_MEAN_COSINE,
     PROBE_TEXTS,
@@ -107,6 +109,13 @@ def test_export_is_checked_once_and_the_check_is_cached(
     meta = json.loads(Path(str(export_file(shared_dir)) + ".json").read_text())
     assert meta["check"]["mean_cosine"] == embedder.check.mean_cosine
     assert meta["model_hash"] == folder_digest(MODEL_FOLDER) and meta["opset"] == 17
+    # Eager attention, fused by ONNX Runtime's optimizer: one Attention operator per layer.
+    assert meta["graph"]["attention"] == "eager"
+    assert meta["graph"]["fused"]["Attention"] == 6, meta["graph"]
+    nodes = {n.op_type for n in onnx.load(str(export_file(shared_dir))).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= nodes and "Softmax" not in nodes
+    int8_meta = json.loads(Path(str(export_file(shared_dir, "onnx-int8")) + ".json").read_text())
+    assert int8_meta["source_sha256"] == meta["sha256"]  # quantized from the fused graph
     # A later start verifies the file and reuses the check: no torch model is loaded.
     again = Embedder(Settings(data_dir=shared_dir, encoder_threads=1))
     assert again.check.reused and again.check.mean_cosine == embedder.check.mean_cosine
@@ -146,7 +155,7 @@ def _garble_meta(path: Path) -> None:
         (_flip_a_byte, "sha256 differs"),
         (_edit_meta(model_hash="0" * 64), "model_hash '000"),
         (_edit_meta(opset=13), "opset 13, expected 17"),
-        (_edit_meta(format=0), "format 0, expected 1"),
+        (_edit_meta(format=0), f"format 0, expected {EXPORT_FORMAT}"),
         (_garble_meta, "no readable metadata"),
         (lambda path: path.unlink(), "unreadable"),
     ],
@@ -315,6 +324,32 @@ def test_modules_the_onnx_encoder_cannot_run_are_refused(tmp_path: Path) -> None
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ConfigError, match="Dense.*RECSEARCH_ENCODER=torch"):
         read_spec(folder, "m")
+
+
+@pytest.mark.slow
+def test_a_fusion_that_changes_the_vectors_is_dropped(
+    embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The optimizer's graph serves only when it agrees with the traced one; here it is made to
+    disagree, and the unfused graph is exported, checked against torch and serves."""
+    import engine.onnx_export as onnx_export
+
+    seen: list[float] = []
+
+    def disagree(spec: object, a: Path, b: Path) -> float:
+        seen.append(1.0)
+        return 0.999
+
+    monkeypatch.setattr(onnx_export, "_agreement", disagree)
+    unfused = Embedder(Settings(data_dir=tmp_path))
+    assert seen, "the fused graph was not compared with the traced one"
+    meta = json.loads(Path(str(export_file(tmp_path)) + ".json").read_text())
+    assert meta["graph"] == {"attention": "eager", "fused": {}}
+    nodes = {n.op_type for n in onnx.load(str(export_file(tmp_path))).graph.node}
+    assert "Attention" not in nodes and "Softmax" in nodes
+    assert unfused.check is not None and unfused.check.mean_cosine >= 0.9999
+    texts = list(PROBE_TEXTS)
+    assert cosines(unfused.encode(texts), embedder.encode(texts)).min() > 0.9999
 
 
 @pytest.mark.slow
