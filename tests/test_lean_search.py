@@ -151,6 +151,41 @@ def test_the_item_watch_follows_deletions_and_items_written_again(
     watch.close()
 
 
+def test_the_item_watch_forgets_the_deletions_a_build_pruned(client: Any, built: Runtime) -> None:
+    """The watch's whole read of the tombstones (every RESYNC_S) replaces what it followed:
+    a deletion the build pruned (no kept version holds the item) leaves its memory, and the
+    item stays gone. Between whole reads nothing is forgotten."""
+    from engine.catalog import prune_tombstones
+    from indexer.build import build
+
+    built.watch.close()
+    following = ItemWatch(built.sessions, poll_s=3600, resync_s=3600)
+    watch = built.searcher.watch = ItemWatch(built.sessions, poll_s=3600, resync_s=0)
+    eiffel = {"q": "Eiffel Tower and the Louvre", "k": 3}
+    for w in (following, watch):
+        w.refresh()  # the first read: nothing deleted yet
+    assert client.delete("/v1/items/paris-france").status_code == 200
+    for w in (following, watch):
+        w.refresh()
+        assert "paris-france" in w.deleted
+    with built.session() as session:
+        build(built, session)  # a version without the item
+    assert built.searcher.artifact().row_of("paris-france") is None
+    with built.write_session() as session:  # as a build does once the deletion is old enough
+        assert prune_tombstones(session, utcnow()) == 1
+    for w in (following, watch):
+        w.refresh()
+    assert "paris-france" in following.deleted  # incremental reads only add
+    assert "paris-france" not in watch.deleted and watch.deleted == {}
+    assert "paris-france" not in search_ids(client, **eiffel)
+    # A deletion after the whole read is followed as before.
+    assert client.delete("/v1/items/london-united-kingdom").status_code == 200
+    watch.refresh()
+    assert set(watch.deleted) == {"london-united-kingdom"}
+    following.close()
+    watch.close()
+
+
 def test_a_searcher_without_a_watch_reads_each_candidate(client: Any, built: Runtime) -> None:
     """Evaluation and tools search without a watch: existence and popularity per candidate."""
     expected = search_ids(client, q="quiet beaches", k=5)
