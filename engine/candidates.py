@@ -202,39 +202,51 @@ def _retrieve(
             return []
     # Rows of items rewritten since the build are stale: their delta entry replaces them
     # (in BM25 always; in the ANN index unless it is live, where the upsert replaced them).
-    stale = exclude | delta.shadows() if delta is not None else exclude
-    skip = exclude if is_live else stale
+    # The two sets are checked apart, never merged: after a bulk update the delta shadows
+    # thousands of rows, and a union per search would cost what the search does.
+    stale = delta.shadows() if delta is not None else frozenset()
+    shadows = frozenset() if is_live else stale
     limit = artifact.ann.size if allowed is None else int(allowed.size)
     if is_live:
         limit = _LIVE_LIMIT  # the collection may hold more items than the build's rows
     lexical = _lexical(corpus, q, want, allowed, stale, exclude, category, settings) if q else {}
     extra = delta.search(vector, want, category) if delta is not None and not is_live else []
     extra = [(i, sc) for i, sc in extra if i not in exclude]
-    fetch_k = min(limit, want + _OVERFETCH + len(skip))
+    # Enough to fill `want` after what is skipped; few shadowed rows rank this high, so a big
+    # delta adds at most `want` more (the loop below fetches further when they do).
+    fetch_k = min(limit, want + _OVERFETCH + len(exclude) + min(len(shadows), want))
     ids = artifact.ids
     while True:
         pairs: list[tuple[str, float]] = []
+        floor = -np.inf  # the lowest score fetched from the index; unfetched rows score below
         if is_live:
             hits = artifact.ann.search_ids(vector, fetch_k, category=category)
-            pairs = [(i, sc) for i, sc in hits if i not in skip]
+            pairs = [(i, sc) for i, sc in hits if i not in exclude]
             if len(hits) < fetch_k:
                 limit = fetch_k  # the collection has nothing more
+            elif hits:
+                floor = hits[-1][1]
         elif limit > 0:
             scores, rows = artifact.ann.search(vector, fetch_k, allowed_rows=allowed)
+            fetched = [(sc, r) for sc, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)]
             pairs = [
-                (ids[r], sc)
-                for sc, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)
-                if r >= 0 and ids[r] not in skip
+                (i, sc)
+                for sc, r in fetched
+                if r >= 0 and (i := ids[r]) not in exclude and i not in shadows
             ]
+            if fetched and fetched[-1][1] >= 0:
+                floor = fetched[-1][0]
         ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
         live.check([*merged, *also])
         stored = live.stored  # the ids that exist
         found = [i for i in merged if i in stored]
         ann_rank = set(ann_ids)
-        # Enough live items, or nothing more to fetch: done. Otherwise many candidates were
-        # deleted since the build; look further down the list.
-        if sum(1 for i in found if i in ann_rank) >= want or fetch_k >= limit:
+        # Done when `want` live items score at least the floor (no row not fetched can come
+        # before them), or nothing more is left to fetch. Otherwise many rows were skipped
+        # (deleted since the build, or shadowed by the delta): look further down.
+        certain = {i for i, sc in pairs} | {i for i, sc in extra if sc >= floor}
+        if sum(1 for i in found if i in certain) >= want or fetch_k >= limit:
             break
         fetch_k = min(limit, fetch_k * 4)
     kept: list[tuple[int, str, int | None]] = []  # (found position, id, ANN rank)
@@ -267,22 +279,29 @@ def _lexical(
     q: str,
     want: int,
     allowed: np.ndarray | None,
-    skip: set[str],
+    stale: frozenset[str],
     exclude: set[str],
     category: str | None,
     settings: Settings,
 ) -> dict[str, tuple[int, float]]:
-    """BM25 hits of the index and the delta: id → (rank, score), best first."""
+    """BM25 hits of the index and the delta: id → (rank, score), best first; rows of the
+    index that are stale (the delta holds the item) or excluded are skipped."""
     artifact, delta = corpus.artifact, corpus.delta
     found: list[tuple[str, float]] = []
     if artifact.lexical is not None and (allowed is None or allowed.size):
-        rows, scores = artifact.lexical.search(q, want + len(skip), allowed)
         ids = artifact.ids
-        found = [
-            (ids[r], sc)
-            for r, sc in zip(rows.tolist(), scores.tolist(), strict=True)
-            if ids[r] not in skip
-        ]
+        k = want + len(exclude) + min(len(stale), want)
+        while True:
+            rows, scores = artifact.lexical.search(q, k, allowed)
+            found = [
+                (i, sc)
+                for r, sc in zip(rows.tolist(), scores.tolist(), strict=True)
+                if (i := ids[r]) not in exclude and i not in stale
+            ]
+            if len(found) >= want or rows.size < k:  # enough, or every match was read
+                break
+            k *= 4
+        del found[want:]  # the best `want` of the index, as if the skipped rows were not there
     if delta is not None:
         found += [(i, sc) for i, sc in delta.lexical_search(q, want, category) if i not in exclude]
     ranked = sorted(found, key=lambda p: -p[1])

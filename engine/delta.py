@@ -56,9 +56,12 @@ class DeltaSnapshot:
     items: dict[str, ItemFields] = field(default_factory=dict)
     pending: frozenset[str] = frozenset()
     _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _shadows: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        # Once per snapshot, not per search: after a bulk update it holds thousands of ids.
+        self._shadows = frozenset(self._rows) | self.pending
 
     @property
     def size(self) -> int:
@@ -67,9 +70,9 @@ class DeltaSnapshot:
     def row_of(self, item_id: str) -> int | None:
         return self._rows.get(item_id)
 
-    def shadows(self) -> set[str]:
+    def shadows(self) -> frozenset[str]:
         """Items whose row in the index version is stale: re-embedded, or about to be."""
-        return set(self._rows) | self.pending
+        return self._shadows
 
     def search(self, query: np.ndarray, k: int, category: str | None) -> list[tuple[str, float]]:
         """Exact top-k over the delta (it is small): (id, cosine), best first."""

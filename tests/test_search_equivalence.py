@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -197,3 +198,85 @@ def _text_of(runtime: Runtime, item_id: str) -> str | None:
 
     with runtime.session() as session:
         return get_item(session, item_id).text
+
+
+NOW_A_MUSEUM = "Closed for the season; its old mill is now a museum of industrial history."
+
+
+def test_a_bulk_update_fetches_a_bounded_number_and_the_same_candidates(
+    history: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """120 items re-embedded since the build: the delta shadows more rows than a search wants.
+    The old path fetched one more row from the index per shadowed item (and filtered them per
+    search from a fresh union of sets); this one fetches a bounded number and looks further
+    while fewer than `want` live items score at least the last row it fetched (here the
+    delta's new vectors score below it). Every source finds the same items with the same
+    ranks. (What differs by design: the old path also gave an index rank past `want` to
+    a BM25 hit that its larger fetch happened to reach.)"""
+    # The 120 nearest items to a query, now about something else: its first fetch finds only
+    # shadowed rows, and their new vectors score below that fetch's last row.
+    beach = "a quiet beach with turquoise water"
+    artifact = history.searcher.artifact()
+    _, nearest = artifact.ann.search(history.embedder.encode_query(beach), 120)
+    updated = {artifact.ids[r] for r in nearest[0].tolist()}
+    rows = [json.loads(line) for line in SAMPLE_CATALOG.read_text().splitlines()]
+    with history.write_session() as session:
+        museums = [r for r in rows if r["id"] in updated]
+        for n, row in enumerate(museums):
+            row.update(title=f"Mill museum {n}", text=NOW_A_MUSEUM, category="culture")
+            row["tags"] = ["museum"]
+        upsert_items(session, [ItemIn(**row) for row in museums])
+    snapshot = history.delta.refresh()
+    assert snapshot is not None and len(snapshot.shadows()) == 120 and not snapshot.pending
+    fetched: list[int] = []
+    ann = history.searcher.artifact().ann
+    search = ann.search
+
+    def counted(vector: np.ndarray, k: int, **kwargs: object) -> object:
+        fetched.append(k)
+        return search(vector, k, **kwargs)
+
+    monkeypatch.setattr(ann, "search", counted)
+    settings = history.settings
+    lean = Searcher(settings, history.embedder, history.live, history.vectors, None, None,
+                    history.delta)  # fmt: skip
+    legacy = _legacy_search.Searcher(
+        settings, history.embedder, history.live, history.vectors, None, None, history.delta
+    )
+    for request in [
+        SearchRequest(q=beach),
+        SearchRequest(q="a museum of industrial history", k=20),
+        SearchRequest(q="ancient temples", user_id="foodie-1"),
+        SearchRequest(user_id="beach-lover-2", k=30),
+        SearchRequest(q="good food", category="desert"),
+    ]:
+        want = max(settings.candidates, request.k)
+        with history.session() as session:
+            fetched.clear()
+            new = lean.first_stage(session, request).candidates
+            new_fetches = list(fetched)
+            fetched.clear()
+            old = legacy.first_stage(session, request).candidates
+            old_fetches = list(fetched)
+        if request.category is None:  # (a category's rows are fewer: all are fetched)
+            assert min(old_fetches) >= want + 120, old_fetches  # past every shadowed row
+        # want + 16 + the user's exclusions (a few here) + at most `want` for the shadows,
+        # then 4x that while too few live rows came back.
+        assert new_fetches[0] <= 2 * want + 16 + 10, new_fetches
+        if request.q == beach:
+            assert len(new_fetches) > 1, new_fetches  # it had to look further
+
+        assert sources(new, want) == sources(old, want), request
+        # A re-embedded item is a candidate with its new fields (the delta's), not the row's.
+        assert all(c.item == snapshot.items[c.item_id] for c in new if c.item_id in snapshot.items)
+
+
+def sources(candidates: list[Any], want: int) -> dict[str, tuple[Any, ...]]:
+    """What each source said of each candidate it found: (index rank within `want`, BM25 rank,
+    co-visit rank, popularity)."""
+    out = {}
+    for c in candidates:
+        ann = c.ann_rank if c.ann_rank is not None and c.ann_rank < want else None
+        if ann is not None or c.lexical_rank is not None or c.covisit_rank is not None:
+            out[c.item_id] = (ann, c.lexical_rank, c.covisit_rank, round(c.popularity, 9))
+    return out
