@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine import stored_vectors
 from engine.catalog import INDEXED_COLUMNS, embedding_text, settled_before, text_hash
 from engine.index_store import IndexArtifact, ItemFields, LiveIndex
-from engine.lexical import LexicalIndex
+from engine.lexical import LexicalIndex, best_first
 from engine.models import Item
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class DeltaSnapshot:
     pending: frozenset[str] = frozenset()
     _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _shadows: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    _by_category: dict[str | None, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
@@ -75,18 +76,33 @@ class DeltaSnapshot:
         return self._shadows
 
     def search(self, query: np.ndarray, k: int, category: str | None) -> list[tuple[str, float]]:
-        """Exact top-k over the delta (it is small): (id, cosine), best first."""
-        if not self.ids:
+        """Exact top-k over the delta: (id, cosine), best first, ties in row order.
+
+        After a bulk update it holds thousands of items: the category's rows are indexed
+        once per snapshot and only the top k are sorted.
+        """
+        if not self.ids or k <= 0:
             return []
-        scores = self.vectors @ query
-        order = np.argsort(-scores, kind="stable")
-        out = []
-        for i in order:
-            if category is None or self.categories[i] == category:
-                out.append((self.ids[i], float(scores[i])))
-                if len(out) == k:
-                    break
-        return out
+        if category is None:
+            rows = None
+            scores = self.vectors @ query
+        else:
+            rows = self._category_rows().get(category)
+            if rows is None:
+                return []
+            scores = self.vectors[rows] @ query
+        best = best_first(scores, k)
+        picked = best if rows is None else rows[best]
+        ids = self.ids
+        return [(ids[r], s) for r, s in zip(picked.tolist(), scores[best].tolist(), strict=True)]
+
+    def _category_rows(self) -> dict[str | None, np.ndarray]:
+        if self._by_category is None:  # a benign race: two threads build the same dict
+            grouped: dict[str | None, list[int]] = {}
+            for row, category in enumerate(self.categories):
+                grouped.setdefault(category, []).append(row)
+            self._by_category = {c: np.asarray(r, dtype=np.int64) for c, r in grouped.items()}
+        return self._by_category
 
     def lexical_search(self, text: str, k: int, category: str | None) -> list[tuple[str, float]]:
         if self.lexical is None:

@@ -124,11 +124,22 @@ class LexicalIndex:
             allowed[allowed_rows] = True
             keep &= allowed[rows]
         rows, scores = rows[keep], scores[keep]
-        if rows.size > k:
-            kth = np.partition(scores, rows.size - k)[rows.size - k]  # the k-th best score
-            above = np.flatnonzero(scores > kth)
-            tied = np.flatnonzero(scores == kth)
-            take = np.concatenate([above, tied[np.argsort(rows[tied])][: k - above.size]])
-            rows, scores = rows[take], scores[take]
-        order = np.lexsort((rows, -scores))
-        return rows[order], scores[order]
+        best = best_first(scores, k, ties=rows)
+        return rows[best], scores[best]
+
+
+def best_first(scores: np.ndarray, k: int, ties: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the k highest scores, best first, equal scores in the order of `ties`
+    (default: position): a stable sort's first k, without sorting them all (np.partition)."""
+    n = int(scores.size)
+    key = np.arange(n) if ties is None else ties
+    if n > k:
+        kth = np.partition(scores, n - k)[n - k]  # the k-th best score
+        above = np.flatnonzero(scores > kth)
+        tied = np.flatnonzero(scores == kth)
+        positions = np.concatenate(
+            [above, tied[np.argsort(key[tied], kind="stable")][: k - above.size]]
+        )
+    else:
+        positions = np.arange(n)
+    return positions[np.lexsort((key[positions], -scores[positions]))]

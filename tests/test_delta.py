@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pytest
+
+from engine.delta import DeltaSnapshot
+from engine.lexical import best_first
 from engine.runtime import Runtime
 from indexer.build import build
 
@@ -68,3 +74,42 @@ def test_the_next_build_folds_the_delta_in(client: Any, built: Runtime) -> None:
     assert snapshot is not None and snapshot.base_version == report.version
     assert snapshot.ids == []
     assert ids(client, q="xylospongium festival", k=1) == ["quokka-island"]
+
+
+@pytest.mark.parametrize("k", [1, 7, 50, 400])
+def test_best_first_is_a_stable_sorts_first_k(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(50):
+        scores = rng.integers(0, 12, size=300).astype(np.float32)  # many ties
+        expected = np.argsort(-scores, kind="stable")[:k]
+        assert best_first(scores, k).tolist() == expected.tolist()
+        ties = rng.permutation(300)
+        by_key = sorted(range(300), key=lambda i: (-scores[i], ties[i]))[:k]
+        assert best_first(scores, k, ties=ties).tolist() == by_key
+
+
+def test_a_big_delta_is_searched_exactly_per_category() -> None:
+    """The delta's exact search, as a brute-force sort says, ties in row order, with and
+    without a category (indexed once per snapshot)."""
+    rng = np.random.default_rng(3)
+    n, dim = 3000, 16
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors[100:110] = vectors[5]  # equal scores
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    categories = [None if i % 7 == 0 else f"c{i % 3}" for i in range(n)]
+    snapshot = DeltaSnapshot(
+        "v1",
+        datetime.now(UTC),
+        ids=[f"i{i}" for i in range(n)],
+        categories=categories,
+        texts=[""] * n,
+        vectors=vectors,
+    )
+    for query in (vectors[5], rng.normal(size=dim).astype(np.float32)):
+        scores = vectors @ query
+        for category in (None, "c1", "nope"):
+            rows = [i for i in range(n) if category is None or categories[i] == category]
+            expected = sorted(rows, key=lambda i: (-scores[i], i))[:50]
+            found = snapshot.search(query, 50, category)
+            assert [i for i, _ in found] == [f"i{i}" for i in expected]
+            assert [s for _, s in found] == pytest.approx([float(scores[i]) for i in expected])
