@@ -24,7 +24,9 @@ so nothing it leaves behind (it slows the next few hundred ms of the process) is
 The table and JSON also give /v1/search p99 over the encoder's own p99 in the same run
 ("e2e_over_encoder_p99", goal <= 1.3) and, at 100k, /v1/search p99 with a user (goal <= 10 ms).
 Build throughput (`indexer.build` on the 1k catalog between two raw-encoder runs) is measured
-first unless --throughput-items 0. Prints tables and writes JSON
+first unless --throughput-items 0. --delta N rewrites N random items after each build (new
+titles: re-embedded into the delta, their index rows shadowed), as a bulk update between
+builds does, and measures with that delta. Prints tables and writes JSON
 (default bench/results/search_latency.json).
 """
 
@@ -185,6 +187,7 @@ def measure_size(
     qs: list[str],
     workdir: Path,
     legacy_class: Any,
+    delta: int = 0,
 ) -> dict[str, Any]:
     settings = Settings(data_dir=workdir / f"n{n}", index_poll_s=3600)
     runtime = Runtime(settings, embedder=embedder)
@@ -196,6 +199,7 @@ def measure_size(
         report = build(runtime, session)
     assert report.reused == n, report
     artifact = runtime.searcher.artifact()
+    delta_s = rewrite_since_build(runtime, items, delta, seed=n) if delta else 0.0
 
     events = histories([i.id for i in items], vectors, seed=n)
     with runtime.write_session() as session:
@@ -298,6 +302,8 @@ def measure_size(
     ms = {name: percentiles(values) for name, values in samples.items()}
     return {
         "items": n,
+        "delta_items": delta,  # rewritten (and re-embedded) since the build
+        "delta_embed_s": round(delta_s, 1),
         "index": report.factory,
         "params": report.params,
         "index_build_s": round(report.build_seconds, 2),
@@ -313,6 +319,23 @@ def measure_size(
             for who in ("anonymous", "user")
         },
     }
+
+
+def rewrite_since_build(runtime: Runtime, items: list[ItemIn], count: int, seed: int) -> float:
+    """Rewrite `count` random items after the build (a bulk update): new titles, so each is
+    re-embedded into the delta and its index row is shadowed. Returns the seconds until every
+    one of them is searchable."""
+    rng = np.random.default_rng(seed + 1)
+    picked = [items[int(i)] for i in rng.choice(len(items), size=count, replace=False)]
+    rewritten = [i.model_copy(update={"title": f"{i.title} (remastered)"}) for i in picked]
+    t = time.perf_counter()
+    with runtime.write_session() as session:
+        upsert_items(session, rewritten)
+    snapshot = runtime.delta.refresh()
+    while snapshot is None or snapshot.pending or snapshot.size < count:
+        time.sleep(0.5)
+        snapshot = runtime.delta.refresh()
+    return time.perf_counter() - t
 
 
 def build_throughput(embedder: Embedder, items: list[ItemIn], workdir: Path) -> dict[str, Any]:
@@ -393,6 +416,12 @@ def print_tables(results: dict[str, Any]) -> None:
     print(
         "\nGET /v1/search in-process (Flask test client, SQLite), k=10, trained ranker; ms p50 p99"
     )
+    for r in results["sizes"]:
+        if r.get("delta_items"):
+            print(
+                f"  {r['items']} items: {r['delta_items']} of them rewritten since the build, "
+                f"searched from the delta (embedded in {r['delta_embed_s']} s)"
+            )
     header = (
         f"{'items':>7} {'index':>8} {'q-recall':>8} {'who':>9} | {'encoder':>15} | {'/v1/search':>15} | "
         f"{'but encoder':>15} | {'retrieve':>7} {'features':>8} {'rank':>6} (p50) | goal p50<={GOAL_P50_MS:g} p99<={GOAL_P99_MS:g} | "
@@ -442,6 +471,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--throughput-items", type=int, default=1000, help="0 skips it")
     parser.add_argument(
+        "--delta",
+        type=int,
+        default=0,
+        help="items rewritten after the build, searched from the delta (a bulk update)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "search_latency.json"
     )
     args = parser.parse_args()
@@ -486,7 +521,9 @@ def main() -> None:
         for n in sizes:
             items, vectors = catalog_of(n, base, base_vectors, rng)
             print(f"measuring {n} items ...", file=sys.stderr)
-            results["sizes"].append(measure_size(n, items, vectors, embedder, qs, workdir, legacy))
+            results["sizes"].append(
+                measure_size(n, items, vectors, embedder, qs, workdir, legacy, args.delta)
+            )
 
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
