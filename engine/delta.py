@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,9 @@ from engine.models import Item
 log = logging.getLogger(__name__)
 
 PENDING_POLL_S = 0.05
+# The resolution of updated_at (PostgreSQL's timestamp, SQLite's ISO text): no row is stamped
+# between t and t + _TICK.
+_TICK = timedelta(microseconds=1)
 
 
 @dataclass
@@ -235,6 +238,12 @@ class Delta:
                 state.seen[row.id] = row.updated_at
             newest = max((r.updated_at for r in rows), default=state.watermark)
             # Past the horizon a transaction still open may commit older rows: stop there.
+            # Rows older than the horizon are final, those at `newest` too: the next poll
+            # starts a tick after them. (At `newest` itself it read them again each poll,
+            # 0.5 s apart, for as long as nothing newer came: after a bulk update in one
+            # transaction, thousands of rows per poll in every process.)
+            if newest < horizon:
+                newest += _TICK
             state.watermark = max(state.watermark, min(newest, horizon))
             state.seen = {i: t for i, t in state.seen.items() if t >= state.watermark}
             self._state = state
