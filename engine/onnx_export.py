@@ -50,8 +50,10 @@ from engine.onnx_encoder import (
 log = logging.getLogger(__name__)
 
 # Bump when the export recipe changes: cached exports of another format are made again.
-# 2: eager attention and ONNX Runtime's transformer fusions (all-MiniLM-L6-v2, one SciFact
-# query, this 2-core host: p50 4.14 -> 3.55 ms, p99 6.25 -> 5.40 ms, cosine 1.0000).
+# 2: eager attention and ONNX Runtime's transformer fusions. all-MiniLM-L6-v2, one SciFact
+# query through OnnxEncoder.embed on this 2-core host (bench/onnx_fusion.py): at 2 threads
+# p50 4.07 -> 3.62 ms (SDPA traced -> eager fused), most of it from the eager trace; at 1
+# thread the three are within 4 % of each other. Cosine 1.0000.
 EXPORT_FORMAT = 2
 # Mean cosine of the fused graph's pooled vectors to the unfused graph's on the probe texts
 # below which the fusion is dropped (it only reorders float arithmetic: 1.0000 when right).
@@ -257,12 +259,13 @@ def _export(spec: ModelSpec, target: Path) -> dict[str, Any]:
         return {"attention": attention, "fused": fused}
 
 
-def _trace(spec: ModelSpec, target: Path) -> tuple[str, Any]:
+def _trace(spec: ModelSpec, target: Path, attention: str = "eager") -> tuple[str, Any]:
     """torch.onnx.export of the transformer: (the attention implementation, its config).
 
     Eager attention traces to plain MatMul/Softmax nodes, which ONNX Runtime's optimizer
     fuses into one Attention operator; the default (SDPA) traces to a pattern it does not
-    recognize.
+    recognize, and runs slower unfused too (bench/onnx_fusion.py compares the three).
+    attention "default" traces what the model uses by default.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -288,13 +291,15 @@ def _trace(spec: ModelSpec, target: Path) -> tuple[str, Any]:
             return self.model(**kwargs).last_hidden_state  # type: ignore[no-any-return]
 
     tokenizer = AutoTokenizer.from_pretrained(str(spec.transformer), local_files_only=True)
-    attention = "eager"
-    try:
-        model = AutoModel.from_pretrained(
-            str(spec.transformer), local_files_only=True, attn_implementation=attention
-        ).eval()
-    except (TypeError, ValueError):  # an architecture without a choice of attention
-        attention = "default"
+    model = None
+    if attention != "default":
+        try:
+            model = AutoModel.from_pretrained(
+                str(spec.transformer), local_files_only=True, attn_implementation=attention
+            ).eval()
+        except (TypeError, ValueError):  # an architecture without a choice of attention
+            attention = "default"
+    if model is None:
         model = AutoModel.from_pretrained(str(spec.transformer), local_files_only=True).eval()
     # Texts of different lengths, so the example is padded: the trace keeps the attention mask
     # only when the example needs it (an unpadded one bakes "no mask" into the graph).
