@@ -279,7 +279,7 @@ class SearchOut(BaseModel):
     )
     timings_ms: dict[str, float] | None = Field(
         default=None,
-        description="per stage (embed, retrieve, features, rank), with explain or timings",
+        description="per stage (embed, user, retrieve, features, rank), with explain or timings",
     )
 
 

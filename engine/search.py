@@ -85,7 +85,7 @@ class SearchResponse:
     index_version: str
     took_ms: float
     mode: str  # "search" (a query), "recommend" (user or session only) or "popular"
-    timings_ms: dict[str, float]  # embed, retrieve, features, rank
+    timings_ms: dict[str, float]  # embed, user, retrieve, features, rank
     request_id: str = ""
     show_timings: bool = False  # the request asked for timings_ms
     next_offset: int | None = None  # the next page's offset; None at the end
@@ -292,6 +292,7 @@ class Searcher:
         t = time.perf_counter()
         query = self.embedder.encode_query(request.q) if request.q else None
         timings["embed"] = _ms(t)
+        t = time.perf_counter()
         user: UserState | None = None
         covisits: list[tuple[str, float]] = []
         if request.user_id:
@@ -320,6 +321,7 @@ class Searcher:
         context = contexts.build(
             request, self.settings, state.now, query, user, session_vectors, covisits
         )
+        timings["user"] = _ms(t)  # the user's row (the one SQL read), the context's vectors
 
         t = time.perf_counter()
         if request.similar_to:

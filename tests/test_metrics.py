@@ -82,7 +82,7 @@ def test_searches_count_by_mode_with_their_stages_and_requests(
     assert moved("recsearch_searches_total", mode="search") == 3
     assert moved("recsearch_searches_total", mode="recommend") == 1
     assert moved("recsearch_searches_total", mode="popular") == 1
-    for stage in ("embed", "retrieve", "features", "rank"):
+    for stage in ("embed", "user", "retrieve", "features", "rank"):
         assert moved("recsearch_search_stage_seconds_count", stage=stage, mode="search") == 3
         assert moved("recsearch_search_stage_seconds_count", stage=stage, mode="popular") == 1
     assert moved("recsearch_search_stage_seconds_sum", stage="embed", mode="search") > 0

@@ -11,7 +11,7 @@ metrics live in memory.
   Flask url rule (`/v1/items/<path:item_id>`), never the raw path, and a method outside
   HTTP's usual set is "other": no client can grow the number of series.
 - Per search: recsearch_searches_total{mode} and recsearch_search_stage_seconds{stage, mode}
-  from the timings the engine measures anyway (embed, retrieve, features, rank).
+  from the timings the engine measures anyway (embed, user, retrieve, features, rank).
 - Per event request: recsearch_events_total{outcome}: recorded, duplicate, and rejected (the
   events of a refused request body; a body that is not JSON counts as one).
 - Per process, as gauges in "live" modes, so that a dead worker's values leave with it
@@ -81,7 +81,7 @@ REQUEST_BUCKETS_S = (
     10.0,
 )
 STAGE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-STAGES = ("embed", "retrieve", "features", "rank")
+STAGES = ("embed", "user", "retrieve", "features", "rank")
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 UNMATCHED = "unmatched"  # no route matched (404, 405): one label value, whatever the path
 # A worker republishes its per-process gauges at most this often, from the search path.
@@ -97,7 +97,7 @@ REQUEST_SECONDS = Histogram(
 SEARCHES = Counter("recsearch_searches", "Searches served, by mode", ("mode",))
 STAGE_SECONDS = Histogram(
     "recsearch_search_stage_seconds",
-    "Time in each stage of a search (embed, retrieve, features, rank), by mode",
+    "Time in each stage of a search (embed, user, retrieve, features, rank), by mode",
     ("stage", "mode"),
     buckets=STAGE_BUCKETS_S,
 )
