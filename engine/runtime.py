@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.ann import item_writer
 from engine.config import Settings
-from engine.db import WRITE_INTENT, ensure_schema, make_engine, session_factory
+from engine.db import SQLITE_AUTOCOMMIT, WRITE_INTENT, ensure_schema, make_engine, session_factory
 from engine.delta import Delta
 from engine.election import leadership_for
 from engine.embedder import Embedder
@@ -46,11 +46,12 @@ class Runtime:
         self.db: Engine = make_engine(settings)
         ensure_schema(self.db)
         self.sessions: sessionmaker[Session] = session_factory(self.db)
-        # Searches read PostgreSQL through a pool of their own (see read_session).
+        # Searches read PostgreSQL through a pool of their own, SQLite through the same pool
+        # without BEGIN (see read_session).
         self.search_db: Engine = (
             make_engine(settings, for_searches=True)
             if self.db.dialect.name == "postgresql"
-            else self.db
+            else self.db.execution_options(**SQLITE_AUTOCOMMIT)
         )
         self._search_sessions = session_factory(self.search_db)
         self._embedder = embedder
@@ -153,8 +154,8 @@ class Runtime:
         at checkout either. That leaves an anonymous search one round trip of the four it
         had, each of which waits for the server process to get a core on a busy machine. A
         search nearly always reads one statement, so it needs no transaction; a connection
-        the server dropped is what `search` retries. SQLite is in-process, where BEGIN costs
-        nothing, so it keeps the plain session.
+        the server dropped is what `search` retries. On SQLite the session sends no BEGIN
+        either (engine.db.SQLITE_AUTOCOMMIT): each statement reads in its own transaction.
         """
         with self._search_sessions() as session:
             yield session

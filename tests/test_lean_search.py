@@ -36,7 +36,7 @@ def statements(runtime: Runtime) -> Iterator[list[str]]:
         if threading.get_ident() == me and sql.split()[0].upper() not in ("BEGIN", "COMMIT"):
             seen.append(sql)
 
-    engines = list({id(e): e for e in (runtime.db, runtime.search_db)}.values())
+    engines = list({id(e.pool): e for e in (runtime.db, runtime.search_db)}.values())
     for engine in engines:  # searches read PostgreSQL through a pool of their own
         event.listen(engine, "before_cursor_execute", record)
     try:
@@ -78,6 +78,42 @@ def test_a_search_reads_sql_once_and_no_item_fields(client: Any, built: Runtime)
         for sql in seen:
             selected = sql.split("FROM")[0]
             assert not any(f"items.{f}" in selected for f in FIELDS), sql
+
+
+def test_a_search_sends_no_begin_and_still_reads_the_last_write(
+    client: Any, built: Runtime
+) -> None:
+    """Searches read in autocommit on both databases: no BEGIN and no COMMIT sent; each
+    statement sees what was committed when it ran, so the next search reads the last event."""
+    sent: list[str] = []  # what this thread sends (not the background polls)
+    ended: list[str] = []  # how its transactions ended, at the driver
+    me = threading.get_ident()
+
+    def record(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if threading.get_ident() == me:
+            sent.append(sql.split()[0].upper())
+
+    def commit(conn: Any) -> None:
+        if threading.get_ident() == me:
+            ended.append("COMMIT")
+
+    engines = list({id(e.pool): e for e in (built.db, built.search_db)}.values())
+    built.watch.ready()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+        event.listen(engine, "commit", commit)
+    try:
+        assert search_ids(client, q="temples and gardens", user_id="reader")
+        assert sent and "BEGIN" not in sent and not ended, (sent, ended)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+            event.remove(engine, "commit", commit)
+    click = {"user_id": "reader", "item_id": "kyoto-japan", "type": "click"}
+    assert client.post("/v1/events", json=click).status_code == 200  # committed when it answers
+    with built.read_session() as session:
+        user = SqlState(session, utcnow()).user("reader")
+    assert user is not None and "kyoto-japan" in {r[0] for r in user.recent}
 
 
 def test_the_user_and_the_co_visits_come_in_one_read_with_the_last_event(
