@@ -228,14 +228,13 @@ def _retrieve(
                 floor = hits[-1][1]
         elif limit > 0:
             scores, rows = artifact.ann.search(vector, fetch_k, allowed_rows=allowed)
-            fetched = [(sc, r) for sc, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)]
             pairs = [
                 (i, sc)
-                for sc, r in fetched
+                for sc, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)
                 if r >= 0 and (i := ids[r]) not in exclude and i not in shadows
             ]
-            if fetched and fetched[-1][1] >= 0:
-                floor = fetched[-1][0]
+            if rows.size and rows[0][-1] >= 0:  # a full list: rows past it may remain
+                floor = float(scores[0][-1])
         ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
         live.check([*merged, *also])
@@ -245,7 +244,7 @@ def _retrieve(
         # Done when `want` live items score at least the floor (no row not fetched can come
         # before them), or nothing more is left to fetch. Otherwise many rows were skipped
         # (deleted since the build, or shadowed by the delta): look further down.
-        certain = {i for i, sc in pairs} | {i for i, sc in extra if sc >= floor}
+        certain = {i for i, _ in pairs} | {i for i, sc in extra if sc >= floor}
         if sum(1 for i in found if i in certain) >= want or fetch_k >= limit:
             break
         fetch_k = min(limit, fetch_k * 4)

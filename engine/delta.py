@@ -60,12 +60,17 @@ class DeltaSnapshot:
     pending: frozenset[str] = frozenset()
     _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _shadows: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _by_category: dict[str | None, np.ndarray] | None = field(default=None, init=False, repr=False)
+    _by_category: dict[str | None, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Once per snapshot (in the refresh thread), not per search: after a bulk update the
+        # delta holds thousands of items.
         self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
-        # Once per snapshot, not per search: after a bulk update it holds thousands of ids.
         self._shadows = frozenset(self._rows) | self.pending
+        grouped: dict[str | None, list[int]] = {}
+        for row, category in enumerate(self.categories):
+            grouped.setdefault(category, []).append(row)
+        self._by_category = {c: np.asarray(r, dtype=np.int64) for c, r in grouped.items()}
 
     @property
     def size(self) -> int:
@@ -81,8 +86,8 @@ class DeltaSnapshot:
     def search(self, query: np.ndarray, k: int, category: str | None) -> list[tuple[str, float]]:
         """Exact top-k over the delta: (id, cosine), best first, ties in row order.
 
-        After a bulk update it holds thousands of items: the category's rows are indexed
-        once per snapshot and only the top k are sorted.
+        After a bulk update it holds thousands of items: the category's rows come from the
+        snapshot's index of them, and only the top k are sorted.
         """
         if not self.ids or k <= 0:
             return []
@@ -90,7 +95,7 @@ class DeltaSnapshot:
             rows = None
             scores = self.vectors @ query
         else:
-            rows = self._category_rows().get(category)
+            rows = self._by_category.get(category)
             if rows is None:
                 return []
             scores = self.vectors[rows] @ query
@@ -98,14 +103,6 @@ class DeltaSnapshot:
         picked = best if rows is None else rows[best]
         ids = self.ids
         return [(ids[r], s) for r, s in zip(picked.tolist(), scores[best].tolist(), strict=True)]
-
-    def _category_rows(self) -> dict[str | None, np.ndarray]:
-        if self._by_category is None:  # a benign race: two threads build the same dict
-            grouped: dict[str | None, list[int]] = {}
-            for row, category in enumerate(self.categories):
-                grouped.setdefault(category, []).append(row)
-            self._by_category = {c: np.asarray(r, dtype=np.int64) for c, r in grouped.items()}
-        return self._by_category
 
     def lexical_search(self, text: str, k: int, category: str | None) -> list[tuple[str, float]]:
         if self.lexical is None:

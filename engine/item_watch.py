@@ -105,7 +105,7 @@ class ItemWatch:
             else:
                 for item_id, deleted_at in session.execute(tombstones):
                     self.deleted[item_id] = deleted_at
-            if since is not None and self.deleted and not resync:
+            if not resync and self.deleted:  # (a resync reads the table as it stands)
                 # Written again after its tombstone: the item exists (its tombstone is gone).
                 rewritten = session.execute(
                     select(Item.id, Item.updated_at).where(Item.updated_at >= since)
