@@ -7,7 +7,10 @@ is, eager attention traced, and eager attention fused by ONNX Runtime's transfor
 The three graphs are exported into a temporary folder and timed one query at a time through
 OnnxEncoder.embed (tokenizer, graph, pooling), in rotating order per SciFact claim so machine
 noise hits all alike, at each thread count; the mean cosine of each graph's vectors to the
-fused graph's is reported too. Prints a table and writes JSON (default
+fused graph's is reported too. Then the fused graph at the last thread count tokenizes two
+ways, alternating per claim: transformers' tokenizer call (the encoder before the tokenizer
+core) and the fast tokenizer's core set once (engine.onnx_encoder.tokenizer_core, served):
+tokenize alone, and the whole embed. Prints tables and writes JSON (default
 bench/results/onnx_fusion.json). Data is read from ../shared/data/beir-scifact.
 """
 
@@ -91,12 +94,19 @@ def main() -> None:
                     "cosine_to_fused": round(cosine, 6),
                 }
             )
+    tokenizers = tokenizer_rows(encoders["fused"], queries)
     print(f"\nfused operators: {counts}")
     print(f"{'graph':>8} {'threads':>7} {'p50 ms':>8} {'p99 ms':>8}  cosine to fused")
     for r in rows:
         print(
             f"{r['graph']:>8} {r['threads']:>7} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}  "
             f"{r['cosine_to_fused']:.6f}"
+        )
+    print(f"\n{'tokenizer':>18} {'tokenize p50/p99 ms':>20} {'embed p50/p99 ms':>18}")
+    for r in tokenizers:
+        print(
+            f"{r['tokenizer']:>18} {r['tokenize_p50_ms']:9.3f} {r['tokenize_p99_ms']:9.3f}  "
+            f"{r['embed_p50_ms']:8.3f} {r['embed_p99_ms']:8.3f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -108,11 +118,39 @@ def main() -> None:
                 "queries": len(queries),
                 "fused_operators": counts,
                 "rows": rows,
+                "tokenizers": tokenizers,
             },
             indent=1,
         )
     )
     print(f"wrote {args.out}")
+
+
+def tokenizer_rows(encoder: OnnxEncoder, queries: list[str]) -> list[dict[str, Any]]:
+    """Tokenize and embed each query with the tokenizer core and with transformers' call."""
+    core = encoder._core
+    ways = {"transformers call": None, "core (served)": core}
+    ms: dict[str, dict[str, list[float]]] = {w: {"tokenize": [], "embed": []} for w in ways}
+    for n, q in enumerate(queries):
+        order = list(ways) if n % 2 else list(ways)[::-1]
+        for way in order:
+            encoder._core = ways[way]
+            t = time.perf_counter()
+            encoder.tokenize([q])
+            ms[way]["tokenize"].append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            encoder.embed([q])
+            ms[way]["embed"].append((time.perf_counter() - t) * 1e3)
+    encoder._core = core
+    return [
+        {"tokenizer": way}
+        | {
+            f"{step}_{p}_ms": round(float(np.percentile(ms[way][step], pct)), 3)
+            for step in ("tokenize", "embed")
+            for p, pct in (("p50", 50), ("p99", 99))
+        }
+        for way in ways
+    ]
 
 
 if __name__ == "__main__":

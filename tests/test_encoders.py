@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from engine.config import Settings
 from engine.embedder import Embedder, describe_encoder, resolve_device
 from engine.errors import ConfigError
-from engine.onnx_encoder import pool, read_spec
+from engine.onnx_encoder import OnnxEncoder, pool, read_spec, tokenizer_core
 from engine.onnx_export import (
     EXPORT_FORMAT,
     FILES,
@@ -311,6 +311,55 @@ def test_pooling_matches_sentence_transformers(modes: tuple[str, ...]) -> None:
     }
     expected = reference(features)["sentence_embedding"].numpy()
     assert np.allclose(pool(tokens, mask, modes), expected, atol=1e-5)
+
+
+def test_the_tokenizer_core_tokenizes_as_the_transformers_call(embedder: Embedder) -> None:
+    """The encoder tokenizes with the fast tokenizer's core, set once: the same ids, masks
+    and types as transformers' call, for one text, a padded batch, and texts truncated."""
+    encoder = embedder._query
+    assert isinstance(encoder, OnnxEncoder) and encoder._core is not None
+    long = " ".join(["mountain lakes and alpine huts"] * 200)  # far past max_seq_length
+    batches = [
+        [QUERIES[0]],
+        list(QUERIES),
+        [long, "a", ""],
+        ["Ünïcödé café — 東京 🏔️", long[:900]],
+        list(PROBE_TEXTS),
+    ]
+    for batch in batches:
+        expected = encoder.tokenizer(
+            batch,
+            padding=True,
+            truncation="longest_first",
+            max_length=encoder.spec.max_seq_length,
+            return_tensors="np",
+        )
+        got = encoder.tokenize(batch)
+        assert set(expected) <= set(got)
+        for name in expected:
+            assert got[name].dtype == np.int64
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{name}: {batch!r}")
+    assert encoder.tokenize([long])["input_ids"].shape == (1, encoder.spec.max_seq_length)
+
+
+def test_a_tokenizer_without_a_core_keeps_the_transformers_call(embedder: Embedder) -> None:
+    encoder = embedder._query
+    assert isinstance(encoder, OnnxEncoder)
+
+    class Slow:
+        is_fast = False
+        pad_token_id = 0
+
+    assert tokenizer_core(Slow(), 256) is None
+    no_pad = encoder.tokenizer.__class__.from_pretrained(str(encoder.spec.transformer))
+    no_pad.pad_token = None
+    assert tokenizer_core(no_pad, 256) is None
+    encoder_core, encoder._core = encoder._core, None
+    try:
+        vectors = encoder.embed(list(QUERIES))
+    finally:
+        encoder._core = encoder_core
+    np.testing.assert_allclose(vectors, encoder.embed(list(QUERIES)), atol=1e-6)
 
 
 def test_modules_the_onnx_encoder_cannot_run_are_refused(tmp_path: Path) -> None:
