@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -44,6 +45,10 @@ def make_engine(settings: Settings, *, for_searches: bool = False) -> Engine:
             _create_private_file(Path(url.database))
         # Flask serves requests on threads; each connection is still used by one at a time.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        # orjson, as on PostgreSQL (every search with a user decodes seven JSON columns of
+        # its row, every event batch more); rows written before JSON was written by orjson
+        # may hold NaN tokens, which only the json module reads.
+        kwargs["json_deserializer"] = _json_loads_lenient
     elif url.get_backend_name() == "postgresql":
         if for_searches:
             # Each statement sees what was committed when it ran, with no BEGIN and COMMIT
@@ -75,6 +80,13 @@ def make_engine(settings: Settings, *, for_searches: bool = False) -> Engine:
 
 def _json_dumps(value: Any) -> str:
     return sql_bulk.json_text(value)
+
+
+def _json_loads_lenient(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or Infinity, written by the json module
+        return json.loads(text)
 
 
 # Execution option for a transaction that will read then write rows others may write too

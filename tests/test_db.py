@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from datetime import datetime, timedelta
 
+import orjson
 from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
 
-from engine import sql_bulk
+from engine import db, sql_bulk
 from engine.config import Settings
 from engine.db import current_revision, ensure_schema, head_revision, make_engine, upgrade
 from engine.models import Impression
@@ -91,3 +94,28 @@ def test_bulk_inserted_rows_read_back_as_the_orm_wrote_them(runtime: Runtime) ->
         got = {k: getattr(row, k) for k in wrote}
         assert got == wrote
     assert sorted(after) == ["r0", "r1", "r2"]
+
+
+def test_json_columns_read_with_orjson_and_old_nan_tokens_still_read(settings: Settings) -> None:
+    """JSON columns decode with orjson on both databases; on SQLite, a row written by the
+    json module before (a NaN token, which orjson refuses) still reads."""
+    engine = make_engine(settings)
+    try:
+        upgrade(engine)
+        loads = engine.dialect._json_deserializer
+        sqlite = engine.dialect.name == "sqlite"
+        assert loads is (db._json_loads_lenient if sqlite else orjson.loads)
+        assert loads('{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+        if not sqlite:
+            return  # PostgreSQL refuses NaN in JSON on the way in
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO impressions (request_id, item_id, position, features, model_version,"
+                " index_version, ts) VALUES ('old', 'x', 0, '{\"values\": [NaN, 1.0]}', 'm', 'v',"
+                " '2026-11-29 12:00:00.000000')"
+            )
+        with Session(engine) as session:
+            features = session.scalars(select(Impression.features)).one()
+        assert math.isnan(features["values"][0]) and features["values"][1] == 1.0
+    finally:
+        engine.dispose()
