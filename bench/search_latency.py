@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.ann.faiss import exact_top_k  # noqa: E402
+from engine.candidates import _OVERFETCH  # noqa: E402
 from engine.catalog import ItemIn, embedding_text, text_hash, upsert_items  # noqa: E402
 from engine.clock import utcnow  # noqa: E402
 from engine.config import Settings  # noqa: E402
@@ -270,7 +271,7 @@ def measure_size(
     # timed alone in the same loop. The ANN search of the index (at the depth an anonymous
     # search fetches), the one SQL read of the user's state, and a request to the app that
     # does nothing (GET /healthz: Flask, the test client, the JSON response).
-    fetch_k = settings.candidates + 16  # engine.candidates: want + _OVERFETCH
+    fetch_k = settings.candidates + _OVERFETCH  # what engine.candidates fetches, no exclusions
     window = settings.covisit_window if settings.covisit_candidates > 0 else 0
 
     def user_read() -> float:
