@@ -5,18 +5,22 @@ pairs. Sent row by row (executemany), PostgreSQL costs a protocol message per ro
 psycopg's per-row work in Python was most of an event's cost. Here PostgreSQL gets the
 batch as one JSON document expanded by `json_to_recordset`, so a write is one statement
 whose text does not depend on the batch size (psycopg prepares it once per connection).
-SQLite runs in-process, where executemany is a C loop and already cheap, so it keeps that.
+SQLite runs in-process, where executemany is a C loop and already cheap, so it keeps that,
+except for insert_rows (impressions, written beside searches), which reads one JSON array
+on both databases.
 
-Values are plain Python (JSON columns as dicts and lists); rows are dicts keyed by column.
+Values are plain Python (JSON columns as dicts and lists); rows are dicts keyed by column,
+except insert_rows' (lists in a given column order, values as JSON holds them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import JSON, DateTime, LargeBinary, Row, Table, bindparam, select, text, update
+from sqlalchemy import DateTime, LargeBinary, Row, Table, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -49,57 +53,50 @@ def insert_missing(
         session.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
 
 
-def insert_rows(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
-    """Insert the rows (no conflict handling), as cheaply in Python as each database allows.
+def insert_rows(
+    session: Session, model: type[Base], columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert rows given as lists in `columns` order, in one statement that reads them from
+    one JSON array (no conflict handling). Values go as the array holds them: strings,
+    numbers and None as they are, a JSON column's value as its JSON text (json_text), a
+    timestamp as timestamp_text(session) makes it.
 
     Written by background threads (impressions) that hold the GIL while they build
-    parameters, so searches in the same process wait meanwhile: PostgreSQL gets one JSON
-    document; SQLite gets the DBAPI's executemany with values already in its storage format
-    (SQLAlchemy's per-row parameter processing cost about as much as the insert itself).
+    parameters, so searches in the same process wait meanwhile. Here the Python is one list
+    per row and one orjson call per batch; the database parses the array in C. On SQLite
+    the insert is then a single step, which the driver runs with the GIL released, where
+    executemany took it back after every row (each time forcing a search thread to yield).
     """
     table = _table(model)
     if not rows:
         return
-    columns = list(rows[0])
+    document = orjson.dumps(rows).decode()
     if is_postgresql(session):
-        session.execute(
-            text(f"INSERT INTO {table.name} ({', '.join(columns)}) {_recordset(table, columns)}"),
-            _document(table, columns, rows),
-        )
-        return
-    convert = [_sqlite_value(table.c[c].type) for c in columns]
-    values = [
-        tuple(
-            v if f is None or v is None else f(v)
-            for f, v in zip(convert, (r[c] for c in columns), strict=True)
-        )
-        for r in rows
-    ]
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' for _ in columns)})",
-            values,
-        )
-    finally:
-        cursor.close()
+        picks = ", ".join(f"CAST(v ->> {n} AS {_pg_type(table, c)})" for n, c in enumerate(columns))
+        source = "json_array_elements(CAST(:rows AS json)) AS v"
+    else:
+        # json_extract gives a JSON column's text (a JSON string in the array) unescaped and
+        # byte for byte, numbers as numbers, null as NULL.
+        picks = ", ".join(f"json_extract(value, '$[{n}]')" for n in range(len(columns)))
+        source = "json_each(:rows)"
+    session.execute(
+        text(f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {picks} FROM {source}"),
+        {"rows": document},
+    )
 
 
-def _sqlite_value(column_type: Any) -> Any:
-    """How SQLAlchemy stores a value of this type in SQLite, or None for as-is."""
-    if isinstance(column_type, JSON):
-        return json_text
-    if isinstance(column_type, DateTime):
-        return _sqlite_datetime
-    return None
+def timestamp_text(session: Session) -> Callable[[datetime], str]:
+    """How insert_rows' array holds a timestamp for this session's database: SQLite gets
+    the text SQLAlchemy stores (so rows compare and sort with the ORM's), PostgreSQL ISO
+    8601, which it parses into its own type."""
+    return datetime.isoformat if is_postgresql(session) else _sqlite_datetime
 
 
 def json_text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def _sqlite_datetime(value: Any) -> str:
+def _sqlite_datetime(value: datetime) -> str:
     return str(value.strftime("%Y-%m-%d %H:%M:%S.%f"))  # SQLAlchemy's SQLite DateTime format
 
 

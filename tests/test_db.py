@@ -55,8 +55,9 @@ def test_concurrent_first_use_migrates_once(settings: Settings) -> None:
 
 def test_bulk_inserted_rows_read_back_as_the_orm_wrote_them(runtime: Runtime) -> None:
     """sql_bulk.insert_rows writes values in each database's own format (SQLite: JSON text
-    and SQLAlchemy's timestamp text): the ORM reads back exactly what went in, and rows it
-    wrote itself compare and sort with them."""
+    and SQLAlchemy's timestamp text) from one JSON array: the ORM reads back exactly what
+    went in (floats to the last bit, unicode, quotes), and rows it wrote itself compare and
+    sort with them."""
     ts = datetime(2026, 11, 29, 12, 0, 0)  # no microseconds: the format must still match
     rows = [
         {
@@ -64,7 +65,7 @@ def test_bulk_inserted_rows_read_back_as_the_orm_wrote_them(runtime: Runtime) ->
             "user_id": None if n else "ann",
             "item_id": f"i{n}",
             "position": n,
-            "features": {"names": ["a", "b"], "values": [0.1 * n, 1e-300]},
+            "features": {"names": ["a", 'b "é"'], "values": [0.1 * n, 1e-300, 1 / 3]},
             "model_version": "m",
             "index_version": "v",
             "ts": ts + timedelta(microseconds=n),
@@ -73,8 +74,25 @@ def test_bulk_inserted_rows_read_back_as_the_orm_wrote_them(runtime: Runtime) ->
         }
         for n in range(3)
     ]
+    columns = list(rows[0])
     with runtime.session() as session:
-        sql_bulk.insert_rows(session, Impression, rows)
+        stamp = sql_bulk.timestamp_text(session)
+        sql_bulk.insert_rows(
+            session,
+            Impression,
+            columns,
+            [
+                [
+                    sql_bulk.json_text(r[c])
+                    if c == "features"
+                    else stamp(r[c])
+                    if c == "ts"
+                    else r[c]
+                    for c in columns
+                ]
+                for r in rows
+            ],
+        )
         session.add(
             Impression(
                 request_id="orm",
