@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine import sql_bulk
@@ -206,3 +207,75 @@ def ensure_schema(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class DriverStatement:
+    """A statement SQLAlchemy compiles once for a dialect and that then runs on a pooled
+    DBAPI connection itself, with the bind and result processors of its types applied here.
+
+    For the one or two small reads of every search: through a Session, checking out its
+    connection, executing and building the Result cost 0.3 ms of a 0.35 ms tombstone read
+    here, and the user's read 0.2 ms more than the statement (tests/test_db.py checks that
+    both ways read the same values). Errors come out as SQLAlchemy's DBAPIError, and a
+    connection the database dropped is invalidated with the pool's idle ones and reported
+    as `connection_invalidated`, as Connection.execute does, so a search runs again.
+    """
+
+    def __init__(self, statement: Any, dialect: Any, result_types: Sequence[Any]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._order = list(compiled.positiontup or ()) if compiled.positional else None
+        self._binds = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        self._dialect = dialect
+        self._types = [t.dialect_impl(dialect) for t in result_types]
+        # Result processors by the driver's type codes (a processor may depend on them: a
+        # PostgreSQL numeric's does); one entry nearly always.
+        self._results: dict[tuple[Any, ...], list[Any]] = {}
+
+    def rows(self, engine: Engine, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, each value as SQLAlchemy would have returned it."""
+        values = {
+            k: self._binds[k](v) if k in self._binds and v is not None else v
+            for k, v in params.items()
+        }
+        parameters: Any = values if self._order is None else tuple(values[k] for k in self._order)
+        connection = engine.raw_connection()
+        cursor = None
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self.sql, parameters)
+            raw = cursor.fetchall()
+            codes = tuple(d[1] for d in cursor.description)
+        except engine.dialect.loaded_dbapi.Error as error:
+            dropped = engine.dialect.is_disconnect(error, connection.dbapi_connection, cursor)
+            if dropped:
+                connection.invalidate(error)
+                engine.pool.dispose()  # its idle connections met the same end, most likely
+            raise DBAPIError.instance(
+                self.sql,
+                parameters,
+                error,
+                engine.dialect.loaded_dbapi.Error,
+                connection_invalidated=dropped,
+                dialect=engine.dialect,
+            ) from error
+        finally:
+            if cursor is not None:
+                cursor.close()
+            connection.close()  # back to the pool, which resets it
+        processors = self._results.get(codes)
+        if processors is None:
+            processors = self._results[codes] = [
+                t.result_processor(self._dialect, code)
+                for t, code in zip(self._types, codes, strict=True)
+            ]
+        if all(p is None for p in processors):
+            return [tuple(r) for r in raw]
+        return [
+            tuple(v if p is None or v is None else p(v) for p, v in zip(processors, r, strict=True))
+            for r in raw
+        ]

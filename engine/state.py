@@ -8,7 +8,7 @@ and the same feature code, so an example never sees its own future.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import (
     JSON,
     DateTime,
+    Engine,
     String,
     any_,
     bindparam,
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from engine import covisit
 from engine.config import Settings
+from engine.db import DriverStatement
 from engine.decay import rebase
 from engine.events import EventIn
 from engine.item_watch import ItemWatch, Stored
@@ -92,10 +94,18 @@ class SqlState:
         self.watch = watch if watch is not None and watch.ready() else None
         self.unknown = unknown
         self._sql = _statements(session)
+        self._engine: Engine = session.get_bind()  # type: ignore[assignment]
         self._gone: set[str] | None = None  # tombstones since the watch's horizon, read once
 
     def user(self, user_id: str) -> UserState | None:
         return self.user_with_covisits(user_id, 0, 0)[0]
+
+    def _driver_reads(self) -> bool:
+        """Whether a read may go through its DriverStatement, on a connection of its own from
+        the session's pool: while the session has begun nothing, a fresh connection sees
+        what the session's first statement would (no writes of its own, no snapshot yet).
+        A search's session is in that state for its one or two reads, nearly always."""
+        return not self.session.in_transaction()
 
     def user_with_covisits(
         self, user_id: str, window: int, limit: int
@@ -103,15 +113,17 @@ class SqlState:
         # The same statement reads the deletions since the watch's horizon, which live_items
         # would read next: a search with a user makes one round trip, not two.
         since = self.watch.horizon if self.watch is not None and self._gone is None else None
-        row = self.session.execute(
-            self._sql.user_with_covisits,
-            {
-                "user_id": user_id,
-                "window": max(window, 0),
-                "limit": max(limit, 0),
-                "since": since,
-            },
-        ).one()
+        params = {
+            "user_id": user_id,
+            "window": max(window, 0),
+            "limit": max(limit, 0),
+            "since": since,
+        }
+        row: Any
+        if self._driver_reads():
+            row = _UserRow._make(self._sql.user_with_covisits_driver.rows(self._engine, params)[0])
+        else:
+            row = self.session.execute(self._sql.user_with_covisits, params).one()
         if since is not None:
             self._gone = set(row.gone or ())
         if row.user_id is None:
@@ -127,9 +139,12 @@ class SqlState:
             return self._read_live(item_ids)
         if self._gone is None:
             assert watch.horizon is not None
-            self._gone = set(
-                self.session.scalars(self._sql.deleted_since, {"since": watch.horizon})
-            )
+            params = {"since": watch.horizon}
+            if self._driver_reads():
+                rows = self._sql.deleted_since_driver.rows(self._engine, params)
+                self._gone = {item_id for (item_id,) in rows}
+            else:
+                self._gone = set(self.session.scalars(self._sql.deleted_since, params))
         gone, deleted, popularity = self._gone, watch.deleted, watch.popularity
         out = {i: popularity.get(i, _NONE) for i in item_ids if i not in gone and i not in deleted}
         unknown = self.unknown(list(out)) if self.unknown is not None else []
@@ -305,6 +320,10 @@ _USER_COLUMNS = (
 )
 
 
+# The user's read as a row, when it comes from the driver (UserState.from_row reads it).
+_UserRow = namedtuple("_UserRow", [*_USER_COLUMNS, "covisits", "gone"])  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class _Statements:
     """SqlState's statements for one dialect, built once: each compiles once and is cached.
@@ -318,13 +337,17 @@ class _Statements:
     live_items: Any
     deleted_since: Any
     ids: Callable[[Sequence[str]], Any]
+    # The two reads of a search, run on the driver's connection (engine.db.DriverStatement).
+    user_with_covisits_driver: DriverStatement
+    deleted_since_driver: DriverStatement
 
 
 _STATEMENTS: dict[str, _Statements] = {}
 
 
 def _statements(session: Session) -> _Statements:
-    dialect = session.get_bind().dialect.name
+    bind = session.get_bind()
+    dialect = bind.dialect.name
     found = _STATEMENTS.get(dialect)
     if found is not None:
         return found
@@ -368,14 +391,21 @@ def _statements(session: Session) -> _Statements:
 
     users = UserFeatures.__table__
     candidates = listed("ids")
-    found = _STATEMENTS[dialect] = _Statements(
-        user_with_covisits=text(_USER_WITH_COVISITS.format(**entries))
+    user_columns = [
+        *(users.c[name] for name in _USER_COLUMNS),
+        column("covisits", JSON),
+        column("gone", JSON),
+    ]
+    user_with_covisits = (
+        text(_USER_WITH_COVISITS.format(**entries))
         .bindparams(bindparam("since", type_=DateTime))
-        .columns(
-            *(users.c[name] for name in _USER_COLUMNS),
-            column("covisits", JSON),
-            column("gone", JSON),
-        ),
+        .columns(*user_columns)
+    )
+    deleted_since = select(ItemTombstone.item_id).where(
+        ItemTombstone.deleted_at >= bindparam("since", type_=DateTime)
+    )
+    found = _STATEMENTS[dialect] = _Statements(
+        user_with_covisits=user_with_covisits,
         # Rows (1, id, popularity, ref_ts) from item_stats for the ids, and
         # (0, id, None, None) for each id not in items (nearly always none):
         # primary-key lookups that return only what is needed. The result takes the first
@@ -388,9 +418,13 @@ def _statements(session: Session) -> _Statements:
                 ~exists().where(Item.id == candidates.c.value)
             ),
         ),
-        deleted_since=select(ItemTombstone.item_id).where(
-            ItemTombstone.deleted_at >= bindparam("since")
-        ),
+        deleted_since=deleted_since,
         ids=ids,
+        user_with_covisits_driver=DriverStatement(
+            user_with_covisits, bind.dialect, [c.type for c in user_columns]
+        ),
+        deleted_since_driver=DriverStatement(
+            deleted_since, bind.dialect, [ItemTombstone.__table__.c.item_id.type]
+        ),
     )
     return found

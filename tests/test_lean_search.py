@@ -9,17 +9,21 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import event
 
 from engine.clock import utcnow
+from engine.db import DriverStatement
 from engine.index_store import ITEMS
 from engine.item_watch import ItemWatch
 from engine.models import ItemTombstone
 from engine.runtime import Runtime
 from engine.search import Searcher, SearchRequest
 from engine.state import SqlState
+from engine.users import UserState
 from tests.conftest import SAMPLE_CATALOG
 
 FIELDS = ("title", "text", "tags", "attributes", "created_at")
@@ -40,10 +44,33 @@ def statements(runtime: Runtime) -> Iterator[list[str]]:
     for engine in engines:  # searches read PostgreSQL through a pool of their own
         event.listen(engine, "before_cursor_execute", record)
     try:
-        yield seen
+        with driver_statements() as direct:
+            yield seen
+        seen += direct
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def driver_statements() -> Iterator[list[str]]:
+    """The SQL this thread runs through engine.db.DriverStatement while the block runs: a
+    search's reads, which go to the driver's connection past SQLAlchemy's execution events
+    (the statements still run; this only writes down their text)."""
+    seen: list[str] = []
+    me = threading.get_ident()
+    rows = DriverStatement.rows
+
+    def spy(self: DriverStatement, engine: Any, params: dict[str, Any]) -> Any:
+        if threading.get_ident() == me:
+            seen.append(self.sql)
+        return rows(self, engine, params)
+
+    DriverStatement.rows = spy  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        DriverStatement.rows = rows  # type: ignore[method-assign]
 
 
 def search_ids(client: Any, **params: Any) -> list[str]:
@@ -97,18 +124,39 @@ def test_a_search_sends_no_begin_and_still_reads_the_last_write(
         if threading.get_ident() == me:
             ended.append("COMMIT")
 
+    driver: list[str] = []  # on SQLite: what the library ran on this thread's connections
+
+    def trace(dbapi_connection: Any, *args: Any) -> None:
+        if hasattr(dbapi_connection, "set_trace_callback") and threading.get_ident() == me:
+            dbapi_connection.set_trace_callback(
+                lambda sql: (
+                    driver.append(sql.split()[0].upper()) if threading.get_ident() == me else None
+                )
+            )
+
     engines = list({id(e.pool): e for e in (built.db, built.search_db)}.values())
     built.watch.ready()
+    # The rules and the running experiment reload once a second, in sessions of their own.
+    built.rules.reload_s = built.experiments.reload_s = 3600.0
+    built.rules.get()
+    built.experiments.get()
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
         event.listen(engine, "commit", commit)
+        event.listen(engine, "checkout", trace)
     try:
-        assert search_ids(client, q="temples and gardens", user_id="reader")
+        with driver_statements() as direct:
+            assert search_ids(client, q="temples and gardens", user_id="reader")
+        sent += [sql.split()[0].upper() for sql in direct]
         assert sent and "BEGIN" not in sent and not ended, (sent, ended)
+        # What SQLite itself ran for this thread (every statement, whatever sent it).
+        assert driver if built.db.dialect.name == "sqlite" else not driver
+        assert "BEGIN" not in driver and "COMMIT" not in driver, driver
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)
             event.remove(engine, "commit", commit)
+            event.remove(engine, "checkout", trace)
     click = {"user_id": "reader", "item_id": "kyoto-japan", "type": "click"}
     assert client.post("/v1/events", json=click).status_code == 200  # committed when it answers
     with built.read_session() as session:
@@ -133,6 +181,50 @@ def test_the_user_and_the_co_visits_come_in_one_read_with_the_last_event(
         assert state.user_with_covisits("nobody", window=5, limit=10) == (None, [])
         user, none = state.user_with_covisits("pairs", window=0, limit=10)
         assert user is not None and none == []
+
+
+def test_the_driver_reads_what_a_session_reads(client: Any, built: Runtime) -> None:
+    """A search's two reads (the user with the co-visits and the deletions since the watch
+    looked) run on the driver's own connection while the session has begun nothing
+    (engine.db.DriverStatement); a session that has begun reads them itself. Both give the
+    same values of the same types, on SQLite and PostgreSQL."""
+    for item_id in ("tokyo-japan", "kyoto-japan", "paris-france"):
+        event = {"user_id": "pairs", "item_id": item_id, "type": "purchase", "value": 2.5}
+        assert client.post("/v1/events", json={"events": [event]}).status_code == 200
+    built.watch.ready()
+    assert client.delete("/v1/items/london-united-kingdom").status_code == 200  # after its horizon
+
+    def read(begun: bool) -> tuple[Any, ...]:
+        with built.read_session() as session, driver_statements() as direct:
+            if begun:
+                session.connection()
+            state = SqlState(session, utcnow(), built.watch)
+            user, covisits = state.user_with_covisits("pairs", window=5, limit=10)
+            live = state.live_items(["london-united-kingdom", "tokyo-japan"])
+            anonymous = SqlState(session, utcnow(), built.watch)
+            anonymous_live = anonymous.live_items(["london-united-kingdom", "kyoto-japan"])
+            nobody = anonymous.user_with_covisits("nobody", window=5, limit=10)
+        assert bool(direct) != begun, direct
+        return user, covisits, live, anonymous_live, nobody
+
+    (user, covisits, live, anonymous_live, nobody), theirs = read(False), read(True)
+    assert user is not None and theirs[0] is not None
+    for name in UserState.__dataclass_fields__:
+        ours, their = getattr(user, name), getattr(theirs[0], name)
+        if name == "vector":
+            assert ours.dtype == their.dtype and np.array_equal(ours, their)
+        else:
+            assert ours == their and type(ours) is type(their), name
+    assert isinstance(user.first_ts, datetime) and user.event_count == 3
+    assert covisits == theirs[1] and {i for i, _ in covisits} == {
+        "paris-france",
+        "kyoto-japan",
+        "tokyo-japan",
+    }
+    assert all(type(w) is float for _, w in covisits)
+    assert live == theirs[2] and "london-united-kingdom" not in live and "tokyo-japan" in live
+    assert anonymous_live == theirs[3] and list(anonymous_live) == ["kyoto-japan"]
+    assert nobody == theirs[4] == (None, [])
 
 
 def test_popularity_follows_within_a_poll(client: Any, built: Runtime) -> None:
