@@ -23,7 +23,9 @@ Then the API searches again with every query vector cached ("query cached"): no 
 so nothing it leaves behind (it slows the next few hundred ms of the process) is counted.
 In the same loop the floor is timed: the ANN search alone (at an anonymous search's depth),
 the user's one SQL read alone, and a request that does nothing (GET /healthz), i.e. what a
-search pays before any logic of its own, set against the 2 ms goal.
+search pays before any logic of its own, set against the 2 ms goal; each search's SQL read
+(the user's, and an anonymous search's deletion check) is also timed through the session
+itself, the way before engine.db.DriverStatement, alternating with the served way.
 The table and JSON also give /v1/search p99 over the encoder's own p99 in the same run
 ("e2e_over_encoder_p99", goal <= 1.3) and, at 100k, /v1/search p99 with a user (goal <= 10 ms).
 Build throughput (`indexer.build` on the 1k catalog between two raw-encoder runs) is measured
@@ -274,23 +276,40 @@ def measure_size(
     fetch_k = settings.candidates + _OVERFETCH  # what engine.candidates fetches, no exclusions
     window = settings.covisit_window if settings.covisit_candidates > 0 else 0
 
-    def user_read() -> float:
+    def user_read(through_session: bool = False) -> float:
+        """The user's read as a search makes it (the session opened and closed included), on
+        the driver's connection; through_session: by the session itself, as before (the
+        baseline of engine.db.DriverStatement)."""
+        t = time.perf_counter()
         with runtime.read_session() as session:
-            t = time.perf_counter()
+            if through_session:
+                session.connection()  # a session that has begun reads for itself
             SqlState(session, utcnow(), runtime.watch).user_with_covisits(
                 USER, window, settings.covisit_candidates
             )
-            return (time.perf_counter() - t) * 1e3
+        return (time.perf_counter() - t) * 1e3
+
+    def deletions_read(through_session: bool = False) -> float:
+        """An anonymous search's one read (the deletions since the item watch looked)."""
+        t = time.perf_counter()
+        with runtime.read_session() as session:
+            if through_session:
+                session.connection()
+            SqlState(session, utcnow(), runtime.watch).live_items([artifact.ids[0]])
+        return (time.perf_counter() - t) * 1e3
 
     qvecs = []
-    for q in qs:
+    for n_q, q in enumerate(qs):
         t = time.perf_counter()
         qvecs.append(embedder.encode([q])[0])
         add("encoder", (time.perf_counter() - t) * 1e3)
         t = time.perf_counter()
         artifact.ann.search(qvecs[-1], fetch_k)
         add("floor_ann", (time.perf_counter() - t) * 1e3)
-        add("floor_user_read", user_read())
+        for through_session in (n_q % 2 == 1, n_q % 2 == 0):  # alternating which goes first
+            way = "_session" if through_session else ""
+            add(f"floor_user_read{way}", user_read(through_session))
+            add(f"floor_deletions_read{way}", deletions_read(through_session))
         t = time.perf_counter()
         assert client.get("/healthz").status_code == 200
         add("floor_framework", (time.perf_counter() - t) * 1e3)
@@ -495,6 +514,23 @@ def print_tables(results: dict[str, Any]) -> None:
             f"{r['items']:>7} | {fmt(ann)} | {fmt(read)} | {fmt(app)} | "
             f"{anon_floor + read['p50']:11.2f} | {GOAL_P50_MS - anon_floor:.2f} / "
             f"{GOAL_P50_MS - anon_floor - read['p50']:.2f}"
+        )
+    print(
+        "\nA search's SQL read (session opened and closed included) on the driver's connection"
+        " (served) and through the session (before); ms p50 p99"
+    )
+    header = (
+        f"{'items':>7} | {'user, session':>15} | {'user, driver':>15} | "
+        f"{'deletions, session':>18} | {'deletions, driver':>17}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results["sizes"]:
+        ms = r["ms"]
+        print(
+            f"{r['items']:>7} | {fmt(ms['floor_user_read_session'])} | "
+            f"{fmt(ms['floor_user_read'])} | {fmt(ms['floor_deletions_read_session']):>18} | "
+            f"{fmt(ms['floor_deletions_read']):>17}"
         )
     if any("legacy_user_but_encoder" in r["ms"] for r in results["sizes"]):
         print("\nSearcher.search minus embed, in a session (no Flask); ms p50 p99")
