@@ -276,26 +276,22 @@ def measure_size(
     fetch_k = settings.candidates + _OVERFETCH  # what engine.candidates fetches, no exclusions
     window = settings.covisit_window if settings.covisit_candidates > 0 else 0
 
-    def user_read(through_session: bool = False) -> float:
-        """The user's read as a search makes it (the session opened and closed included), on
+    reads: dict[str, Callable[[SqlState], object]] = {
+        # The user's read, and an anonymous search's one read (the deletions since the item
+        # watch looked).
+        "user_read": lambda s: s.user_with_covisits(USER, window, settings.covisit_candidates),
+        "deletions_read": lambda s: s.live_items([artifact.ids[0]]),
+    }
+
+    def sql_read(name: str, through_session: bool) -> float:
+        """A search's read as a search makes it (the session opened and closed included), on
         the driver's connection; through_session: by the session itself, as before (the
         baseline of engine.db.DriverStatement)."""
         t = time.perf_counter()
         with runtime.read_session() as session:
             if through_session:
                 session.connection()  # a session that has begun reads for itself
-            SqlState(session, utcnow(), runtime.watch).user_with_covisits(
-                USER, window, settings.covisit_candidates
-            )
-        return (time.perf_counter() - t) * 1e3
-
-    def deletions_read(through_session: bool = False) -> float:
-        """An anonymous search's one read (the deletions since the item watch looked)."""
-        t = time.perf_counter()
-        with runtime.read_session() as session:
-            if through_session:
-                session.connection()
-            SqlState(session, utcnow(), runtime.watch).live_items([artifact.ids[0]])
+            reads[name](SqlState(session, utcnow(), runtime.watch))
         return (time.perf_counter() - t) * 1e3
 
     qvecs = []
@@ -308,8 +304,8 @@ def measure_size(
         add("floor_ann", (time.perf_counter() - t) * 1e3)
         for through_session in (n_q % 2 == 1, n_q % 2 == 0):  # alternating which goes first
             way = "_session" if through_session else ""
-            add(f"floor_user_read{way}", user_read(through_session))
-            add(f"floor_deletions_read{way}", deletions_read(through_session))
+            for name in reads:
+                add(f"floor_{name}{way}", sql_read(name, through_session))
         t = time.perf_counter()
         assert client.get("/healthz").status_code == 200
         add("floor_framework", (time.perf_counter() - t) * 1e3)

@@ -215,8 +215,8 @@ class DriverStatement:
 
     For the one or two small reads of every search: through a Session, checking out its
     connection, executing and building the Result cost 0.3 ms of a 0.35 ms tombstone read
-    here, and the user's read 0.2 ms more than the statement (tests/test_db.py checks that
-    both ways read the same values). Errors come out as SQLAlchemy's DBAPIError, and a
+    here, and the user's read 0.2 ms more than the statement (tests/test_lean_search.py
+    checks that both ways read the same values). Errors come out as SQLAlchemy's DBAPIError, and a
     connection the database dropped is invalidated with the pool's idle ones and reported
     as `connection_invalidated`, as Connection.execute does, so a search runs again.
     """

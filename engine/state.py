@@ -427,4 +427,6 @@ def _statements(session: Session) -> _Statements:
             deleted_since, bind.dialect, [ItemTombstone.__table__.c.item_id.type]
         ),
     )
+    # The driver statements keep the first engine's dialect, and with it its JSON decoder:
+    # every engine here comes from engine.db.make_engine, which gives each the same one.
     return found
