@@ -12,9 +12,11 @@ each, around a few tastes each (popularity, co-visits), and a ranker trained on 
 replayed history is promoted.
 Then, for each query, in one loop so that machine noise hits all alike:
   - encoder: the raw encoder on the query (Embedder.encode, no cache), the baseline;
-  - GET /v1/search?q=...&k=10&timings=true through the Flask test client (SQLite, query cache
-    cleared), anonymous and as the user: end to end, and end to end minus its embed timing
-    ("everything but the encoder", the issue-9 goal: p50 <= 2 ms, p99 <= 4 ms at 100k);
+  - GET /v1/search?q=...&k=10&timings=true, the app called as a WSGI server calls it (an
+    environ as gunicorn builds one; SQLite, query cache cleared), anonymous and as the user:
+    end to end, and end to end minus its embed timing ("everything but the encoder", the
+    issue-9 goal: p50 <= 2 ms, p99 <= 4 ms at 100k); and, alternating, the same request
+    through Flask's test client, as this bench called it before (the client costs itself);
   - the same two searches through Searcher.search in a session, lean and (when
     tests/_legacy_search.py still exists) the path before issue 9: took_ms minus embed.
 The process is tuned as a `recsearch serve` worker tunes itself once loaded
@@ -22,8 +24,9 @@ The process is tuned as a `recsearch serve` worker tunes itself once loaded
 Then the API searches again with every query vector cached ("query cached"): no encoder runs,
 so nothing it leaves behind (it slows the next few hundred ms of the process) is counted.
 In the same loop the floor is timed: the ANN search alone (at an anonymous search's depth),
-the user's one SQL read alone, and a request that does nothing (GET /healthz), i.e. what a
-search pays before any logic of its own, set against the 2 ms goal; each search's SQL read
+the user's one SQL read alone, and a request that does nothing (GET /healthz, both ways),
+i.e. what a search pays before any logic of its own, set against the 2 ms goal; each search's
+SQL read
 (the user's, and an anonymous search's deletion check) is also timed through the session
 itself, the way before engine.db.DriverStatement, alternating with the served way.
 The table and JSON also give /v1/search p99 over the encoder's own p99 in the same run
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -49,6 +53,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 
@@ -186,6 +191,46 @@ def histories(ids: list[str], vectors: np.ndarray, seed: int) -> list[EventIn]:
     return events
 
 
+def call_app(app: Any, path: str, params: dict[str, Any]) -> tuple[int, bytes]:
+    """(status, body) of a GET to the WSGI app, called as a WSGI server calls it: an environ
+    as gunicorn builds one from the request line and headers, the body iterated and closed."""
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": urlencode(params),
+        "RAW_URI": f"{path}?{urlencode(params)}",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "bench",
+        "HTTP_ACCEPT": "*/*",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    status: list[str] = []
+
+    def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        status.append(line)
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(status[0].split(" ", 1)[0]), body
+
+
 def measure_size(
     n: int,
     items: list[ItemIn],
@@ -222,7 +267,8 @@ def measure_size(
     from web import create_app
     from web.server import tune_process
 
-    client = create_app(runtime=runtime, loopback=True).test_client()
+    app = create_app(runtime=runtime, loopback=True)
+    client = app.test_client()
     lean = runtime.searcher
     runtime.watch.ready()
     tune_process()  # as each `recsearch serve` worker does once it has loaded
@@ -240,15 +286,26 @@ def measure_size(
         else None
     )
 
-    def api(q: str, user: str | None, cached: bool = False) -> tuple[float, dict[str, Any]]:
+    def api(
+        q: str, user: str | None, cached: bool = False, test_client: bool = False
+    ) -> tuple[float, dict[str, Any]]:
+        """GET /v1/search as a WSGI server calls the app (test_client: through Flask's test
+        client, which costs itself: it builds the request, keeps a cookie jar, wraps the
+        response)."""
         params = {"q": q, "k": 10, "timings": "true"} | ({"user_id": user} if user else {})
         if not cached:
             embedder.clear_cache()
-        t = time.perf_counter()
-        response = client.get("/v1/search", query_string=params)
-        e2e = (time.perf_counter() - t) * 1e3
-        body = response.get_json()
-        assert response.status_code == 200 and len(body["results"]) == 10, body
+        if test_client:
+            t = time.perf_counter()
+            response = client.get("/v1/search", query_string=params)
+            e2e = (time.perf_counter() - t) * 1e3
+            status, body = response.status_code, response.get_json()
+        else:
+            t = time.perf_counter()
+            status, raw = call_app(app, "/v1/search", params)
+            e2e = (time.perf_counter() - t) * 1e3
+            body = json.loads(raw)
+        assert status == 200 and len(body["results"]) == 10, body
         return e2e, body
 
     def engine_call(searcher: Any, q: str, user: str | None) -> float:
@@ -260,6 +317,7 @@ def measure_size(
     for q in qs[:5]:  # warm up every path (first calls load indexes, compile statements)
         for user in (None, USER):
             api(q, user)
+            api(q, user, test_client=True)
             engine_call(lean, q, user)
             if legacy is not None:
                 engine_call(legacy, q, user)
@@ -307,10 +365,19 @@ def measure_size(
             for name in reads:
                 add(f"floor_{name}{way}", sql_read(name, through_session))
         t = time.perf_counter()
-        assert client.get("/healthz").status_code == 200
+        assert call_app(app, "/healthz", {})[0] == 200
         add("floor_framework", (time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        add("floor_framework_test_client", (time.perf_counter() - t) * 1e3)
         for who, user in (("anonymous", None), ("user", USER)):
+            # The same search through the test client (the way this bench called it before),
+            # before or after the served way, alternating.
+            if n_q % 2:
+                add(f"api_{who}_test_client", api(q, user, test_client=True)[0])
             e2e, body = api(q, user)
+            if not n_q % 2:
+                add(f"api_{who}_test_client", api(q, user, test_client=True)[0])
             timings = body["timings_ms"]
             add(f"api_{who}", e2e)
             add(f"api_{who}_embed", timings["embed"])
@@ -456,7 +523,8 @@ def print_tables(results: dict[str, Any]) -> None:
             f"raw encoder {tp['raw_encoder_items_per_s']} items/s -> ratio {tp['build_over_raw']} (goal >= 0.95)"
         )
     print(
-        "\nGET /v1/search in-process (Flask test client, SQLite), k=10, trained ranker; ms p50 p99"
+        "\nGET /v1/search in-process (the app called as a WSGI server calls it, SQLite), k=10,"
+        " trained ranker; ms p50 p99"
     )
     for r in results["sizes"]:
         if r.get("delta_items"):
@@ -528,6 +596,25 @@ def print_tables(results: dict[str, Any]) -> None:
             f"{fmt(ms['floor_user_read'])} | {fmt(ms['floor_deletions_read_session']):>18} | "
             f"{fmt(ms['floor_deletions_read']):>17}"
         )
+    print(
+        "\nThe same requests through Flask's test client (how this bench called the app before),"
+        " alternating in the same loop; ms p50 p99"
+    )
+    header = (
+        f"{'items':>7} {'who':>9} | {'test client':>15} | {'WSGI call':>15} | "
+        f"{'the client itself (p50)':>23}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results["sizes"]:
+        ms = r["ms"]
+        rows = [("anonymous", "api_anonymous"), ("user", "api_user"), ("no-op", "floor_framework")]
+        for who, key in rows:
+            client, served = ms[f"{key}_test_client"], ms[key]
+            print(
+                f"{r['items']:>7} {who:>9} | {fmt(client)} | {fmt(served)} | "
+                f"{client['p50'] - served['p50']:23.2f}"
+            )
     if any("legacy_user_but_encoder" in r["ms"] for r in results["sizes"]):
         print("\nSearcher.search minus embed, in a session (no Flask); ms p50 p99")
         header = f"{'items':>7} {'who':>9} | {'before issue 9':>15} | {'lean':>15} | p50 speed-up"

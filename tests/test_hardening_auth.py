@@ -380,3 +380,24 @@ def test_chunked_bodies_are_bounded_too(client: Any) -> None:
             environ_overrides=terminated,
         )
         assert probe.status_code == expected, size
+
+
+def test_the_sign_in_cookie_is_read_and_written_under_admin_only(app: Flask) -> None:
+    """Outside /admin no session is opened: the cookie a signed-in browser sends along is
+    neither read (the API still wants its key) nor rewritten, and it still signs in after."""
+    browser = app.test_client()
+    _sign_in(browser, _key(app))
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    for path in ("/healthz", "/v1/users/someone", "/openapi.json", "/admin-not"):
+        response = browser.get(path)
+        assert "Set-Cookie" not in response.headers, path
+        assert "Cookie" not in response.vary, path
+    assert browser.get("/v1/users/someone").status_code == 401  # the session is not a key
+    assert browser.get_cookie("session").value == cookie.value
+    assert browser.get("/admin/api/status").status_code == 200  # still signed in
+    page = browser.get("/admin/")
+    assert page.status_code == 200
+    assert "Cookie" in page.vary  # under /admin the session is read, as before
+    fresh = app.test_client().get("/admin/login")  # a form's CSRF token sets the cookie
+    assert "Set-Cookie" in fresh.headers

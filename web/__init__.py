@@ -9,6 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from engine.config import Settings
 from engine.runtime import Runtime
+from web.json_provider import OrjsonProvider
 
 EXTENSION = "recsearch"
 
@@ -26,6 +27,7 @@ def create_app(
         runtime = Runtime(settings or Settings.from_env())
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_request_bytes
+    app.json = OrjsonProvider(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = runtime
 
@@ -58,6 +60,9 @@ def _bounded_body() -> None:
     body (no length) at the limit without a word. So a declared length is checked here, and
     a chunked body is read here, up to the limit, and kept for the view.
     """
+    environ = request.environ
+    if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" not in environ:
+        return  # no body (a search's GET): nothing to bound, without parsing any header
     limit = request.max_content_length
     length = request.content_length
     if limit is None:
