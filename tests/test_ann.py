@@ -36,9 +36,10 @@ def numpy_top_k(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.
 def test_choose_factory_by_size_and_setting() -> None:
     s = Settings(auto_flat_max_items=1000)
     assert choose_factory(s, 1000) == "Flat"
-    assert choose_factory(s, 1001) == "HNSW32"
+    assert choose_factory(s, 1001) == "HNSW32,SQfp16"
     assert choose_factory(s.replace(index_type="flat"), 10**6) == "Flat"
-    assert choose_factory(s.replace(index_type="hnsw", hnsw_m=16), 10) == "HNSW16"
+    assert choose_factory(s.replace(index_type="hnsw", hnsw_m=16), 10) == "HNSW16,SQfp16"
+    assert choose_factory(s.replace(index_type="HNSW32"), 10) == "HNSW32"  # float32 vectors
     assert choose_factory(s.replace(index_type="ivf"), 10_000) == "IVF256,Flat"
     assert choose_factory(s.replace(index_type="IVF64,PQ8"), 10) == "IVF64,PQ8"
 
@@ -66,6 +67,31 @@ def test_approximate_indexes_keep_a_recall_floor(index_type: str) -> None:
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact_rows, strict=True)])
     assert recall >= 0.9
     assert measure_recall(index, xb, 200) >= 0.9
+
+
+def test_hnsw_keeps_half_precision_vectors_and_full_precision_recall(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The default HNSW stores float16 vectors: about half the file of float32's, the same
+    recall against the exact oracle (within what two graphs differ by), near-exact scores."""
+    xb = clustered_unit_vectors(5100, 64, 8)
+    xb, xq = xb[:5000], xb[5000:]
+    _, exact_rows = numpy_top_k(xq, xb, 10)
+    found = {}
+    for index_type in ("hnsw", "HNSW32"):
+        index = create_index("faiss", 64, len(xb), Settings(index_type=index_type))
+        index.add(xb)
+        scores, rows = index.search(xq, 10)
+        found[index_type] = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(rows, exact_rows, strict=True)]
+        )
+        exact = np.einsum("qd,qkd->qk", xq, xb[rows])  # the rows' true scores
+        np.testing.assert_allclose(scores, exact, atol=2e-3)
+        folder = tmp_path / index_type
+        folder.mkdir()
+        index.save(folder)
+    assert found["hnsw"] >= 0.95 and found["hnsw"] >= found["HNSW32"] - 0.02
+    half, full = ((tmp_path / t / "index.faiss").stat().st_size for t in ("hnsw", "HNSW32"))
+    vector_bytes = xb.size * 4
+    assert full - half >= 0.45 * vector_bytes  # the float32 copy, halved
 
 
 def test_measure_recall_detects_a_bad_index() -> None:

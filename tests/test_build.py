@@ -77,7 +77,7 @@ def test_hnsw_records_parameters_and_high_recall(runtime: Runtime, tmp_path: Pat
     settings = runtime.settings.replace(index_type="hnsw", hnsw_ef_search=64)
     report = run_build(runtime, settings=settings)
     manifest = IndexStore(settings.index_dir).manifest(report.version)
-    assert manifest["index"]["factory"] == "HNSW32"
+    assert manifest["index"]["factory"] == "HNSW32,SQfp16"
     assert manifest["index"]["params"] == {"efConstruction": 200, "efSearch": 64}
     assert manifest["recall_at_10"] >= 0.98
 

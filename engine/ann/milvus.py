@@ -109,10 +109,11 @@ def _lite_locked(uri: str) -> bool:
 
 def milvus_index(factory: str, settings: Settings) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(Milvus index type, build params, search params) for a factory string from
-    engine.ann.faiss.choose_factory: Flat, HNSW<M> or IVF<lists>,Flat."""
+    engine.ann.faiss.choose_factory: Flat, HNSW<M>[,SQfp16] or IVF<lists>,Flat."""
     if factory == "Flat":
         return "FLAT", {}, {}
-    hnsw = re.fullmatch(r"HNSW([0-9]+)", factory)
+    # Milvus's HNSW keeps float32 vectors whatever FAISS would store (SQfp16).
+    hnsw = re.fullmatch(r"HNSW([0-9]+)(?:,SQfp16)?", factory)
     if hnsw:
         build = {"M": int(hnsw.group(1)), "efConstruction": settings.hnsw_ef_construction}
         return "HNSW", build, {"ef": settings.hnsw_ef_search}
