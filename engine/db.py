@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,10 +119,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets the server read while an ingest or build in another process writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _journal_mode_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+# How long a connection waits to switch a database to WAL (the busy timeout's length).
+_WAL_WAIT_S = 30.0
+
+
+def _journal_mode_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, waiting while another connection holds a lock.
+
+    Switching the journal mode does not wait on SQLite's busy handler: on a database that is
+    new (still in rollback mode), a connection that opens while another one reads or
+    migrates fails at once with "database is locked". Workers that start together on a fresh
+    data dir did: 2 first uses in 40 failed so (four threads each, tests/test_db.py's
+    test_concurrent_first_use_migrates_once). Once the file is in WAL mode the pragma is a
+    read that no one blocks.
+    """
+    deadline = time.monotonic() + _WAL_WAIT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _create_private_file(path: Path) -> None:
