@@ -11,8 +11,6 @@ runs at a time; stopping it ends the interleaving, promoting it also makes the c
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +24,7 @@ from engine.interleave import Side, credit, sign_test
 from engine.model_store import ModelStore
 from engine.models import Event, Experiment, Impression
 from engine.ranker import LinearRanker
+from engine.reloaded import Reloaded
 
 RELOAD_S = 1.0
 MAX_EXPERIMENT_ID = 2**31 - 1
@@ -157,8 +156,9 @@ class Running:
     candidate: LinearRanker
 
 
-class ExperimentCache:
-    """The running experiment, as one process serves it: reloaded at most every RELOAD_S."""
+class ExperimentCache(Reloaded[Running | None]):
+    """The running experiment, as one process serves it: read once, then again in the
+    background every reload_s (engine.reloaded); invalidate() after a change here."""
 
     def __init__(
         self,
@@ -168,29 +168,14 @@ class ExperimentCache:
     ) -> None:
         self._sessions = sessions
         self._models = models
-        self.reload_s = reload_s
-        self._running: Running | None = None
-        self._loaded_at = -float("inf")
-        self._lock = threading.Lock()
+        super().__init__(self._load, reload_s, "experiment")
 
-    def get(self) -> Running | None:
-        if time.monotonic() - self._loaded_at >= self.reload_s:
-            with self._lock:
-                if time.monotonic() - self._loaded_at >= self.reload_s:
-                    self._running = self._load()
-                    self._loaded_at = time.monotonic()
-        return self._running
-
-    def invalidate(self) -> None:
-        self._loaded_at = -float("inf")
-
-    def _load(self) -> Running | None:
+    def _load(self, current: Running | None) -> Running | None:
         with self._sessions() as session:
             row = session.scalar(select(Experiment).where(Experiment.state == "running"))
             if row is None:
                 return None
             found = (row.id, row.traffic, row.candidate)
-        current = self._running
         if current is not None and current.id == found[0]:
             return current
         return Running(found[0], found[1], self._models.load(found[2]))

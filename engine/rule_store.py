@@ -1,14 +1,12 @@
 """Merchandising rules in SQL: create, list, delete, and the live set each process serves.
 
-Searches never read the rules table: each process keeps the rules in memory and reloads
-them at most once a second (RuleCache), so a rule written through one worker acts on every
-worker within a second and at once on the worker that wrote it.
+Searches never read the rules table: each process keeps the rules in memory and a thread of
+its own reads them again every second (RuleCache), so a rule written through one worker acts
+on every worker within a second and at once on the worker that wrote it.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +17,7 @@ from engine import filters as filtering
 from engine.clock import iso_z, utcnow
 from engine.errors import InvalidInput, NotFound, Problem
 from engine.models import Item, MerchandisingRule
+from engine.reloaded import Reloaded
 from engine.rules import Rule, normalize_query
 from engine.schemas import RuleIn
 
@@ -135,25 +134,14 @@ def _schema_of(where: Mapping[str, Any]) -> filtering.Schema:
     return filtering.Schema(kinds)
 
 
-class RuleCache:
-    """The rules one process serves: reloaded from SQL at most every RELOAD_S seconds."""
+class RuleCache(Reloaded[list[Rule]]):
+    """The rules one process serves: read once, then again in the background every reload_s
+    (engine.reloaded); invalidate() after a write in this process."""
 
     def __init__(self, sessions: Callable[[], Session], reload_s: float = RELOAD_S) -> None:
         self._sessions = sessions
-        self.reload_s = reload_s
-        self._rules: list[Rule] = []
-        self._loaded_at = -float("inf")
-        self._lock = threading.Lock()
+        super().__init__(self._load, reload_s, "rules")
 
-    def get(self) -> list[Rule]:
-        if time.monotonic() - self._loaded_at >= self.reload_s:
-            with self._lock:
-                if time.monotonic() - self._loaded_at >= self.reload_s:
-                    with self._sessions() as session:
-                        self._rules = load(session)
-                    self._loaded_at = time.monotonic()
-        return self._rules
-
-    def invalidate(self) -> None:
-        """After a write in this process: the next search reloads."""
-        self._loaded_at = -float("inf")
+    def _load(self, previous: list[Rule] | None) -> list[Rule]:
+        with self._sessions() as session:
+            return load(session)

@@ -62,8 +62,9 @@ class Runtime:
         # Item vectors come from the index; only items newer than it load the encoder.
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
-        self.rules = RuleCache(self.sessions)  # merchandising rules, reloaded every second
-        # The running online experiment (if any), reloaded every second.
+        # Merchandising rules and the running online experiment (if any): read on the first
+        # search, then again every second by threads of their own (engine.reloaded).
+        self.rules = RuleCache(self.sessions)
         self.experiments = ExperimentCache(self.sessions, ModelStore(settings.model_dir))
         self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
         # New items are embedded once, by whichever server process holds the election; the
@@ -184,6 +185,8 @@ class Runtime:
         self.listener.close()
         self.delta.close()
         self.watch.close()
+        self.rules.close()
+        self.experiments.close()
         self.follower.close()
         self.impressions.close()
         self.db.dispose()

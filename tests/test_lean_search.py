@@ -85,9 +85,8 @@ def test_a_search_reads_sql_once_and_no_item_fields(client: Any, built: Runtime)
         for i in ("tokyo-japan", "kyoto-japan", "paris-france")
     ]
     assert client.post("/v1/events", json={"events": events}).status_code == 200
-    # Merchandising rules and the running experiment reload once a second per process, not
-    # per search.
-    built.rules.reload_s = built.experiments.reload_s = 3600.0
+    # Merchandising rules and the running experiment are read once per process, then by
+    # threads of their own (engine.reloaded, tests/test_reloaded.py), never by a search.
     built.rules.get()
     built.experiments.get()
     built.watch.ready()  # a process's first search reads popularity and tombstones whole
@@ -136,8 +135,7 @@ def test_a_search_sends_no_begin_and_still_reads_the_last_write(
 
     engines = list({id(e.pool): e for e in (built.db, built.search_db)}.values())
     built.watch.ready()
-    # The rules and the running experiment reload once a second, in sessions of their own.
-    built.rules.reload_s = built.experiments.reload_s = 3600.0
+    # The rules and the running experiment: read once, then in threads of their own.
     built.rules.get()
     built.experiments.get()
     for engine in engines:
