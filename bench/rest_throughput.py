@@ -3,6 +3,9 @@
     .venv/bin/python bench/rest_throughput.py [--duration 20] [--connections 1,4]
         [--variants serve:onnx,serve:torch,dev:onnx] [--workers 2] [--rounds 1]
 
+A variant is server:encoder[:threads]; threads sets RECSEARCH_ENCODER_THREADS for it (by
+default `serve` gives each worker cores // workers, the dev server all the cores).
+
 Setup (once, kept in --workdir): SciFact's 5,183 abstracts imported and built with the default
 encoder. Then, for each round, each variant in turn (interleaved, so drift on a shared machine
 hits all alike): start the server (`serve` = gunicorn workers, `dev` = Flask's server) with
@@ -72,12 +75,17 @@ def lua_script(data: Path, path: Path) -> int:
     return len(unique)
 
 
-def start(env: dict[str, str], kind: str, encoder: str, workers: int, port: int) -> Any:
+def start(
+    env: dict[str, str], kind: str, encoder: str, workers: int, port: int, threads: str = ""
+) -> Any:
     args = ["serve", "--port", str(port)]
     args += ["--dev"] if kind == "dev" else ["--workers", str(workers)]
+    server_env = dict(env, RECSEARCH_ENCODER=encoder)
+    if threads:
+        server_env["RECSEARCH_ENCODER_THREADS"] = threads
     server = subprocess.Popen(
         [*RECSEARCH, *args],
-        env=dict(env, RECSEARCH_ENCODER=encoder),
+        env=server_env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -170,16 +178,18 @@ def main() -> None:
     script = args.workdir / "queries.lua"
     n_queries = lua_script(args.data, script)
     connections = [int(c) for c in args.connections.split(",")]
-    variants = [tuple(v.split(":")) for v in args.variants.split(",")]
+    variants = [(*v.split(":"), "")[:3] for v in args.variants.split(",")]
     rows: list[dict[str, Any]] = []
     for round_no in range(args.rounds):
-        for kind, encoder in variants:
+        for kind, encoder, threads in variants:
             port = free_port()
-            server = start(env, kind, encoder, args.workers, port)
+            server = start(env, kind, encoder, args.workers, port, threads)
             try:
                 for c in connections:
                     row = wrk(f"http://127.0.0.1:{port}", script, c, args.duration)
                     row.update(server=kind, encoder=encoder, round=round_no)
+                    if threads:
+                        row["encoder_threads"] = int(threads)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:
@@ -192,7 +202,7 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['server']:<8} {r['encoder']:<10} {r['connections']:>5} {r['rps']:>8.1f} "
+            f"{r['server']:<8} {_encoder(r):<10} {r['connections']:>5} {r['rps']:>8.1f} "
             f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['non_2xx'] + r['socket_errors']:>7}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +210,11 @@ def main() -> None:
         json.dumps({"queries": n_queries, "workers": args.workers, "rows": rows}, indent=1)
     )
     print(f"wrote {args.out}")
+
+
+def _encoder(row: dict[str, Any]) -> str:
+    threads = row.get("encoder_threads")
+    return f"{row['encoder']}:{threads}" if threads else str(row["encoder"])
 
 
 if __name__ == "__main__":

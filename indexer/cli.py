@@ -600,7 +600,7 @@ def serve(obj: _Context, host: str, port: int, workers: int, threads: int, dev: 
     # The one place the CLI reaches into web/: serving is what this command is for.
     from engine.secrets import api_key
     from web.auth import open_areas
-    from web.server import LOCAL_HOSTS, encoder_threads, run, tune_process
+    from web.server import LOCAL_HOSTS, encoder_threads, pool_threads, run, tune_process
 
     settings = obj.settings
     if settings.vector_store == "milvus" and workers > 1 and not dev:
@@ -629,7 +629,8 @@ def serve(obj: _Context, host: str, port: int, workers: int, threads: int, dev: 
         return
     click.echo(
         f"recsearch serving on http://{host}:{port} with {workers} workers × {threads} threads, "
-        f"{encoder_threads(settings, workers)} encoder threads each  (Ctrl-C to stop)"
+        f"{encoder_threads(settings, workers)} encoder threads each "
+        f"({pool_threads(settings, workers)} for pools that spin)  (Ctrl-C to stop)"
     )
     click.echo(f"open without a key: {opened}; everything else needs the API key (`recsearch key`)")
     run(settings, host=host, port=port, workers=workers, threads=threads)

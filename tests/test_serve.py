@@ -103,3 +103,52 @@ def test_gunicorn_workers_replace_the_dead_and_drain_on_sigterm(
             server.wait(timeout=30)
         if server.stdout:
             server.stdout.close()
+
+
+def test_each_worker_s_onnx_encoder_takes_every_core_and_spinning_pools_a_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ONNX Runtime's pool sleeps when idle (allow_spinning 0), so a worker's ONNX encoder may
+    use every core; torch's encoder and the OpenMP/MKL/OpenBLAS pools spin, so workers share
+    the cores among them; RECSEARCH_ENCODER_THREADS overrides both."""
+    from engine.config import Settings
+    from web.server import encoder_threads, pool_threads
+
+    monkeypatch.setattr("web.server.cores", lambda: 8)
+    onnx, int8, torch = (Settings(encoder=e) for e in ("onnx", "onnx-int8", "torch"))
+    assert [encoder_threads(s, 4) for s in (onnx, int8, torch)] == [8, 8, 2]
+    assert [pool_threads(s, 4) for s in (onnx, int8, torch)] == [2, 2, 2]
+    assert encoder_threads(onnx, 16) == 8 and pool_threads(onnx, 16) == 1
+    pinned = Settings(encoder="onnx", encoder_threads=3)
+    assert encoder_threads(pinned, 4) == pool_threads(pinned, 4) == 3
+
+
+def test_the_server_says_how_it_split_the_cores(tmp_path: Path, seed_index: Path) -> None:
+    """The startup line names the split a worker's encoder got (every core, with ONNX)."""
+    from web.server import cores
+
+    env = dict(os.environ, RECSEARCH_DATA_DIR=str(tmp_path / "var"))
+    env.pop("RECSEARCH_ENCODER_THREADS", None)
+    env.pop("RECSEARCH_ENCODER", None)
+    shutil.copytree(seed_index, tmp_path / "var" / "indexes")
+    cli(env, "ingest", str(SAMPLE_CATALOG))
+    cli(env, "build")
+    port = free_port()
+    server = subprocess.Popen(
+        [*RECSEARCH, "serve", "--port", str(port), "--workers", "2", "--threads", "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", server, 2)
+        status, body = get(f"http://127.0.0.1:{port}/v1/search?q=Eiffel+Tower&k=3")
+        assert status == 200 and body["results"][0]["id"] == "paris-france"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    spinning = max(1, cores() // 2)
+    expected = f"2 workers × 2 threads, {cores()} encoder threads each ({spinning} for pools"
+    assert expected in output, output[-3000:]

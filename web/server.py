@@ -4,10 +4,12 @@ Why these choices:
 - No preload: each worker builds its own Runtime (database pool, encoder, index) after the
   fork. ONNX Runtime and torch thread pools do not survive a fork, and a pool shared by
   copy-on-write would be touched by every worker anyway.
-- Thread budget: workers × encoder threads ≤ cores. Oversubscribed pools turned a 15 ms
-  query into 230 ms on a busy 2-core machine (NOTES.md), so each worker gets
-  max(1, cores // workers) encoder threads unless RECSEARCH_ENCODER_THREADS says otherwise,
-  and OMP/MKL pools the same.
+- Thread budget (encoder_threads): pools that spin while they wait (torch's OpenMP, MKL,
+  OpenBLAS) get max(1, cores // workers) threads per worker, so workers × threads ≤ cores:
+  oversubscribed spinning pools turned a 15 ms query into 230 ms on a busy 2-core machine
+  (NOTES.md). ONNX Runtime's pool does not spin here (engine.onnx_encoder), so each worker's
+  ONNX encoder gets every core: a lone request then encodes on all of them, and concurrent
+  ones share the cores through the OS. RECSEARCH_ENCODER_THREADS overrides both.
 - gthread workers: a request waits on SQL and the encoder, so a few threads per worker
   overlap those waits; `--threads` sets how many.
 - SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish within
@@ -49,10 +51,32 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def encoder_threads(settings: Settings, workers: int) -> int:
-    """Encoder threads per worker so that workers × threads ≤ cores."""
+def pool_threads(settings: Settings, workers: int) -> int:
+    """Threads per worker for pools that spin while they wait (OpenMP, MKL, OpenBLAS, torch):
+    workers × threads ≤ cores."""
     configured = int(getattr(settings, "encoder_threads", 0) or 0)
     return configured if configured > 0 else max(1, cores() // max(1, workers))
+
+
+def encoder_threads(settings: Settings, workers: int) -> int:
+    """The encoder's threads per worker: the spinning pools' share for torch; every core for
+    ONNX Runtime, whose pool sleeps when idle.
+
+    bench/rest_throughput.py on SciFact, 2 workers on 2 cores, one run, interleaved (requests/s,
+    p50 / p99 ms), 1 vs 2 ONNX threads per worker: at 1 connection 89.1 (10.9 / 17.4) vs
+    120.1 (8.0 / 13.4), where the dev server (one process, 2 threads) did 101–109; at 4
+    connections 177.9 (21.9 / 44.2) vs 157.8 (24.6 / 49.4); at 16 178.5 (88.2 / 168.6) vs
+    162.8 (97.0 / 148.9). One thread per worker left a core idle whenever one request ran
+    alone, and made `serve` slower than `--dev` at one connection; every core gives up about
+    a tenth of the throughput at saturation for a quarter off the latency of a lone request.
+    RECSEARCH_ENCODER_THREADS=1 takes the other side.
+    """
+    configured = int(getattr(settings, "encoder_threads", 0) or 0)
+    if configured > 0:
+        return configured
+    if getattr(settings, "encoder", "onnx") == "torch":
+        return pool_threads(settings, workers)
+    return cores()
 
 
 def run(
@@ -68,11 +92,12 @@ def run(
     from gunicorn.app.base import BaseApplication
 
     per_worker = encoder_threads(settings, workers)
+    spinning = pool_threads(settings, workers)
     if hasattr(settings, "encoder_threads"):
         settings = settings.replace(encoder_threads=per_worker)
     # Native pools read these when they start, which is after the fork in each worker.
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(per_worker)
+        os.environ[name] = str(spinning)
     metrics_dir = fresh_metrics_dir(settings.data_dir)
     use_metrics_dir(metrics_dir)
     loopback = host in LOCAL_HOSTS
@@ -87,7 +112,7 @@ def run(
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",
-        "post_fork": _post_fork(per_worker),
+        "post_fork": _post_fork(spinning),
         "child_exit": _child_exit(metrics_dir),
         "on_exit": _on_exit(metrics_dir),
     }
@@ -116,12 +141,14 @@ def run(
             return app
 
     log.info(
-        "serving on %s:%s with %d workers × %d threads, %d encoder threads each",
+        "serving on %s:%s with %d workers × %d threads, %d encoder threads each "
+        "(%d for pools that spin)",
         host,
         port,
         workers,
         threads,
         per_worker,
+        spinning,
     )
     Server().run()
 
