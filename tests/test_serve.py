@@ -50,11 +50,10 @@ def post(url: str, body: Any) -> tuple[int, Any]:
         return response.status, json.loads(response.read())
 
 
-def test_gunicorn_workers_replace_the_dead_and_drain_on_sigterm(
-    tmp_path: Path, seed_index: Path
-) -> None:
-    env = dict(os.environ, RECSEARCH_DATA_DIR=str(tmp_path / "var"))
-    shutil.copytree(seed_index, tmp_path / "var" / "indexes")
+def start_serve(env: dict[str, str], data: Path, seed_index: Path) -> tuple[Any, str]:
+    """(process, base URL) of `recsearch serve --workers 2 --threads 2` on the sample catalog,
+    built in data (the seed's vectors reused); the caller waits for it to be ready."""
+    shutil.copytree(seed_index, data / "indexes")
     cli(env, "ingest", str(SAMPLE_CATALOG))
     cli(env, "build")
     port = free_port()
@@ -66,7 +65,14 @@ def test_gunicorn_workers_replace_the_dead_and_drain_on_sigterm(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    return server, f"http://127.0.0.1:{port}"
+
+
+def test_gunicorn_workers_replace_the_dead_and_drain_on_sigterm(
+    tmp_path: Path, seed_index: Path
+) -> None:
+    env = dict(os.environ, RECSEARCH_DATA_DIR=str(tmp_path / "var"))
+    server, base = start_serve(env, tmp_path / "var", seed_index)
     try:
         wait_ready(base, server, 2)
         for _ in range(6):  # both workers answer
@@ -130,21 +136,10 @@ def test_the_server_says_how_it_split_the_cores(tmp_path: Path, seed_index: Path
     env = dict(os.environ, RECSEARCH_DATA_DIR=str(tmp_path / "var"))
     env.pop("RECSEARCH_ENCODER_THREADS", None)
     env.pop("RECSEARCH_ENCODER", None)
-    shutil.copytree(seed_index, tmp_path / "var" / "indexes")
-    cli(env, "ingest", str(SAMPLE_CATALOG))
-    cli(env, "build")
-    port = free_port()
-    server = subprocess.Popen(
-        [*RECSEARCH, "serve", "--port", str(port), "--workers", "2", "--threads", "2"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server, base = start_serve(env, tmp_path / "var", seed_index)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", server, 2)
-        status, body = get(f"http://127.0.0.1:{port}/v1/search?q=Eiffel+Tower&k=3")
+        wait_ready(base, server, 2)
+        status, body = get(f"{base}/v1/search?q=Eiffel+Tower&k=3")
         assert status == 200 and body["results"][0]["id"] == "paris-france"
     finally:
         server.send_signal(signal.SIGTERM)
