@@ -9,7 +9,7 @@ two stores interleaved query by query so machine noise hits both alike.
 The catalog is embedded once (by the FAISS build); the Milvus build reuses those vectors.
 --synthetic N skips the catalog and the encoder: N clustered unit vectors (dim 384, like
 MiniLM's) go through each backend's index alone (create, add, measured recall, search_ids).
-Prints a table and writes JSON (default bench/results/vector_store.json).
+Prints a table and writes JSON (default bench/results/vector_store.json), in both modes.
 """
 
 from __future__ import annotations
@@ -183,12 +183,29 @@ def synthetic(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 index.search_ids(xb[row], 10, category="c3")
                 lat_cat[store].append(time.perf_counter() - t0)
-        for store, (_, add_s, recall) in indexes.items():
+        result: dict[str, Any] = {
+            "synthetic": n,
+            "dim": dim,
+            "index_type": args.index_type,
+            "queries": len(rows),
+            "stores": {},
+        }
+        for store, (index, add_s, recall) in indexes.items():
             a, c = percentiles(lat[store]), percentiles(lat_cat[store])
             print(
                 f"{store:7} {add_s:6.2f}  {recall:9.4f}  {a['p50_ms']:10.2f}/{a['p99_ms']:6.2f}"
                 f"  {c['p50_ms']:10.2f}/{c['p99_ms']:6.2f}"
             )
+            result["stores"][store] = {
+                "index": index.description,
+                "add_s": round(add_s, 3),
+                "recall_at_10": recall,
+                "search_ids": a,
+                "search_ids_with_category": c,
+            }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
