@@ -4,7 +4,8 @@
         [--variants serve:onnx,serve:torch,dev:onnx] [--workers 2] [--rounds 1]
 
 A variant is server:encoder[:threads]; threads sets RECSEARCH_ENCODER_THREADS for it (by
-default `serve` gives each worker cores // workers, the dev server all the cores).
+default each `serve` worker's ONNX encoder and the dev server take every core, a `serve`
+worker's torch encoder cores // workers: web.server.encoder_threads).
 
 Setup (once, kept in --workdir): SciFact's 5,183 abstracts imported and built with the default
 encoder. Then, for each round, each variant in turn (interleaved, so drift on a shared machine

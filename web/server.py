@@ -4,12 +4,13 @@ Why these choices:
 - No preload: each worker builds its own Runtime (database pool, encoder, index) after the
   fork. ONNX Runtime and torch thread pools do not survive a fork, and a pool shared by
   copy-on-write would be touched by every worker anyway.
-- Thread budget (encoder_threads): pools that spin while they wait (torch's OpenMP, MKL,
-  OpenBLAS) get max(1, cores // workers) threads per worker, so workers × threads ≤ cores:
-  oversubscribed spinning pools turned a 15 ms query into 230 ms on a busy 2-core machine
-  (NOTES.md). ONNX Runtime's pool does not spin here (engine.onnx_encoder), so each worker's
-  ONNX encoder gets every core: a lone request then encodes on all of them, and concurrent
-  ones share the cores through the OS. RECSEARCH_ENCODER_THREADS overrides both.
+- Thread budget (pool_threads, encoder_threads): pools that spin while they wait (torch's
+  OpenMP, MKL, OpenBLAS) get max(1, cores // workers) threads per worker, so workers ×
+  threads ≤ cores: oversubscribed, they turned a 15 ms torch query into 233 ms on a busy
+  2-core machine (NOTES.md). ONNX Runtime's pool does not spin here (engine.onnx_encoder),
+  so each worker's ONNX encoder gets every core: a lone request then encodes on all of
+  them, and concurrent ones share the cores through the OS. RECSEARCH_ENCODER_THREADS
+  overrides both.
 - gthread workers: a request waits on SQL and the encoder, so a few threads per worker
   overlap those waits; `--threads` sets how many.
 - SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish within
@@ -72,9 +73,7 @@ def encoder_threads(settings: Settings, workers: int) -> int:
     RECSEARCH_ENCODER_THREADS=1 takes the other side.
     """
     configured = int(getattr(settings, "encoder_threads", 0) or 0)
-    if configured > 0:
-        return configured
-    if getattr(settings, "encoder", "onnx") == "torch":
+    if configured > 0 or getattr(settings, "encoder", "onnx") == "torch":
         return pool_threads(settings, workers)
     return cores()
 
