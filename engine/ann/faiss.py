@@ -27,11 +27,12 @@ def choose_factory(settings: Settings, n_items: int) -> str:
         return "Flat"
     if kind == "hnsw":
         # The graph's copy of the vectors in float16 (the version keeps float32 ones for
-        # features and rebuilds): at 100k items 99 MB instead of 172, a search 0.81x the
-        # time (0.623 vs 0.770 ms p50), recall@10 and @50 against the exact top k the same
-        # (0.983, 0.975), in bench/hnsw_storage.py. A search walks the graph from vector to
-        # vector, so it waits on memory: 768 bytes a vector instead of 1,536. The factory
-        # string "HNSW32" keeps float32.
+        # features and rebuilds): at 100k items 99 MB instead of 172, recall@10 and @50
+        # against the exact top k the same (0.983, 0.975), and a search 0.81x the time on a
+        # busy host (0.623 vs 0.770 ms p50), 0.96x on a quiet one (0.454 vs 0.473), in two
+        # runs of bench/hnsw_storage.py. A search walks the graph from vector to vector, so
+        # it waits on memory: 768 bytes a vector instead of 1,536, which matters most when
+        # other work crowds the caches. The factory string "HNSW32" keeps float32.
         return f"HNSW{settings.hnsw_m},SQfp16"
     if kind == "ivf":
         # ~4·sqrt(n) lists, and FAISS wants ≥ 39 training points per list.
