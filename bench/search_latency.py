@@ -408,8 +408,8 @@ def measure_size(
     # timed in the same iteration, summed): what it costs with no logic of its own. With the
     # encoder's time of that iteration added, it is the fastest such a search could be end
     # to end on this machine, whatever its code; its percentiles bound the goals from below.
-    reads = {"anonymous": "floor_deletions_read", "user": "floor_user_read"}
-    for who, read in reads.items():
+    read_of = {"anonymous": "floor_deletions_read", "user": "floor_user_read"}
+    for who, read in read_of.items():
         parts = [samples["floor_ann"], samples[read], samples["floor_framework"]]
         floor = [sum(p) for p in zip(*parts, strict=True)]
         samples[f"floor_{who}"] = floor
