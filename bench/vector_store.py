@@ -9,7 +9,8 @@ two stores interleaved query by query so machine noise hits both alike.
 The catalog is embedded once (by the FAISS build); the Milvus build reuses those vectors.
 --synthetic N skips the catalog and the encoder: N clustered unit vectors (dim 384, like
 MiniLM's) go through each backend's index alone (create, add, measured recall, search_ids).
-Prints a table and writes JSON (default bench/results/vector_store.json), in both modes.
+Prints a table and writes JSON (default bench/results/vector_store.json, and
+vector_store_synthetic.json with --synthetic).
 """
 
 from __future__ import annotations
@@ -47,9 +48,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--synthetic", type=int, default=0, help="N vectors, no catalog")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "vector_store.json"
+        "--out",
+        type=Path,
+        default=None,
+        help="default bench/results/vector_store.json (vector_store_synthetic.json with"
+        " --synthetic), so one mode's run does not overwrite the other's",
     )
     args = parser.parse_args()
+    if args.out is None:
+        name = "vector_store_synthetic.json" if args.synthetic else "vector_store.json"
+        args.out = ROOT / "bench" / "results" / name
     if args.synthetic:
         synthetic(args)
         return
@@ -140,6 +148,7 @@ def main() -> None:
     print(f"same top-10 ids: {same_top10}/{len(rows)} queries")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
 
 
 def synthetic(args: argparse.Namespace) -> None:
