@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.errors import Conflict  # noqa: E402
+from engine.core.errors import Conflict  # noqa: E402
 
 CATALOG = ROOT / "data" / "catalog.jsonl"
 ACTIVE_JOBS = ("queued", "running")
@@ -373,7 +373,7 @@ def built_store(db: str, workdir: Path) -> Iterator[Any]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from engine.config import Settings
+    from engine.core.config import Settings
     from engine.runtime import Runtime
     from indexer.build import build
     from indexer.ingest import ingest

@@ -30,12 +30,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.ann.faiss import exact_top_k  # noqa: E402
-from engine.catalog import embedding_text  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.embedder import Embedder  # noqa: E402
-from engine.metrics import ndcg_at_k  # noqa: E402
-from engine.onnx_encoder import available_cores  # noqa: E402
+from engine.catalog.items import embedding_text  # noqa: E402
+from engine.core.config import Settings  # noqa: E402
+from engine.encoder.embedder import Embedder  # noqa: E402
+from engine.encoder.onnx_encoder import available_cores  # noqa: E402
+from engine.index.ann.faiss import exact_top_k  # noqa: E402
+from engine.ranking.metrics import ndcg_at_k  # noqa: E402
 from indexer.datasets import beir_items, beir_qrels, beir_queries  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "beir-scifact"

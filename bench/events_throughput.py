@@ -98,7 +98,7 @@ def pct(samples_s: list[float]) -> dict[str, float]:
 def fresh_store(
     name: str, base_url: str | None, workdir: Path, seed_indexes: Path | None
 ) -> tuple[Any, str | None]:
-    from engine.config import Settings
+    from engine.core.config import Settings
 
     data_dir = workdir / name
     if seed_indexes is not None:
@@ -150,7 +150,7 @@ def measure(
             env["RECSEARCH_DATABASE_URL"] = settings.database_url
         t = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "indexer.cli", "-q", "events", str(events_file)],
+            [sys.executable, "-m", "web.cli", "-q", "events", str(events_file)],
             env=env,
             cwd=ROOT,
             check=True,
@@ -227,8 +227,8 @@ def measure(
 
 def measure_tree(args: Any) -> list[dict[str, Any]]:
     """Both databases, measured with the engine of ROOT (this checkout or --tree's)."""
-    from engine.config import Settings
-    from engine.embedder import Embedder
+    from engine.core.config import Settings
+    from engine.encoder.embedder import Embedder
 
     embedder = Embedder(Settings())
     rows = []

@@ -6,7 +6,7 @@ the exact top k, and the index file's size, on real embeddings.
 
 The catalog is search_latency's: BEIR SciFact abstracts and MovieLens titles embedded by the
 default encoder, repeated with small perturbations up to --items; queries are SciFact claims.
-Each index is built by engine.ann.create_index as a build makes it (efConstruction and
+Each index is built by engine.index.ann.create_index as a build makes it (efConstruction and
 efSearch from the settings), saved, and loaded back memory-mapped as a server loads it. Then,
 query by query, every index searches alternately (one thread, k = an anonymous search's depth
 by default: candidates + 16), so machine noise hits all alike. Recall@10 and @50 are against
@@ -39,10 +39,10 @@ from search_latency import (  # noqa: E402
     scifact_items,
 )
 
-from engine.ann import create_index, load_index  # noqa: E402
-from engine.ann.faiss import exact_top_k, faiss  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.embedder import Embedder  # noqa: E402
+from engine.core.config import Settings  # noqa: E402
+from engine.encoder.embedder import Embedder  # noqa: E402
+from engine.index.ann import create_index, load_index  # noqa: E402
+from engine.index.ann.faiss import exact_top_k, faiss  # noqa: E402
 
 FACTORIES = ("HNSW32", "HNSW32,SQfp16", "HNSW32,SQ8")  # before, served, the smaller option
 

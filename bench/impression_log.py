@@ -4,7 +4,7 @@ threads of its process.
     .venv/bin/python bench/impression_log.py [--searches 100] [--rounds 8]
         [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-Every search logs the items it showed with their features (engine.impressions); a thread
+Every search logs the items it showed with their features (engine.users.impressions); a thread
 writes them every 0.5 s, and while that thread holds the GIL the searches of its process
 wait. Per round, on a fresh SQLite store (and PostgreSQL with --pg), in alternating order:
 - ImpressionLog.flush of what --searches searches logged (10 items each, with the served
@@ -37,18 +37,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.events_throughput import drop_database, fresh_store  # noqa: E402
-from engine import features, sql_bulk  # noqa: E402
-from engine.clock import utcnow  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.db import make_engine, session_factory, upgrade  # noqa: E402
-from engine.impressions import COLUMNS, ImpressionLog, Shown, _rows  # noqa: E402
+from engine.core.clock import utcnow  # noqa: E402
+from engine.core.config import Settings  # noqa: E402
+from engine.ranking.feature_names import feature_names  # noqa: E402
+from engine.store import sql_bulk  # noqa: E402
+from engine.store.db import make_engine, session_factory, upgrade  # noqa: E402
+from engine.users.impressions import COLUMNS, ImpressionLog, Shown, _rows  # noqa: E402
 from web.server import SWITCH_INTERVAL_S  # noqa: E402
 
 BUSY_GAP_S = 50e-6  # a longer pause in the busy loop is time it waited for the GIL
 
 
 def shown(settings: Settings, n: int, rng: np.random.Generator) -> list[Shown]:
-    names = features.feature_names(settings.attribute_features())
+    names = feature_names(settings.attribute_features())
     return [
         Shown(
             request_id=uuid.uuid4().hex,

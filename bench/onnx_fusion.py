@@ -1,6 +1,6 @@
 """The ONNX export's recipe, step by step: the model's default attention (SDPA) traced as it
 is, eager attention traced, and eager attention fused by ONNX Runtime's transformer optimizer
-(what engine/onnx_export.py serves when it agrees with the traced graph).
+(what engine/encoder/onnx_export.py serves when it agrees with the traced graph).
 
     .venv/bin/python bench/onnx_fusion.py [--queries 400] [--threads 1,2]
 
@@ -9,7 +9,7 @@ OnnxEncoder.embed (tokenizer, graph, pooling), in rotating order per SciFact cla
 noise hits all alike, at each thread count; the mean cosine of each graph's vectors to the
 fused graph's is reported too. Then the fused graph at the last thread count tokenizes two
 ways, alternating per claim: transformers' tokenizer call (the encoder before the tokenizer
-core) and the fast tokenizer's core set once (engine.onnx_encoder.tokenizer_core, served):
+core) and the fast tokenizer's core set once (engine.encoder.onnx_encoder.tokenizer_core, served):
 tokenize alone, and the whole embed. Prints tables and writes JSON (default
 bench/results/onnx_fusion.json). Data is read from ../shared/data/beir-scifact.
 """
@@ -30,9 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.config import Settings  # noqa: E402
-from engine.onnx_encoder import OnnxEncoder, model_folder, read_spec  # noqa: E402
-from engine.onnx_export import _fuse, _trace  # noqa: E402
+from engine.core.config import Settings  # noqa: E402
+from engine.encoder.onnx_encoder import OnnxEncoder, model_folder, read_spec  # noqa: E402
+from engine.encoder.onnx_export import _fuse, _trace  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "beir-scifact"
 

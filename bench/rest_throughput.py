@@ -37,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "beir-scifact"
-RECSEARCH = [sys.executable, "-m", "indexer.cli"]
+RECSEARCH = [sys.executable, "-m", "web.cli"]
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 

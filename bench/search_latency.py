@@ -28,7 +28,7 @@ the user's one SQL read alone, and a request that does nothing (GET /healthz, bo
 i.e. what a search pays before any logic of its own, set against the 2 ms goal; each search's
 SQL read
 (the user's, and an anonymous search's deletion check) is also timed through the session
-itself, the way before engine.db.DriverStatement, alternating with the served way.
+itself, the way before engine.store.db.DriverStatement, alternating with the served way.
 The table and JSON also give /v1/search p99 over the encoder's own p99 in the same run
 ("e2e_over_encoder_p99", goal <= 1.3) and, at 100k, /v1/search p99 with a user (goal <= 10 ms).
 "What the goals leave" sums each iteration's floor parts (floor_anonymous: ANN, the deletions
@@ -64,18 +64,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.ann.faiss import exact_top_k  # noqa: E402
-from engine.candidates import _OVERFETCH  # noqa: E402
-from engine.catalog import ItemIn, embedding_text, text_hash, upsert_items  # noqa: E402
-from engine.clock import utcnow  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.embedder import Embedder  # noqa: E402
-from engine.events import EventIn  # noqa: E402
-from engine.index_store import IndexStore, ItemFields, write_artifact_files  # noqa: E402
+from engine.catalog.fields import ItemFields  # noqa: E402
+from engine.catalog.items import ItemIn, embedding_text, text_hash, upsert_items  # noqa: E402
+from engine.core.clock import utcnow  # noqa: E402
+from engine.core.config import Settings  # noqa: E402
+from engine.encoder.embedder import Embedder  # noqa: E402
+from engine.index.ann.faiss import exact_top_k  # noqa: E402
+from engine.index.artifact import IndexStore, write_artifact_files  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
-from engine.search import SearchRequest  # noqa: E402
-from engine.state import SqlState  # noqa: E402
-from engine.users import record_events  # noqa: E402
+from engine.search.candidates import _OVERFETCH  # noqa: E402
+from engine.search.request import SearchRequest  # noqa: E402
+from engine.users.events import EventIn  # noqa: E402
+from engine.users.recording import record_events  # noqa: E402
+from engine.users.state import SqlState  # noqa: E402
 from indexer.build import build  # noqa: E402
 from indexer.train import train_from_events  # noqa: E402
 
@@ -135,7 +136,7 @@ def seed_vectors(
     settings: Settings, embedder: Embedder, items: list[ItemIn], vectors: np.ndarray
 ) -> None:
     """Publish a seed version holding these vectors, so `build` reuses them, not re-embeds."""
-    from engine.ann import create_index
+    from engine.index.ann import create_index
 
     store = IndexStore(settings.index_dir)
     staging = store.stage()
@@ -335,7 +336,9 @@ def measure_size(
     # timed alone in the same loop. The ANN search of the index (at the depth an anonymous
     # search fetches), the one SQL read of the user's state, and a request to the app that
     # does nothing (GET /healthz: Flask, the test client, the JSON response).
-    fetch_k = settings.candidates + _OVERFETCH  # what engine.candidates fetches, no exclusions
+    fetch_k = (
+        settings.candidates + _OVERFETCH
+    )  # what engine.search.candidates fetches, no exclusions
     window = settings.covisit_window if settings.covisit_candidates > 0 else 0
 
     reads: dict[str, Callable[[SqlState], object]] = {
@@ -348,7 +351,7 @@ def measure_size(
     def sql_read(name: str, through_session: bool) -> float:
         """A search's read as a search makes it (the session opened and closed included), on
         the driver's connection; through_session: by the session itself, as before (the
-        baseline of engine.db.DriverStatement)."""
+        baseline of engine.store.db.DriverStatement)."""
         t = time.perf_counter()
         with runtime.read_session() as session:
             if through_session:

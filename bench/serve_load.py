@@ -54,7 +54,7 @@ from rest_throughput import free_port, parse_wrk, stop, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "beir-scifact"
-RECSEARCH = [sys.executable, "-m", "indexer.cli"]
+RECSEARCH = [sys.executable, "-m", "web.cli"]
 TXTAI_PEER = ROOT / "bench" / "txtai_peer.sh"
 TXTAI_INDEX = Path(os.environ.get("TXTAI_INDEX", "/work/txtai-scifact"))
 API_KEY = "serve-load-bench-key-0123456789abcdef"

@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.config import Settings  # noqa: E402
+from engine.core.config import Settings  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
-from engine.search import SearchRequest  # noqa: E402
+from engine.search.request import SearchRequest  # noqa: E402
 from indexer.build import build  # noqa: E402
 from indexer.ingest import ingest  # noqa: E402
 
@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def synthetic(args: argparse.Namespace) -> None:
-    from engine.ann import RowLabels, create_index
+    from engine.index.ann import RowLabels, create_index
     from indexer.build import measure_recall
 
     n, dim = args.synthetic, 384

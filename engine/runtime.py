@@ -13,22 +13,30 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.ann import item_writer
-from engine.config import Settings
-from engine.db import SQLITE_AUTOCOMMIT, WRITE_INTENT, ensure_schema, make_engine, session_factory
-from engine.delta import Delta
-from engine.election import leadership_for
-from engine.embedder import Embedder
-from engine.embedding_follower import EmbeddingFollower
-from engine.experiments import ExperimentCache
-from engine.impressions import ImpressionLog
-from engine.index_store import IndexStore, LiveIndex, make_private_dir
-from engine.item_watch import ItemWatch
-from engine.model_store import ModelStore, live_model
-from engine.notify import Listener
-from engine.rule_store import RuleCache
-from engine.search import Searcher, SearchRequest, SearchResponse
-from engine.vectors import ItemVectors
+from engine.catalog.item_watch import ItemWatch
+from engine.core.config import Settings
+from engine.core.files import make_private_dir
+from engine.encoder.embedder import Embedder
+from engine.index.ann import item_writer
+from engine.index.artifact import IndexStore, LiveIndex
+from engine.index.delta import Delta
+from engine.index.embedding_follower import EmbeddingFollower
+from engine.index.vectors import ItemVectors
+from engine.ranking.experiments import ExperimentCache
+from engine.ranking.model_store import ModelStore, live_model
+from engine.ranking.rule_store import RuleCache
+from engine.search.pipeline import Searcher
+from engine.search.request import SearchRequest, SearchResponse
+from engine.store.db import (
+    SQLITE_AUTOCOMMIT,
+    WRITE_INTENT,
+    ensure_schema,
+    make_engine,
+    session_factory,
+)
+from engine.store.election import leadership_for
+from engine.store.notify import Listener
+from engine.users.impressions import ImpressionLog
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,7 @@ class Runtime:
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)
         # Merchandising rules and the running online experiment (if any): read on the first
-        # search, then again every second by threads of their own (engine.reloaded).
+        # search, then again every second by threads of their own (engine.core.reloaded).
         self.rules = RuleCache(self.sessions)
         self.experiments = ExperimentCache(self.sessions, ModelStore(settings.model_dir))
         self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
@@ -92,7 +100,7 @@ class Runtime:
             on_start=self._start_following,
             catch_up=self.follower.catch_up,
         )
-        # Every item write, in any process, wakes both at commit (engine.notify): a new item
+        # Every item write, in any process, wakes both at commit (engine.store.notify): a new item
         # is then on every server in an encode and a read, polls being the floor.
         self.listener = Listener(self.db, [self.follower.wake, self.delta.wake])
 
@@ -156,7 +164,7 @@ class Runtime:
         had, each of which waits for the server process to get a core on a busy machine. A
         search nearly always reads one statement, so it needs no transaction; a connection
         the server dropped is what `search` retries. On SQLite the session sends no BEGIN
-        either (engine.db.SQLITE_AUTOCOMMIT): each statement reads in its own transaction.
+        either (engine.store.db.SQLITE_AUTOCOMMIT): each statement reads in its own transaction.
         """
         with self._search_sessions() as session:
             yield session

@@ -1,8 +1,8 @@
 """Feature-group ablations: drop one group of ranking features, re-train, measure again.
 
 What each group buys is the drop in the metric without it, with the same examples, the same
-fit and the same test queries. Groups follow engine.features' names; a feature this table does
-not know (a new one) is its own group, so it is still ablated.
+fit and the same test queries. Groups follow engine.ranking.feature_names; a feature this
+table does not know (a new one) is its own group, so it is still ablated.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.features import ATTRIBUTE_PREFIX
-from engine.ranker import LinearRanker
+from engine.ranking.feature_names import ATTRIBUTE_PREFIX
+from engine.ranking.ranker import LinearRanker
 from indexer.train import fit_ranker
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {

@@ -15,25 +15,27 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import __version__, stored_vectors
-from engine.ann import RowLabels, create_index
-from engine.ann.faiss import choose_factory, exact_top_k
-from engine.catalog import (
+from engine import __version__
+from engine.catalog.fields import ItemFields
+from engine.catalog.items import (
     INDEXED_COLUMNS,
     embedding_text,
     prune_tombstones,
     settled_before,
     text_hash,
 )
-from engine.clock import utcnow
-from engine.config import Settings
-from engine.delta import manifest_watermark
-from engine.embedder import Embedder
-from engine.errors import Conflict, InvalidInput, NotReady
-from engine.index_store import IndexStore, ItemFields, write_artifact_files
-from engine.lexical import LexicalIndex
-from engine.models import IndexVersion, Item
+from engine.core.clock import utcnow
+from engine.core.config import Settings
+from engine.core.errors import Conflict, InvalidInput, NotReady
+from engine.encoder.embedder import Embedder
+from engine.index import stored_vectors
+from engine.index.ann import RowLabels, create_index
+from engine.index.ann.faiss import choose_factory, exact_top_k
+from engine.index.artifact import IndexStore, write_artifact_files
+from engine.index.delta import manifest_watermark
+from engine.index.lexical import LexicalIndex
 from engine.runtime import Runtime
+from engine.store.models import IndexVersion, Item
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -293,7 +295,7 @@ def _same_store(index: dict[str, Any], settings: Settings) -> bool:
         return False
     if settings.vector_store != "milvus":
         return True
-    from engine.ann.milvus import shown_uri
+    from engine.index.ann.milvus import shown_uri
 
     return (
         index.get("uri") == shown_uri(settings.milvus_target)
@@ -303,8 +305,8 @@ def _same_store(index: dict[str, Any], settings: Settings) -> bool:
 
 def _drop_stale_collections(settings: Settings, store: IndexStore) -> None:
     """Drop collections that crashed builds left behind (a day old, named by no version)."""
-    from engine.ann.milvus import client
-    from engine.ann.milvus_alias import stale_collections
+    from engine.index.ann.milvus import client
+    from engine.index.ann.milvus_alias import stale_collections
 
     named = []
     for version in store.versions():

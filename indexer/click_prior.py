@@ -4,7 +4,7 @@ In a running engine, the items that answered earlier queries are clicked, and th
 feed the `popularity` feature. An offline evaluation has no traffic, but its train split is
 the same thing: each train query's relevant items are what a searcher would have clicked.
 Here they become click events (one pseudo-user per train query, all at one past moment) and
-go through the engine's own update rules (engine.state.ReplayState, the same as
+go through the engine's own update rules (engine.users.replay.ReplayState, the same as
 record_events), held in memory so the user's database is never written.
 
 A ranker must not see a query's own clicks in that query's features, or it learns that
@@ -22,10 +22,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.config import Settings
-from engine.events import EventIn
-from engine.models import Item
-from engine.state import ReplayState
+from engine.core.config import Settings
+from engine.store.models import Item
+from engine.users.events import EventIn
+from engine.users.replay import ReplayState
 
 # Every pseudo-click happens at one moment, a day before the state is read: decay then scales
 # all popularity alike, and the figures do not depend on the day the evaluation runs.

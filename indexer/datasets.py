@@ -11,8 +11,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from engine.catalog import ItemIn
-from engine.errors import InvalidInput
+from engine.catalog.items import ItemIn
+from engine.core.errors import InvalidInput
 
 
 def _need(path: Path) -> Path:

@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.ann.faiss import exact_top_k
-from engine.catalog import upsert_items
-from engine.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
-from engine.ranker import LinearRanker
+from engine.catalog.items import upsert_items
+from engine.index.ann.faiss import exact_top_k
+from engine.ranking.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
-from engine.search import Searcher, SearchRequest
+from engine.search.pipeline import Searcher
+from engine.search.request import SearchRequest
 from indexer import ablation
 from indexer.build import build
 from indexer.click_prior import click_state, cross_fitted_states, judgment_clicks
@@ -277,10 +278,10 @@ def evaluate_movielens(
     """
     from datetime import timedelta
 
-    from engine.clock import utcnow
-    from engine.events import validate_event
-    from engine.state import SqlState
-    from engine.users import record_events
+    from engine.core.clock import utcnow
+    from engine.users.events import validate_event
+    from engine.users.recording import record_events
+    from engine.users.state import SqlState
     from indexer.datasets import movielens_items, movielens_ratings
     from indexer.train import replay_examples, train_from_replayed
 

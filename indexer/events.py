@@ -9,12 +9,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.clock import utcnow
-from engine.config import Settings
-from engine.errors import InvalidInput, Problem
-from engine.events import EVENT_FIELDS, EventIn, validate_event
+from engine.core.clock import utcnow
+from engine.core.config import Settings
+from engine.core.errors import InvalidInput, Problem
 from engine.runtime import Runtime
-from engine.users import EventReport, record_events, unknown_items
+from engine.users.events import EVENT_FIELDS, EventIn, validate_event
+from engine.users.recording import EventReport, record_events, unknown_items
 from indexer.ingest import (
     LoadReport,
     Row,

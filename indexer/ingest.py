@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.catalog import FIELDS, ItemIn, UpsertCounts, upsert_items, validate_item
-from engine.errors import InvalidInput, Problem
-from engine.index_store import make_private_dir
+from engine.catalog.items import FIELDS, ItemIn, UpsertCounts, upsert_items, validate_item
+from engine.core.errors import InvalidInput, Problem
+from engine.core.files import make_private_dir
 from engine.runtime import Runtime
 from indexer.progress import Progress, no_progress
 

@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.clock import iso_z, utcnow
-from engine.errors import Conflict, InvalidInput, NotFound, RecsearchError
-from engine.models import Job
+from engine.core.clock import iso_z, utcnow
+from engine.core.errors import Conflict, InvalidInput, NotFound, RecsearchError
 from engine.runtime import Runtime
+from engine.store.models import Job
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,16 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.errors import InvalidInput
-from engine.events import EventIn
-from engine.metrics import auc, log_loss
-from engine.model_store import ModelStore
-from engine.models import Event, Impression
-from engine.ranker import LinearRanker, fit_logistic
+from engine.core.errors import InvalidInput
+from engine.ranking.metrics import auc, log_loss
+from engine.ranking.model_store import ModelStore
+from engine.ranking.ranker import LinearRanker, fit_logistic
 from engine.runtime import Runtime
-from engine.search import Searcher, SearchRequest
-from engine.state import StateView
+from engine.search.pipeline import Searcher
+from engine.search.request import SearchRequest
+from engine.store.models import Event, Impression
+from engine.users.events import EventIn
+from engine.users.state import StateView
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def impression_examples(
     """
     from sqlalchemy import or_, select
 
-    from engine.models import Event, Impression
+    from engine.store.models import Event, Impression
 
     threshold = runtime.settings.positive_rating
     names = runtime.searcher.feature_names
@@ -338,8 +339,8 @@ def replay_examples(
     """
     from sqlalchemy import select
 
-    from engine.models import Item
-    from engine.state import ReplayState
+    from engine.store.models import Item
+    from engine.users.replay import ReplayState
 
     searcher = searcher or runtime.searcher
     settings = runtime.settings
@@ -410,7 +411,7 @@ def train_from_events(
     the newest validation_fraction report AUC and log loss; then refit on all and save."""
     from sqlalchemy import select
 
-    from engine.models import Event
+    from engine.store.models import Event
 
     started = time.perf_counter()
     if events is None:

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from engine.users import UserState
+from engine.users.profile import UserState
 
 BASE_FEATURES = (
     # f(c): the item

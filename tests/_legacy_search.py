@@ -3,7 +3,7 @@ for tests/test_search_equivalence.py, which checks that the lean path returns ex
 this one returns. Delete both when that check has served its purpose.
 
 Changes from the original: imports only (its features module and its SqlState are copied
-here too, since the engine's changed). BM25 goes through engine.lexical as before, which now
+here too, since the engine's changed). BM25 goes through engine.index.lexical as before, which now
 orders equal scores by row where bm25s's retrieve left them in an arbitrary order; the sample
 catalog has such ties. tests/test_lexical.py checks it against bm25s, ties allowed.
 """
@@ -21,18 +21,18 @@ import numpy as np
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
-from engine.clock import utcnow
-from engine.config import Settings
-from engine.context import combine, mean_direction
-from engine.decay import decay
-from engine.delta import Delta, DeltaSnapshot
-from engine.embedder import Embedder
-from engine.impressions import ImpressionLog, Shown
-from engine.index_store import IndexArtifact, IndexStore, LiveIndex
-from engine.models import Covisit, Item, ItemStats
-from engine.ranker import LinearRanker
-from engine.users import UserState, load_user, most_popular
-from engine.vectors import ItemVectors
+from engine.core.clock import utcnow
+from engine.core.config import Settings
+from engine.encoder.embedder import Embedder
+from engine.index.artifact import IndexArtifact, IndexStore, LiveIndex
+from engine.index.delta import Delta, DeltaSnapshot
+from engine.index.vectors import ItemVectors
+from engine.ranking.ranker import LinearRanker
+from engine.search.context import combine, mean_direction
+from engine.store.models import Covisit, Item, ItemStats
+from engine.users.decay import decay
+from engine.users.impressions import ImpressionLog, Shown
+from engine.users.profile import UserState, load_user, most_popular
 from tests import _legacy_features as feats
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ _OVERFETCH = 16
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """A validated search (engine.schemas.SearchQuery makes one from what a client sent)."""
+    """A validated search (engine.search.schemas.SearchQuery makes one from what a client sent)."""
 
     q: str | None = None
     k: int = 10
@@ -442,7 +442,7 @@ def _ms(since: float) -> float:
 
 
 class LegacySqlState:
-    """engine.state.SqlState as it was."""
+    """engine.users.state.SqlState as it was."""
 
     def __init__(self, session: Session, now: Any) -> None:
         self.session = session

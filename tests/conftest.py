@@ -15,8 +15,8 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from engine.config import Settings
-from engine.embedder import Embedder
+from engine.core.config import Settings
+from engine.encoder.embedder import Embedder
 from engine.runtime import Runtime
 
 # Deterministic examples, and no per-example deadline on a shared, noisy machine.

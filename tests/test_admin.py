@@ -8,10 +8,10 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from engine.clock import utcnow
-from engine.index_store import IndexStore
-from engine.models import Job
+from engine.core.clock import utcnow
+from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
+from engine.store.models import Job
 from indexer.build import build
 from indexer.events import load_events
 from tests.conftest import ROOT

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from engine.index_store import IndexStore
+from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
 from tests.conftest import ROOT
 from web import create_app
@@ -129,8 +129,8 @@ def test_rebuild_progress_and_playground(page, server: tuple[str, str], built: R
 def test_inspector_catalog_rules_and_experiments(
     page, server: tuple[str, str], built: Runtime
 ) -> None:  # type: ignore[no-untyped-def]
-    from engine.model_store import ModelStore
-    from engine.ranker import LinearRanker
+    from engine.ranking.model_store import ModelStore
+    from engine.ranking.ranker import LinearRanker
     from indexer.events import load_events
 
     with built.write_session() as session:

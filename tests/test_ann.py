@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.ann import create_index, load_index
-from engine.ann.faiss import choose_factory
-from engine.config import Settings
+from engine.core.config import Settings
+from engine.index.ann import create_index, load_index
+from engine.index.ann.faiss import choose_factory
 from indexer.build import measure_recall
 
 

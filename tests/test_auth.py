@@ -7,10 +7,10 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from engine.core.secrets import api_key
 from engine.runtime import Runtime
-from engine.secrets import api_key
-from indexer.cli import _Context, cli
 from web import create_app
+from web.cli import Context, cli
 
 ITEM = {"id": "atlantis", "title": "Atlantis"}
 EVENT = {"user_id": "u", "item_id": "tokyo-japan", "type": "view"}
@@ -61,5 +61,5 @@ def test_key_is_generated_once_private_and_overridable(runtime: Runtime) -> None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert api_key(settings) == key
     assert api_key(settings.replace(api_key="from-env-0123456789")) == "from-env-0123456789"
-    context = _Context(settings, quiet=True, runtime=runtime)
+    context = Context(settings, quiet=True, runtime=runtime)
     assert CliRunner().invoke(cli, ["key"], obj=context).output.strip() == key

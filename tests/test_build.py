@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from engine.catalog import delete_items
-from engine.errors import Conflict, InvalidInput, NotReady
-from engine.index_store import IndexStore
-from engine.models import IndexVersion, ItemTombstone
+from engine.catalog.items import delete_items
+from engine.core.errors import Conflict, InvalidInput, NotReady
+from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
+from engine.store.models import IndexVersion, ItemTombstone
 from indexer.build import build
 from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG, write_jsonl

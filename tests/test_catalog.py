@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.catalog import ItemIn, parse_items_payload, validate_item
-from engine.errors import InvalidInput, TooLarge
+from engine.catalog.items import ItemIn, parse_items_payload, validate_item
+from engine.core.errors import InvalidInput, TooLarge
 
 
 def test_minimal_item_is_normalized() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from engine.runtime import Runtime
-from indexer.cli import _Context, cli
 from tests.conftest import SAMPLE_CATALOG, write_jsonl
+from web.cli import Context, cli
 
 
 def run(runtime: Runtime, *args: str) -> Result:
-    context = _Context(runtime.settings, quiet=True, runtime=runtime)
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
     return CliRunner().invoke(cli, list(args), obj=context, catch_exceptions=False)
 
 
@@ -40,7 +40,7 @@ def test_ingest_build_search_status(runtime: Runtime, seed_index: Path) -> None:
 def test_ingest_reports_bad_rows_and_exits_non_zero(runtime: Runtime, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "title": "A"}, {"id": "b"}])
     result = CliRunner().invoke(
-        cli, ["ingest", str(path)], obj=_Context(runtime.settings, True, runtime)
+        cli, ["ingest", str(path)], obj=Context(runtime.settings, True, runtime)
     )
     assert result.exit_code == 1
     assert f"{path}:2: title: is required" in result.output
@@ -54,10 +54,10 @@ def test_ingest_reports_bad_rows_and_exits_non_zero(runtime: Runtime, tmp_path: 
 
 def test_delete_and_db_upgrade(runtime: Runtime, tmp_path: Path) -> None:
     run(runtime, "ingest", str(write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "title": "A"}])))
-    context = _Context(runtime.settings, True, runtime)
+    context = Context(runtime.settings, True, runtime)
     missing = CliRunner().invoke(cli, ["delete", "a", "zz"], obj=context)
     assert missing.exit_code != 0 and "'zz'" in str(missing.exception)
     assert "deleted 1 item(s)" in run(runtime, "delete", "a", "zz", "--missing-ok").output
-    from engine.db import head_revision
+    from engine.store.db import head_revision
 
     assert f"up to date (revision {head_revision()})" in run(runtime, "db", "upgrade").output

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Settings
-from engine.errors import ConfigError
+from engine.core.config import Settings
+from engine.core.errors import ConfigError
 
 
 def test_defaults_are_embedded() -> None:
@@ -57,14 +57,14 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
 
 
 def test_unsupported_database_is_named(tmp_path: Path) -> None:
-    from engine.db import make_engine
+    from engine.store.db import make_engine
 
     with pytest.raises(ConfigError, match="unsupported database 'mysql'"):
         make_engine(Settings(database_url="mysql://u@h/db"))
 
 
 def test_unloadable_model_is_a_config_error(tmp_path: Path) -> None:
-    from engine.embedder import Embedder
+    from engine.encoder.embedder import Embedder
 
     with pytest.raises(ConfigError, match="RECSEARCH_MODEL="):
         Embedder(Settings(model=str(tmp_path / "no-model")))

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from engine.runtime import Runtime
-from indexer.cli import _Context, cli
 from tests.conftest import write_jsonl
+from web.cli import Context, cli
 
 JSON_ENDPOINTS = [
     "/v1/search",
@@ -69,7 +69,7 @@ def test_timestamps_at_the_limits_are_422(client: Any, built: Runtime, ts: str) 
 def test_ingest_and_events_name_the_line_of_a_bad_timestamp(
     built: Runtime, tmp_path: Path, skip: bool
 ) -> None:
-    context = _Context(built.settings, quiet=True, runtime=built)
+    context = Context(built.settings, quiet=True, runtime=built)
     flags = ["--skip-invalid", "--rejects", str(tmp_path / "rejects.jsonl")] if skip else []
     catalog = write_jsonl(
         tmp_path / "c.jsonl",
@@ -124,7 +124,7 @@ def test_unstorable_strings_are_422_naming_the_field(
     response = client.post(path, data=data, content_type="application/json")
     assert problem_fields(response) == [field]
     with built.session() as session:  # nothing half-written
-        from engine.models import Event, Item
+        from engine.store.models import Event, Item
 
         assert session.get(Item, "new-item") is None
         assert session.query(Event).count() == 0
@@ -179,9 +179,9 @@ def test_future_events_are_refused_and_do_not_freeze_the_user(client: Any, built
 def test_clock_skew_is_configurable(built: Runtime) -> None:
     from datetime import timedelta
 
-    from engine.clock import utcnow
-    from engine.errors import InvalidInput
-    from engine.events import validate_event
+    from engine.core.clock import utcnow
+    from engine.core.errors import InvalidInput
+    from engine.users.events import validate_event
 
     now = utcnow()
     soon = (now + timedelta(seconds=60)).isoformat()
@@ -233,11 +233,11 @@ def test_openapi_lists_every_route_with_schemas(app: Any, client: Any) -> None:
 
 # One serializer for the API, the playground and the CLI.
 def test_search_json_is_the_same_everywhere(client: Any, built: Runtime) -> None:
-    from engine.schemas import SearchOut
+    from engine.search.schemas import SearchOut
 
     api = client.get("/v1/search?q=beach&k=3&explain=true").get_json()
     playground = client.get("/admin/api/search?q=beach&k=3").get_json()
-    context = _Context(built.settings, quiet=True, runtime=built)
+    context = Context(built.settings, quiet=True, runtime=built)
     result = CliRunner().invoke(
         cli, ["search", "beach", "-k", "3", "--json", "--explain"], obj=context
     )

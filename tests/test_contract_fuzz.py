@@ -35,11 +35,13 @@ from hypothesis import strategies as st
 from werkzeug.exceptions import HTTPException
 
 from bench.contract_fuzz import finish_jobs, fuzz, live_server
-from engine.catalog import ItemIn
-from engine.config import Settings
-from engine.events import EVENT_TYPES, EventBody
+from engine.catalog.items import ItemIn
+from engine.core.config import Settings
+from engine.index.schemas import VersionBody
 from engine.runtime import Runtime
-from engine.schemas import SearchQuery, TrainBody, VersionBody
+from engine.search.schemas import SearchQuery
+from engine.users.events import EVENT_TYPES, EventBody
+from indexer.schemas import TrainBody
 from tests.conftest import ROOT, SAMPLE_CATALOG
 
 # A 100 kB id is a fair example; Hypothesis only warns that printing it costs something.
@@ -553,7 +555,7 @@ class ServerLog(logging.Handler):
 
 
 def summarize(exc: BaseException) -> str:
-    """`RuntimeWarning: overflow ... at engine/users.py:150 unit_vector (in _linalg.py:2768)`."""
+    """`RuntimeWarning: overflow ... at engine/users/profile.py unit_vector (in _linalg.py)`."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return f"{type(exc).__name__}: {exc}"

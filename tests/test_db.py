@@ -10,11 +10,11 @@ import orjson
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
-from engine import db, sql_bulk
-from engine.config import Settings
-from engine.db import current_revision, ensure_schema, head_revision, make_engine, upgrade
-from engine.models import Impression
+from engine.core.config import Settings
 from engine.runtime import Runtime
+from engine.store import db, sql_bulk
+from engine.store.db import current_revision, ensure_schema, head_revision, make_engine, upgrade
+from engine.store.models import Impression
 
 
 def test_upgrade_creates_schema_and_is_idempotent(settings: Settings) -> None:

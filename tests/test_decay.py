@@ -1,4 +1,5 @@
-"""The one decay rule (engine.decay): folding is order-independent and reads as Σ w·2^-age/h."""
+"""The one decay rule (engine.users.decay): folding is order-independent and reads as
+Σ w·2^-age/h."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.decay import as_of, rebase
+from engine.users.decay import as_of, rebase
 
 HALF_LIFE_S = 86_400.0
 T0 = datetime(2026, 1, 1)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.delta import DeltaSnapshot
-from engine.lexical import best_first
+from engine.index.delta import DeltaSnapshot
+from engine.index.lexical import best_first
 from engine.runtime import Runtime
 from indexer.build import build
 
@@ -81,7 +81,7 @@ def test_a_poll_does_not_read_settled_rows_again(
 ) -> None:
     """Rows written before the settle horizon are read once: the watermark moves past the
     newest of them, so a bulk update is not read again at every poll; a later write is."""
-    from engine import catalog
+    from engine.catalog import items as catalog
 
     rows = [{**NEW, "id": f"quokka-{n}", "title": f"Quokka island {n}"} for n in range(30)]
     assert client.post("/v1/items", json=rows).status_code == 201
@@ -105,7 +105,7 @@ def test_a_poll_does_not_read_settled_rows_again(
 def _rows(runtime: Runtime, prefix: str) -> list[Any]:
     from sqlalchemy import select
 
-    from engine.models import Item
+    from engine.store.models import Item
 
     with runtime.session() as session:
         return list(session.execute(select(Item.id, Item.updated_at).where(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.diversify import diversify
+from engine.search.diversify import diversify
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 8) -> np.ndarray:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from engine.catalog import ItemIn, delete_items, upsert_items
-from engine.config import Settings
-from engine.embedder import Embedder
-from engine.models import ItemVector
+from engine.catalog.items import ItemIn, delete_items, upsert_items
+from engine.core.config import Settings
+from engine.encoder.embedder import Embedder
+from engine.index.stored_vectors import from_bytes
 from engine.runtime import Runtime
-from engine.stored_vectors import from_bytes
+from engine.store.models import ItemVector
 
 NEW = {
     "id": "quokka-island",

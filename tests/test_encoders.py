@@ -13,11 +13,11 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from engine.config import Settings
-from engine.embedder import Embedder, describe_encoder, resolve_device
-from engine.errors import ConfigError
-from engine.onnx_encoder import OnnxEncoder, pool, read_spec, tokenizer_core
-from engine.onnx_export import (
+from engine.core.config import Settings
+from engine.core.errors import ConfigError
+from engine.encoder.embedder import Embedder, describe_encoder, resolve_device
+from engine.encoder.onnx_encoder import OnnxEncoder, pool, read_spec, tokenizer_core
+from engine.encoder.onnx_export import (
     EXPORT_FORMAT,
     FILES,
     MIN_MEAN_COSINE,
@@ -27,11 +27,11 @@ from engine.onnx_export import (
     load_onnx_encoder,
 )
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
 from indexer.build import build
-from indexer.cli import _Context, cli
 from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG, write_jsonl
+from web.cli import Context, cli
 
 MODEL_FOLDER = Path(Settings().model_path())
 QUERIES = ["skiing in the alps", "Eiffel Tower", "street food", "quiet beach", "museums"]
@@ -253,7 +253,7 @@ def test_index_built_with_torch_serves_onnx_queries(
     assert ready.status_code == 200
     assert ready.get_json()["encoder"] == "onnx (index built with torch)"
     status = CliRunner().invoke(
-        cli, ["status"], obj=_Context(serving.settings, quiet=True, runtime=serving)
+        cli, ["status"], obj=Context(serving.settings, quiet=True, runtime=serving)
     )
     assert "encoder    onnx (index built with torch)" in status.output
     same = create_app(runtime=built_with_torch).test_client().get("/readyz").get_json()
@@ -381,7 +381,7 @@ def test_a_fusion_that_changes_the_vectors_is_dropped(
 ) -> None:
     """The optimizer's graph serves only when it agrees with the traced one; here it is made to
     disagree, and the unfused graph is exported, checked against torch and serves."""
-    import engine.onnx_export as onnx_export
+    import engine.encoder.onnx_export as onnx_export
 
     seen: list[float] = []
 
@@ -428,7 +428,7 @@ def test_concurrent_first_starts_export_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two loaders on an empty cache: one exports under the lock, the other reuses its file."""
-    caplog.set_level("INFO", logger="engine.onnx_export")
+    caplog.set_level("INFO", logger="engine.encoder.onnx_export")
     settings = Settings(data_dir=tmp_path / "var")
     results: list[object] = []
 

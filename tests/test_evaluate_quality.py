@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from engine.decay import as_of
-from engine.features import BASE_FEATURES
-from engine.ranker import LinearRanker
+from engine.ranking.feature_names import BASE_FEATURES
+from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
+from engine.users.decay import as_of
 from indexer import ablation
 from indexer.click_prior import (
     CLICKED_AT,

@@ -1,4 +1,4 @@
-"""Batched event writes (engine.sql_bulk): same state as one event at a time, event_ids
+"""Batched event writes (engine.store.sql_bulk): same state as one event at a time, event_ids
 counted once, a fixed number of statements per batch, no lost co-visit under concurrency."""
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import numpy as np
 from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session
 
-from engine import covisit
-from engine.clock import utcnow
-from engine.config import Settings
-from engine.decay import rebase
-from engine.events import EventIn
-from engine.models import Covisit, Event, Item, ItemStats, UserFeatures
+from engine.core.clock import utcnow
+from engine.core.config import Settings
 from engine.runtime import Runtime
-from engine.users import UserState, event_weight, record_events
+from engine.store.models import Covisit, Event, Item, ItemStats, UserFeatures
+from engine.users import covisit
+from engine.users.decay import rebase
+from engine.users.events import EventIn
+from engine.users.profile import UserState, event_weight
+from engine.users.recording import record_events
 
 TYPES = ["impression", "view", "click", "cart", "purchase", "rating"]
 

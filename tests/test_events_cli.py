@@ -8,10 +8,10 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.runtime import Runtime
-from engine.users import load_user
-from indexer.cli import _Context, cli
+from engine.users.profile import load_user
 from indexer.events import load_events
 from tests.conftest import ROOT, write_jsonl
+from web.cli import Context, cli
 
 SAMPLE_EVENTS = ROOT / "data" / "events.jsonl"
 
@@ -64,7 +64,7 @@ def test_csv_events_through_the_command(built: Runtime, tmp_path: Path) -> None:
         "c,tokyo-japan,view,,2026-10-01T10:00:00Z,x1\n"
         "c,kyoto-japan,rating,4.5,1790000000,x2\n"
     )
-    context = _Context(built.settings, quiet=True, runtime=built)
+    context = Context(built.settings, quiet=True, runtime=built)
     result = CliRunner().invoke(cli, ["events", str(path)], obj=context, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "2 recorded, 0 duplicates, 0 rejected; 1 users updated" in result.output
@@ -75,7 +75,7 @@ def test_csv_events_through_the_command(built: Runtime, tmp_path: Path) -> None:
 def test_train_from_events_command(built: Runtime) -> None:
     with built.write_session() as session:
         load_events(built, session, SAMPLE_EVENTS)
-    context = _Context(built.settings, quiet=True, runtime=built)
+    context = Context(built.settings, quiet=True, runtime=built)
     result = CliRunner().invoke(
         cli, ["train", "--from-events"], obj=context, catch_exceptions=False
     )

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from engine.model_store import ModelStore
-from engine.models import Impression
-from engine.ranker import LinearRanker
+from engine.ranking.model_store import ModelStore
+from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
-from indexer.cli import _Context, cli
+from engine.store.models import Impression
+from web.cli import Context, cli
 
 
 def _reversed_prior(runtime: Runtime) -> str:
@@ -96,7 +96,7 @@ def test_experiment_requests_are_checked(client: Any, built: Runtime) -> None:
 
 def test_the_cli_mirrors_the_api(built: Runtime) -> None:
     candidate = _reversed_prior(built)
-    context = _Context(built.settings, quiet=True, runtime=built)
+    context = Context(built.settings, quiet=True, runtime=built)
 
     def run(*args: str) -> str:
         result = CliRunner().invoke(cli, list(args), obj=context)

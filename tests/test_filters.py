@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import InvalidInput
-from engine.filters import Columns, Schema, parse
-from engine.index_store import ItemFields
+from engine.catalog.fields import ItemFields
+from engine.catalog.filters import Columns, Schema, parse
+from engine.core.errors import InvalidInput
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "catalog.jsonl"
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from engine.config import Settings
-from engine.errors import ConfigError
+from engine.core.config import Settings
+from engine.core.errors import ConfigError
+from engine.core.secrets import KEY_FILE, api_key
 from engine.runtime import Runtime
-from engine.secrets import KEY_FILE, api_key
 from tests.conftest import ROOT
 from web import create_app
 
@@ -31,8 +31,8 @@ BIG = 17 * 1024 * 1024  # over the default 16 MiB limit
 KEY_SCRIPT = """
 import os, sys, time
 from pathlib import Path
-from engine.config import Settings
-from engine.secrets import api_key
+from engine.core.config import Settings
+from engine.core.secrets import api_key
 go = Path(sys.argv[2])
 (go.parent / f"{go.name}.ready.{os.getpid()}").touch()
 while not go.exists():
@@ -100,17 +100,19 @@ def test_losing_the_race_reads_the_winners_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process writes its key between our look and our write: we use its key."""
-    import engine.secrets
+    import engine.core.secrets
 
     settings = Settings(data_dir=tmp_path / "var")
     winner = "w" * 43
-    real_token = engine.secrets.secrets.token_urlsafe
+    real_token = engine.core.secrets.secrets.token_urlsafe
 
     def token_while_another_process_wins(nbytes: int) -> str:
         (settings.data_dir / KEY_FILE).write_text(winner + "\n")
         return real_token(nbytes)
 
-    monkeypatch.setattr(engine.secrets.secrets, "token_urlsafe", token_while_another_process_wins)
+    monkeypatch.setattr(
+        engine.core.secrets.secrets, "token_urlsafe", token_while_another_process_wins
+    )
     assert api_key(settings) == winner
     assert [p.name for p in settings.data_dir.iterdir()] == [KEY_FILE]
 
@@ -141,7 +143,7 @@ def test_the_server_and_the_key_command_refuse_an_empty_key_file(runtime: Runtim
     with pytest.raises(ConfigError, match=re.escape(str(path))):
         create_app(runtime=runtime)
     done = subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "key"],
+        [sys.executable, "-m", "web.cli", "key"],
         capture_output=True,
         text=True,
         env=_env(RECSEARCH_DATA_DIR=str(runtime.settings.data_dir)),
@@ -150,7 +152,7 @@ def test_the_server_and_the_key_command_refuse_an_empty_key_file(runtime: Runtim
     assert done.returncode == 2 and done.stdout == ""
     assert str(path) in done.stderr and done.stderr.startswith("error: ")
     short = subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "key"],
+        [sys.executable, "-m", "web.cli", "key"],
         capture_output=True,
         text=True,
         env=_env(RECSEARCH_DATA_DIR=str(runtime.settings.data_dir), RECSEARCH_API_KEY="x"),

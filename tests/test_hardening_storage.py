@@ -20,16 +20,17 @@ from alembic import command
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog import ItemIn, upsert_items
-from engine.clock import utcnow
-from engine.config import Settings
-from engine.db import _alembic_config, head_revision, make_engine, upgrade
-from engine.embedder import Embedder
-from engine.errors import Conflict, InvalidInput, NotFound, NotReady
-from engine.index_store import CURRENT, IndexStore, VersionStore
-from engine.model_store import ModelStore
-from engine.models import Job
+from engine.catalog.items import ItemIn, upsert_items
+from engine.core.clock import utcnow
+from engine.core.config import Settings
+from engine.core.errors import Conflict, InvalidInput, NotFound, NotReady
+from engine.encoder.embedder import Embedder
+from engine.index.artifact import IndexStore
+from engine.index.versions import CURRENT, VersionStore
+from engine.ranking.model_store import ModelStore
 from engine.runtime import Runtime
+from engine.store.db import _alembic_config, head_revision, make_engine, upgrade
+from engine.store.models import Job
 from indexer.jobs import JobRunner
 from indexer.progress import Progress
 
@@ -170,7 +171,7 @@ def test_a_publish_that_cannot_switch_current_leaves_no_version(tmp_path: Path) 
 
 
 def test_json_files_are_written_through_unique_temporary_files(tmp_path: Path) -> None:
-    from engine.index_store import write_json_durably
+    from engine.core.files import write_json_durably
 
     target = tmp_path / "report.json"
     barrier = threading.Barrier(4)
@@ -390,7 +391,7 @@ def test_an_unexpected_job_failure_keeps_its_traceback(
 
 
 def test_index_status_before_and_after_a_build(runtime: Runtime, seed_index: Path) -> None:
-    from engine.status import index_status
+    from engine.index.status import index_status
 
     store = IndexStore(runtime.settings.index_dir)
     with runtime.session() as session:
@@ -421,11 +422,11 @@ def test_index_status_before_and_after_a_build(runtime: Runtime, seed_index: Pat
 def test_the_cli_status_shows_the_shared_index_status(runtime: Runtime, seed_index: Path) -> None:
     from click.testing import CliRunner
 
-    from indexer.cli import _Context, cli
+    from web.cli import Context, cli
 
     shutil.copytree(seed_index, runtime.settings.index_dir)
     result = CliRunner().invoke(
-        cli, ["status"], obj=_Context(runtime.settings, True, runtime), catch_exceptions=False
+        cli, ["status"], obj=Context(runtime.settings, True, runtime), catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
     assert "v000001: 325 items, Flat" in result.output

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from engine.catalog import get_item
+from engine.catalog.items import get_item
 from engine.runtime import Runtime
-from engine.users import load_user
-from indexer.cli import _Context, cli
+from engine.users.profile import load_user
 from indexer.datasets import beir_queries
+from web.cli import Context, cli
 
 
 def test_import_movielens(runtime: Runtime, tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_import_movielens(runtime: Runtime, tmp_path: Path) -> None:
     (folder / "ratings.csv").write_text(
         "userId,movieId,rating,timestamp\r\n7,1,4.5,964982703\r\n7,2,2.0,964981247\r\n8,1,5.0,964982224\r\n"
     )
-    context = _Context(runtime.settings, quiet=True, runtime=runtime)
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
     result = CliRunner().invoke(cli, ["import", "movielens", str(folder)], obj=context)
     assert result.exit_code == 0, result.output
     assert "3 movies (3 changed), 3 ratings recorded (0 already there)" in result.output
@@ -55,7 +55,7 @@ def test_import_beir_reads_only_id_and_text_of_queries(runtime: Runtime, tmp_pat
     (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     query = {"_id": "q1", "text": "cells divide", "metadata": {"d1": [{"label": "SUPPORT"}]}}
     (folder / "queries.jsonl").write_text(json.dumps(query) + "\n")
-    context = _Context(runtime.settings, quiet=True, runtime=runtime)
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
     result = CliRunner().invoke(cli, ["import", "beir", str(folder)], obj=context)
     assert result.exit_code == 0 and "2 items inserted or updated" in result.output
     with runtime.session() as session:

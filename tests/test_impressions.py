@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from engine.clock import utcnow
-from engine.errors import InvalidInput
-from engine.models import Impression
+from engine.core.clock import utcnow
+from engine.core.errors import InvalidInput
 from engine.runtime import Runtime
+from engine.store.models import Impression
 from indexer.train import impression_examples, train_from_impressions
 
 QUERIES = ["beach", "mountains", "old town", "desert", "wine", "temples", "lakes", "safari"]

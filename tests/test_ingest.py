@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from engine.catalog import delete_items, get_item
-from engine.errors import InvalidInput, NotFound
-from engine.models import Item
+from engine.catalog.items import delete_items, get_item
+from engine.core.errors import InvalidInput, NotFound
 from engine.runtime import Runtime
+from engine.store.models import Item
 from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG, write_jsonl
 

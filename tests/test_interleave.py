@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.interleave import credit, sign_test, team_draft
+from engine.ranking.interleave import credit, sign_test, team_draft
 
 _ids = st.lists(st.sampled_from([f"i{n}" for n in range(30)]), unique=True, max_size=20)
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from engine.catalog import ItemIn, upsert_items
-from engine.models import Event, Item
+from engine.catalog.items import ItemIn, upsert_items
 from engine.runtime import Runtime
+from engine.store.models import Event, Item
 from indexer.build import build
 from indexer.events import load_events
 from indexer.ingest import ingest

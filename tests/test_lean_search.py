@@ -15,15 +15,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import event
 
-from engine.clock import utcnow
-from engine.db import DriverStatement
-from engine.index_store import ITEMS
-from engine.item_watch import ItemWatch
-from engine.models import ItemTombstone
+from engine.catalog.item_watch import ItemWatch
+from engine.core.clock import utcnow
+from engine.index.artifact import ITEMS
 from engine.runtime import Runtime
-from engine.search import Searcher, SearchRequest
-from engine.state import SqlState
-from engine.users import UserState
+from engine.search.pipeline import Searcher
+from engine.search.request import SearchRequest
+from engine.store.db import DriverStatement
+from engine.store.models import ItemTombstone
+from engine.users.profile import UserState
+from engine.users.state import SqlState
 from tests.conftest import SAMPLE_CATALOG
 
 FIELDS = ("title", "text", "tags", "attributes", "created_at")
@@ -54,7 +55,7 @@ def statements(runtime: Runtime) -> Iterator[list[str]]:
 
 @contextmanager
 def driver_statements() -> Iterator[list[str]]:
-    """The SQL this thread runs through engine.db.DriverStatement while the block runs: a
+    """The SQL this thread runs through engine.store.db.DriverStatement while the block runs: a
     search's reads, which go to the driver's connection past SQLAlchemy's execution events
     (the statements still run; this only writes down their text)."""
     seen: list[str] = []
@@ -86,7 +87,7 @@ def test_a_search_reads_sql_once_and_no_item_fields(client: Any, built: Runtime)
     ]
     assert client.post("/v1/events", json={"events": events}).status_code == 200
     # Merchandising rules and the running experiment are read once per process, then by
-    # threads of their own (engine.reloaded, tests/test_reloaded.py), never by a search.
+    # threads of their own (engine.core.reloaded, tests/test_reloaded.py), never by a search.
     built.rules.get()
     built.experiments.get()
     built.watch.ready()  # a process's first search reads popularity and tombstones whole
@@ -184,7 +185,7 @@ def test_the_user_and_the_co_visits_come_in_one_read_with_the_last_event(
 def test_the_driver_reads_what_a_session_reads(client: Any, built: Runtime) -> None:
     """A search's two reads (the user with the co-visits and the deletions since the watch
     looked) run on the driver's own connection while the session has begun nothing
-    (engine.db.DriverStatement); a session that has begun reads them itself. Both give the
+    (engine.store.db.DriverStatement); a session that has begun reads them itself. Both give the
     same values of the same types, on SQLite and PostgreSQL."""
     for item_id in ("tokyo-japan", "kyoto-japan", "paris-france"):
         event = {"user_id": "pairs", "item_id": item_id, "type": "purchase", "value": 2.5}
@@ -281,7 +282,7 @@ def test_the_item_watch_forgets_the_deletions_a_build_pruned(client: Any, built:
     """The watch's whole read of the tombstones (every RESYNC_S) replaces what it followed:
     a deletion the build pruned (no kept version holds the item) leaves its memory, and the
     item stays gone. Between whole reads nothing is forgotten."""
-    from engine.catalog import prune_tombstones
+    from engine.catalog.items import prune_tombstones
     from indexer.build import build
 
     built.watch.close()

@@ -1,4 +1,4 @@
-"""BM25 scoring (engine.lexical) against bm25s's own retrieve, the oracle: the same rows with
+"""BM25 scoring (engine.index.lexical) against bm25s's own retrieve, the oracle: the same rows with
 bit-identical scores, ties allowed (bm25s orders equal scores arbitrarily; we by row)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.catalog import embedding_text
-from engine.lexical import LexicalIndex
+from engine.catalog.items import embedding_text
+from engine.index.lexical import LexicalIndex
 from tests.conftest import SAMPLE_CATALOG
 
 QUERIES = [

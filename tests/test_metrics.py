@@ -25,7 +25,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from engine.index_store import IndexStore
+from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
 from tests.conftest import PG_URL, ROOT, SAMPLE_CATALOG
 from web import create_app, metrics
@@ -259,7 +259,7 @@ def test_each_server_start_gets_a_fresh_private_metrics_dir(tmp_path: Path) -> N
 
 
 # A real `recsearch serve --workers 2`: the suite's own launcher, as a user runs it.
-RECSEARCH = [sys.executable, "-m", "indexer.cli"]
+RECSEARCH = [sys.executable, "-m", "web.cli"]
 
 
 def _free_port() -> int:

@@ -1,6 +1,7 @@
-"""Catalog changes announced at commit (engine.notify), on SQLite and PostgreSQL: each server's
-listener hears writes made through other connections, never a rolled-back or unchanged write,
-folds a burst into few wake-ups without losing the last, and survives a dropped connection."""
+"""Catalog changes announced at commit (engine.store.notify), on SQLite and PostgreSQL: each
+server's listener hears writes made through other connections, never a rolled-back or
+unchanged write, folds a burst into few wake-ups without losing the last, and survives a
+dropped connection."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.catalog import ItemIn, delete_items, upsert_items
-from engine.config import Settings
-from engine.db import ensure_schema, make_engine, session_factory
-from engine.notify import Listener
+from engine.catalog.items import ItemIn, delete_items, upsert_items
+from engine.core.config import Settings
+from engine.store.db import ensure_schema, make_engine, session_factory
+from engine.store.notify import Listener
 
 
 class Heard:

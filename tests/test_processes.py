@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import ROOT, SAMPLE_CATALOG
 
 pytestmark = pytest.mark.slow
-RECSEARCH = [sys.executable, "-m", "indexer.cli"]
+RECSEARCH = [sys.executable, "-m", "web.cli"]
 
 
 def free_port() -> int:

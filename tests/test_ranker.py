@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine.features import BASE_FEATURES
-from engine.metrics import auc, hit_rate_at_k, log_loss, ndcg_at_k, recall_at_k
-from engine.ranker import LinearRanker, fit_logistic
+from engine.ranking.feature_names import BASE_FEATURES
+from engine.ranking.metrics import auc, hit_rate_at_k, log_loss, ndcg_at_k, recall_at_k
+from engine.ranking.ranker import LinearRanker, fit_logistic
 
 _floats = st.floats(-1e3, 1e3, allow_nan=False)
 

@@ -1,5 +1,5 @@
 """Rules and the running experiment are read in the background, never inside a search once a
-process has them (engine.reloaded); a write in the process is seen at once, one in another
+process has them (engine.core.reloaded); a write in the process is seen at once, one in another
 process within the reload period."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from engine import rule_store
-from engine.reloaded import Reloaded
+from engine.core.reloaded import Reloaded
+from engine.ranking import rule_store
+from engine.ranking.schemas import RuleIn
 from engine.runtime import Runtime
-from engine.schemas import RuleIn
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
 
 # The tables the two caches read.
 RULES, EXPERIMENTS = "FROM rules", "FROM experiments"

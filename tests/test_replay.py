@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from engine.clock import utcnow
-from engine.events import EventIn, validate_event
-from engine.models import Covisit, Item
+from engine.core.clock import utcnow
 from engine.runtime import Runtime
-from engine.search import SearchRequest
-from engine.state import ReplayState, SqlState
-from engine.users import record_events
+from engine.search.request import SearchRequest
+from engine.store.models import Covisit, Item
+from engine.users.events import EventIn, validate_event
+from engine.users.recording import record_events
+from engine.users.replay import ReplayState
+from engine.users.state import SqlState
 from indexer.train import train_from_events
 from tests.conftest import ROOT, SHARED_DATA
 

@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.filters import Filters, Schema, parse
-from engine.index_store import ItemFields
-from engine.rules import Rule, apply, live_rules, normalize_query, pinned_ids, place_pins
+from engine.catalog.fields import ItemFields
+from engine.catalog.filters import Filters, Schema, parse
+from engine.ranking.rules import Rule, apply, live_rules, normalize_query, pinned_ids, place_pins
 
 IDS = ["a", "b", "c", "d", "e"]
 ITEMS = [

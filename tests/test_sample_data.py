@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from datetime import datetime
 
-from engine.catalog import validate_item
+from engine.catalog.items import validate_item
 from tests.conftest import ROOT, SAMPLE_CATALOG
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine.catalog import delete_items
-from engine.contract import validate
-from engine.errors import InvalidInput
-from engine.index_store import IndexStore
+from engine.catalog.items import delete_items
+from engine.core.contract import validate
+from engine.core.errors import InvalidInput
+from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
-from engine.schemas import SearchQuery
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
+from engine.search.schemas import SearchQuery
 from indexer.build import build
 
 

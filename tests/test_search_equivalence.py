@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.catalog import ItemIn, delete_items, upsert_items
-from engine.clock import iso_z, utcnow
-from engine.events import validate_event
-from engine.ranker import LinearRanker
+from engine.catalog.items import ItemIn, delete_items, upsert_items
+from engine.core.clock import iso_z, utcnow
+from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
-from engine.search import Searcher, SearchRequest
-from engine.users import record_events
+from engine.search.pipeline import Searcher
+from engine.search.request import SearchRequest
+from engine.users.events import validate_event
+from engine.users.recording import record_events
 from indexer.build import build
 from tests import _legacy_search
 from tests.conftest import ROOT, SAMPLE_CATALOG
@@ -52,7 +53,7 @@ REQUESTS = [
 def now(monkeypatch: pytest.MonkeyPatch) -> datetime:
     """One frozen clock for both paths, so popularity decay and freshness agree exactly."""
     frozen = utcnow()
-    monkeypatch.setattr("engine.search.utcnow", lambda: frozen)
+    monkeypatch.setattr("engine.search.pipeline.utcnow", lambda: frozen)
     monkeypatch.setattr(_legacy_search, "utcnow", lambda: frozen)
     return frozen
 
@@ -194,7 +195,7 @@ def test_same_results_with_a_delta_and_deletions(history: Runtime, now: datetime
 
 
 def _text_of(runtime: Runtime, item_id: str) -> str | None:
-    from engine.catalog import get_item
+    from engine.catalog.items import get_item
 
     with runtime.session() as session:
         return get_item(session, item_id).text

@@ -117,7 +117,7 @@ def test_each_worker_s_onnx_encoder_takes_every_core_and_spinning_pools_a_share(
     """ONNX Runtime's pool sleeps when idle (allow_spinning 0), so a worker's ONNX encoder may
     use every core; torch's encoder and the OpenMP/MKL/OpenBLAS pools spin, so workers share
     the cores among them; RECSEARCH_ENCODER_THREADS overrides both."""
-    from engine.config import Settings
+    from engine.core.config import Settings
     from web.server import encoder_threads, pool_threads
 
     monkeypatch.setattr("web.server.cores", lambda: 8)

@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from engine.embedder import Embedder
-from engine.models import Covisit, Event, ItemStats, ItemVector, UserFeatures
+from engine.encoder.embedder import Embedder
+from engine.store.models import Covisit, Event, ItemStats, ItemVector, UserFeatures
 from tests.conftest import ROOT, SAMPLE_CATALOG
 from tests.test_processes import RECSEARCH, cli, free_port, get
 from tests.test_serve import wait_ready, workers_of

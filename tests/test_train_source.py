@@ -8,15 +8,15 @@ from typing import Any
 from click.testing import CliRunner
 
 from engine.runtime import Runtime
-from indexer.cli import _Context, cli
 from indexer.events import load_events
 from indexer.train import default_source
 from tests.conftest import ROOT
 from tests.test_admin import wait_done
+from web.cli import Context, cli
 
 
 def _train(runtime: Runtime) -> str:
-    context = _Context(runtime.settings, quiet=True, runtime=runtime)
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
     result = CliRunner().invoke(cli, ["train"], obj=context)
     assert result.exit_code == 0, result.output
     return result.output

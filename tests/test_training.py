@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from engine.model_store import ModelStore
-from engine.ranker import LinearRanker
+from engine.ranking.model_store import ModelStore
+from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
 from indexer.build import build
-from indexer.cli import _Context, cli
 from indexer.ingest import ingest
 from indexer.train import Judgment, train_from_judgments
 from tests.conftest import SAMPLE_CATALOG, SHARED_DATA, write_jsonl
+from web.cli import Context, cli
 
 
 def description_judgments(n: int = 60) -> list[Judgment]:
@@ -46,7 +46,7 @@ def test_lexical_source_finds_rare_words(built: Runtime, tmp_path: Path) -> None
 
 
 def test_trained_model_is_saved_promoted_and_served_live(built: Runtime) -> None:
-    from engine.metrics import auc
+    from engine.ranking.metrics import auc
     from indexer.train import judgment_examples
 
     judgments = description_judgments()
@@ -86,7 +86,7 @@ def test_train_and_promote_commands(built: Runtime, tmp_path: Path) -> None:
         f"{j.query}\t{j.item_id}\t{j.grade}" for j in description_judgments()
     ]
     path.write_text("\n".join(lines) + "\n")
-    context = _Context(built.settings, quiet=True, runtime=built)
+    context = Context(built.settings, quiet=True, runtime=built)
     result = CliRunner().invoke(cli, ["train", "--judgments", str(path)], obj=context)
     assert result.exit_code == 0, result.output
     assert "model v000001" in result.output and "held-out AUC" in result.output

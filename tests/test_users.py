@@ -10,10 +10,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.config import Settings
-from engine.events import EventIn
+from engine.core.config import Settings
 from engine.runtime import Runtime
-from engine.users import UserState, event_weight, load_user, record_events
+from engine.users.events import EventIn
+from engine.users.profile import UserState, event_weight, load_user
+from engine.users.recording import record_events
 from indexer.ingest import ingest
 from tests.conftest import write_jsonl
 

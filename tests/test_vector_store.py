@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.ann import item_writer
-from engine.ann.milvus import client
-from engine.ann.milvus_alias import alias_target
-from engine.ann.milvus_filter import all_of, between, equals, one_of, quote
-from engine.config import Settings
-from engine.embedder import Embedder
-from engine.errors import Conflict
-from engine.index_store import IndexArtifact, IndexStore
+from engine.core.config import Settings
+from engine.core.errors import Conflict
+from engine.encoder.embedder import Embedder
+from engine.index.ann import item_writer
+from engine.index.ann.milvus import client
+from engine.index.ann.milvus_alias import alias_target
+from engine.index.ann.milvus_filter import all_of, between, equals, one_of, quote
+from engine.index.artifact import IndexArtifact, IndexStore
 from engine.runtime import Runtime
-from engine.search import SearchRequest
+from engine.search.request import SearchRequest
 from indexer.build import BuildReport, build
 from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG
@@ -345,8 +345,8 @@ def test_lite_open_in_another_process_is_a_clear_error(lite_uri: str) -> None:
     client(lite_uri)  # this process holds it
     code = (
         "import sys\n"
-        "from engine.ann.milvus import client\n"
-        "from engine.errors import ConfigError\n"
+        "from engine.index.ann.milvus import client\n"
+        "from engine.core.errors import ConfigError\n"
         "try:\n"
         f"    client({lite_uri!r})\n"
         "except ConfigError as exc:\n"
@@ -362,17 +362,17 @@ def test_lite_open_in_another_process_is_a_clear_error(lite_uri: str) -> None:
 def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from indexer.cli import _Context, cli
+    from web.cli import Context, cli
 
     settings = Settings(data_dir=tmp_path / "var", vector_store="milvus")
-    result = CliRunner().invoke(cli, ["serve", "--workers", "2"], obj=_Context(settings, True))
+    result = CliRunner().invoke(cli, ["serve", "--workers", "2"], obj=Context(settings, True))
     assert result.exit_code == 2
     assert "serves one process: use --workers 1" in result.output
 
 
 def test_milvus_setup_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.ann import RowLabels, create_index
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
+    from engine.index.ann import RowLabels, create_index
 
     faiss_only = Settings(data_dir=tmp_path, vector_store="milvus", index_type="IVF64,PQ8")
     with pytest.raises(ConfigError, match="use auto, flat, hnsw or ivf"):

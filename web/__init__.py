@@ -7,7 +7,7 @@ import logging
 from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from engine.config import Settings
+from engine.core.config import Settings
 from engine.runtime import Runtime
 from web.json_provider import OrjsonProvider
 

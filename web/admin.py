@@ -8,19 +8,33 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from engine import experiments, rule_store, schemas
-from engine.catalog import get_item, item_to_dict
-from engine.contract import check_id
-from engine.model_store import ModelStore
-from engine.search import SearchRequest
-from engine.status import index_status
-from engine.users import recent_events, user_profile
+from engine.catalog.items import get_item, item_to_dict
+from engine.core.contract import check_id
+from engine.index.schemas import IndexVersionOut, VersionBody
+from engine.index.status import index_status
+from engine.ranking import experiments, rule_store
+from engine.ranking.model_store import ModelStore
+from engine.ranking.schemas import (
+    ExperimentIn,
+    ExperimentList,
+    ExperimentOut,
+    ModelVersionOut,
+    RuleDeleted,
+    RuleIn,
+    RuleList,
+    RuleOut,
+)
+from engine.search.request import SearchRequest
+from engine.search.schemas import SearchOut, SearchQuery, search_json
+from engine.users.profile import recent_events, user_profile
 from indexer.jobs import JobRunner
+from indexer.schemas import Job, JobList, TrainBody
 from web import runtime_of
 from web.auth import require_admin
 from web.contract import body, operation, query
 from web.latency import LATENCY, LatencyHistory, latency_summary
 from web.metrics import observe_search
+from web.schemas import AdminItem, AdminStatus, AdminUser, EmptyBody
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 JOBS = "recsearch_jobs"
@@ -53,43 +67,43 @@ _ADMIN: dict[str, Any] = {"tag": "admin", "access": "admin"}
 @bp.post("/rebuild")
 @operation(
     summary="Start an index build",
-    body=schemas.EmptyBody,
+    body=EmptyBody,
     body_required=False,
-    responses={202: schemas.Job},
+    responses={202: Job},
     **_ADMIN,
 )
 def rebuild() -> ResponseReturnValue:
-    body(schemas.EmptyBody, required=False)
+    body(EmptyBody, required=False)
     return jsonify(jobs().start("build")), 202
 
 
 @bp.post("/train")
 @operation(
     summary="Start training a ranking model",
-    body=schemas.TrainBody,
+    body=TrainBody,
     body_required=False,
-    responses={202: schemas.Job},
+    responses={202: Job},
     **_ADMIN,
 )
 def train() -> ResponseReturnValue:
-    params = body(schemas.TrainBody, required=False)
+    params = body(TrainBody, required=False)
     return jsonify(jobs().start("train", params.model_dump())), 202
 
 
 @bp.get("/jobs")
-@operation(summary="Recent jobs", responses={200: schemas.JobList}, **_ADMIN)
+@operation(summary="Recent jobs", responses={200: JobList}, **_ADMIN)
 def job_list() -> ResponseReturnValue:
     return jsonify({"jobs": jobs().list()})
 
 
 @bp.get("/jobs/<int:job_id>")
-@operation(summary="One job with its progress", responses={200: schemas.Job}, **_ADMIN)
+@operation(summary="One job with its progress", responses={200: Job}, **_ADMIN)
 def job_get(job_id: int) -> ResponseReturnValue:
     return jsonify(jobs().get(job_id))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
-@operation(summary="Ask a job to stop", responses={200: schemas.Job}, **_ADMIN)
+@operation(summary="Ask a job to stop", responses={200: Job}, **_ADMIN)
 def job_cancel(job_id: int) -> ResponseReturnValue:
     return jsonify(jobs().cancel(job_id))
 
@@ -97,12 +111,12 @@ def job_cancel(job_id: int) -> ResponseReturnValue:
 @bp.post("/rollback")
 @operation(
     summary="Serve an earlier index version",
-    body=schemas.VersionBody,
-    responses={200: schemas.IndexVersionOut},
+    body=VersionBody,
+    responses={200: IndexVersionOut},
     **_ADMIN,
 )
 def rollback() -> ResponseReturnValue:
-    version = body(schemas.VersionBody).version
+    version = body(VersionBody).version
     runtime_of(current_app).live.store.point_current_at(version)
     return jsonify({"index_version": version})
 
@@ -110,12 +124,12 @@ def rollback() -> ResponseReturnValue:
 @bp.post("/promote")
 @operation(
     summary="Make a model version live",
-    body=schemas.VersionBody,
-    responses={200: schemas.ModelVersionOut},
+    body=VersionBody,
+    responses={200: ModelVersionOut},
     **_ADMIN,
 )
 def promote() -> ResponseReturnValue:
-    version = body(schemas.VersionBody).version
+    version = body(VersionBody).version
     ModelStore(runtime_of(current_app).settings.model_dir).point_current_at(version)
     return jsonify({"model_version": version})
 
@@ -123,12 +137,12 @@ def promote() -> ResponseReturnValue:
 @bp.post("/rules")
 @operation(
     summary="Add a merchandising rule (pin, boost, bury, hide)",
-    body=schemas.RuleIn,
-    responses={201: schemas.RuleOut},
+    body=RuleIn,
+    responses={201: RuleOut},
     **_ADMIN,
 )
 def rule_create() -> ResponseReturnValue:
-    rule = body(schemas.RuleIn)
+    rule = body(RuleIn)
     runtime = runtime_of(current_app)
     with runtime.write_session() as session:
         created = rule_store.create(session, rule)
@@ -137,14 +151,14 @@ def rule_create() -> ResponseReturnValue:
 
 
 @bp.get("/rules")
-@operation(summary="The merchandising rules", responses={200: schemas.RuleList}, **_ADMIN)
+@operation(summary="The merchandising rules", responses={200: RuleList}, **_ADMIN)
 def rule_list() -> ResponseReturnValue:
     with runtime_of(current_app).session() as session:
         return jsonify({"rules": rule_store.list_all(session)})
 
 
 @bp.delete("/rules/<int:rule_id>")
-@operation(summary="Delete a merchandising rule", responses={200: schemas.RuleDeleted}, **_ADMIN)
+@operation(summary="Delete a merchandising rule", responses={200: RuleDeleted}, **_ADMIN)
 def rule_delete(rule_id: int) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     with runtime.write_session() as session:
@@ -156,12 +170,12 @@ def rule_delete(rule_id: int) -> ResponseReturnValue:
 @bp.post("/experiments")
 @operation(
     summary="Start an online experiment (team-draft interleaving)",
-    body=schemas.ExperimentIn,
-    responses={201: schemas.ExperimentOut},
+    body=ExperimentIn,
+    responses={201: ExperimentOut},
     **_ADMIN,
 )
 def experiment_start() -> ResponseReturnValue:
-    wanted = body(schemas.ExperimentIn)
+    wanted = body(ExperimentIn)
     runtime = runtime_of(current_app)
     models = ModelStore(runtime.settings.model_dir)
     with runtime.write_session() as session:
@@ -171,7 +185,7 @@ def experiment_start() -> ResponseReturnValue:
 
 
 @bp.get("/experiments")
-@operation(summary="Recent experiments", responses={200: schemas.ExperimentList}, **_ADMIN)
+@operation(summary="Recent experiments", responses={200: ExperimentList}, **_ADMIN)
 def experiment_list() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     runtime.impressions.flush()
@@ -181,7 +195,7 @@ def experiment_list() -> ResponseReturnValue:
 
 
 @bp.get("/experiments/<int:experiment_id>")
-@operation(summary="An experiment's report", responses={200: schemas.ExperimentOut}, **_ADMIN)
+@operation(summary="An experiment's report", responses={200: ExperimentOut}, **_ADMIN)
 def experiment_get(experiment_id: int) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     runtime.impressions.flush()  # this process's latest interleaved requests count too
@@ -194,7 +208,7 @@ def experiment_get(experiment_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/experiments/<int:experiment_id>/stop")
-@operation(summary="Stop an experiment", responses={200: schemas.ExperimentOut}, **_ADMIN)
+@operation(summary="Stop an experiment", responses={200: ExperimentOut}, **_ADMIN)
 def experiment_stop(experiment_id: int) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     with runtime.write_session() as session:
@@ -206,7 +220,7 @@ def experiment_stop(experiment_id: int) -> ResponseReturnValue:
 @bp.post("/experiments/<int:experiment_id>/promote")
 @operation(
     summary="Make an experiment's candidate live (ends it)",
-    responses={200: schemas.ExperimentOut},
+    responses={200: ExperimentOut},
     **_ADMIN,
 )
 def experiment_promote(experiment_id: int) -> ResponseReturnValue:
@@ -221,25 +235,25 @@ def experiment_promote(experiment_id: int) -> ResponseReturnValue:
 @bp.get("/search")
 @operation(
     summary="The playground's search, always explained",
-    query=schemas.SearchQuery,
-    responses={200: schemas.SearchOut},
+    query=SearchQuery,
+    responses={200: SearchOut},
     **_ADMIN,
 )
 def playground_search() -> ResponseReturnValue:
     """The playground's search: the same engine call and JSON, with explanations."""
     runtime = runtime_of(current_app)
-    search = query(schemas.SearchQuery, lists=("context_items",))
+    search = query(SearchQuery, lists=("context_items",))
     search = search.model_copy(update={"explain": True})
     with runtime.session() as db:
         response = runtime.searcher.search(db, search.to_request())
     observe_search(runtime, response)
-    return jsonify(schemas.search_json(response, explain=True))
+    return jsonify(search_json(response, explain=True))
 
 
 @bp.get("/users/<path:user_id>")
 @operation(
     summary="A user's profile, latest events and recommendations (explained)",
-    responses={200: schemas.AdminUser},
+    responses={200: AdminUser},
     **_ADMIN,
 )
 def user_inspect(user_id: str) -> ResponseReturnValue:
@@ -254,7 +268,7 @@ def user_inspect(user_id: str) -> ResponseReturnValue:
         {
             "profile": profile,
             "events": events,
-            "recommendations": schemas.search_json(found, explain=True),
+            "recommendations": search_json(found, explain=True),
         }
     )
 
@@ -262,7 +276,7 @@ def user_inspect(user_id: str) -> ResponseReturnValue:
 @bp.get("/items/<path:item_id>")
 @operation(
     summary="An item and its similar items (explained)",
-    responses={200: schemas.AdminItem},
+    responses={200: AdminItem},
     **_ADMIN,
 )
 def item_inspect(item_id: str) -> ResponseReturnValue:
@@ -274,13 +288,11 @@ def item_inspect(item_id: str) -> ResponseReturnValue:
             session, SearchRequest(k=8, explain=True, similar_to=item_id)
         )
     observe_search(runtime, found)
-    return jsonify({"item": item, "similar": schemas.search_json(found, explain=True)})
+    return jsonify({"item": item, "similar": search_json(found, explain=True)})
 
 
 @bp.get("/status")
-@operation(
-    summary="Index, models, jobs and search latency", responses={200: schemas.AdminStatus}, **_ADMIN
-)
+@operation(summary="Index, models, jobs and search latency", responses={200: AdminStatus}, **_ADMIN)
 def status() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     store = runtime.live.store

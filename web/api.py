@@ -9,18 +9,29 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from werkzeug.exceptions import BadRequest
 
-from engine import schemas
-from engine.catalog import delete_items, get_item, item_to_dict, parse_items_payload, upsert_items
-from engine.clock import utcnow
-from engine.contract import check_id
-from engine.embedder import describe_encoder
-from engine.errors import InvalidInput, NotFound, TooLarge
-from engine.events import parse_events_payload
-from engine.users import record_events, user_profile
+from engine.catalog.items import (
+    ItemIn,
+    delete_items,
+    get_item,
+    item_to_dict,
+    parse_items_payload,
+    upsert_items,
+)
+from engine.catalog.schemas import ItemDeleted, ItemOut, ItemsBody, ItemsWritten
+from engine.core.clock import utcnow
+from engine.core.contract import check_id
+from engine.core.errors import InvalidInput, NotFound, TooLarge
+from engine.encoder.embedder import describe_encoder
+from engine.search.schemas import SearchOut, SearchQuery, SimilarQuery, search_json
+from engine.users.events import EventBody, parse_events_payload
+from engine.users.profile import user_profile
+from engine.users.recording import record_events
+from engine.users.schemas import EventsBody, EventsRecorded, UserProfile
 from web import runtime_of
 from web.auth import require_key
 from web.contract import body, json_payload, operation, query
 from web.metrics import observe_events, observe_rejected_events, observe_search
+from web.schemas import Health, Ready
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 MAX_ITEMS_DOCUMENTED = 1_000  # RECSEARCH_MAX_BATCH_ITEMS by default
@@ -29,36 +40,36 @@ health = Blueprint("health", __name__)
 _SEARCH = {
     "tag": "search",
     "access": "key-or-open",
-    "responses": {200: schemas.SearchOut},
+    "responses": {200: SearchOut},
     "description": "Open without a key when served on loopback (RECSEARCH_OPEN_ENDPOINTS).",
 }
 
 
 @bp.get("/search")
-@operation(summary="Search or recommend", query=schemas.SearchQuery, **_SEARCH)
+@operation(summary="Search or recommend", query=SearchQuery, **_SEARCH)
 def search_get() -> ResponseReturnValue:
     require_key("search")
-    return _search(query(schemas.SearchQuery, lists=("context_items",)))
+    return _search(query(SearchQuery, lists=("context_items",)))
 
 
 @bp.post("/search")
-@operation(summary="Search or recommend (JSON body)", body=schemas.SearchQuery, **_SEARCH)
+@operation(summary="Search or recommend (JSON body)", body=SearchQuery, **_SEARCH)
 def search_post() -> ResponseReturnValue:
     require_key("search")
-    return _search(body(schemas.SearchQuery))
+    return _search(body(SearchQuery))
 
 
-def _search(search: schemas.SearchQuery) -> ResponseReturnValue:
+def _search(search: SearchQuery) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     response = runtime.search(search.to_request())
     observe_search(runtime, response)
-    return jsonify(schemas.search_json(response, explain=search.explain))
+    return jsonify(search_json(response, explain=search.explain))
 
 
 def _items_schema(ref: Any) -> dict[str, Any]:
-    item = ref(schemas.ItemIn)
+    item = ref(ItemIn)
     array = {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_ITEMS_DOCUMENTED}
-    return {"oneOf": [item, array, ref(schemas.ItemsBody)]}
+    return {"oneOf": [item, array, ref(ItemsBody)]}
 
 
 @bp.post("/items")
@@ -66,7 +77,7 @@ def _items_schema(ref: Any) -> dict[str, Any]:
     summary="Insert or update items (one, an array, or {items: [...]}; all or nothing)",
     tag="items",
     body_schema=_items_schema,
-    responses={200: schemas.ItemsWritten, 201: schemas.ItemsWritten},
+    responses={200: ItemsWritten, 201: ItemsWritten},
 )
 def items_post() -> ResponseReturnValue:
     require_key()
@@ -87,7 +98,7 @@ def items_post() -> ResponseReturnValue:
 
 
 @bp.get("/items/<path:item_id>")
-@operation(summary="One item", tag="items", access="key-or-open", responses={200: schemas.ItemOut})
+@operation(summary="One item", tag="items", access="key-or-open", responses={200: ItemOut})
 def item_get(item_id: str) -> ResponseReturnValue:
     require_key("search")
     item_id = check_id(item_id, "item_id")
@@ -96,19 +107,19 @@ def item_get(item_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/items/<path:item_id>/similar")
-@operation(summary="Items similar to an item", query=schemas.SimilarQuery, **_SEARCH)
+@operation(summary="Items similar to an item", query=SimilarQuery, **_SEARCH)
 def item_similar(item_id: str) -> ResponseReturnValue:
     require_key("search")
     item_id = check_id(item_id, "item_id")
-    similar = query(schemas.SimilarQuery)
+    similar = query(SimilarQuery)
     runtime = runtime_of(current_app)
     response = runtime.search(similar.to_request(item_id))
     observe_search(runtime, response)
-    return jsonify(schemas.search_json(response, explain=similar.explain))
+    return jsonify(search_json(response, explain=similar.explain))
 
 
 @bp.delete("/items/<path:item_id>")
-@operation(summary="Delete an item", tag="items", responses={200: schemas.ItemDeleted})
+@operation(summary="Delete an item", tag="items", responses={200: ItemDeleted})
 def item_delete(item_id: str) -> ResponseReturnValue:
     require_key()
     item_id = check_id(item_id, "item_id")
@@ -119,7 +130,7 @@ def item_delete(item_id: str) -> ResponseReturnValue:
 
 
 def _events_schema(ref: Any) -> dict[str, Any]:
-    return {"oneOf": [ref(schemas.EventBody), ref(schemas.EventsBody)]}
+    return {"oneOf": [ref(EventBody), ref(EventsBody)]}
 
 
 @bp.post("/events")
@@ -128,7 +139,7 @@ def _events_schema(ref: Any) -> dict[str, Any]:
     tag="events",
     access="key-or-open",
     body_schema=_events_schema,
-    responses={200: schemas.EventsRecorded},
+    responses={200: EventsRecorded},
 )
 def events_post() -> ResponseReturnValue:
     """Record events and update the users' features before answering (read-your-writes)."""
@@ -158,7 +169,7 @@ def events_post() -> ResponseReturnValue:
 
 
 @bp.get("/users/<path:user_id>")
-@operation(summary="A user's features", tag="users", responses={200: schemas.UserProfile})
+@operation(summary="A user's features", tag="users", responses={200: UserProfile})
 def user_get(user_id: str) -> ResponseReturnValue:
     require_key()
     user_id = check_id(user_id, "user_id")
@@ -168,7 +179,7 @@ def user_get(user_id: str) -> ResponseReturnValue:
 
 
 @health.get("/healthz")
-@operation(summary="Liveness", tag="health", access="public", responses={200: schemas.Health})
+@operation(summary="Liveness", tag="health", access="public", responses={200: Health})
 def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
@@ -178,7 +189,7 @@ def healthz() -> ResponseReturnValue:
     summary="Readiness: the database answers and an index is published",
     tag="health",
     access="public",
-    responses={200: schemas.Ready, 503: schemas.Ready},
+    responses={200: Ready, 503: Ready},
 )
 def readyz() -> ResponseReturnValue:
     runtime = runtime_of(current_app)

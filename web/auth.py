@@ -21,8 +21,8 @@ from flask import Response as FlaskResponse
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
-from engine.config import Settings
-from engine.secrets import api_key
+from engine.core.config import Settings
+from engine.core.secrets import api_key
 
 # Areas that RECSEARCH_OPEN_ENDPOINTS may open: "auto" opens them all, on loopback only.
 OPEN_AREAS = ("search", "events", "metrics")

@@ -1,6 +1,6 @@
 """Reading a request against the typed contract, and declaring each route's contract.
 
-A view reads its input with `body(Model)` or `query(Model)` (engine.contract turns every
+A view reads its input with `body(Model)` or `query(Model)` (engine.core.contract turns every
 problem into a 422 naming the field) and declares what it takes and returns with
 `@operation(...)`, which is all web/openapi.py needs to describe the route.
 """
@@ -16,7 +16,7 @@ from flask import current_app, request
 from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest
 
-from engine.contract import validate
+from engine.core.contract import validate
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import (
+from engine.core.errors import (
     ConfigError,
     Conflict,
     InvalidInput,

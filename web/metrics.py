@@ -41,12 +41,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.clock import utcnow
-from engine.errors import NotReady
-from engine.models import Item, Job
+from engine.core.clock import utcnow
+from engine.core.errors import NotReady
 from engine.runtime import Runtime
-from engine.search import SearchResponse
-from engine.users import EventReport
+from engine.search.request import SearchResponse
+from engine.store.models import Item, Job
+from engine.users.recording import EventReport
 from web import runtime_of
 from web.auth import require_key
 from web.contract import operation

@@ -4,7 +4,7 @@ A thin generator over pydantic's JSON Schema rather than a Flask OpenAPI extensi
 3.1 *is* JSON Schema 2020-12, which pydantic already writes, so the spec needs only the
 routes (Flask's url_map) and each view's `@operation` (web/contract.py). An extension
 (flask-openapi3, spectree, apispec) would own routing or validation, which engine/ already
-does through engine.contract, and would add a second idea of what a valid request is.
+does through engine.core.contract, and would add a second idea of what a valid request is.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from engine.schemas import ErrorBody
 from web.contract import Operation, operation
+from web.schemas import ErrorBody
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"

@@ -7,7 +7,7 @@ Why these choices:
 - Thread budget (pool_threads, encoder_threads): pools that spin while they wait (torch's
   OpenMP, MKL, OpenBLAS) get max(1, cores // workers) threads per worker, so workers ×
   threads ≤ cores: oversubscribed, they turned a 15 ms torch query into 233 ms on a busy
-  2-core machine (NOTES.md). ONNX Runtime's pool does not spin here (engine.onnx_encoder),
+  2-core machine (NOTES.md). ONNX Runtime's pool does not spin here (engine.encoder.onnx_encoder),
   so each worker's ONNX encoder gets every core: a lone request then encodes on all of
   them, and concurrent ones share the cores through the OS. RECSEARCH_ENCODER_THREADS
   overrides both.
@@ -33,8 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.config import Settings
-from engine.index_store import make_private_dir
+from engine.core.config import Settings
+from engine.core.files import make_private_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,48 @@
+"""The catalog's bodies in the public contract: a batch of items in; an item and a write's
+counts out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+)
+
+from engine.catalog.items import ItemIn
+
+if TYPE_CHECKING:
+    pass
+
+
+class ItemsBody(BaseModel):
+    """A batch of items; POST /v1/items also takes one item or a bare array of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class ItemOut(BaseModel):
+    id: str
+    title: str
+    text: str | None
+    category: str | None
+    tags: list[str]
+    attributes: dict[str, bool | int | float | str]
+    created_at: str | None
+    updated_at: str | None
+
+
+class ItemsWritten(BaseModel):
+    inserted: int
+    updated: int
+    unchanged: int
+    ids: list[str]
+    note: str
+
+
+class ItemDeleted(BaseModel):
+    deleted: str

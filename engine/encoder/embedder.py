@@ -1,0 +1,235 @@
+"""Text → unit vectors with the model RECSEARCH_MODEL names, by the RECSEARCH_ENCODER backend.
+
+Backends: "onnx" (ONNX Runtime on a graph exported once and checked against torch, see
+engine/encoder/onnx_export.py and engine/encoder/onnx_encoder.py), "onnx-int8" (the same
+graph with int8 weights) and "torch" (sentence-transformers). Batches (builds) run on the device
+RECSEARCH_DEVICE picks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from engine.core.config import ENCODERS, Settings, is_device
+from engine.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engine.encoder.onnx_export import ProbeCheck
+
+log = logging.getLogger(__name__)
+
+
+class TextEncoder(Protocol):
+    """One backend: texts in, (len(texts), dim) float32 unit vectors out."""
+
+    backend: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class TorchEncoder:
+    """sentence-transformers on torch, the reference every other backend is checked against."""
+
+    backend = "torch"
+
+    def __init__(self, settings: Settings, device: str) -> None:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
+        if settings.encoder_threads:
+            import torch
+
+            torch.set_num_threads(settings.encoder_threads)
+        path = settings.model_path()
+        try:
+            self.model = SentenceTransformer(
+                path, device=device, local_files_only=settings.model_offline
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"RECSEARCH_MODEL={settings.model!r}: cannot load the model from {path!r} "
+                f"({exc}). Point it at a sentence-transformers folder, or set "
+                "RECSEARCH_MODEL_OFFLINE=0 to allow downloads."
+            ) from exc
+        self.model.eval()
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ConfigError(f"RECSEARCH_MODEL={settings.model!r} does not report its dimension")
+        self.dim = int(dim)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=max(1, len(texts)),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def resolve_device(requested: str) -> str:
+    """ "cpu" or "cuda[:N]": auto is CUDA where torch or onnxruntime sees a device.
+
+    Raises ConfigError for an unknown value, and for cuda on a machine without CUDA.
+    """
+    if not is_device(requested):
+        raise ConfigError(
+            f"RECSEARCH_DEVICE={requested!r}: expected auto, cpu, cuda or cuda:<index>"
+        )
+    if requested == "cpu":
+        return "cpu"
+    torch_cuda, ort_cuda = _cuda_support()
+    if torch_cuda or ort_cuda:
+        return "cuda" if requested == "auto" else requested
+    if requested == "auto":
+        return "cpu"
+    raise ConfigError(
+        f"RECSEARCH_DEVICE={requested}: no CUDA device here (torch.cuda.is_available() is "
+        "False and onnxruntime has no CUDAExecutionProvider); set RECSEARCH_DEVICE=auto or cpu"
+    )
+
+
+def _cuda_support() -> tuple[bool, bool]:
+    import onnxruntime
+    import torch
+
+    ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return torch.cuda.is_available(), ort_cuda
+
+
+class Embedder:
+    """Encodes items in batches and queries one at a time, with a small query cache.
+
+    Every vector it returns is float32 and L2-normalized, so inner product is cosine.
+    `encoder` is the backend for queries; `batch_encoder` the one that encodes batches, which
+    differs on a GPU where onnxruntime has no CUDA provider (torch on CUDA encodes them).
+    `check` is the ONNX export's agreement with torch (None for torch).
+    """
+
+    def __init__(self, settings: Settings, *, query_cache_size: int = 1024) -> None:
+        if settings.encoder not in ENCODERS:
+            raise ConfigError(
+                f"RECSEARCH_ENCODER={settings.encoder!r}: expected one of {', '.join(ENCODERS)}"
+            )
+        self.device = resolve_device(settings.device)
+        self.name = settings.model_name()
+        self.encoder = settings.encoder
+        self.batch_size = settings.embed_batch_size
+        self.check: ProbeCheck | None = None
+        self._query: TextEncoder
+        self._batch: TextEncoder
+        if settings.encoder == "torch":
+            torch_cuda, _ = _cuda_support()
+            if self.device != "cpu" and not torch_cuda:
+                self.device = _no_gpu(settings, "torch sees no CUDA device")
+            self._query = self._batch = TorchEncoder(settings, self.device)
+        else:
+            from engine.encoder.onnx_export import load_onnx_encoder
+
+            self._query, self.check = load_onnx_encoder(settings, settings.encoder)
+            self._batch = self._query
+            if self.device != "cpu":
+                gpu = _gpu_batch_encoder(settings, self.device)
+                if gpu is None:
+                    self.device = _no_gpu(settings, "neither onnxruntime nor torch opened it")
+                else:
+                    self._batch = gpu
+        self.batch_encoder = self._batch.backend
+        self.dim = self._query.dim
+        if self._batch.dim != self.dim:
+            raise ConfigError(
+                f"RECSEARCH_DEVICE={self.device}: the batch encoder gives {self._batch.dim} "
+                f"dimensions, the query encoder {self.dim}"
+            )
+        log.info(
+            "encoder %s for queries, %s on %s for batches (model %s, %d dims)",
+            self.encoder,
+            self.batch_encoder,
+            self.device,
+            self.name,
+            self.dim,
+        )
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = query_cache_size
+        self._lock = threading.Lock()
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalized; calls progress(n) after each batch.
+
+        Texts are batched longest first (as sentence-transformers does), so a batch pads to
+        texts of similar length; rows come back in the input's order.
+        """
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = self._batch.embed([texts[i] for i in rows])
+            if progress is not None:
+                progress(len(rows))
+        return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """(dim,) float32, L2-normalized; repeated queries come from an LRU cache."""
+        with self._lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                return cached
+        vector = self._query.embed([text])[0].astype(np.float32, copy=True)
+        vector.setflags(write=False)
+        with self._lock:
+            self._cache[text] = vector
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return vector
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+def _gpu_batch_encoder(settings: Settings, device: str) -> TextEncoder | None:
+    """onnxruntime's CUDA provider on the fp32 export (int8 is a CPU format), else torch on
+    CUDA; None when neither reaches the device."""
+    torch_cuda, ort_cuda = _cuda_support()
+    if ort_cuda:
+        from engine.encoder.onnx_export import load_onnx_encoder
+
+        encoder, _ = load_onnx_encoder(settings, "onnx", device=device)
+        if "CUDAExecutionProvider" in encoder.providers:
+            return encoder
+        log.warning("onnxruntime could not open %s; batches fall back to torch", device)
+    if torch_cuda:
+        return TorchEncoder(settings, device)
+    return None
+
+
+def _no_gpu(settings: Settings, why: str) -> str:
+    """ "cpu" for RECSEARCH_DEVICE=auto; ConfigError for an explicit cuda."""
+    if settings.device == "auto":
+        log.warning("RECSEARCH_DEVICE=auto: a CUDA device was listed but %s; using the CPU", why)
+        return "cpu"
+    raise ConfigError(f"RECSEARCH_DEVICE={settings.device}: {why}; set RECSEARCH_DEVICE=cpu")
+
+
+def describe_encoder(serving: str, manifest: Mapping[str, Any]) -> str:
+    """The serving backend, and the index's when they differ: "onnx (index built with torch)".
+
+    Indexes from before the manifest recorded it were built with torch.
+    """
+    built = manifest.get("model", {}).get("encoder", "torch")
+    return serving if built == serving else f"{serving} (index built with {built})"

@@ -1,0 +1,273 @@
+"""A sentence-transformers model run by ONNX Runtime: the model's own tokenizer and truncation,
+the exported transformer graph, then its pooling and L2 normalization in numpy.
+
+engine/encoder/onnx_export.py makes the graph (once per model, checked against torch) and builds
+this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.core.config import Settings
+from engine.core.errors import ConfigError
+
+FALLBACK = "set RECSEARCH_ENCODER=torch to encode with torch instead"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the torch model does around its transformer, read from its configuration files."""
+
+    folder: Path  # the sentence-transformers folder
+    transformer: Path  # the folder of the transformer module (tokenizer and weights)
+    max_seq_length: int  # tokens; longer texts are truncated
+    do_lower_case: bool
+    pooling: tuple[str, ...]  # sentence-transformers pooling modes, concatenated in this order
+    normalize: bool  # the model ends with a Normalize module
+
+
+def model_folder(settings: Settings) -> Path:
+    """The local sentence-transformers folder RECSEARCH_MODEL names (a hub name resolves to
+    its local snapshot); ConfigError when there is none."""
+    path = settings.model_path()
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=settings.model_offline))
+    except Exception as exc:  # an invalid repo id, a missing snapshot, no network
+        raise ConfigError(
+            f"RECSEARCH_MODEL={settings.model!r}: cannot load the model from {path!r} ({exc}). "
+            "Point it at a sentence-transformers folder, or set RECSEARCH_MODEL_OFFLINE=0 to "
+            "allow downloads."
+        ) from exc
+
+
+def read_spec(folder: Path, model_setting: str) -> ModelSpec:
+    """The model's modules (modules.json) as a ModelSpec; ConfigError for a module this
+    backend cannot reproduce (Dense, a default prompt, ...)."""
+
+    def unsupported(what: str) -> ConfigError:
+        return ConfigError(
+            f"RECSEARCH_MODEL={model_setting!r}: {what} is not supported by the ONNX encoder; "
+            f"{FALLBACK}"
+        )
+
+    modules_file = folder / "modules.json"
+    # A plain transformers folder: sentence-transformers adds mean pooling.
+    modules = read_json(modules_file) if modules_file.is_file() else [{"type": "Transformer"}]
+    transformer: Path | None = None
+    pooling: tuple[str, ...] = ("mean",) if not modules_file.is_file() else ()
+    normalize = False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = folder / module.get("path", "")
+        if kind == "Transformer" and transformer is None:
+            transformer = path
+        elif kind == "Pooling" and transformer is not None and not pooling:
+            pooling = _pooling_modes(read_json(path / "config.json"))
+        elif kind == "Normalize" and pooling:
+            normalize = True
+        else:
+            raise unsupported(f"module {module.get('type')!r} in {modules_file}")
+    if transformer is None or not pooling:
+        raise unsupported(f"a module list without a Transformer and a Pooling ({modules_file})")
+    st_config = folder / "config_sentence_transformers.json"
+    if st_config.is_file() and read_json(st_config).get("default_prompt_name"):
+        raise unsupported("a default prompt")
+    bert_config = transformer / "sentence_bert_config.json"
+    config = read_json(bert_config) if bert_config.is_file() else {}
+    max_len = config.get("max_seq_length")
+    if max_len is None:
+        model_config = read_json(transformer / "config.json")
+        max_len = int(model_config.get("max_position_embeddings", 512))
+    return ModelSpec(
+        folder=folder,
+        transformer=transformer,
+        max_seq_length=int(max_len),
+        do_lower_case=bool(config.get("do_lower_case", False)),
+        pooling=pooling,
+        normalize=normalize,
+    )
+
+
+def _pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
+    # sentence-transformers 6 writes "pooling_mode"; older folders one boolean per mode, which
+    # it concatenates in this order.
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str):
+        return (mode,)
+    if isinstance(mode, list):
+        return tuple(mode)
+    legacy = {
+        "pooling_mode_cls_token": "cls",
+        "pooling_mode_max_tokens": "max",
+        "pooling_mode_mean_tokens": "mean",
+        "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+        "pooling_mode_weightedmean_tokens": "weightedmean",
+        "pooling_mode_lasttoken": "lasttoken",
+    }
+    return tuple(m for key, m in legacy.items() if config.get(key)) or ("mean",)
+
+
+def pool(
+    token_embeddings: np.ndarray, attention_mask: np.ndarray, modes: Sequence[str]
+) -> np.ndarray:
+    """Sentence vectors as sentence-transformers' Pooling computes them.
+
+    token_embeddings (batch, seq, hidden) float32, attention_mask (batch, seq) of 0/1;
+    returns (batch, hidden * len(modes)) float32, the modes concatenated.
+    """
+    x = token_embeddings.astype(np.float32, copy=False)
+    mask = attention_mask.astype(np.float32)[:, :, None]  # (batch, seq, 1)
+    batch, seq, _ = x.shape
+    rows = np.arange(batch)
+    parts: list[np.ndarray] = []
+    for mode in modes:
+        if mode == "cls":  # the first unmasked token (the first one, with right padding)
+            parts.append(x[rows, attention_mask.argmax(axis=1)])
+        elif mode == "max":
+            parts.append(np.where(mask > 0, x, -np.inf).max(axis=1))
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            count = np.clip(mask.sum(axis=1), 1e-9, None)
+            parts.append((x * mask).sum(axis=1) / (count if mode == "mean" else np.sqrt(count)))
+        elif mode == "weightedmean":
+            pad = attention_mask.argmax(axis=1)[:, None, None]  # left padding, if any
+            weights = mask * (np.arange(1, seq + 1, dtype=np.float32)[None, :, None] - pad)
+            parts.append((x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None))
+        elif mode == "lasttoken":
+            flipped = attention_mask[:, ::-1]
+            last = seq - 1 - flipped.argmax(axis=1)
+            last = np.where(flipped.max(axis=1) == 0, 0, last)
+            parts.append((x * mask)[rows, last])
+        else:
+            raise ConfigError(f"pooling mode {mode!r} is not supported by the ONNX encoder")
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as torch.nn.functional.normalize (eps 1e-12)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class OnnxEncoder:
+    """Texts → unit vectors with an exported graph in ONNX Runtime and the model's tokenizer."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model_bytes: bytes,
+        *,
+        backend: str,
+        threads: int,
+        device: str = "cpu",
+    ) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.spec = spec
+        self.backend = backend
+        self.tokenizer = AutoTokenizer.from_pretrained(str(spec.transformer), local_files_only=True)
+        self._core = tokenizer_core(self.tokenizer, spec.max_seq_length)
+        # Fast tokenizers fail with "Already borrowed" when one instance tokenizes in two threads.
+        self._tokenize_lock = threading.Lock()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle pool threads would spin for a while after each encode, taking the cores the
+        # rest of the search (and other workers) needs right then.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: no provider chatter on every start
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: CUDA libs from pip
+                ort.preload_dlls()
+            device_id = int(device.partition(":")[2] or 0)
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+        self.session = ort.InferenceSession(model_bytes, options, providers=providers)
+        self.providers: list[str] = self.session.get_providers()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        hidden = self.session.get_outputs()[0].shape[-1]
+        self.dim = int(hidden) * len(spec.pooling)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalized."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        batch = [t.lower() for t in texts] if self.spec.do_lower_case else list(texts)
+        tokens = self.tokenize(batch)
+        feeds = {name: tokens[name] for name in self.input_names}
+        (token_embeddings,) = self.session.run(None, feeds)  # (batch, seq, hidden)
+        return l2_normalize(pool(token_embeddings, tokens["attention_mask"], self.spec.pooling))
+
+    def tokenize(self, batch: list[str]) -> dict[str, np.ndarray]:
+        """The graph's inputs (and attention_mask) as (batch, seq) int64 arrays: what
+        tokenizer(batch, padding=True, truncation="longest_first", max_length=...) returns."""
+        with self._tokenize_lock:
+            if self._core is not None:
+                encodings = self._core.encode_batch(batch)
+                return {
+                    "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                    "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
+                    "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+                }
+            tokens = self.tokenizer(
+                batch,
+                padding=True,
+                truncation="longest_first",
+                max_length=self.spec.max_seq_length,
+                return_tensors="np",
+            )
+        return {name: np.asarray(values, dtype=np.int64) for name, values in tokens.items()}
+
+
+def tokenizer_core(tokenizer: Any, max_length: int) -> Any:
+    """The fast tokenizer's Rust core, copied and set once to truncate and pad as
+    tokenizer(batch, padding=True, truncation="longest_first", max_length=max_length) does;
+    None for a tokenizer that has no core (a slow one) or no padding token, which keep that
+    call.
+
+    That call sets truncation and padding on the shared core and wraps the result in
+    transformers' Python layers each time: 0.46 ms of a query's encode here, against
+    0.13 ms for the core's own encode_batch and the arrays (bench/onnx_fusion.py times
+    both). The copy is only read, so nothing is reset per call.
+    """
+    from tokenizers import Tokenizer
+
+    if not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token_id is None:
+        return None
+    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    core.enable_truncation(
+        max_length, stride=0, strategy="longest_first", direction=tokenizer.truncation_side
+    )
+    core.enable_padding(
+        direction=tokenizer.padding_side,
+        pad_id=tokenizer.pad_token_id,
+        pad_type_id=tokenizer.pad_token_type_id,
+        pad_token=tokenizer.pad_token,
+    )
+    return core
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)

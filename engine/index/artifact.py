@@ -1,0 +1,251 @@
+"""Versioned index artifacts: the ANN index, the row → item map with each item's fields, the
+vectors and BM25, published through engine.index.versions.
+
+Layout of one version under settings.index_dir:
+    v000007/           manifest.json, index.faiss (FAISS; a Milvus version's manifest names
+                       its collection instead), items.json (row → id, category, text hash,
+                       and what a search returns and ranks on: title, tags, attributes,
+                       created_at), vectors.npy ((n, dim) float32 unit vectors: reused by the
+                       next build), lexical/ (BM25)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.catalog.fields import ItemFields
+from engine.core.errors import NotFound, NotReady
+from engine.core.files import write_json_durably
+from engine.index.ann import AnnIndex, RowLabels, load_index
+from engine.index.lexical import LexicalIndex
+from engine.index.versions import MANIFEST, LiveVersion, VersionStore
+
+log = logging.getLogger(__name__)
+
+
+ITEMS = "items.json"
+
+
+VECTORS = "vectors.npy"
+
+
+@dataclass
+class IndexArtifact:
+    """A loaded index version: the ANN index plus its row → item map."""
+
+    version: str
+    folder: Path
+    manifest: dict[str, Any]
+    ann: AnnIndex  # labelled with ids and categories
+    ids: list[str]
+    categories: list[str | None]
+    text_hashes: list[str]
+    _vectors: np.ndarray | None = None
+    lexical: LexicalIndex | None = None
+    # Row-aligned with ids; None for a version built before items carried their fields.
+    items: list[ItemFields] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["dimension"])
+
+    def rows_for_category(self, category: str) -> np.ndarray:
+        """Sorted int64 rows of the category (empty for an unknown one)."""
+        return self.ann.rows_for_category(category)
+
+    def vectors(self) -> np.ndarray:
+        """(n, dim) float32 unit vectors, memory-mapped read-only."""
+        if self._vectors is None:
+            self._vectors = np.load(self.folder / VECTORS, mmap_mode="r")
+        return self._vectors
+
+    def row_of(self, item_id: str) -> int | None:
+        """The item's row in this version, or None if it was not in the catalog at build."""
+        return self.ann.row_of(item_id)
+
+
+class IndexStore(VersionStore):
+    """The index folder: versions of ANN index + row map + vectors + BM25.
+
+    A version whose vectors live in Milvus names its collection in the manifest; making it
+    current moves the Milvus alias too (under the same lock, alias first: if CURRENT cannot
+    be written the alias moves back), and pruning it drops its collection.
+    """
+
+    kind = "index version"
+    _replaced: str | None = None  # what CURRENT named before this store last moved it
+
+    def _write_current(self, version: str) -> None:
+        try:
+            self._replaced = self.current_version()
+        except NotReady:  # CURRENT names no version (a bad pointer being replaced now)
+            self._replaced = None
+        manifest = self.manifest(version)
+        index = manifest.get("index") or {}
+        if index.get("backend") != "milvus":
+            super()._write_current(version)
+            return
+        from engine.index.ann.milvus_alias import make_serving
+
+        undo = make_serving(index, manifest.get("catalog_read_at"))
+        try:
+            super()._write_current(version)
+        except BaseException:
+            undo()
+            raise
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions, never the current one, with the Milvus
+        collections they name."""
+        collections: dict[str, dict[str, Any]] = {}
+        for version in self.versions():
+            try:
+                index = self.manifest(version)["index"]
+            except (NotFound, KeyError, ValueError):
+                continue
+            if index.get("backend") == "milvus":
+                collections[version] = index
+        doomed = super().prune(keep)
+        # The version this store's last publish or rollback replaced may still serve other
+        # processes until they next poll CURRENT: a folder they memory-mapped outlives its
+        # deletion, a dropped collection does not. Its collection is left for the sweep of
+        # collections no version names (a day later, at a build).
+        dropping = [v for v in doomed if v != self._replaced]
+        by_place: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for version in dropping:
+            if version in collections:
+                index = collections[version]
+                by_place.setdefault((index["uri"], index["alias"]), []).append(index)
+        if by_place:
+            from engine.index.ann.milvus_alias import drop_collections
+
+            kept = [c["collection"] for v, c in collections.items() if v not in dropping]
+            for gone in by_place.values():
+                drop_collections(gone[0], [g["collection"] for g in gone], keep=kept)
+        return doomed
+
+    def load(self, version: str | None = None) -> IndexArtifact:
+        """Load a version (default: CURRENT); raises NotReady when nothing is published."""
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise NotReady(
+                    "no index is published yet: run `recsearch build` after `recsearch ingest`"
+                )
+        folder = self.folder(version)
+        manifest = self.manifest(version)
+        rows = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
+        ann = load_index(folder, manifest["index"], RowLabels(rows["ids"], rows["categories"]))
+        items = _item_fields(rows)
+        if items is None:
+            log.warning(
+                "index %s holds no item fields (built by an older release): searches read "
+                "them from SQL until the next `recsearch build`",
+                version,
+            )
+        return IndexArtifact(
+            version=version,
+            folder=folder,
+            manifest=manifest,
+            ann=ann,
+            ids=rows["ids"],
+            categories=rows["categories"],
+            text_hashes=rows["text_hashes"],
+            lexical=LexicalIndex.load(folder, len(rows["ids"])),
+            items=items,
+        )
+
+
+class LiveIndex(LiveVersion[IndexArtifact]):
+    """The serving index version; NotReady before the first build."""
+
+    def __init__(self, store: IndexStore, poll_s: float, model_name: str | None = None) -> None:
+        def load(version: str) -> IndexArtifact:
+            loaded = store.load(version)
+            built_with = loaded.manifest["model"]["name"]
+            if model_name is not None and built_with != model_name:
+                raise NotReady(
+                    f"index {version} was built with model {built_with!r} but this process "
+                    f"encodes with {model_name!r}: run `recsearch build`"
+                )
+            return loaded
+
+        def missing() -> IndexArtifact:
+            raise NotReady(
+                "no index is published yet: run `recsearch build` after `recsearch ingest`"
+            )
+
+        super().__init__(store, poll_s, load, missing)
+        self.store: IndexStore = store
+
+    def get_or_none(self) -> IndexArtifact | None:
+        try:
+            return self.get()
+        except NotReady:
+            return None
+
+
+def write_artifact_files(
+    folder: Path,
+    *,
+    manifest: dict[str, Any],
+    ids: list[str],
+    categories: list[str | None],
+    text_hashes: list[str],
+    vectors: np.ndarray,
+    items: list[ItemFields],
+) -> None:
+    """Write the row map with the items' fields, the vectors and the manifest of a staged
+    version; items is row-aligned with ids."""
+    if len(items) != len(ids):
+        raise ValueError(f"{len(items)} item fields for {len(ids)} ids")
+    write_json_durably(
+        folder / ITEMS,
+        {
+            "ids": ids,
+            "categories": categories,
+            "text_hashes": text_hashes,
+            "titles": [i.title for i in items],
+            "tags": [list(i.tags) for i in items],
+            "attributes": [i.attributes for i in items],
+            "created_at": [
+                None if i.created_at is None else i.created_at.isoformat() for i in items
+            ],
+        },
+    )
+    with open(folder / VECTORS, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    write_json_durably(folder / MANIFEST, manifest)
+
+
+def _item_fields(rows: dict[str, Any]) -> list[ItemFields] | None:
+    """The fields items.json holds, row-aligned; None when it predates them."""
+    if "titles" not in rows:
+        return None
+    return [
+        ItemFields(
+            title,
+            category,
+            tuple(tags),
+            attributes,
+            None if created is None else datetime.fromisoformat(created),
+        )
+        for title, category, tags, attributes, created in zip(
+            rows["titles"],
+            rows["categories"],
+            rows["tags"],
+            rows["attributes"],
+            rows["created_at"],
+            strict=True,
+        )
+    ]

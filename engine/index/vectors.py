@@ -1,0 +1,77 @@
+"""Item embeddings by id: from the published index, or encoded on demand for newer items."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.catalog.items import embedding_text
+from engine.encoder.embedder import Embedder
+from engine.index.artifact import LiveIndex
+from engine.store.models import Item
+
+
+class ItemVectors:
+    """Looks up (dim,) float32 unit vectors for items.
+
+    Items in the serving index cost a memory-mapped row read. Items added since the build are
+    encoded from their SQL row (milliseconds each) and kept in a bounded cache, so an event or
+    a session that names a brand-new item still counts.
+    """
+
+    def __init__(
+        self, live: LiveIndex, embedder: Callable[[], Embedder], cache_size: int = 10_000
+    ) -> None:
+        self.live = live
+        self._embedder = embedder
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Vectors of the given items that exist; unknown ids are left out."""
+        out: dict[str, np.ndarray] = {}
+        missing: list[str] = []
+        artifact = self.live.get_or_none()
+        for item_id in dict.fromkeys(item_ids):
+            row = artifact.row_of(item_id) if artifact is not None else None
+            if row is not None and artifact is not None:
+                out[item_id] = np.asarray(artifact.vectors()[row])
+                continue
+            with self._lock:
+                cached = self._cache.get(item_id)
+            if cached is not None:
+                out[item_id] = cached
+            else:
+                missing.append(item_id)
+        if missing:
+            out.update(self._encode(session, missing))
+        return out
+
+    def _encode(self, session: Session, item_ids: list[str]) -> dict[str, np.ndarray]:
+        query = select(Item.id, Item.title, Item.text, Item.category, Item.tags).where(
+            Item.id.in_(item_ids)
+        )
+        rows = session.execute(query).all()
+        if not rows:
+            return {}
+        texts = [embedding_text(r.title, r.text, r.category, r.tags or []) for r in rows]
+        vectors = self._embedder().encode(texts)
+        out = {r.id: vectors[i] for i, r in enumerate(rows)}
+        with self._lock:
+            for item_id, vector in out.items():
+                self._cache[item_id] = vector
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def forget(self, item_ids: Iterable[str]) -> None:
+        """Drop cached vectors of items whose text changed."""
+        with self._lock:
+            for item_id in item_ids:
+                self._cache.pop(item_id, None)

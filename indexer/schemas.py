@@ -1,0 +1,47 @@
+"""The jobs' bodies in the public contract: a training request in, a job with its progress out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+)
+
+if TYPE_CHECKING:
+    pass
+from engine.core.contract import Flag
+
+
+class Job(BaseModel):
+    id: int
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    phase: str | None
+    done: int
+    total: int
+    percent: float | None
+    rate: float | None
+    eta_s: float | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    result: dict[str, Any] | None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class TrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["auto", "impressions", "events"] = Field(
+        default="auto",
+        description="auto: logged impressions when some were clicked, else the event history",
+    )
+    promote: Flag = False

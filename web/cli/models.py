@@ -1,0 +1,198 @@
+"""Commands about ranking models: train, promote, online experiments and offline evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from web.cli.base import (
+    Context,
+    cli,
+    pass_ctx,
+    progress_bar,
+)
+
+
+@cli.command()
+@click.option(
+    "--judgments",
+    type=click.Path(path_type=Path),
+    help="(query, item_id, grade) rows: JSONL, CSV or TSV.",
+)
+@click.option(
+    "--from-events",
+    is_flag=True,
+    help="Learn from the event history by point-in-time replay (for histories logged without "
+    "search impressions, e.g. an imported ratings log).",
+)
+@click.option(
+    "--from-impressions",
+    is_flag=True,
+    help="Learn from logged search impressions and the clicks that name their request_id.",
+)
+@click.option("--promote", is_flag=True, help="Make the new model live.")
+@pass_ctx
+def train(
+    obj: Context, judgments: Path | None, from_events: bool, from_impressions: bool, promote: bool
+) -> None:
+    """Train the sigmoid ranker; save it as a model version (live with --promote).
+
+    Without a source flag: logged impressions when some were clicked, else the event history.
+    """
+    from indexer.train import (
+        default_source,
+        read_judgments,
+        train_from_events,
+        train_from_impressions,
+        train_from_judgments,
+    )
+
+    if sum([judgments is not None, from_events, from_impressions]) > 1:
+        raise click.UsageError(
+            "choose one of --judgments FILE, --from-events and --from-impressions"
+        )
+    runtime = obj.runtime
+    with runtime.session() as session, progress_bar(not obj.quiet) as progress:
+        if judgments is None and not from_events and not from_impressions:
+            source, why = default_source(runtime, session)
+            click.echo(why)
+            from_events = source == "events"
+        if from_events:
+            _, report = train_from_events(runtime, session, promote=promote, progress=progress)
+        elif judgments is None:
+            _, report = train_from_impressions(runtime, session, promote=promote, progress=progress)
+        else:
+            _, report = train_from_judgments(
+                runtime, session, read_judgments(judgments), promote=promote, progress=progress
+            )
+    click.echo(
+        f"model {report.version}: {report.examples} examples ({report.positives} positive) "
+        f"from {report.train_queries + report.validation_queries} queries/requests in "
+        f"{report.train_seconds:.1f}s; held-out AUC {report.validation_auc:.3f}, "
+        f"log loss {report.validation_log_loss:.3f}; "
+        + ("promoted (live)" if promote else f"not live: `recsearch promote {report.version}`")
+    )
+
+
+@cli.command()
+@click.argument("version")
+@pass_ctx
+def promote(obj: Context, version: str) -> None:
+    """Make a trained model version live (servers pick it up without a restart)."""
+    from engine.ranking.model_store import ModelStore
+
+    ModelStore(obj.settings.model_dir).point_current_at(version)
+    click.echo(f"model {version} is live")
+
+
+@cli.group()
+def experiment() -> None:
+    """Online experiments: interleave a candidate model with the live one and count wins."""
+
+
+@experiment.command("start")
+@click.argument("candidate")
+@click.option("--traffic", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@pass_ctx
+def experiment_start(obj: Context, candidate: str, traffic: float) -> None:
+    """Start interleaving CANDIDATE (a model version, or "latest") on a share of searches."""
+    from engine.ranking import experiments
+    from engine.ranking.model_store import ModelStore
+
+    runtime = obj.runtime
+    with runtime.write_session() as session:
+        started = experiments.start(session, ModelStore(obj.settings.model_dir), candidate, traffic)
+    click.echo(
+        f"experiment {started['id']}: {started['candidate']} vs live {started['live']} on "
+        f"{started['traffic']:.0%} of searches (servers pick it up within a second)"
+    )
+
+
+@experiment.command("status")
+@click.argument("experiment_id", type=int, required=False)
+@pass_ctx
+def experiment_status(obj: Context, experiment_id: int | None) -> None:
+    """An experiment's wins, losses, ties and p-value (default: the latest ones)."""
+    from engine.ranking import experiments
+
+    runtime = obj.runtime
+    with runtime.session() as session:
+        rating = obj.settings.positive_rating
+        found = (
+            [experiments.report(session, experiment_id, positive_rating=rating)]
+            if experiment_id is not None
+            else experiments.list_all(session, positive_rating=rating)
+        )
+    if not found:
+        click.echo("no experiments")
+    for e in found:
+        click.echo(
+            f"experiment {e['id']} ({e['state']}): {e['candidate']} vs {e['live']}, "
+            f"{e['requests']} interleaved requests; wins {e['wins']}, losses {e['losses']}, "
+            f"ties {e['ties']}; p = {e['p_value']:.4g}"
+        )
+
+
+@experiment.command("stop")
+@click.argument("experiment_id", type=int)
+@click.option("--promote", is_flag=True, help="Make the candidate live as well.")
+@pass_ctx
+def experiment_stop(obj: Context, experiment_id: int, promote: bool) -> None:
+    """Stop interleaving (with --promote: and make the candidate live)."""
+    from engine.ranking import experiments
+    from engine.ranking.model_store import ModelStore
+
+    runtime = obj.runtime
+    with runtime.write_session() as session:
+        if promote:
+            done = experiments.promote(session, ModelStore(obj.settings.model_dir), experiment_id)
+        else:
+            done = experiments.stop(session, experiment_id)
+    click.echo(f"experiment {done['id']} {done['state']}")
+
+
+@cli.group()
+def evaluate() -> None:
+    """Offline evaluation on public datasets, baselines in the same run."""
+
+
+@evaluate.command("beir")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--promote", is_flag=True, help="Make the model trained on the train split live.")
+@pass_ctx
+def evaluate_beir_cmd(obj: Context, folder: Path, out: Path | None, promote: bool) -> None:
+    """NDCG@10 / Recall@100 on the test split: dense, dense_ann, lexical, hybrid, reranked."""
+    from indexer.evaluate import evaluate_beir, print_table
+
+    with progress_bar(not obj.quiet) as progress:
+        result = evaluate_beir(obj.runtime, folder, promote=promote, progress=progress)
+    click.echo(print_table(result))
+    click.echo(f"training {result['train_seconds']:.1f}s, total {result['total_seconds']:.1f}s")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {out}")
+
+
+@evaluate.command("movielens")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@pass_ctx
+def evaluate_movielens_cmd(obj: Context, folder: Path, out: Path | None) -> None:
+    """HR@10 / NDCG@10, leave-last-out: popularity, als, retrieval, reranked."""
+    from indexer.evaluate import evaluate_movielens, print_table
+
+    with progress_bar(not obj.quiet) as progress:
+        result = evaluate_movielens(obj.runtime, folder, progress=progress)
+    click.echo(print_table(result))
+    click.echo(
+        f"reranked / best baseline NDCG@10: {result['reranked_over_best_baseline']}; "
+        f"training {result['train_seconds']:.1f}s, total {result['total_seconds']:.1f}s"
+    )
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {out}")
