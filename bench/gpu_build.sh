@@ -52,9 +52,9 @@ trap 'rm -rf "$WORK"' EXIT
 export RECSEARCH_INDEX_POLL_S=0
 for device in cuda cpu; do
     export RECSEARCH_DATA_DIR="$WORK/$device" RECSEARCH_DEVICE="$device"
-    "$PY" -m indexer.cli -q import beir "$SCIFACT" >/dev/null
+    "$PY" -m web.cli -q import beir "$SCIFACT" >/dev/null
     # First start exports the ONNX model (cached in the data dir) before the timed embedding.
-    "$PY" -m indexer.cli -q build | tee "$WORK/$device.txt"
+    "$PY" -m web.cli -q build | tee "$WORK/$device.txt"
 done
 
 "$PY" - "$WORK" "$OUT" <<'PY'

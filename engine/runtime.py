@@ -125,13 +125,13 @@ class Runtime:
                     self._searcher = Searcher(
                         self.settings,
                         embedder,
-                        self.live,
-                        self.vectors,
-                        self.model.get,
-                        self.impressions,
-                        self.delta,
-                        self.rules.get,
-                        self.experiments.get,
+                        live=self.live,
+                        vectors=self.vectors,
+                        ranker=self.model.get,
+                        impressions=self.impressions,
+                        delta=self.delta,
+                        rules=self.rules.get,
+                        experiments=self.experiments.get,
                         watch=self.watch,
                     )
         return self._searcher

@@ -67,7 +67,7 @@ def evaluate_beir(
 
     # Both stages look 100 deep, the depth Recall@100 measures.
     deep = runtime.settings.replace(candidates=DEPTH, lexical_candidates=DEPTH)
-    searcher = Searcher(deep, runtime.embedder, runtime.live, runtime.vectors)
+    searcher = Searcher(deep, runtime.embedder, live=runtime.live, vectors=runtime.vectors)
     t = time.perf_counter()
     # Keyed by query text, as judgments are: two train queries with one text are one query,
     # so neither's clicks can reach the other's features.

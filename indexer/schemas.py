@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -10,8 +10,6 @@ from pydantic import (
     Field,
 )
 
-if TYPE_CHECKING:
-    pass
 from engine.core.contract import Flag
 
 

@@ -44,16 +44,51 @@ def test_contract_names() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "fragment"),
     [
-        ("RECSEARCH_HNSW_M", "many", "RECSEARCH_HNSW_M='many'"),
-        ("RECSEARCH_MIN_RECALL", "1.5", "RECSEARCH_MIN_RECALL=1.5 is out of range"),
+        ("RECSEARCH_HNSW_M", "many", "RECSEARCH_HNSW_M='many': expected an integer"),
+        ("RECSEARCH_HNSW_M", "1", "RECSEARCH_HNSW_M='1' is out of range: expected >= 2"),
+        ("RECSEARCH_MIN_RECALL", "1.5", "RECSEARCH_MIN_RECALL='1.5' is out of range"),
+        ("RECSEARCH_MIN_RECALL", "nan", "RECSEARCH_MIN_RECALL='nan': expected a finite number"),
         ("RECSEARCH_MODEL_OFFLINE", "maybe", "expected true/false"),
-        ("RECSEARCH_MAX_K", "0", "RECSEARCH_MAX_K=0 is out of range"),
+        ("RECSEARCH_MAX_K", "0", "RECSEARCH_MAX_K='0' is out of range: expected >= 1"),
+        ("RECSEARCH_INDEX_POLL_S", "-1", "RECSEARCH_INDEX_POLL_S='-1' is out of range"),
+        ("RECSEARCH_MODELS_POLL_S", "-0.5", "RECSEARCH_MODELS_POLL_S='-0.5' is out of range"),
+        ("RECSEARCH_DELTA_POLL_S", "0", "RECSEARCH_DELTA_POLL_S='0' is out of range"),
+        ("RECSEARCH_HALF_LIFE_DAYS", "0", "RECSEARCH_HALF_LIFE_DAYS='0' is out of range"),
+        ("RECSEARCH_IMPRESSION_RETENTION_DAYS", "-3", "is out of range: expected > 0"),
+        ("RECSEARCH_MAX_REQUEST_BYTES", "100", "is out of range: expected >= 1024"),
+        ("RECSEARCH_ENCODER", "onnx8", "RECSEARCH_ENCODER='onnx8': expected one of"),
+        ("RECSEARCH_DEVICE", "gpu", "expected auto, cpu, cuda or cuda:<index>"),
+        ("RECSEARCH_INDEX_TYPE", " ", "RECSEARCH_INDEX_TYPE=' '"),
+        ("RECSEARCH_OPEN_ENDPOINTS", "serach", "unknown 'serach': expected auto, none"),
+        ("RECSEARCH_EVENT_WEIGHTS", "view", "expected type=weight pairs"),
+        ("RECSEARCH_COVISIT_WINDOW", "60", "RECSEARCH_COVISIT_WINDOW=60 is above"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({name: value})
     assert fragment in str(info.value)
+
+
+def test_a_misspelt_variable_is_an_error_with_the_nearest_name() -> None:
+    with pytest.raises(ConfigError, match=r"RECSEARCH_HNSW_EFSEARCH is not a recsearch setting "
+                       r"\(did you mean RECSEARCH_HNSW_EF_SEARCH\?\)"):  # fmt: skip
+        Settings.from_env({"RECSEARCH_HNSW_EFSEARCH": "64"})
+    # The test suite's own variables share the prefix and are not settings.
+    assert Settings.from_env({"RECSEARCH_TEST_DATABASE_URL": "x"}) == Settings()
+
+
+def test_settings_built_in_code_are_checked_too(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RECSEARCH_CANDIDATES=0 is out of range"):
+        Settings(data_dir=tmp_path, candidates=0)
+    with pytest.raises(ConfigError, match="RECSEARCH_KEEP_VERSIONS=0 is out of range"):
+        Settings(data_dir=tmp_path).replace(keep_versions=0)
+    with pytest.raises(ConfigError, match="not_a_setting is not a recsearch setting"):
+        Settings(not_a_setting=1)
+    s = Settings(data_dir=tmp_path, hnsw_m="48", open_endpoints="search, metrics")
+    assert s.hnsw_m == 48 and s.open_areas(loopback=False) == {"search", "metrics"}
+    assert Settings().open_areas(loopback=True) == {"search", "events", "metrics"}
+    assert Settings().open_areas(loopback=False) == set()
 
 
 def test_unsupported_database_is_named(tmp_path: Path) -> None:

@@ -89,6 +89,6 @@ def test_request_validation_names_fields() -> None:
     assert fields == sorted(["sort", "q", "category", "k", "context_items"])
     with pytest.raises(InvalidInput, match="between 1 and 100, got 101"):
         parse({"q": "x", "k": 101})
-    assert parse({"q": " x ", "k": "5"}) == SearchRequest("x", 5, None)
+    assert parse({"q": " x ", "k": "5"}) == SearchRequest(q="x", k=5)
     parsed = parse({"q": "", "user_id": "u", "context_items": "a, b,a", "exclude_seen": "false"})
-    assert parsed == SearchRequest(None, 10, None, "u", ("a", "b"), "none", False)
+    assert parsed == SearchRequest(user_id="u", context_items=("a", "b"), exclude_seen="none")

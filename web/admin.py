@@ -244,8 +244,7 @@ def playground_search() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     search = query(SearchQuery, lists=("context_items",))
     search = search.model_copy(update={"explain": True})
-    with runtime.session() as db:
-        response = runtime.searcher.search(db, search.to_request())
+    response = runtime.search(search.to_request())
     observe_search(runtime, response)
     return jsonify(search_json(response, explain=True))
 
@@ -262,7 +261,7 @@ def user_inspect(user_id: str) -> ResponseReturnValue:
     with runtime.session() as session:
         profile = user_profile(session, user_id, runtime.settings)
         events = recent_events(session, user_id)
-        found = runtime.searcher.search(session, SearchRequest(user_id=user_id, k=10, explain=True))
+    found = runtime.search(SearchRequest(user_id=user_id, k=10, explain=True))
     observe_search(runtime, found)
     return jsonify(
         {
@@ -284,9 +283,7 @@ def item_inspect(item_id: str) -> ResponseReturnValue:
     item_id = check_id(item_id, "item_id")
     with runtime.session() as session:
         item = item_to_dict(get_item(session, item_id))
-        found = runtime.searcher.search(
-            session, SearchRequest(k=8, explain=True, similar_to=item_id)
-        )
+    found = runtime.search(SearchRequest(k=8, explain=True, similar_to=item_id))
     observe_search(runtime, found)
     return jsonify({"item": item, "similar": search_json(found, explain=True)})
 

@@ -24,8 +24,6 @@ from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 from engine.core.config import Settings
 from engine.core.secrets import api_key
 
-# Areas that RECSEARCH_OPEN_ENDPOINTS may open: "auto" opens them all, on loopback only.
-OPEN_AREAS = ("search", "events", "metrics")
 SIGN_INS = "recsearch_sign_ins"
 FAILURES = "recsearch_auth_failures"
 # How long a sign-in lasts, counted from the sign-in, however active the session is.
@@ -150,12 +148,7 @@ class FailureLimit:
 def open_areas(settings: Settings, loopback: bool) -> set[str]:
     """Which of search/events/metrics answer without a key: 'auto' opens all of them, only
     on loopback."""
-    value = settings.open_endpoints.strip().lower()
-    if value == "auto":
-        return set(OPEN_AREAS) if loopback else set()
-    if value in ("", "none"):
-        return set()
-    return {part.strip() for part in value.split(",") if part.strip()}
+    return settings.open_areas(loopback)
 
 
 def init(app: Flask, settings: Settings, loopback: bool) -> None:

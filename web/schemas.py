@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
 )
 
-if TYPE_CHECKING:
-    pass
 from engine.catalog.schemas import ItemOut
 from engine.index.schemas import IndexStatus
 from engine.ranking.schemas import ModelInfo

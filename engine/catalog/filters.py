@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.catalog.fields import ItemFields
+from engine.core.contract import finite_float
 from engine.core.errors import InvalidInput, Problem
-from engine.index.artifact import IndexArtifact
 
 Kind = Literal["text", "number", "bool", "list"]
 Scalar = str | float | bool
@@ -121,6 +121,15 @@ class Schema:
 
     def fields(self) -> list[str]:
         return sorted(self.kinds)
+
+    def with_items(self, items: Iterable[ItemFields]) -> Schema:
+        """This schema plus the attributes the given items bring (items written since the
+        index version was built)."""
+        extra = Schema.from_items(items)
+        merged = Schema(self.kinds)
+        for name, kinds in extra.kinds.items():
+            merged.kinds.setdefault(name, set()).update(kinds)
+        return merged
 
 
 def parse(raw: object, schema: Schema, *, prefix: str = "filters") -> Filters:
@@ -216,49 +225,6 @@ class Columns:
         return found
 
 
-_VERSIONS_KEPT = 4
-_by_version: dict[tuple[str, str], tuple[Schema, Columns]] = {}
-_by_version_lock = threading.Lock()
-
-
-def columns_for(artifact: IndexArtifact) -> Columns:
-    """The filter columns of an index version, built once per version (per process)."""
-    return _for_version(artifact)[1]
-
-
-def schema_for(artifact: IndexArtifact, fresh: Mapping[str, ItemFields] | None = None) -> Schema:
-    """What can be filtered on: the version's items, plus attributes items written since
-    the build (the delta's fresh fields) brought."""
-    schema = _for_version(artifact)[0]
-    if not fresh:
-        return schema
-    extra = Schema.from_items(fresh.values())
-    merged = Schema(schema.kinds)
-    for name, kinds in extra.kinds.items():
-        merged.kinds.setdefault(name, set()).update(kinds)
-    return merged
-
-
-def _for_version(artifact: IndexArtifact) -> tuple[Schema, Columns]:
-    key = (str(artifact.folder), artifact.version)
-    found = _by_version.get(key)
-    if found is None:
-        if artifact.items is None:
-            raise InvalidInput(
-                f"index version {artifact.version} predates filters (it holds no item "
-                "fields): rebuild the index to filter",
-                [Problem("filters", "this index version cannot filter; rebuild it")],
-            )
-        with _by_version_lock:
-            found = _by_version.get(key)
-            if found is None:
-                found = (Schema.from_items(artifact.items), Columns(artifact.items))
-                while len(_by_version) >= _VERSIONS_KEPT:
-                    _by_version.pop(next(iter(_by_version)))
-                _by_version[key] = found
-    return found
-
-
 class _Bad(Exception):
     pass
 
@@ -324,9 +290,10 @@ def _scalar(value: object, kinds: set[Kind], name: str) -> Scalar:
 
 
 def _number(value: object, what: str) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+    number = finite_float(value)
+    if number is None:
         raise _Bad(f"{what} must be a finite number, got {_described(value)}")
-    return float(value)  # type: ignore[arg-type]
+    return number
 
 
 def _is_number(value: object) -> bool:
@@ -337,7 +304,7 @@ def kind_of(value: object) -> Kind | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
-        return "number" if math.isfinite(value) else None
+        return "number" if finite_float(value) is not None else None
     if isinstance(value, str):
         return "text"
     if isinstance(value, list | tuple):

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.catalog.items import settled_before
+from engine.core.poller import Poller
 from engine.store.models import Item, ItemStats, ItemTombstone
 
 log = logging.getLogger(__name__)
@@ -61,26 +62,18 @@ class ItemWatch:
         self.deleted: dict[str, datetime] = {}  # id → when its tombstone was written
         self.horizon: datetime | None = None  # None until the first read
         self._lock = threading.Lock()  # one refresh at a time
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A failed poll is retried at the next; searches read the tombstones since horizon.
+        self._poller = Poller(
+            "items", self.refresh, self.poll_s, failed="following popularity and deletions failed"
+        )
 
     def ready(self) -> bool:
         """Whether searches can use it; the first call reads the tables (once per process)
         and starts the poll."""
         if self.horizon is None:
             self.refresh()
-            with self._lock:
-                if self._thread is None and not self._stop.is_set():
-                    self._thread = threading.Thread(target=self._run, name="items", daemon=True)
-                    self._thread.start()
+            self._poller.start()
         return self.horizon is not None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.refresh()
-            except Exception:  # the next poll retries; searches read tombstones since horizon
-                log.exception("following item popularity and deletions failed")
 
     def refresh(self) -> None:
         """Read what changed since the horizon (everything, the first time; every tombstone
@@ -117,6 +110,4 @@ class ItemWatch:
             self.horizon = horizon if since is None else max(since, horizon)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.close()

@@ -3,8 +3,6 @@ counts out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -12,9 +10,6 @@ from pydantic import (
 )
 
 from engine.catalog.items import ItemIn
-
-if TYPE_CHECKING:
-    pass
 
 
 class ItemsBody(BaseModel):

@@ -354,3 +354,27 @@ def as_integer(value: object) -> object:
 
 
 Flag = Annotated[bool, BeforeValidator(as_flag)]
+
+
+def as_number(value: object) -> object:
+    """A number as JSON or as a query-string word; not a boolean."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise fail(f"must be a number, got {described(value)}", "float_type")
+    return value
+
+
+def finite_float(value: object) -> float | None:
+    """A JSON number (int or float, never a boolean) as a finite float, else None: an
+    attribute read as a number. An integer too large for a float is None, not an error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

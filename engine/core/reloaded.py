@@ -15,12 +15,11 @@ paid a session and a query on top of its own read (0.2 and 0.26 ms measured alon
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-log = logging.getLogger(__name__)
+from engine.core.poller import Poller
 
 T = TypeVar("T")
 
@@ -37,8 +36,9 @@ class Reloaded(Generic[T]):
         self._current = False  # read, and not invalidated since
         self._generation = 0  # invalidations so far
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(
+            name, self.refresh, reload_s, failed=f"reading the {name} again failed"
+        )
 
     def get(self) -> T:
         if not self._current:
@@ -46,11 +46,7 @@ class Reloaded(Generic[T]):
                 if not self._current:
                     self._value = self._read(self._value)
                     self._current = True
-                    if self._thread is None and not self._stop.is_set():
-                        self._thread = threading.Thread(
-                            target=self._run, name=self.name, daemon=True
-                        )
-                        self._thread.start()
+            self._poller.start()
         return self._value  # type: ignore[return-value]  # read above: a T
 
     def invalidate(self) -> None:
@@ -67,14 +63,5 @@ class Reloaded(Generic[T]):
             if generation == self._generation and self._current:
                 self._value = value
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.reload_s):
-            try:
-                self.refresh()
-            except Exception:  # searches keep the last value; the next poll retries
-                log.exception("reading the %s again failed", self.name)
-
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.close()

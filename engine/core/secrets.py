@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
-from engine.core.files import make_private_dir
+from engine.core.files import create_once, make_private_dir
 
 log = logging.getLogger(__name__)
 KEY_FILE = "api_key"
@@ -37,7 +35,7 @@ def api_key(settings: Settings) -> str:
     except FileNotFoundError:
         pass
     make_private_dir(settings.data_dir)
-    if _publish(path, secrets.token_urlsafe(32) + "\n"):
+    if create_once(path, secrets.token_urlsafe(32) + "\n"):
         log.warning("generated an API key in %s", path)
     return _read(path)
 
@@ -50,35 +48,3 @@ def _read(path: Path) -> str:
             f"{MIN_KEY_CHARS} (delete the file to generate a new key, or set RECSEARCH_API_KEY)"
         )
     return key
-
-
-def _publish(path: Path, text: str) -> bool:
-    """Write `text` to `path` unless it exists; False when another process published first.
-
-    The key is written and fsynced under a temporary name, then hard-linked into place: a
-    link never replaces a file, so the first writer wins, and no reader can see a half-written
-    key (creating the file and then writing it let others read it empty).
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        _fsync_dir(path.parent)
-        return True
-    finally:
-        os.unlink(tmp)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # So the new name survives a crash, as with a published index version.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from cachetools import LRUCache
 
 from engine.core.config import ENCODERS, Settings, is_device
 from engine.core.errors import ConfigError
@@ -158,8 +158,8 @@ class Embedder:
             self.name,
             self.dim,
         )
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = query_cache_size
+        # Query text → its vector (read-only), least recently used out first.
+        self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(query_cache_size, 1))
         self._lock = threading.Lock()
 
     def encode(
@@ -186,15 +186,12 @@ class Embedder:
         """(dim,) float32, L2-normalized; repeated queries come from an LRU cache."""
         with self._lock:
             cached = self._cache.get(text)
-            if cached is not None:
-                self._cache.move_to_end(text)
-                return cached
+        if cached is not None:
+            return cached
         vector = self._query.embed([text])[0].astype(np.float32, copy=True)
         vector.setflags(write=False)
         with self._lock:
             self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
         return vector
 
     def clear_cache(self) -> None:

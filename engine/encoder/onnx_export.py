@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
-from engine.core.files import make_private_dir, write_json_durably
+from engine.core.files import locked, make_private_dir, write_atomically, write_json_durably
 from engine.encoder.onnx_encoder import (
     FALLBACK,
     ModelSpec,
@@ -218,14 +218,14 @@ def _ensure_export(
     extra: dict[str, Any] = {}
     if backend == "onnx-int8":
         source_meta, _ = _ensure_export(spec, digest, "onnx", cache)
-        _write_atomically(path, lambda tmp: _quantize(cache / FILES["onnx"], tmp))
+        write_atomically(path, lambda tmp: _quantize(cache / FILES["onnx"], tmp))
         extra = {
             "quantization": "dynamic QInt8 per-channel",
             "source_sha256": source_meta["sha256"],
         }
     else:
         made: dict[str, Any] = {}
-        _write_atomically(path, lambda tmp: made.update(_export(spec, tmp)))
+        write_atomically(path, lambda tmp: made.update(_export(spec, tmp)))
         extra = {"graph": made}
     data = path.read_bytes()
     meta = {
@@ -501,29 +501,9 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) beside path, then rename it over path (fsynced first)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def _cache_lock(cache: Path) -> Iterator[None]:
-    """One exporter per model across threads and processes (flock per open file)."""
-    import fcntl
-
+    """One exporter per model across threads and processes."""
     make_private_dir(cache)
-    fd = os.open(cache / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(cache / ".lock"):
         yield
-    finally:
-        os.close(fd)  # releases the lock

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from engine.catalog.fields import ItemFields
-from engine.core.errors import NotFound, NotReady
+from engine.catalog.filters import Columns, Schema
+from engine.core.errors import InvalidInput, NotFound, NotReady, Problem
 from engine.core.files import write_json_durably
 from engine.index.ann import AnnIndex, RowLabels, load_index
 from engine.index.lexical import LexicalIndex
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 ITEMS = "items.json"
+_FILTERS_LOCK = threading.Lock()  # one build of a version's filter columns at a time
 
 
 VECTORS = "vectors.npy"
@@ -52,6 +56,7 @@ class IndexArtifact:
     lexical: LexicalIndex | None = None
     # Row-aligned with ids; None for a version built before items carried their fields.
     items: list[ItemFields] | None = None
+    _filter_cache: tuple[Schema, Columns] | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -70,6 +75,33 @@ class IndexArtifact:
     def row_of(self, item_id: str) -> int | None:
         """The item's row in this version, or None if it was not in the catalog at build."""
         return self.ann.row_of(item_id)
+
+    def filter_schema(self, fresh: Mapping[str, ItemFields] | None = None) -> Schema:
+        """What can be filtered on: this version's items, plus the attributes that items
+        written since the build (the delta's fresh fields) brought."""
+        schema = self._filters()[0]
+        return schema.with_items(fresh.values()) if fresh else schema
+
+    def filter_columns(self) -> Columns:
+        """This version's filterable fields, as the first stage reads them."""
+        return self._filters()[1]
+
+    def _filters(self) -> tuple[Schema, Columns]:
+        """Built on the first filtered search of this version, then kept with it."""
+        found = self._filter_cache
+        if found is None:
+            if self.items is None:
+                raise InvalidInput(
+                    f"index version {self.version} predates filters (it holds no item "
+                    "fields): rebuild the index to filter",
+                    [Problem("filters", "this index version cannot filter; rebuild it")],
+                )
+            with _FILTERS_LOCK:
+                found = self._filter_cache
+                if found is None:
+                    found = (Schema.from_items(self.items), Columns(self.items))
+                    self._filter_cache = found
+        return found
 
 
 class IndexStore(VersionStore):

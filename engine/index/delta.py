@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.catalog.fields import ItemFields
 from engine.catalog.items import INDEXED_COLUMNS, embedding_text, settled_before, text_hash
+from engine.core.poller import Poller
 from engine.index import stored_vectors
 from engine.index.artifact import IndexArtifact, LiveIndex
 from engine.index.lexical import LexicalIndex, best_first
@@ -172,13 +173,18 @@ class Delta:
         self._snapshot: DeltaSnapshot | None = None
         self._state: _State | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A failed refresh is retried at the next poll; searches keep the last snapshot.
+        self._poller = Poller(
+            "delta",
+            self.refresh,
+            self._next_poll_s,
+            at_start=True,
+            failed="refreshing the delta failed",
+        )
 
     def snapshot(self, artifact: IndexArtifact) -> DeltaSnapshot | None:
         """The delta for this serving version (None until the first refresh)."""
-        if self._thread is None:
+        if not self._poller.started:
             self._start()
         snap = self._snapshot
         if snap is None or snap.base_version != artifact.version:
@@ -186,29 +192,20 @@ class Delta:
         return snap
 
     def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="delta", daemon=True)
-                self._thread.start()
+        self._poller.start()
         if self.on_start is not None:
             self.on_start()
 
     def wake(self) -> None:
         """Refresh now rather than at the next poll (new vectors were just stored)."""
-        self._wake.set()
+        self._poller.wake()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:  # the next poll retries; searches keep the last snapshot
-                log.exception("refreshing the delta failed")
-            snap = self._snapshot
-            # Items seen but not yet embedded get their vectors within a follower poll: look
-            # again soon, so they are searchable a poll after they were written, not two.
-            waiting = snap is not None and bool(snap.pending)
-            self._wake.wait(min(self.poll_s, PENDING_POLL_S) if waiting else self.poll_s)
-            self._wake.clear()
+    def _next_poll_s(self) -> float:
+        # Items seen but not yet embedded get their vectors within a follower poll: look
+        # again soon, so they are searchable a poll after they were written, not two.
+        snap = self._snapshot
+        waiting = snap is not None and bool(snap.pending)
+        return min(self.poll_s, PENDING_POLL_S) if waiting else self.poll_s
 
     def refresh(self) -> DeltaSnapshot | None:
         """Bring the delta up to date with SQL now; returns the new snapshot."""
@@ -260,10 +257,7 @@ class Delta:
             return snap
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.close()
 
 
 def _apply(state: _State, artifact: IndexArtifact, model: str, rows: Sequence[Any]) -> bool:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.catalog.items import INDEXED_COLUMNS, embedding_text, settled_before, text_hash
 from engine.core.clock import utcnow
+from engine.core.poller import Poller
 from engine.index import stored_vectors
 from engine.index.artifact import IndexArtifact, LiveIndex
 from engine.index.delta import version_watermark
@@ -103,13 +104,23 @@ class EmbeddingFollower:
         self._handed: dict[str, datetime] = {}
         self._handed_deletes: dict[str, datetime] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A failed pass is retried at the next poll, from the last stored batch.
+        self._poller = Poller(
+            "embedding-follower",
+            self.run_once,
+            self.poll_s,
+            at_start=True,
+            failed="the embedding follower failed",
+            on_error=lambda _: self._forget_cursor(),
+        )
 
     def wake(self) -> None:
         """Look now rather than at the next poll (items were written)."""
-        self._wake.set()
+        self._poller.wake()
+
+    def _forget_cursor(self) -> None:
+        with self._lock:
+            self._cursor = None
 
     def set_sink(self, sink: VectorSink | None) -> None:
         """Plug a vector store in (or out); it first gets everything since the version."""
@@ -118,29 +129,13 @@ class EmbeddingFollower:
             self._cursor = None
 
     def start(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._run, name="embedding-follower", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the next poll retries from the last stored batch
-                log.exception("the embedding follower failed")
-                with self._lock:
-                    self._cursor = None
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
+        self._poller.start()
 
     def run_once(self) -> int:
         """If this process leads (or can take the lead now), embed and store what the
         serving version lacks and hand it to the sink; returns how many texts it encoded."""
         with self._lock:
-            if self._stop.is_set() or not self.leadership.try_acquire():
+            if self._poller.stopping.is_set() or not self.leadership.try_acquire():
                 if self.is_leader:
                     log.warning("this process lost the embedding follower's lock")
                 self.is_leader = False
@@ -312,10 +307,7 @@ class EmbeddingFollower:
             cursor.deleted_at = max(settled)
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._poller.close(timeout_s=10)
         with self._lock:
             self.leadership.release()
             self.is_leader = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -13,10 +13,6 @@ from pydantic import (
 
 from engine.core.contract import described, fail
 from engine.index.versions import VERSION_RE
-
-if TYPE_CHECKING:
-    pass
-
 
 # An index or model version as published by engine/index_store.py: v000001, v000002, ...
 VERSION_PATTERN = "^" + VERSION_RE.pattern + "$"

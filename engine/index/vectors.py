@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from cachetools import LRUCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -29,8 +29,8 @@ class ItemVectors:
     ) -> None:
         self.live = live
         self._embedder = embedder
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
+        # Item id → its vector, for items newer than the index; least recently used out first.
+        self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(cache_size, 1))
         self._lock = threading.Lock()
 
     def get(self, session: Session, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
@@ -64,10 +64,7 @@ class ItemVectors:
         vectors = self._embedder().encode(texts)
         out = {r.id: vectors[i] for i, r in enumerate(rows)}
         with self._lock:
-            for item_id, vector in out.items():
-                self._cache[item_id] = vector
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cache.update(out)
         return out
 
     def forget(self, item_ids: Iterable[str]) -> None:

@@ -30,10 +30,10 @@ from typing import Any, Generic, TypeVar
 from engine.core.errors import InvalidInput, NotFound, NotReady
 from engine.core.files import (
     fsync_dir,
+    locked,
     make_private_dir,
-    remove_quietly,
-    temp_file_beside,
     write_json_durably,
+    write_text_durably,
 )
 
 log = logging.getLogger(__name__)
@@ -165,33 +165,15 @@ class VersionStore:
             self._write_current(version)
 
     def _write_current(self, version: str) -> None:
-        # A temporary file unique to this call: two threads of one process publishing at once
-        # must not write, then rename, the same file.
-        fd, tmp = temp_file_beside(self.root / CURRENT)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(version + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.root / CURRENT)
-        except BaseException:
-            remove_quietly(tmp)
-            raise
-        fsync_dir(self.root)
+        write_text_durably(self.root / CURRENT, version + "\n")
         log.info("%s %s is now current", self.kind, version)
 
     @contextmanager
     def _publish_lock(self) -> Iterator[None]:
-        """Serialize numbering and CURRENT across threads and processes (flock per open)."""
-        import fcntl
-
+        """Serialize numbering and CURRENT across threads and processes."""
         make_private_dir(self.root)
-        fd = os.open(self.root / PUBLISH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self.root / PUBLISH_LOCK):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never the current one."""

@@ -89,15 +89,6 @@ class LinearRanker:
     def probability(logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
 
-    def top(
-        self, x: np.ndarray, found_order: Sequence[int], k: int
-    ) -> tuple[list[int], np.ndarray]:
-        """The rows of the k best of (n, n_features) candidates, best first, and all n
-        probabilities. Equal logits keep found_order (the order the first stage found them)."""
-        logits = self.logits(x)
-        best = np.lexsort((np.asarray(found_order), -logits))[:k]
-        return best.tolist(), self.probability(logits)
-
     def explain(self, x_row: np.ndarray) -> dict[str, Any]:
         """Each feature's contribution wᵢ·zᵢ; they plus the bias sum to the logit exactly."""
         z = self.standardize(x_row)

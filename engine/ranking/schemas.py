@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -14,11 +14,7 @@ from pydantic import (
     field_validator,
 )
 
-from engine.core.contract import Id, QueryText, fail, iso_datetime
-
-if TYPE_CHECKING:
-    pass
-from engine.core.contract import as_integer
+from engine.core.contract import Id, QueryText, as_integer, fail, iso_datetime
 from engine.index.schemas import as_version
 
 

@@ -1,4 +1,4 @@
-"""The first stage's candidates: every source, merged into one list in a fixed order.
+"""The candidates stage: every source, merged into one list in a fixed order.
 
 Sources: the ANN index (with the delta's exact search) around the context vector, BM25 (main
 and delta) for a query, items co-visited with the user's latest ones, and the most popular
@@ -10,24 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.catalog import filters as filtering
 from engine.catalog.fields import ItemFields
 from engine.catalog.filters import Filters
 from engine.core.config import Settings
 from engine.index.corpus import Corpus
 from engine.search.context import Context
+from engine.search.request import SearchRequest
 from engine.store.models import Item
 from engine.users.decay import as_of
 from engine.users.state import StateView, Stored, latest_items
-
-if TYPE_CHECKING:
-    from engine.search.request import SearchRequest
 
 # ANN candidates fetched beyond what is needed, so items deleted since the build can go.
 _OVERFETCH = 16
@@ -116,7 +112,7 @@ def _allowed_rows(corpus: Corpus, category: str | None, where: Filters | None) -
     allowed = artifact.rows_for_category(category) if category is not None else None
     if not where:
         return allowed
-    rows = filtering.columns_for(artifact).rows(where)
+    rows = artifact.filter_columns().rows(where)
     fresh = corpus.delta.items if corpus.delta is not None else {}
     if fresh:
         now_match = [

@@ -1,20 +1,21 @@
-"""The user context of a search: query ⊕ user ⊕ session, weighted and renormalized, and what
-the user should not be shown again."""
+"""The context stage: query ⊕ user ⊕ session, weighted and renormalized, and what the user
+should not be shown again; the user's row (the one SQL read of a search) is read here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from engine.core.config import Settings
+from engine.core.errors import NotFound
+from engine.index.corpus import Corpus
+from engine.search.request import SearchRequest
 from engine.users.profile import UserState
-
-if TYPE_CHECKING:
-    from engine.search.request import SearchRequest
+from engine.users.state import StateView
 
 
 @dataclass
@@ -39,6 +40,46 @@ class Context:
         if self.vector is None:
             return "popular"
         return "search" if self.query is not None else "recommend"
+
+
+def read(
+    session: Session,
+    request: SearchRequest,
+    settings: Settings,
+    state: StateView,
+    corpus: Corpus,
+    query: np.ndarray | None,
+) -> Context:
+    """The request's context: the user with the co-visits of the user's latest items (one
+    read), the session's item vectors, or for similar_to the item's vector and co-visits.
+
+    Raises NotFound for a similar_to item that does not exist.
+    """
+    user: UserState | None = None
+    covisits: list[tuple[str, float]] = []
+    if request.user_id:
+        # One read: the user's row and the co-visits of the user's latest items, enough
+        # of them to drop what the context will exclude (its items, without a query).
+        user, covisits = state.user_with_covisits(
+            request.user_id,
+            settings.covisit_window if settings.covisit_candidates > 0 else 0,
+            settings.covisit_candidates + len(request.context_items),
+        )
+    if request.similar_to:
+        # Items like this one: its vector is the context, its co-visits a source.
+        if not state.live_items([request.similar_to]):
+            raise NotFound(f"item {request.similar_to!r}")
+        covisited = state.covisited([request.similar_to], settings.covisit_candidates, set())
+        covisits = covisited + covisits
+        request = replace(request, context_items=(request.similar_to,))
+    session_vectors: list[np.ndarray] = []
+    if request.context_items:
+        vectors, found = corpus.vectors(session, request.context_items)
+        session_vectors = list(vectors[found])
+    context = build(request, settings, state.now, query, user, session_vectors, covisits)
+    if request.similar_to:
+        context.exclude.add(request.similar_to)
+    return context
 
 
 def build(

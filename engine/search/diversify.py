@@ -1,4 +1,4 @@
-"""Diversification after ranking: maximal marginal relevance and a cap per category.
+"""The diversify stage, after ranking: maximal marginal relevance and a cap per category.
 
 MMR (Carbonell & Goldstein, 1998) picks, one at a time, the candidate that maximizes
 
@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from engine.search.rank import Ranked
+from engine.search.request import SearchRequest
+from engine.search.stage import Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +72,25 @@ def diversify(
         if diversity > 0.0:
             np.maximum(redundancy, vectors @ vectors[best], out=redundancy)
     return picks
+
+
+def diversified(
+    request: SearchRequest, stage: Stage, ranked: Ranked, need: int
+) -> list[tuple[int, float]]:
+    """The diversify stage: (index into ranked.candidates, redundancy) for the first `need`
+    of the rules' order, by MMR and the category cap when the request asks for them."""
+    order = ranked.applied.order
+    if request.diversity <= 0 and request.max_per_category is None:
+        return [(j, 0.0) for j in order[:need]]
+    if stage.vectors is None:
+        raise ValueError("a diversified search needs the candidates' vectors")
+    vectors = stage.vectors[[ranked.rows[j] for j in order]]
+    picks = diversify(
+        ranked.probabilities[order],
+        vectors,
+        need,
+        diversity=request.diversity,
+        categories=[ranked.candidates[j].item.category for j in order],
+        max_per_category=request.max_per_category,
+    )
+    return [(order[p.index], p.redundancy) for p in picks]

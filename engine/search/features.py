@@ -7,7 +7,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from sqlalchemy.orm import Session
 
+from engine.core.contract import finite_float
+from engine.index.corpus import Corpus
 from engine.ranking.feature_names import ATTRIBUTE_PREFIX, BASE_FEATURES
 from engine.search.candidates import Candidate
 from engine.search.context import Context
@@ -113,8 +116,22 @@ def compute(
 
 
 def _number(value: object) -> float:
+    """An attribute as a feature: booleans 0/1, finite numbers as they are, the rest 0."""
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return 0.0
+    return finite_float(value) or 0.0
+
+
+def of_candidates(
+    session: Session,
+    corpus: Corpus,
+    candidates: list[Candidate],
+    context: Context,
+    names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The features stage: (features (n, len(names)), the candidates' unit vectors (n, dim) or
+    None when there are no candidates)."""
+    if not candidates:
+        return np.zeros((0, len(names))), None
+    vectors, _ = corpus.vectors(session, [c.item_id for c in candidates])
+    return compute(candidates, vectors, context, names), vectors

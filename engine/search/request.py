@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchRequest:
     """A validated search (engine.search.schemas.SearchQuery makes one from what a client sent)."""
 
@@ -28,7 +28,7 @@ class SearchRequest:
     similar_to: str | None = None  # items like this one (never itself)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchHit:
     id: str
     title: str
@@ -39,7 +39,7 @@ class SearchHit:
     explanation: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchResponse:
     results: list[SearchHit]
     index_version: str

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -15,11 +15,17 @@ from pydantic import (
     field_validator,
 )
 
-from engine.core.contract import Category, Id, QueryText, described, fail
-
-if TYPE_CHECKING:
-    from engine.search.request import SearchRequest, SearchResponse
-from engine.core.contract import Flag, as_integer
+from engine.core.contract import (
+    Category,
+    Flag,
+    Id,
+    QueryText,
+    as_integer,
+    as_number,
+    described,
+    fail,
+)
+from engine.search.request import SearchRequest, SearchResponse
 
 MAX_CONTEXT_ITEMS = 50
 
@@ -72,17 +78,6 @@ def _json_object(value: object) -> object:
     return value
 
 
-def _number(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise fail(f"must be a number, got {described(value)}", "float_type")
-    return value
-
-
 def _within_max_k(k: int, info: ValidationInfo) -> int:
     """k within 1..max_k, the server's limit (validation context; 100 without one)."""
     max_k = int((info.context or {}).get("max_k", 100))
@@ -128,7 +123,7 @@ class SearchQuery(BaseModel):
         '{"cost": {"gte": 50, "lte": 100}}, {"continent": {"in": [...]}}, '
         '{"tags": {"any": [...]}} or {"all": [...]}, booleans; a JSON string in a GET',
     )
-    diversity: Annotated[float, BeforeValidator(_number)] = Field(
+    diversity: Annotated[float, BeforeValidator(as_number)] = Field(
         default=0.0, ge=0.0, le=1.0, description="0..1: maximal marginal relevance (0 = off)"
     )
     max_per_category: Annotated[int, BeforeValidator(as_integer)] | None = Field(
@@ -144,21 +139,19 @@ class SearchQuery(BaseModel):
         return _within_max_k(k, info)
 
     def to_request(self) -> SearchRequest:
-        from engine.search.request import SearchRequest
-
         return SearchRequest(
-            self.q,
-            self.k,
-            self.category,
-            self.user_id,
-            tuple(self.context_items),
-            self.exclude_seen,
-            self.explain,
-            self.timings,
-            self.filters,
-            self.diversity,
-            self.max_per_category,
-            self.offset,
+            q=self.q,
+            k=self.k,
+            category=self.category,
+            user_id=self.user_id,
+            context_items=tuple(self.context_items),
+            exclude_seen=self.exclude_seen,
+            explain=self.explain,
+            timings=self.timings,
+            filters=self.filters,
+            diversity=self.diversity,
+            max_per_category=self.max_per_category,
+            offset=self.offset,
         )
 
 
@@ -182,8 +175,6 @@ class SimilarQuery(BaseModel):
         return _within_max_k(k, info)
 
     def to_request(self, item_id: str) -> SearchRequest:
-        from engine.search.request import SearchRequest
-
         return SearchRequest(
             k=self.k,
             user_id=self.user_id,

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
-from engine.core.files import make_private_dir
+from engine.core.files import locked, make_private_dir
 from engine.store import sql_bulk
 
 log = logging.getLogger(__name__)
@@ -216,14 +216,8 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
         yield
         return
-    import fcntl
-
-    fd = os.open(f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(Path(f"{database}.migrate-lock")):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def ensure_schema(engine: Engine) -> None:

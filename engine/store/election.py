@@ -18,6 +18,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
+from engine.core.files import try_lock
+
 log = logging.getLogger(__name__)
 
 
@@ -106,19 +108,10 @@ class FileLeadership(Leadership):
         self._lock = threading.Lock()
 
     def try_acquire(self) -> bool:
-        import fcntl
-
         with self._lock:
-            if self._fd is not None:
-                return True
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            self._fd = fd
-            return True
+            if self._fd is None:
+                self._fd = try_lock(self.path)
+            return self._fd is not None
 
     def release(self) -> None:
         with self._lock:

@@ -30,6 +30,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from engine.core.poller import Poller
+
 log = logging.getLogger(__name__)
 
 # Items were written or deleted, or their vectors stored: followers should look now.
@@ -101,34 +103,22 @@ class Listener:
         self.enabled = self._postgres or self._signal is not None
         self.received = 0  # announcements seen, for tests and reports
         self.listening = threading.Event()  # set while changes are being heard
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        # Each round listens until stopped; after a failure, polling alone serves until the
+        # next round (_RETRY_S later) listens again.
+        self._poller = Poller(
+            "catalog-listener",
+            self._listen_postgres if self._postgres else self._watch_file,
+            _RETRY_S,
+            at_start=True,
+            failed="listening for catalog changes failed; polling alone until it recovers",
+            level=logging.WARNING,
+            on_error=lambda _: self.listening.clear(),
+        )
+        self._stop = self._poller.stopping
 
     def start(self) -> None:
-        with self._lock:
-            if self.enabled and self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._run, name="catalog-listener", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self._postgres:
-                    self._listen_postgres()
-                else:
-                    self._watch_file()
-            except Exception:
-                self.listening.clear()
-                if self._stop.is_set():
-                    return
-                log.warning(
-                    "listening for catalog changes failed; polling alone until it recovers",
-                    exc_info=True,
-                )
-                self._stop.wait(_RETRY_S)
+        if self.enabled:
+            self._poller.start()
 
     def _listen_postgres(self) -> None:
         assert self._engine is not None
@@ -169,9 +159,7 @@ class Listener:
                 log.exception("a catalog-change callback failed")
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=_IDLE_S + 5)
+        self._poller.close(timeout_s=_IDLE_S + 5)
         if self._engine is not None:
             self._engine.dispose()
 

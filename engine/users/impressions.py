@@ -17,6 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.core.clock import utcnow
+from engine.core.poller import Poller
 from engine.store import sql_bulk
 from engine.store.models import Impression
 
@@ -63,8 +64,10 @@ class ImpressionLog:
         self.written = 0
         self._queue: queue.Queue[Shown] = queue.Queue(maxsize=max_pending)
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Keeps logging alive through a failed write: the next flush retries.
+        self._poller = Poller(
+            "impression-log", self.flush, interval_s, failed="writing impressions failed"
+        )
         self._last_purge = time.monotonic()
 
     def log(self, shown: Shown) -> None:
@@ -72,24 +75,14 @@ class ImpressionLog:
             self._queue.put_nowait(shown)
         except queue.Full:
             self.dropped += 1
-        if self._thread is None:
+        if not self._poller.started:
             self._start()
 
     def _start(self) -> None:
         with self._flush_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="impression-log", daemon=True
-                )
-                self._thread.start()
+            if not self._poller.started:
+                self._poller.start()
                 atexit.register(self.close)  # a server stopping writes what it queued
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.flush()
-            except Exception:  # keep logging alive; the next flush retries
-                log.exception("writing impressions failed")
 
     def flush(self) -> int:
         """Write everything queued so far; returns the number of rows written."""
@@ -122,9 +115,7 @@ class ImpressionLog:
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.close()
         try:
             self.flush()
         except Exception:  # at exit the database may be gone; say so, do not crash

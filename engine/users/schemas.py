@@ -3,8 +3,6 @@ user's profile out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -12,9 +10,6 @@ from pydantic import (
 )
 
 from engine.users.events import EventBody
-
-if TYPE_CHECKING:
-    pass
 
 
 class EventsBody(BaseModel):

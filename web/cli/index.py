@@ -27,7 +27,6 @@ def build(obj: Context, if_stale: bool, index_type: str | None) -> None:
 
     runtime = obj.runtime
     settings = runtime.settings.replace(index_type=index_type) if index_type else runtime.settings
-    settings.validate()
     with runtime.session() as session, progress_bar(not obj.quiet) as progress:
         report = run_build(
             runtime, session, if_stale=if_stale, settings=settings, progress=progress
@@ -73,8 +72,7 @@ def search(
     raw = {"q": query, "k": k, "category": category, "user_id": user_id}
     raw.update(context_items=list(context_items), explain=explain)
     search = validate(SearchQuery, raw, context={"max_k": runtime.settings.max_k})
-    with runtime.session() as session:
-        response = runtime.searcher.search(session, search.to_request())
+    response = runtime.search(search.to_request())
     if as_json:
         body = search_json(response, explain=explain)
         click.echo(json.dumps(body, indent=1, ensure_ascii=False))

@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.core.config import Settings, is_lite_uri
 from engine.core.errors import ConfigError, NotReady
+from engine.core.files import held_elsewhere
 from engine.index.ann.base import AnnIndex, ItemWriter
 from engine.index.ann.milvus_filter import equals, one_of
 
@@ -87,21 +88,7 @@ def client(uri: str) -> Any:
 def _lite_locked(uri: str) -> bool:
     """Whether another process holds Milvus Lite's lock on its folder (never this one: only
     asked after this process failed to open it)."""
-    import fcntl
-
-    try:
-        fd = os.open(Path(uri) / "LOCK", os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return held_elsewhere(Path(uri) / "LOCK")
 
 
 # --- index types -------------------------------------------------------------------------
