@@ -26,7 +26,8 @@ from engine.ranking.experiments import ExperimentCache
 from engine.ranking.model_store import ModelStore, live_model
 from engine.ranking.rule_store import RuleCache
 from engine.search.pipeline import Searcher
-from engine.search.request import SearchRequest, SearchResponse
+from engine.search.request import SearchRequest
+from engine.search.response import SearchOut
 from engine.store.db import (
     SQLITE_AUTOCOMMIT,
     WRITE_INTENT,
@@ -169,7 +170,7 @@ class Runtime:
         with self._search_sessions() as session:
             yield session
 
-    def search(self, request: SearchRequest) -> SearchResponse:
+    def search(self, request: SearchRequest) -> SearchOut:
         """The searcher's answer, read in a read_session.
 
         A search only reads (its impressions are logged afterwards), so one that met a

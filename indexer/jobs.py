@@ -17,6 +17,7 @@ from engine.core.clock import iso_z, utcnow
 from engine.core.errors import Conflict, InvalidInput, NotFound, RecsearchError
 from engine.runtime import Runtime
 from engine.store.models import Job
+from indexer.schemas import Job as JobOut
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +35,24 @@ class JobCancelled(Exception):
     """Raised inside a job's progress callback once a cancel was requested."""
 
 
-def job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "state": job.state,
-        "params": job.params,
-        "phase": job.phase,
-        "done": job.done,
-        "total": job.total,
-        "percent": round(100.0 * job.done / job.total, 1) if job.total else None,
-        "rate": job.rate,
-        "eta_s": job.eta_s,
-        "created_at": iso_z(job.created_at),
-        "started_at": iso_z(job.started_at),
-        "finished_at": iso_z(job.finished_at),
-        "error": job.error,
-        "result": job.result,
-    }
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,  # type: ignore[arg-type]  # one of the states the table allows
+        params=job.params,
+        phase=job.phase,
+        done=job.done,
+        total=job.total,
+        percent=round(100.0 * job.done / job.total, 1) if job.total else None,
+        rate=job.rate,
+        eta_s=job.eta_s,
+        created_at=iso_z(job.created_at),
+        started_at=iso_z(job.started_at),
+        finished_at=iso_z(job.finished_at),
+        error=job.error,
+        result=job.result,
+    )
 
 
 class JobRunner:
@@ -85,7 +86,7 @@ class JobRunner:
                     count += 1
         return count
 
-    def start(self, kind: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def start(self, kind: str, params: dict[str, Any] | None = None) -> JobOut:
         """Queue a job and run it on a thread; Conflict (409) if one of its kind is active."""
         params = dict(params or {})
         if kind not in KINDS:
@@ -102,7 +103,7 @@ class JobRunner:
                 session.add(job)
                 session.flush()
                 job_id = job.id
-                snapshot = job_dict(job)
+                snapshot = job_out(job)
         except IntegrityError:
             # Another process inserted one between our check and our insert; the unique index
             # on active jobs refused ours (PostgreSQL waits for that process to commit first).
@@ -117,21 +118,21 @@ class JobRunner:
         thread.start()
         return snapshot
 
-    def get(self, job_id: int) -> dict[str, Any]:
-        """The job as a dict; NotFound (404) for an unknown id, or one no job can have."""
+    def get(self, job_id: int) -> JobOut:
+        """The job; NotFound (404) for an unknown id, or one no job can have."""
         _check_id(job_id)
         with self.runtime.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id}")
-            return job_dict(job)
+            return job_out(job)
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, limit: int = 50) -> list[JobOut]:
         with self.runtime.session() as session:
             jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit))
-            return [job_dict(j) for j in jobs]
+            return [job_out(j) for j in jobs]
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobOut:
         """Ask a job to stop at its next progress report (a queued one stops at once)."""
         _check_id(job_id)
         with self.runtime.write_session() as session:
@@ -146,9 +147,9 @@ class JobRunner:
                 job.finished_at = utcnow()
             else:
                 event.set()
-            return job_dict(job)
+            return job_out(job)
 
-    def wait(self, job_id: int, timeout_s: float = 600) -> dict[str, Any]:
+    def wait(self, job_id: int, timeout_s: float = 600) -> JobOut:
         thread = self._threads.get(job_id)
         if thread is not None:
             thread.join(timeout_s)
@@ -183,15 +184,15 @@ class JobRunner:
 
         job = self.get(job_id)
         try:
-            result = self._execute(job["kind"], job["params"], progress)
+            result = self._execute(job.kind, job.params, progress)
             self._update(job_id, state="succeeded", result=result, finished_at=utcnow())
         except JobCancelled:
             self._update(job_id, state="cancelled", finished_at=utcnow())
         except RecsearchError as exc:  # an expected condition: its reason says it all
-            log.error("job %s (%s) failed: %s", job_id, job["kind"], exc)
+            log.error("job %s (%s) failed: %s", job_id, job.kind, exc)
             self._update(job_id, state="failed", error=str(exc), finished_at=utcnow())
         except Exception as exc:  # a bug: keep the traceback; the job records the reason
-            log.exception("job %s (%s) failed", job_id, job["kind"])
+            log.exception("job %s (%s) failed", job_id, job.kind)
             self._update(job_id, state="failed", error=str(exc), finished_at=utcnow())
         finally:
             with self._lock:

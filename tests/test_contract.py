@@ -233,7 +233,7 @@ def test_openapi_lists_every_route_with_schemas(app: Any, client: Any) -> None:
 
 # One serializer for the API, the playground and the CLI.
 def test_search_json_is_the_same_everywhere(client: Any, built: Runtime) -> None:
-    from engine.search.schemas import SearchOut
+    from engine.search.response import SearchOut
 
     api = client.get("/v1/search?q=beach&k=3&explain=true").get_json()
     playground = client.get("/admin/api/search?q=beach&k=3").get_json()

@@ -39,7 +39,7 @@ from engine.catalog.items import ItemIn
 from engine.core.config import Settings
 from engine.index.schemas import VersionBody
 from engine.runtime import Runtime
-from engine.search.schemas import SearchQuery
+from engine.search.request import SearchQuery
 from engine.users.events import EVENT_TYPES, EventBody
 from indexer.schemas import TrainBody
 from tests.conftest import ROOT, SAMPLE_CATALOG

@@ -89,7 +89,7 @@ def test_simultaneous_starts_in_two_servers_start_one_job(
             job_id = started[0]["id"]
             owner = next(r for r in runners if job_id in r._threads)
             release.set()
-            assert owner.wait(job_id, 30)["state"] == "succeeded"
+            assert owner.wait(job_id, 30).state == "succeeded"
         with servers[0].session() as session:
             assert session.scalar(select(func.count()).select_from(Job)) == 6
     finally:
@@ -364,12 +364,12 @@ def test_an_expected_job_failure_logs_one_line(
 ) -> None:
     runner = JobRunner(runtime)
     with caplog.at_level(logging.INFO, logger="indexer.jobs"):
-        job = runner.wait(runner.start("train", {"source": "impressions"})["id"], 60)
-    assert job["state"] == "failed" and "no logged impressions" in job["error"]
+        job = runner.wait(runner.start("train", {"source": "impressions"}).id, 60)
+    assert job.state == "failed" and "no logged impressions" in job.error
     records = [r for r in caplog.records if r.name == "indexer.jobs" and r.levelno >= logging.ERROR]
     assert len(records) == 1
     assert records[0].exc_info is None and "\n" not in records[0].getMessage()
-    assert job["error"] in records[0].getMessage() and f"job {job['id']}" in records[0].getMessage()
+    assert job.error in records[0].getMessage() and f"job {job.id}" in records[0].getMessage()
 
 
 def test_an_unexpected_job_failure_keeps_its_traceback(
@@ -381,8 +381,8 @@ def test_an_unexpected_job_failure_keeps_its_traceback(
 
     runner = Crashing(runtime)
     with caplog.at_level(logging.INFO, logger="indexer.jobs"):
-        job = runner.wait(runner.start("build")["id"], 60)
-    assert job["state"] == "failed" and job["error"] == "a bug"
+        job = runner.wait(runner.start("build").id, 60)
+    assert job.state == "failed" and job.error == "a bug"
     records = [r for r in caplog.records if r.name == "indexer.jobs" and r.levelno >= logging.ERROR]
     assert len(records) == 1 and records[0].exc_info is not None
 
@@ -403,7 +403,7 @@ def test_index_status_before_and_after_a_build(runtime: Runtime, seed_index: Pat
         status = index_status(store, session)
     assert status is not None
     manifest = store.manifest("v000001")
-    assert status == {
+    assert status.model_dump() == {
         "version": "v000001",
         "items": 325,
         "factory": "Flat",
@@ -416,7 +416,7 @@ def test_index_status_before_and_after_a_build(runtime: Runtime, seed_index: Pat
         "delta_items": 1,
         "vector_store": {"backend": "faiss"},
     }
-    assert status["size_bytes"] > 0
+    assert status.size_bytes > 0
 
 
 def test_the_cli_status_shows_the_shared_index_status(runtime: Runtime, seed_index: Path) -> None:

@@ -156,7 +156,7 @@ def test_events_recorded_duplicate_and_rejected(client: Any, built: Runtime) -> 
 def test_job_states_and_durations_from_sql(client: Any, built: Runtime) -> None:
     job = client.post("/admin/api/rebuild").get_json()
     runner = client.application.extensions["recsearch_jobs"]
-    assert runner.wait(job["id"], timeout_s=120)["state"] == "succeeded"
+    assert runner.wait(job["id"], timeout_s=120).state == "succeeded"
     after = scrape(client)
     assert total(after, "recsearch_jobs", kind="build", state="succeeded") == 1
     assert total(after, "recsearch_jobs", kind="build", state="running") == 0

@@ -9,8 +9,7 @@ from engine.core.contract import validate
 from engine.core.errors import InvalidInput
 from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
-from engine.search.request import SearchRequest
-from engine.search.schemas import SearchQuery
+from engine.search.request import SearchQuery, SearchRequest
 from indexer.build import build
 
 

@@ -70,7 +70,7 @@ def test_trained_model_is_saved_promoted_and_served_live(built: Runtime) -> None
         with built.session() as session:
             r = built.searcher.search(session, SearchRequest(q="oasis", k=1, explain=True))
         assert r.results[0].explanation is not None
-        return str(r.results[0].explanation["model"])
+        return str(r.results[0].explanation.model)
 
     assert explained_model() == "prior"
     store.point_current_at("v000001")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app
 from flask.typing import ResponseReturnValue
 
-from engine.catalog.items import get_item, item_to_dict
+from engine.catalog.items import get_item
+from engine.catalog.schemas import ItemOut
 from engine.core.contract import check_id
 from engine.index.schemas import IndexVersionOut, VersionBody
 from engine.index.status import index_status
@@ -18,20 +19,21 @@ from engine.ranking.schemas import (
     ExperimentIn,
     ExperimentList,
     ExperimentOut,
+    ModelInfo,
     ModelVersionOut,
     RuleDeleted,
     RuleIn,
     RuleList,
     RuleOut,
 )
-from engine.search.request import SearchRequest
-from engine.search.schemas import SearchOut, SearchQuery, search_json
+from engine.search.request import SearchQuery, SearchRequest
+from engine.search.response import SearchOut
 from engine.users.profile import recent_events, user_profile
 from indexer.jobs import JobRunner
 from indexer.schemas import Job, JobList, TrainBody
 from web import runtime_of
 from web.auth import require_admin
-from web.contract import body, operation, query
+from web.contract import body, operation, query, respond
 from web.latency import LATENCY, LatencyHistory, latency_summary
 from web.metrics import observe_search
 from web.schemas import AdminItem, AdminStatus, AdminUser, EmptyBody
@@ -74,7 +76,7 @@ _ADMIN: dict[str, Any] = {"tag": "admin", "access": "admin"}
 )
 def rebuild() -> ResponseReturnValue:
     body(EmptyBody, required=False)
-    return jsonify(jobs().start("build")), 202
+    return respond(jobs().start("build"), 202)
 
 
 @bp.post("/train")
@@ -87,25 +89,25 @@ def rebuild() -> ResponseReturnValue:
 )
 def train() -> ResponseReturnValue:
     params = body(TrainBody, required=False)
-    return jsonify(jobs().start("train", params.model_dump())), 202
+    return respond(jobs().start("train", params.model_dump()), 202)
 
 
 @bp.get("/jobs")
 @operation(summary="Recent jobs", responses={200: JobList}, **_ADMIN)
 def job_list() -> ResponseReturnValue:
-    return jsonify({"jobs": jobs().list()})
+    return respond(JobList(jobs=jobs().list()))
 
 
 @bp.get("/jobs/<int:job_id>")
 @operation(summary="One job with its progress", responses={200: Job}, **_ADMIN)
 def job_get(job_id: int) -> ResponseReturnValue:
-    return jsonify(jobs().get(job_id))
+    return respond(jobs().get(job_id))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
 @operation(summary="Ask a job to stop", responses={200: Job}, **_ADMIN)
 def job_cancel(job_id: int) -> ResponseReturnValue:
-    return jsonify(jobs().cancel(job_id))
+    return respond(jobs().cancel(job_id))
 
 
 @bp.post("/rollback")
@@ -118,7 +120,7 @@ def job_cancel(job_id: int) -> ResponseReturnValue:
 def rollback() -> ResponseReturnValue:
     version = body(VersionBody).version
     runtime_of(current_app).live.store.point_current_at(version)
-    return jsonify({"index_version": version})
+    return respond(IndexVersionOut(index_version=version))
 
 
 @bp.post("/promote")
@@ -131,7 +133,7 @@ def rollback() -> ResponseReturnValue:
 def promote() -> ResponseReturnValue:
     version = body(VersionBody).version
     ModelStore(runtime_of(current_app).settings.model_dir).point_current_at(version)
-    return jsonify({"model_version": version})
+    return respond(ModelVersionOut(model_version=version))
 
 
 @bp.post("/rules")
@@ -147,14 +149,14 @@ def rule_create() -> ResponseReturnValue:
     with runtime.write_session() as session:
         created = rule_store.create(session, rule)
     runtime.rules.invalidate()
-    return jsonify(created), 201
+    return respond(created, 201)
 
 
 @bp.get("/rules")
 @operation(summary="The merchandising rules", responses={200: RuleList}, **_ADMIN)
 def rule_list() -> ResponseReturnValue:
     with runtime_of(current_app).session() as session:
-        return jsonify({"rules": rule_store.list_all(session)})
+        return respond(RuleList(rules=rule_store.list_all(session)))
 
 
 @bp.delete("/rules/<int:rule_id>")
@@ -164,7 +166,7 @@ def rule_delete(rule_id: int) -> ResponseReturnValue:
     with runtime.write_session() as session:
         rule_store.remove(session, rule_id)
     runtime.rules.invalidate()
-    return jsonify({"deleted": rule_id})
+    return respond(RuleDeleted(deleted=rule_id))
 
 
 @bp.post("/experiments")
@@ -181,7 +183,7 @@ def experiment_start() -> ResponseReturnValue:
     with runtime.write_session() as session:
         started = experiments.start(session, models, wanted.candidate, wanted.traffic)
     runtime.experiments.invalidate()
-    return jsonify(started), 201
+    return respond(started, 201)
 
 
 @bp.get("/experiments")
@@ -191,7 +193,7 @@ def experiment_list() -> ResponseReturnValue:
     runtime.impressions.flush()
     with runtime.session() as session:
         found = experiments.list_all(session, positive_rating=runtime.settings.positive_rating)
-    return jsonify({"experiments": found})
+    return respond(ExperimentList(experiments=found))
 
 
 @bp.get("/experiments/<int:experiment_id>")
@@ -200,7 +202,7 @@ def experiment_get(experiment_id: int) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     runtime.impressions.flush()  # this process's latest interleaved requests count too
     with runtime.session() as session:
-        return jsonify(
+        return respond(
             experiments.report(
                 session, experiment_id, positive_rating=runtime.settings.positive_rating
             )
@@ -214,7 +216,7 @@ def experiment_stop(experiment_id: int) -> ResponseReturnValue:
     with runtime.write_session() as session:
         stopped = experiments.stop(session, experiment_id)
     runtime.experiments.invalidate()
-    return jsonify(stopped)
+    return respond(stopped)
 
 
 @bp.post("/experiments/<int:experiment_id>/promote")
@@ -229,7 +231,7 @@ def experiment_promote(experiment_id: int) -> ResponseReturnValue:
     with runtime.write_session() as session:
         promoted = experiments.promote(session, models, experiment_id)
     runtime.experiments.invalidate()
-    return jsonify(promoted)
+    return respond(promoted)
 
 
 @bp.get("/search")
@@ -246,7 +248,7 @@ def playground_search() -> ResponseReturnValue:
     search = search.model_copy(update={"explain": True})
     response = runtime.search(search.to_request())
     observe_search(runtime, response)
-    return jsonify(search_json(response, explain=True))
+    return respond(response)
 
 
 @bp.get("/users/<path:user_id>")
@@ -263,13 +265,7 @@ def user_inspect(user_id: str) -> ResponseReturnValue:
         events = recent_events(session, user_id)
     found = runtime.search(SearchRequest(user_id=user_id, k=10, explain=True))
     observe_search(runtime, found)
-    return jsonify(
-        {
-            "profile": profile,
-            "events": events,
-            "recommendations": search_json(found, explain=True),
-        }
-    )
+    return respond(AdminUser(profile=profile, events=events, recommendations=found))
 
 
 @bp.get("/items/<path:item_id>")
@@ -282,10 +278,10 @@ def item_inspect(item_id: str) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     item_id = check_id(item_id, "item_id")
     with runtime.session() as session:
-        item = item_to_dict(get_item(session, item_id))
+        item = ItemOut.of(get_item(session, item_id))
     found = runtime.search(SearchRequest(k=8, explain=True, similar_to=item_id))
     observe_search(runtime, found)
-    return jsonify({"item": item, "similar": search_json(found, explain=True)})
+    return respond(AdminItem(item=item, similar=found))
 
 
 @bp.get("/status")
@@ -297,16 +293,16 @@ def status() -> ResponseReturnValue:
         index = index_status(store, session)
     models = ModelStore(runtime.settings.model_dir)
     live_model = models.current_version()
-    return jsonify(
-        {
-            "index": index,
-            "index_versions": store.versions(),
-            "models": [
-                {"version": v, "live": v == live_model, "report": models.report(v)}
+    return respond(
+        AdminStatus(
+            index=index,
+            index_versions=store.versions(),
+            models=[
+                ModelInfo(version=v, live=v == live_model, report=models.report(v))
                 for v in models.versions()
             ],
-            "live_model": live_model or "prior",
-            "jobs": jobs().list(limit=10),
-            "latency_ms": latency_summary(),
-        }
+            live_model=live_model or "prior",
+            jobs=jobs().list(limit=10),
+            latency_ms=latency_summary(),
+        )
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from werkzeug.exceptions import BadRequest
@@ -13,7 +13,6 @@ from engine.catalog.items import (
     ItemIn,
     delete_items,
     get_item,
-    item_to_dict,
     parse_items_payload,
     upsert_items,
 )
@@ -22,14 +21,15 @@ from engine.core.clock import utcnow
 from engine.core.contract import check_id
 from engine.core.errors import InvalidInput, NotFound, TooLarge
 from engine.encoder.embedder import describe_encoder
-from engine.search.schemas import SearchOut, SearchQuery, SimilarQuery, search_json
+from engine.search.request import SearchQuery, SimilarQuery
+from engine.search.response import SearchOut
 from engine.users.events import EventBody, parse_events_payload
 from engine.users.profile import user_profile
 from engine.users.recording import record_events
 from engine.users.schemas import EventsBody, EventsRecorded, UserProfile
 from web import runtime_of
 from web.auth import require_key
-from web.contract import body, json_payload, operation, query
+from web.contract import body, json_payload, operation, query, respond
 from web.metrics import observe_events, observe_rejected_events, observe_search
 from web.schemas import Health, Ready
 
@@ -63,7 +63,7 @@ def _search(search: SearchQuery) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     response = runtime.search(search.to_request())
     observe_search(runtime, response)
-    return jsonify(search_json(response, explain=search.explain))
+    return respond(response)
 
 
 def _items_schema(ref: Any) -> dict[str, Any]:
@@ -86,15 +86,14 @@ def items_post() -> ResponseReturnValue:
     with runtime.write_session() as session:
         counts = upsert_items(session, items)
     runtime.vectors.forget(item.id for item in items)
-    return jsonify(
-        {
-            "inserted": counts.inserted,
-            "updated": counts.updated,
-            "unchanged": counts.unchanged,
-            "ids": [item.id for item in items],
-            "note": "stored; searchable within a second, folded into the next build",
-        }
-    ), (201 if counts.inserted else 200)
+    written = ItemsWritten(
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        ids=[item.id for item in items],
+        note="stored; searchable within a second, folded into the next build",
+    )
+    return respond(written, 201 if counts.inserted else 200)
 
 
 @bp.get("/items/<path:item_id>")
@@ -103,7 +102,7 @@ def item_get(item_id: str) -> ResponseReturnValue:
     require_key("search")
     item_id = check_id(item_id, "item_id")
     with runtime_of(current_app).session() as session:
-        return jsonify(item_to_dict(get_item(session, item_id)))
+        return respond(ItemOut.of(get_item(session, item_id)))
 
 
 @bp.get("/items/<path:item_id>/similar")
@@ -115,7 +114,7 @@ def item_similar(item_id: str) -> ResponseReturnValue:
     runtime = runtime_of(current_app)
     response = runtime.search(similar.to_request(item_id))
     observe_search(runtime, response)
-    return jsonify(search_json(response, explain=similar.explain))
+    return respond(response)
 
 
 @bp.delete("/items/<path:item_id>")
@@ -126,7 +125,7 @@ def item_delete(item_id: str) -> ResponseReturnValue:
     with runtime_of(current_app).write_session() as session:
         if delete_items(session, [item_id]):
             raise NotFound(f"item {item_id!r}")
-    return jsonify({"deleted": item_id})
+    return respond(ItemDeleted(deleted=item_id))
 
 
 def _events_schema(ref: Any) -> dict[str, Any]:
@@ -158,13 +157,13 @@ def events_post() -> ResponseReturnValue:
         observe_rejected_events(payload)
         raise
     observe_events(report)
-    return jsonify(
-        {
-            "received": report.received,
-            "recorded": report.recorded,
-            "duplicates": report.duplicates,
-            "users": report.users,
-        }
+    return respond(
+        EventsRecorded(
+            received=report.received,
+            recorded=report.recorded,
+            duplicates=report.duplicates,
+            users=report.users,
+        )
     )
 
 
@@ -175,13 +174,13 @@ def user_get(user_id: str) -> ResponseReturnValue:
     user_id = check_id(user_id, "user_id")
     runtime = runtime_of(current_app)
     with runtime.session() as session:
-        return jsonify(user_profile(session, user_id, runtime.settings))
+        return respond(user_profile(session, user_id, runtime.settings))
 
 
 @health.get("/healthz")
 @operation(summary="Liveness", tag="health", access="public", responses={200: Health})
 def healthz() -> ResponseReturnValue:
-    return jsonify({"status": "ok"})
+    return respond(Health(status="ok"))
 
 
 @health.get("/readyz")
@@ -193,20 +192,25 @@ def healthz() -> ResponseReturnValue:
 )
 def readyz() -> ResponseReturnValue:
     runtime = runtime_of(current_app)
-    checks: dict[str, Any] = {}
     try:
         with runtime.db.connect() as connection:
             connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+        database = "ok"
     except Exception as exc:  # report, do not crash: this is the probe
-        checks["database"] = f"unreachable: {type(exc).__name__}"
-    version = runtime.searcher.store.current_version() if checks["database"] == "ok" else None
-    checks["index_version"] = version
-    if version is not None:  # a differing encoder serves anyway: its vectors agree with torch's
-        built = runtime.searcher.store.manifest(version)
-        checks["encoder"] = describe_encoder(runtime.embedder.encoder, built)
-    if version is None and checks["database"] == "ok":
-        checks["index"] = "no index published: run `recsearch build`"
-    ready = checks["database"] == "ok" and version is not None
-    response = {"status": "ready" if ready else "not_ready", **checks}
-    return jsonify(response), (200 if ready else 503)
+        database = f"unreachable: {type(exc).__name__}"
+    store = runtime.live.store
+    version = store.current_version() if database == "ok" else None
+    ready = database == "ok" and version is not None
+    answer = Ready(
+        status="ready" if ready else "not_ready",
+        database=database,
+        index_version=version,
+        # a differing encoder serves anyway: its vectors agree with torch's
+        encoder=describe_encoder(runtime.embedder.encoder, store.manifest(version))
+        if version is not None
+        else None,
+        index="no index published: run `recsearch build`"
+        if version is None and database == "ok"
+        else None,
+    )
+    return respond(answer, 200 if ready else 503)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from engine.core.errors import (
@@ -13,9 +13,12 @@ from engine.core.errors import (
     InvalidInput,
     NotFound,
     NotReady,
+    Problem,
     RecsearchError,
     TooLarge,
 )
+from web.contract import respond
+from web.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +32,10 @@ STATUS: dict[type[RecsearchError], tuple[int, str]] = {
 }
 
 
-def error_response(status: int, error: str, message: str, **extra: object) -> Response:
-    response = jsonify({"error": error, "message": message, **extra})
-    response.status_code = status
-    return response
+def error_response(
+    status: int, error: str, message: str, problems: list[Problem] | None = None
+) -> Response:
+    return respond(ErrorBody(error=error, message=message, problems=problems or None), status)
 
 
 def register(app: Flask) -> None:
@@ -41,12 +44,10 @@ def register(app: Flask) -> None:
         status, code = next(
             (v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal_error")
         )
-        extra: dict[str, object] = {}
-        if isinstance(exc, InvalidInput) and exc.problems:
-            extra["problems"] = [p.to_dict() for p in exc.problems]
+        problems = exc.problems if isinstance(exc, InvalidInput) else None
         if status >= 500 and status != 503:
             log.error("engine error: %s", exc)
-        return error_response(status, code, str(exc), **extra)
+        return error_response(status, code, str(exc), problems)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

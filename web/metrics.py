@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.core.clock import utcnow
 from engine.core.errors import NotReady
 from engine.runtime import Runtime
-from engine.search.request import SearchResponse
+from engine.search.response import SearchOut
 from engine.store.models import Item, Job
 from engine.users.recording import EventReport
 from web import runtime_of
@@ -237,14 +237,14 @@ def _observe_request(response: Response) -> Response:
     return response
 
 
-def observe_search(runtime: Runtime, response: SearchResponse) -> None:
+def observe_search(runtime: Runtime, response: SearchOut) -> None:
     """Count a search by mode, its stages' times, and refresh this process's serving facts."""
     mode = response.mode
     searches = _search_children.get(mode)
     if searches is None:
         searches = _search_children[mode] = SEARCHES.labels(mode)
     searches.inc()
-    for stage, ms in response.timings_ms.items():
+    for stage, ms in response.stages_ms.items():
         stage_child = _stage_children.get((stage, mode))
         if stage_child is None:
             if stage not in STAGES:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-)
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.catalog.schemas import ItemOut
+from engine.core.contract import absent
+from engine.core.errors import Problem
 from engine.index.schemas import IndexStatus
 from engine.ranking.schemas import ModelInfo
-from engine.search.schemas import SearchOut
+from engine.search.response import SearchOut
 from engine.users.schemas import EventOut, UserProfile
 from indexer.schemas import Job
 
@@ -33,22 +32,23 @@ class AdminStatus(BaseModel):
 
 
 class Health(BaseModel):
+    """The process is up."""
+
     status: Literal["ok"]
 
 
 class Ready(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Whether this server can answer searches: its database and its published index."""
 
     status: Literal["ready", "not_ready"]
-    database: str
+    database: str = Field(description='"ok", or why the database is unreachable')
     index_version: str | None
-
-
-class ProblemOut(BaseModel):
-    field: str
-    message: str
-    line: int | None = None
-    source: str | None = None
+    encoder: str | None = Field(
+        default=None, exclude_if=absent, description="the encoder serving queries, when ready"
+    )
+    index: str | None = Field(
+        default=None, exclude_if=absent, description="what to do when no index is published"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -56,7 +56,7 @@ class ErrorBody(BaseModel):
 
     error: str
     message: str
-    problems: list[ProblemOut] | None = None
+    problems: list[Problem] | None = Field(default=None, exclude_if=absent)
 
 
 class AdminUser(BaseModel):

@@ -283,19 +283,6 @@ def prune_tombstones(session: Session, before: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def item_to_dict(row: Item) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "title": row.title,
-        "text": row.text,
-        "category": row.category,
-        "tags": list(row.tags or []),
-        "attributes": dict(row.attributes or {}),
-        "created_at": clock.iso_z(row.created_at),
-        "updated_at": clock.iso_z(row.updated_at),
-    }
-
-
 def embedding_text(title: str, text: str | None, category: str | None, tags: Sequence[str]) -> str:
     """What the encoder reads for an item: title first (it survives truncation), then the rest."""
     parts = [title]

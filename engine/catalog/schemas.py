@@ -10,6 +10,8 @@ from pydantic import (
 )
 
 from engine.catalog.items import ItemIn
+from engine.core.clock import iso_z
+from engine.store.models import Item
 
 
 class ItemsBody(BaseModel):
@@ -21,6 +23,8 @@ class ItemsBody(BaseModel):
 
 
 class ItemOut(BaseModel):
+    """An item as stored, with when it was created and last written."""
+
     id: str
     title: str
     text: str | None
@@ -29,6 +33,19 @@ class ItemOut(BaseModel):
     attributes: dict[str, bool | int | float | str]
     created_at: str | None
     updated_at: str | None
+
+    @classmethod
+    def of(cls, row: Item) -> ItemOut:
+        return cls(
+            id=row.id,
+            title=row.title,
+            text=row.text,
+            category=row.category,
+            tags=list(row.tags or []),
+            attributes=dict(row.attributes or {}),  # type: ignore[arg-type]  # as validated
+            created_at=iso_z(row.created_at),
+            updated_at=iso_z(row.updated_at),
+        )
 
 
 class ItemsWritten(BaseModel):

@@ -378,3 +378,9 @@ def finite_float(value: object) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+def absent(value: object) -> bool:
+    """For `Field(exclude_if=absent)`: a response field left out when it has no value, rather
+    than written as null (an explanation only when asked for, say)."""
+    return value is None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field, TypeAdapter
+from pydantic.dataclasses import dataclass
+
+
+def _absent(value: object) -> bool:
+    return value is None
 
 
 class RecsearchError(Exception):
@@ -35,12 +40,17 @@ class ConfigError(RecsearchError):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with one input row: where it is, which field, and why."""
+    """One thing wrong with one input row: where it is, which field, and why. Error bodies
+    (422) and rejects files show it as it is (line and source only when known)."""
 
     field: str
     message: str
-    line: int | None = None
-    source: str | None = None
+    line: int | None = Field(default=None, exclude_if=_absent)
+    source: str | None = Field(default=None, exclude_if=_absent)
+
+    def to_dict(self) -> dict[str, object]:
+        """As JSON shows it."""
+        return _PROBLEM.dump_python(self, mode="json")  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         where = ""
@@ -51,13 +61,8 @@ class Problem:
         prefix = f"{where}: " if where else ""
         return f"{prefix}{self.field}: {self.message}"
 
-    def to_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"field": self.field, "message": self.message}
-        if self.line is not None:
-            out["line"] = self.line
-        if self.source is not None:
-            out["source"] = self.source
-        return out
+
+_PROBLEM = TypeAdapter(Problem)
 
 
 class Conflict(RecsearchError):

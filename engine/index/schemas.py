@@ -40,6 +40,8 @@ class IndexVersionOut(BaseModel):
 
 
 class IndexStatus(BaseModel):
+    """The serving index version: its size, type, recall, and the items its delta holds."""
+
     version: str
     items: int
     factory: str

@@ -1,4 +1,4 @@
-"""What the serving index is, as one plain dict for the CLI and the admin API alike."""
+"""What the serving index is, for the CLI and the admin API alike."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.index.artifact import IndexStore
+from engine.index.schemas import IndexStatus
 from engine.store.models import Item
 
 
-def index_status(store: IndexStore, session: Session) -> dict[str, Any] | None:
+def index_status(store: IndexStore, session: Session) -> IndexStatus | None:
     """The current index version's facts, or None when none is published.
 
     Keys: version, items, factory, params, size_bytes (the version folder on disk),
@@ -27,17 +28,17 @@ def index_status(store: IndexStore, session: Session) -> dict[str, Any] | None:
     manifest = store.manifest(version)
     folder = store.folder(version)
     index = manifest["index"]
-    return {
-        "version": version,
-        "items": manifest["item_count"],
-        "factory": index["factory"],
-        "params": index.get("params", {}),
-        "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-        "built_at": manifest.get("built_at"),
-        "recall_at_10": manifest.get("recall_at_10"),
-        "vector_store": manifest.get("vector_store", {"backend": index.get("backend", "faiss")}),
-        "delta_items": _written_since(session, manifest),
-    }
+    return IndexStatus(
+        version=version,
+        items=manifest["item_count"],
+        factory=index["factory"],
+        params=index.get("params", {}),
+        size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        built_at=manifest.get("built_at"),
+        recall_at_10=manifest.get("recall_at_10"),
+        vector_store=manifest.get("vector_store", {"backend": index.get("backend", "faiss")}),
+        delta_items=_written_since(session, manifest),
+    )
 
 
 def _written_since(session: Session, manifest: dict[str, Any]) -> int:

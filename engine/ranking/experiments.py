@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
@@ -24,6 +23,7 @@ from engine.core.reloaded import Reloaded
 from engine.ranking.interleave import Side, credit, sign_test
 from engine.ranking.model_store import ModelStore
 from engine.ranking.ranker import LinearRanker
+from engine.ranking.schemas import ExperimentOut
 from engine.store.models import Event, Experiment, Impression
 
 RELOAD_S = 1.0
@@ -31,7 +31,7 @@ MAX_EXPERIMENT_ID = 2**31 - 1
 POSITIVE_TYPES = ("click", "cart", "purchase")
 
 
-def start(session: Session, models: ModelStore, candidate: str, traffic: float) -> dict[str, Any]:
+def start(session: Session, models: ModelStore, candidate: str, traffic: float) -> ExperimentOut:
     """Start interleaving `candidate` ("latest": the newest model version) with the live
     model on a `traffic` share of searches; Conflict while another one runs."""
     versions = models.versions()
@@ -61,7 +61,7 @@ def start(session: Session, models: ModelStore, candidate: str, traffic: float) 
     return report(session, row.id, positive_rating=None)
 
 
-def stop(session: Session, experiment_id: int, *, state: str = "stopped") -> dict[str, Any]:
+def stop(session: Session, experiment_id: int, *, state: str = "stopped") -> ExperimentOut:
     row = _get(session, experiment_id)
     if row.state != "running":
         raise Conflict(f"experiment {experiment_id} is already {row.state}")
@@ -71,7 +71,7 @@ def stop(session: Session, experiment_id: int, *, state: str = "stopped") -> dic
     return report(session, experiment_id, positive_rating=None)
 
 
-def promote(session: Session, models: ModelStore, experiment_id: int) -> dict[str, Any]:
+def promote(session: Session, models: ModelStore, experiment_id: int) -> ExperimentOut:
     """Make the candidate live and end the experiment (state "promoted")."""
     row = _get(session, experiment_id)
     if row.state == "promoted":
@@ -85,7 +85,7 @@ def promote(session: Session, models: ModelStore, experiment_id: int) -> dict[st
 
 def report(
     session: Session, experiment_id: int, *, positive_rating: float | None = 4.0
-) -> dict[str, Any]:
+) -> ExperimentOut:
     """The experiment with wins, losses, ties (over requests with a positive event) and the
     sign test's p-value."""
     row = _get(session, experiment_id)
@@ -113,23 +113,23 @@ def report(
                 clicked.setdefault(clicked_request, []).append(clicked_item)
     outcomes = [credit(teams[r], items) for r, items in clicked.items()]
     wins, losses, ties = (outcomes.count(o) for o in ("win", "loss", "tie"))
-    return {
-        "id": row.id,
-        "candidate": row.candidate,
-        "live": row.live,
-        "traffic": row.traffic,
-        "state": row.state,
-        "started_at": iso_z(row.started_at),
-        "stopped_at": iso_z(row.stopped_at) if row.stopped_at else None,
-        "requests": len(teams),
-        "wins": wins,
-        "losses": losses,
-        "ties": ties,
-        "p_value": sign_test(wins, losses),
-    }
+    return ExperimentOut(
+        id=row.id,
+        candidate=row.candidate,
+        live=row.live,
+        traffic=row.traffic,
+        state=row.state,  # type: ignore[arg-type]  # one of the states the table allows
+        started_at=iso_z(row.started_at),
+        stopped_at=iso_z(row.stopped_at) if row.stopped_at else None,
+        requests=len(teams),
+        wins=wins,
+        losses=losses,
+        ties=ties,
+        p_value=sign_test(wins, losses),
+    )
 
 
-def list_all(session: Session, *, positive_rating: float | None = 4.0) -> list[dict[str, Any]]:
+def list_all(session: Session, *, positive_rating: float | None = 4.0) -> list[ExperimentOut]:
     ids = session.scalars(select(Experiment.id).order_by(Experiment.id.desc()).limit(20))
     return [report(session, i, positive_rating=positive_rating) for i in ids]
 

@@ -18,16 +18,14 @@ from engine.core.clock import iso_z, utcnow
 from engine.core.errors import InvalidInput, NotFound, Problem
 from engine.core.reloaded import Reloaded
 from engine.ranking.rules import Rule, normalize_query
-from engine.ranking.schemas import RuleIn
+from engine.ranking.schemas import RuleIn, RuleOut
 from engine.store.models import Item, MerchandisingRule
 
 RELOAD_S = 1.0
 MAX_RULE_ID = 2**31 - 1  # an SQL INTEGER: larger ids cannot exist (and PostgreSQL refuses them)
 
 
-def create(
-    session: Session, body: RuleIn, schema: filtering.Schema | None = None
-) -> dict[str, Any]:
+def create(session: Session, body: RuleIn, schema: filtering.Schema | None = None) -> RuleOut:
     """Store a rule; its `where` is checked against the catalog (schema: default from SQL).
 
     Raises InvalidInput naming `where.<field>` for an unknown attribute or a wrong type.
@@ -52,12 +50,12 @@ def create(
     )
     session.add(row)
     session.flush()
-    return to_json(row)
+    return rule_out(row)
 
 
-def list_all(session: Session) -> list[dict[str, Any]]:
+def list_all(session: Session) -> list[RuleOut]:
     rows = session.scalars(select(MerchandisingRule).order_by(MerchandisingRule.id))
-    return [to_json(r) for r in rows]
+    return [rule_out(r) for r in rows]
 
 
 def remove(session: Session, rule_id: int) -> None:
@@ -104,19 +102,19 @@ def to_rule(row: MerchandisingRule) -> Rule:
     )
 
 
-def to_json(row: MerchandisingRule) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "action": row.action,
-        "item_id": row.item_id,
-        "where": row.where,
-        "query": row.query,
-        "position": row.position,
-        "weight": row.weight,
-        "starts_at": iso_z(row.starts_at) if row.starts_at else None,
-        "ends_at": iso_z(row.ends_at) if row.ends_at else None,
-        "created_at": iso_z(row.created_at),
-    }
+def rule_out(row: MerchandisingRule) -> RuleOut:
+    return RuleOut(
+        id=row.id,
+        action=row.action,
+        item_id=row.item_id,
+        where=row.where,
+        query=row.query,
+        position=row.position,
+        weight=row.weight,
+        starts_at=iso_z(row.starts_at) if row.starts_at else None,
+        ends_at=iso_z(row.ends_at) if row.ends_at else None,
+        created_at=iso_z(row.created_at),
+    )
 
 
 def _schema_of(where: Mapping[str, Any]) -> filtering.Schema:

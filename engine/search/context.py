@@ -14,6 +14,7 @@ from engine.core.config import Settings
 from engine.core.errors import NotFound
 from engine.index.corpus import Corpus
 from engine.search.request import SearchRequest
+from engine.search.response import Mode
 from engine.users.profile import UserState
 from engine.users.state import StateView
 
@@ -34,7 +35,7 @@ class Context:
     covisits: list[tuple[str, float]] = field(default_factory=list)
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         """The kind of search: "search" (a query), "recommend" (a user or a session only) or
         "popular" (nothing to go on)."""
         if self.vector is None:

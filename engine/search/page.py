@@ -9,7 +9,8 @@ from typing import Any
 from engine.ranking.rules import place_pins
 from engine.search.candidates import Candidate
 from engine.search.rank import Pick, Ranked
-from engine.search.request import SearchHit, SearchRequest
+from engine.search.request import SearchRequest
+from engine.search.response import Explanation, SearchHit
 from engine.search.stage import Stage
 
 
@@ -36,19 +37,19 @@ def page(request: SearchRequest, stage: Stage, ranked: Ranked, picks: list[Pick]
 
 def _explain(
     request: SearchRequest, stage: Stage, ranked: Ranked, j: int, redundancy: dict[int, float]
-) -> dict[str, Any]:
+) -> Explanation:
     """The ranker's contributions, then what the rules and diversity did to the candidate."""
-    explanation = ranked.ranker.explain(stage.x[ranked.rows[j]])
+    explanation: dict[str, Any] = ranked.ranker.explain(stage.x[ranked.rows[j]])
     applied = ranked.applied
     if j in applied.effects:
         explanation["rules"] = applied.effects[j]
         explanation["adjusted_logit"] = float(applied.logits[j])
     if request.diversity > 0 and j in redundancy:
         explanation["diversity"] = {"redundancy": redundancy[j]}
-    return explanation
+    return Explanation(**explanation)
 
 
-def _hit(c: Candidate, probability: float, explanation: dict[str, Any] | None) -> SearchHit:
+def _hit(c: Candidate, probability: float, explanation: Explanation | None) -> SearchHit:
     return SearchHit(
         id=c.item_id,
         title=c.item.title,

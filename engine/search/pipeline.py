@@ -46,7 +46,8 @@ from engine.search.candidates import gather
 from engine.search.diversify import diversified
 from engine.search.page import Page, page
 from engine.search.rank import interleave, rank
-from engine.search.request import SearchRequest, SearchResponse
+from engine.search.request import SearchRequest
+from engine.search.response import SearchOut
 from engine.search.stage import Stage
 from engine.users.impressions import ImpressionLog, Shown
 from engine.users.state import SqlState, StateView
@@ -103,7 +104,7 @@ class Searcher:
     def artifact(self) -> IndexArtifact:
         return self.live.get()
 
-    def search(self, session: Session, request: SearchRequest) -> SearchResponse:
+    def search(self, session: Session, request: SearchRequest) -> SearchOut:
         """A page of results for the request; raises NotReady before the first build,
         InvalidInput for filters the catalog cannot answer, NotFound for an unknown similar_to.
         """
@@ -124,16 +125,15 @@ class Searcher:
                 picks = diversified(request, stage, ranked, need)
             shown = page(request, stage, ranked, picks)
         stage.timings_ms["rank"] = _ms(t)
-        response = SearchResponse(
+        response = SearchOut(
             results=shown.hits,
             index_version=stage.index_version,
             took_ms=_ms(started),
             mode=stage.mode,
-            timings_ms=stage.timings_ms,
             request_id=uuid.uuid4().hex,
-            show_timings=request.timings,
             next_offset=shown.next_offset,
-        )
+            timings_ms=stage.timings_ms if request.explain or request.timings else None,
+        ).timed(stage.timings_ms)
         if ranked is not None:
             self._log(request, stage, ranked.ranker, shown, response, experiment, teams)
         return response
@@ -196,7 +196,7 @@ class Searcher:
         stage: Stage,
         ranker: LinearRanker,
         shown: Page,
-        response: SearchResponse,
+        response: SearchOut,
         experiment: Running | None,
         teams: dict[str, Side] | None,
     ) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.search.candidates import Candidate
 from engine.search.context import Context
+from engine.search.response import Mode
 
 
 @dataclass
@@ -24,5 +25,5 @@ class Stage:
     similar: bool = False
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return "similar" if self.similar else self.context.mode

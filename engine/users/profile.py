@@ -22,6 +22,7 @@ from engine.core.errors import NotFound
 from engine.store.models import Event, Item, ItemStats, UserFeatures
 from engine.users.decay import as_of, rebase
 from engine.users.events import EventIn
+from engine.users.schemas import Affinity, EventOut, RecentItem, UserProfile
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,7 @@ def load_user(session: Session, user_id: str) -> UserState | None:
     return None if row is None else UserState.from_row(row)
 
 
-def user_profile(
-    session: Session, user_id: str, settings: Settings, top: int = 10
-) -> dict[str, Any]:
+def user_profile(session: Session, user_id: str, settings: Settings, top: int = 10) -> UserProfile:
     """What an operator needs to see why the user gets what they get; raises NotFound."""
     state = load_user(session, user_id)
     if state is None:
@@ -175,24 +174,24 @@ def user_profile(
     now = utcnow()
     f = as_of(1.0, state.ref_ts, now, settings.half_life_s)
 
-    def ranked(values: dict[str, float]) -> list[dict[str, Any]]:
+    def ranked(values: dict[str, float]) -> list[Affinity]:
         best = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-        return [{"name": k, "affinity": round(v * f, 6)} for k, v in best]
+        return [Affinity(name=k, affinity=round(v * f, 6)) for k, v in best]
 
-    return {
-        "user_id": state.user_id,
-        "event_count": state.event_count,
-        "counts": state.counts,
-        "first_activity": iso_z(state.first_ts),
-        "last_activity": iso_z(state.last_ts),
-        "top_categories": ranked(state.category_affinity),
-        "top_tags": ranked(state.tag_affinity),
-        "recent_items": [{"item_id": i, "type": t, "ts": ts + "Z"} for i, t, ts in state.recent],
-        "purchased": state.purchased[-top:][::-1],
-        "has_vector": state.unit_vector() is not None,
-        "decayed_to": iso_z(now),
-        "half_life_days": settings.half_life_days,
-    }
+    return UserProfile(
+        user_id=state.user_id,
+        event_count=state.event_count,
+        counts=state.counts,
+        first_activity=iso_z(state.first_ts),
+        last_activity=iso_z(state.last_ts),
+        top_categories=ranked(state.category_affinity),
+        top_tags=ranked(state.tag_affinity),
+        recent_items=[RecentItem(item_id=i, type=t, ts=ts + "Z") for i, t, ts in state.recent],
+        purchased=state.purchased[-top:][::-1],
+        has_vector=state.unit_vector() is not None,
+        decayed_to=iso_z(now),
+        half_life_days=settings.half_life_days,
+    )
 
 
 def most_popular(
@@ -211,7 +210,7 @@ def most_popular(
     return [i for i in session.scalars(query) if i not in exclude][:limit]
 
 
-def recent_events(session: Session, user_id: str, limit: int = 20) -> list[dict[str, Any]]:
+def recent_events(session: Session, user_id: str, limit: int = 20) -> list[EventOut]:
     """The user's latest events, newest first (the admin page's user inspector)."""
     rows = session.scalars(
         select(Event)
@@ -220,12 +219,8 @@ def recent_events(session: Session, user_id: str, limit: int = 20) -> list[dict[
         .limit(limit)
     )
     return [
-        {
-            "type": e.type,
-            "item_id": e.item_id,
-            "ts": iso_z(e.ts),
-            "value": e.value,
-            "request_id": e.request_id,
-        }
+        EventOut(
+            type=e.type, item_id=e.item_id, ts=iso_z(e.ts), value=e.value, request_id=e.request_id
+        )
         for e in rows
     ]

@@ -169,18 +169,7 @@ def answer(searcher: Searcher, runtime: Runtime, request: SearchRequest) -> dict
         "request": describe(request),
         "mode": response.mode,
         "next_offset": response.next_offset,
-        "results": [
-            {
-                "id": hit.id,
-                "score": hit.score,
-                "title": hit.title,
-                "category": hit.category,
-                "tags": list(hit.tags),
-                "attributes": dict(hit.attributes),
-                **({"explanation": hit.explanation} if hit.explanation is not None else {}),
-            }
-            for hit in response.results
-        ],
+        "results": response.model_dump(mode="json")["results"],
     }
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from web.cli.base import (
@@ -66,7 +64,7 @@ def search(
 ) -> None:
     """Search from the terminal and print a table ("" as QUERY recommends for --user)."""
     from engine.core.contract import validate
-    from engine.search.schemas import SearchQuery, search_json
+    from engine.search.request import SearchQuery
 
     runtime = obj.runtime
     raw = {"q": query, "k": k, "category": category, "user_id": user_id}
@@ -74,8 +72,7 @@ def search(
     search = validate(SearchQuery, raw, context={"max_k": runtime.settings.max_k})
     response = runtime.search(search.to_request())
     if as_json:
-        body = search_json(response, explain=explain)
-        click.echo(json.dumps(body, indent=1, ensure_ascii=False))
+        click.echo(response.model_dump_json(indent=1))
         return
     click.echo(f"{'#':>3}  {'score':>6}  {'category':<12}  {'id':<34}  title")
     for rank, hit in enumerate(response.results, start=1):
@@ -84,11 +81,11 @@ def search(
             f"{hit.title}"
         )
         if hit.explanation:
-            parts = sorted(hit.explanation["contributions"].items(), key=lambda kv: -abs(kv[1]))
+            parts = sorted(hit.explanation.contributions.items(), key=lambda kv: -abs(kv[1]))
             shown = ", ".join(f"{name} {value:+.2f}" for name, value in parts if value)
             click.echo(
-                f"{'':>13}logit {hit.explanation['logit']:+.2f} = bias "
-                f"{hit.explanation['bias']:+.2f}, {shown}"
+                f"{'':>13}logit {hit.explanation.logit:+.2f} = bias "
+                f"{hit.explanation.bias:+.2f}, {shown}"
             )
     click.echo(f"index {response.index_version}, {response.mode}, {response.took_ms:.1f} ms")
 
@@ -118,17 +115,17 @@ def status(obj: Context) -> None:
         click.echo("index      none published: run `recsearch build`")
         return
     click.echo(
-        f"index      {index['version']}: {index['items']} items, {index['factory']} "
-        f"{index['params']}, recall@10 {index['recall_at_10']}, built {index['built_at']}, "
-        f"{index['size_bytes'] / 1048576:.1f} MiB; {index['delta_items']} items pending "
+        f"index      {index.version}: {index.items} items, {index.factory} "
+        f"{index.params}, recall@10 {index.recall_at_10}, built {index.built_at}, "
+        f"{index.size_bytes / 1048576:.1f} MiB; {index.delta_items} items pending "
         "in the delta"
     )
-    where = index["vector_store"]
+    where = index.vector_store or {"backend": "faiss"}
     if where["backend"] == "milvus":
         click.echo(
             f"vectors    Milvus {where['uri']}: {where['collection']} (alias {where['alias']})"
         )
-    built = store.manifest(index["version"])
+    built = store.manifest(index.version)
     click.echo(f"encoder    {describe_encoder(runtime.settings.encoder, built)}")
     click.echo(f"versions   {', '.join(store.versions())}")
     live = ModelStore(runtime.settings.model_dir).current_version()

@@ -105,8 +105,8 @@ def experiment_start(obj: Context, candidate: str, traffic: float) -> None:
     with runtime.write_session() as session:
         started = experiments.start(session, ModelStore(obj.settings.model_dir), candidate, traffic)
     click.echo(
-        f"experiment {started['id']}: {started['candidate']} vs live {started['live']} on "
-        f"{started['traffic']:.0%} of searches (servers pick it up within a second)"
+        f"experiment {started.id}: {started.candidate} vs live {started.live} on "
+        f"{started.traffic:.0%} of searches (servers pick it up within a second)"
     )
 
 
@@ -129,9 +129,9 @@ def experiment_status(obj: Context, experiment_id: int | None) -> None:
         click.echo("no experiments")
     for e in found:
         click.echo(
-            f"experiment {e['id']} ({e['state']}): {e['candidate']} vs {e['live']}, "
-            f"{e['requests']} interleaved requests; wins {e['wins']}, losses {e['losses']}, "
-            f"ties {e['ties']}; p = {e['p_value']:.4g}"
+            f"experiment {e.id} ({e.state}): {e.candidate} vs {e.live}, "
+            f"{e.requests} interleaved requests; wins {e.wins}, losses {e.losses}, "
+            f"ties {e.ties}; p = {e.p_value:.4g}"
         )
 
 
@@ -150,7 +150,7 @@ def experiment_stop(obj: Context, experiment_id: int, promote: bool) -> None:
             done = experiments.promote(session, ModelStore(obj.settings.model_dir), experiment_id)
         else:
             done = experiments.stop(session, experiment_id)
-    click.echo(f"experiment {done['id']} {done['state']}")
+    click.echo(f"experiment {done.id} {done.state}")
 
 
 @cli.group()

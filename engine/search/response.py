@@ -1,0 +1,88 @@
+"""What a search answers: the hits, each with its score and, when asked, the explanation of it.
+
+These models are the response: the API, the admin page and `recsearch search --json` all
+write them with model_dump_json, and /openapi.json describes them. Fields that only some
+responses carry (explanation, timings_ms and the explanation's rules and diversity) are left
+out when empty, not written as null.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from engine.core.contract import absent
+
+
+class Explanation(BaseModel):
+    """Why a hit scored what it did: the contributions plus the bias sum to the logit."""
+
+    model: str
+    logit: float
+    bias: float
+    contributions: dict[str, float]
+    features: dict[str, float]
+    rules: list[dict[str, Any]] | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="the merchandising rules that changed this result",
+    )
+    adjusted_logit: float | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="the logit after boost/bury rules (the score's)",
+    )
+    diversity: dict[str, float] | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="MMR: the cosine to the closest result above it",
+    )
+
+
+class SearchHit(BaseModel):
+    """One result: the item's fields a page shows, and its score."""
+
+    id: str
+    title: str
+    category: str | None
+    score: float = Field(description="the ranker's probability, 0..1")
+    tags: list[str]
+    attributes: dict[str, bool | int | float | str]
+    explanation: Explanation | None = Field(
+        default=None, exclude_if=absent, description="with explain=true"
+    )
+
+
+# "search" (a query), "recommend" (a user or a session only), "popular" (nothing to go on),
+# "similar" (items like one item)
+Mode = Literal["search", "recommend", "popular", "similar"]
+
+
+class SearchOut(BaseModel):
+    """A page of results, how it was found, and how to ask for the next page."""
+
+    results: list[SearchHit]
+    index_version: str
+    took_ms: float
+    mode: Mode
+    request_id: str = Field(description="send it with events that follow from these results")
+    next_offset: int | None = Field(
+        default=None, description="the offset of the next page; null at the end"
+    )
+    timings_ms: dict[str, float] | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="per stage (embed, user, retrieve, features, rank), with explain or timings",
+    )
+    # What each stage took, whether or not the response shows it (metrics count every search).
+    _stages: dict[str, float] = PrivateAttr(default_factory=dict)
+
+    @property
+    def stages_ms(self) -> dict[str, float]:
+        return self._stages
+
+    def timed(self, stages_ms: dict[str, float]) -> SearchOut:
+        """This response, knowing what each stage took (kept out of the JSON)."""
+        self._stages = stages_ms
+        return self
