@@ -177,12 +177,12 @@ def finish_jobs(app: Any, timeout_s: float = 120.0) -> None:
 
     runner: JobRunner = app.extensions["recsearch_jobs"]
     for job in runner.list(limit=10_000):
-        if job["state"] in ACTIVE_JOBS:
+        if job.state in ACTIVE_JOBS:
             try:
-                runner.cancel(job["id"])
+                runner.cancel(job.id)
             except Conflict:
                 pass  # it finished in between
-            runner.wait(job["id"], timeout_s)
+            runner.wait(job.id, timeout_s)
 
 
 def _checks() -> list[Any]:

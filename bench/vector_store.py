@@ -153,7 +153,7 @@ def main() -> None:
 
 def synthetic(args: argparse.Namespace) -> None:
     from engine.index.ann import RowLabels, create_index
-    from indexer.build import measure_recall
+    from indexer.recall import measure_recall
 
     n, dim = args.synthetic, 384
     rng = np.random.default_rng(0)

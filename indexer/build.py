@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import platform
 import time
@@ -11,36 +9,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import __version__
-from engine.catalog.fields import ItemFields
 from engine.catalog.items import (
-    INDEXED_COLUMNS,
-    embedding_text,
     prune_tombstones,
     settled_before,
-    text_hash,
 )
 from engine.core.clock import utcnow
 from engine.core.config import Settings
-from engine.core.errors import Conflict, InvalidInput, NotReady
+from engine.core.errors import Conflict, InvalidInput
 from engine.encoder.embedder import Embedder
-from engine.index import stored_vectors
 from engine.index.ann import RowLabels, create_index
-from engine.index.ann.faiss import choose_factory, exact_top_k
+from engine.index.ann.faiss import choose_factory
 from engine.index.artifact import IndexStore, write_artifact_files
 from engine.index.delta import manifest_watermark
 from engine.index.lexical import LexicalIndex
 from engine.runtime import Runtime
-from engine.store.models import IndexVersion, Item
+from engine.store.models import IndexVersion
+from indexer.embedding import embed_catalog, load_catalog
 from indexer.progress import Progress, no_progress
+from indexer.recall import measure_recall
 
 log = logging.getLogger(__name__)
 
-RECALL_K = 10
 _ADD_CHUNK = 10_000
 # Deletions younger than this are kept whatever the versions (see _prune_tombstones).
 TOMBSTONE_GRACE = timedelta(days=1)
@@ -60,26 +52,6 @@ class BuildReport:
     items_per_second: float
     skipped: bool = False
     pruned: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _CatalogRows:
-    ids: list[str]
-    categories: list[str | None]
-    texts: list[str]
-    text_hashes: list[str]
-    items: list[ItemFields]  # what searches return and rank on, served from the artifact
-
-    def fingerprint(self) -> str:
-        """Changes with anything the version holds: text (hence vectors), category, and the
-        fields served from it (attributes, created_at; title and tags are in the text)."""
-        digest = hashlib.sha256()
-        for item_id, cat, th, item in zip(
-            self.ids, self.categories, self.text_hashes, self.items, strict=True
-        ):
-            served = json.dumps([item.attributes, str(item.created_at)], sort_keys=True)
-            digest.update(f"{item_id}\0{cat or ''}\0{th}\0{served}\n".encode())
-        return digest.hexdigest()
 
 
 def build(
@@ -110,7 +82,7 @@ def build(
     # Items written after this moment are served from the delta until the next build. Not
     # "now": a write transaction still open now may commit rows stamped earlier (PostgreSQL).
     catalog_read_at = settled_before(session)
-    rows = _load_catalog(session, embedder.name, progress)
+    rows = load_catalog(session, embedder.name, progress)
     n = len(rows.ids)
     if n == 0:
         raise InvalidInput("the catalog is empty: run `recsearch ingest FILE` before building")
@@ -135,7 +107,7 @@ def build(
             skipped=True,
         )
 
-    vectors, reused, embed_s = _embed(rows, embedder, store, previous, progress, session)
+    vectors, reused, embed_s = embed_catalog(rows, embedder, store, previous, progress, session)
 
     if settings.vector_store == "milvus":
         _drop_stale_collections(settings, store)
@@ -263,23 +235,6 @@ def _prune_tombstones(runtime: Runtime, store: IndexStore) -> None:
         log.info("forgot %d deletions older than every kept version", gone)
 
 
-def _load_catalog(session: Session, model_name: str, progress: Progress) -> _CatalogRows:
-    rows = _CatalogRows([], [], [], [], [])
-    query = select(*INDEXED_COLUMNS).order_by(Item.id)
-    progress("load", 0, 0)
-    for item_id, title, text, category, tags, attributes, created_at in session.execute(
-        query.execution_options(yield_per=5_000)
-    ):
-        content = embedding_text(title, text, category, tags or [])
-        rows.ids.append(item_id)
-        rows.categories.append(category)
-        rows.texts.append(content)
-        rows.text_hashes.append(text_hash(model_name, content))
-        rows.items.append(ItemFields.from_columns(title, category, tags, attributes, created_at))
-    progress("load", len(rows.ids), len(rows.ids))
-    return rows
-
-
 def _vector_store_section(index_section: dict[str, Any]) -> dict[str, Any]:
     """Where the version's vectors are searched: the manifest's "vector_store"."""
     section = {"backend": index_section["backend"]}
@@ -335,94 +290,3 @@ def _same_build(
         and index.get("params", {}).get("efSearch", settings.hnsw_ef_search)
         == settings.hnsw_ef_search
     )
-
-
-def _embed(
-    rows: _CatalogRows,
-    embedder: Embedder,
-    store: IndexStore,
-    previous: dict[str, Any] | None,
-    progress: Progress,
-    session: Session,
-) -> tuple[np.ndarray, int, float]:
-    """All item vectors, reusing the previous version's for texts that did not change and
-    those the embedding follower stored since (so a rebuild after live writes encodes none)."""
-    n = len(rows.ids)
-    vectors = np.empty((n, embedder.dim), dtype=np.float32)
-    todo = list(range(n))
-    reused = 0
-    old = None
-    if previous and previous["model"]["name"] == embedder.name:
-        try:
-            old = store.load(previous["version"])
-        except NotReady as exc:  # e.g. its Milvus collection was dropped: embed everything
-            log.warning("cannot reuse the vectors of %s: %s", previous["version"], exc)
-    if old is not None:
-        if old.dim == embedder.dim:
-            old_rows = {h: r for r, h in enumerate(old.text_hashes)}
-            old_vectors = old.vectors()
-            todo = []
-            for row, text_hash in enumerate(rows.text_hashes):
-                old_row = old_rows.get(text_hash)
-                if old_row is None:
-                    todo.append(row)
-                else:
-                    vectors[row] = old_vectors[old_row]
-            reused = n - len(todo)
-    if todo:
-        found = stored_vectors.load_matching(
-            session, {rows.ids[r]: rows.text_hashes[r] for r in todo}
-        )
-        kept = []
-        for r in todo:
-            vector = found.get(rows.ids[r])
-            if vector is not None and vector.shape[0] == embedder.dim:
-                vectors[r] = vector
-            else:
-                kept.append(r)
-        reused += len(todo) - len(kept)
-        todo = kept
-    done = reused
-    progress("embed", done, n)
-
-    def advance(k: int) -> None:
-        nonlocal done
-        done += k
-        progress("embed", done, n)
-
-    started = time.perf_counter()
-    if todo:
-        vectors[todo] = embedder.encode([rows.texts[r] for r in todo], progress=advance)
-    return vectors, reused, time.perf_counter() - started
-
-
-def measure_recall(
-    index: Any, vectors: np.ndarray, sample_size: int, progress: Progress = no_progress
-) -> float:
-    """Recall@10 of the index against exact search, on catalog items used as queries.
-
-    Each query's own row is dropped from both lists (it would be a free hit), and a result
-    tied with the exact 10th neighbour counts as correct.
-    """
-    n = vectors.shape[0]
-    if n <= 1:
-        return 1.0
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(n, size=min(sample_size, n), replace=False))
-    queries = np.ascontiguousarray(vectors[sample])
-    k = min(RECALL_K, n - 1)
-    progress("recall", 0, len(sample))
-    exact_scores, exact_rows = exact_top_k(queries, vectors, k + 1)
-    _, ann_rows = index.search(queries, k + 1)
-    hits = 0
-    for i, row in enumerate(sample):
-        truth = [r for r in exact_rows[i] if r != row][:k]
-        truth_scores = [s for s, r in zip(exact_scores[i], exact_rows[i], strict=True) if r != row]
-        kth = truth_scores[k - 1] if len(truth_scores) >= k else -np.inf
-        found = [r for r in ann_rows[i] if r != row and r >= 0][:k]
-        truth_set = set(truth)
-        for r in found:
-            if r in truth_set or float(queries[i] @ vectors[r]) >= kth - 1e-6:
-                hits += 1
-    progress("recall", len(sample), len(sample))
-    return round(hits / (len(sample) * k), 4)

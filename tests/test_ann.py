@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from engine.core.config import Settings
 from engine.index.ann import create_index, load_index
 from engine.index.ann.faiss import choose_factory
-from indexer.build import measure_recall
+from indexer.recall import measure_recall
 
 
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:

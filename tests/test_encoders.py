@@ -16,16 +16,15 @@ from click.testing import CliRunner
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
 from engine.encoder.embedder import Embedder, describe_encoder, resolve_device
-from engine.encoder.onnx_encoder import OnnxEncoder, pool, read_spec, tokenizer_core
-from engine.encoder.onnx_export import (
-    EXPORT_FORMAT,
+from engine.encoder.onnx_cache import (
     FILES,
     MIN_MEAN_COSINE,
-    PROBE_TEXTS,
     cache_problem,
     folder_digest,
     load_onnx_encoder,
 )
+from engine.encoder.onnx_encoder import OnnxEncoder, pool, read_spec, tokenizer_core
+from engine.encoder.onnx_export import EXPORT_FORMAT, PROBE_TEXTS
 from engine.runtime import Runtime
 from engine.search.request import SearchRequest
 from indexer.build import build
@@ -281,7 +280,7 @@ def test_cuda_without_a_gpu_is_a_config_error(tmp_path: Path) -> None:
     [
         ("RECSEARCH_ENCODER", "tensorrt", "RECSEARCH_ENCODER='tensorrt': expected one of onnx"),
         ("RECSEARCH_DEVICE", "gpu", "RECSEARCH_DEVICE='gpu': expected auto, cpu, cuda"),
-        ("RECSEARCH_ENCODER_THREADS", "-1", "RECSEARCH_ENCODER_THREADS=-1 is out of range"),
+        ("RECSEARCH_ENCODER_THREADS", "-1", "RECSEARCH_ENCODER_THREADS='-1' is out of range"),
     ],
 )
 def test_encoder_settings_name_the_variable(name: str, value: str, fragment: str) -> None:
@@ -428,7 +427,7 @@ def test_concurrent_first_starts_export_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two loaders on an empty cache: one exports under the lock, the other reuses its file."""
-    caplog.set_level("INFO", logger="engine.encoder.onnx_export")
+    caplog.set_level("INFO", logger="engine.encoder.onnx_cache")
     settings = Settings(data_dir=tmp_path / "var")
     results: list[object] = []
 

@@ -21,7 +21,7 @@ from indexer.click_prior import (
     fold_of,
     judgment_clicks,
 )
-from indexer.train import Judgment, judgment_examples
+from indexer.examples import Judgment, judgment_examples
 
 
 def test_judgment_clicks_are_one_pseudo_user_per_query() -> None:

@@ -33,6 +33,7 @@ from engine.store.db import _alembic_config, head_revision, make_engine, upgrade
 from engine.store.models import Job
 from indexer.jobs import JobRunner
 from indexer.progress import Progress
+from indexer.schemas import Job as JobOut
 
 
 def _all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
@@ -81,12 +82,12 @@ def test_simultaneous_starts_in_two_servers_start_one_job(
         for _ in range(6):
             release.clear()
             outcomes = _all_at_once([partial(r.start, "build") for r in runners])
-            started = [o for o in outcomes if isinstance(o, dict)]
-            refused = [o for o in outcomes if not isinstance(o, dict)]
+            started = [o for o in outcomes if isinstance(o, JobOut)]
+            refused = [o for o in outcomes if not isinstance(o, JobOut)]
             assert len(started) == 1, outcomes
             assert len(refused) == 1 and isinstance(refused[0], Conflict), outcomes
             assert "already" in str(refused[0])
-            job_id = started[0]["id"]
+            job_id = started[0].id
             owner = next(r for r in runners if job_id in r._threads)
             release.set()
             assert owner.wait(job_id, 30).state == "succeeded"

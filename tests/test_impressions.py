@@ -12,7 +12,8 @@ from engine.core.clock import utcnow
 from engine.core.errors import InvalidInput
 from engine.runtime import Runtime
 from engine.store.models import Impression
-from indexer.train import impression_examples, train_from_impressions
+from indexer.examples import impression_examples
+from indexer.train import train_from_impressions
 
 QUERIES = ["beach", "mountains", "old town", "desert", "wine", "temples", "lakes", "safari"]
 

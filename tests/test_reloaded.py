@@ -148,11 +148,13 @@ def test_a_failed_background_read_keeps_the_value_and_retries(
         assert "reading the test value again failed" in caplog.text
     finally:
         cache.close()
-    assert cache._thread is not None and not cache._thread.is_alive()
+    assert cache._poller.started and not [
+        t for t in threading.enumerate() if t.name == "test value"
+    ]
 
 
 def test_close_before_any_read_starts_no_thread() -> None:
     cache = Reloaded(lambda previous: 1, 0.01, "test value")
     cache.close()
     assert cache.get() == 1  # still answers, read in place
-    assert cache._thread is None
+    assert not cache._poller.started

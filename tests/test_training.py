@@ -16,8 +16,9 @@ from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
 from engine.search.request import SearchRequest
 from indexer.build import build
+from indexer.examples import Judgment
 from indexer.ingest import ingest
-from indexer.train import Judgment, train_from_judgments
+from indexer.train import train_from_judgments
 from tests.conftest import SAMPLE_CATALOG, SHARED_DATA, write_jsonl
 from web.cli import Context, cli
 
@@ -47,7 +48,7 @@ def test_lexical_source_finds_rare_words(built: Runtime, tmp_path: Path) -> None
 
 def test_trained_model_is_saved_promoted_and_served_live(built: Runtime) -> None:
     from engine.ranking.metrics import auc
-    from indexer.train import judgment_examples
+    from indexer.examples import judgment_examples
 
     judgments = description_judgments()
     with built.session() as session:

@@ -31,9 +31,9 @@ from engine.search.response import SearchOut
 from engine.users.profile import recent_events, user_profile
 from indexer.jobs import JobRunner
 from indexer.schemas import Job, JobList, TrainBody
-from web import runtime_of
 from web.auth import require_admin
 from web.contract import body, operation, query, respond
+from web.extensions import runtime_of
 from web.latency import LATENCY, LatencyHistory, latency_summary
 from web.metrics import observe_search
 from web.schemas import AdminItem, AdminStatus, AdminUser, EmptyBody

@@ -27,9 +27,9 @@ from engine.users.events import EventBody, parse_events_payload
 from engine.users.profile import user_profile
 from engine.users.recording import record_events
 from engine.users.schemas import EventsBody, EventsRecorded, UserProfile
-from web import runtime_of
 from web.auth import require_key
 from web.contract import body, json_payload, operation, query, respond
+from web.extensions import runtime_of
 from web.metrics import observe_events, observe_rejected_events, observe_search
 from web.schemas import Health, Ready
 

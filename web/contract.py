@@ -98,7 +98,7 @@ def query(model: type[M], *, lists: tuple[str, ...] = (), **context: Any) -> M:
 
 
 def _context(extra: dict[str, Any]) -> dict[str, Any]:
-    from web import runtime_of
+    from web.extensions import runtime_of
 
     settings = runtime_of(current_app).settings
     return {"max_k": settings.max_k, **extra}

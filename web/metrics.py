@@ -47,9 +47,9 @@ from engine.runtime import Runtime
 from engine.search.response import SearchOut
 from engine.store.models import Item, Job
 from engine.users.recording import EventReport
-from web import runtime_of
 from web.auth import require_key
 from web.contract import operation
+from web.extensions import runtime_of
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)

@@ -125,7 +125,7 @@ def spec(app: Flask) -> dict[str, Any]:
 
 def _apply_limits(document: dict[str, Any], app: Flask) -> None:
     """The server's own bounds (RECSEARCH_MAX_K, _MAX_BATCH_ITEMS) where models say defaults."""
-    from web import runtime_of
+    from web.extensions import runtime_of
 
     settings = runtime_of(app).settings
     schemas = document["components"]["schemas"]

@@ -122,7 +122,7 @@ def run(
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            from web import create_app
+            from web.app import create_app
 
             app = create_app(settings, loopback=loopback)
             runtime = app.extensions["recsearch"]

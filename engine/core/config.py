@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
@@ -299,8 +299,8 @@ def describe(error: ValidationError) -> str:
         elif kind in _EXPECTED:
             lines.append(f"{name}={value!r}: {_EXPECTED[kind]}")
         elif kind == "literal_error":
-            expected = (problem.get("ctx") or {}).get("expected", "")
-            lines.append(f"{name}={value!r}: expected one of {expected}")
+            allowed = get_args(Settings.model_fields[str(where)].annotation)
+            lines.append(f"{name}={value!r}: expected one of {', '.join(map(str, allowed))}")
         else:
             message = str(problem["msg"]).removeprefix("Value error, ")
             lines.append(f"{name}={value!r}: {message}")

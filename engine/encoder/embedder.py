@@ -20,7 +20,7 @@ from engine.core.config import ENCODERS, Settings, is_device
 from engine.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from engine.encoder.onnx_export import ProbeCheck
+    from engine.encoder.onnx_cache import ProbeCheck
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Embedder:
                 self.device = _no_gpu(settings, "torch sees no CUDA device")
             self._query = self._batch = TorchEncoder(settings, self.device)
         else:
-            from engine.encoder.onnx_export import load_onnx_encoder
+            from engine.encoder.onnx_cache import load_onnx_encoder
 
             self._query, self.check = load_onnx_encoder(settings, settings.encoder)
             self._batch = self._query
@@ -204,7 +204,7 @@ def _gpu_batch_encoder(settings: Settings, device: str) -> TextEncoder | None:
     CUDA; None when neither reaches the device."""
     torch_cuda, ort_cuda = _cuda_support()
     if ort_cuda:
-        from engine.encoder.onnx_export import load_onnx_encoder
+        from engine.encoder.onnx_cache import load_onnx_encoder
 
         encoder, _ = load_onnx_encoder(settings, "onnx", device=device)
         if "CUDAExecutionProvider" in encoder.providers:

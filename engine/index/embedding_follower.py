@@ -46,7 +46,7 @@ BATCH = 256
 
 class VectorSink(Protocol):
     """A vector store that serves upserts and deletes between builds (e.g. Milvus's
-    engine.index.ann.milvus.MilvusWriter, whose signatures these are).
+    engine.index.ann.milvus_writer.MilvusWriter, whose signatures these are).
 
     Called by the elected follower only, after the vectors are stored; either call may
     repeat items already handed (after an election, a new version or a failed call), so

@@ -41,9 +41,9 @@ def train(
 
     Without a source flag: logged impressions when some were clicked, else the event history.
     """
+    from indexer.examples import read_judgments
     from indexer.train import (
         default_source,
-        read_judgments,
         train_from_events,
         train_from_impressions,
         train_from_judgments,
@@ -183,7 +183,8 @@ def evaluate_beir_cmd(obj: Context, folder: Path, out: Path | None, promote: boo
 @pass_ctx
 def evaluate_movielens_cmd(obj: Context, folder: Path, out: Path | None) -> None:
     """HR@10 / NDCG@10, leave-last-out: popularity, als, retrieval, reranked."""
-    from indexer.evaluate import evaluate_movielens, print_table
+    from indexer.evaluate import print_table
+    from indexer.evaluate_movielens import evaluate_movielens
 
     with progress_bar(not obj.quiet) as progress:
         result = evaluate_movielens(obj.runtime, folder, progress=progress)

@@ -42,7 +42,7 @@ def serve(obj: Context, host: str, port: int, workers: int, threads: int, dev: b
     api_key(settings)  # created once here, not raced by the workers
     opened = ", ".join(sorted(open_areas(settings, host in LOCAL_HOSTS))) or "nothing"
     if dev:
-        from web import create_app
+        from web.app import create_app
 
         runtime = obj.runtime
         app = create_app(runtime=runtime, loopback=host in LOCAL_HOSTS)

@@ -75,7 +75,7 @@ def item_writer(settings: Settings) -> ItemWriter | None:
     """Where item upserts and deletes between builds go, or None when the store is fixed at
     its build (FAISS: the delta serves them). Connects on the first write, not here."""
     if settings.vector_store == "milvus":
-        from engine.index.ann.milvus import MilvusWriter
+        from engine.index.ann.milvus_writer import MilvusWriter
 
         return MilvusWriter.from_settings(settings)
     return None

@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from engine.core.config import Settings, is_lite_uri
 from engine.core.errors import ConfigError, NotReady
 from engine.core.files import held_elsewhere
-from engine.index.ann.base import AnnIndex, ItemWriter
+from engine.index.ann.base import AnnIndex
 from engine.index.ann.milvus_filter import equals, one_of
 
 log = logging.getLogger(__name__)
@@ -225,7 +224,7 @@ class MilvusIndex(AnnIndex):
             rows = range(start + lo, start + hi)
             self.client.insert(
                 self.collection,
-                _records(
+                records(
                     [labels.ids[r] for r in rows],
                     vectors[lo:hi],
                     [labels.categories[r] for r in rows],
@@ -335,54 +334,7 @@ class MilvusIndex(AnnIndex):
         }
 
 
-class MilvusWriter(ItemWriter):
-    """Upserts and deletes through the alias, i.e. into whichever collection serves now."""
-
-    def __init__(self, uri: str, alias: str) -> None:
-        self.uri = uri
-        self.alias = alias
-
-    @property
-    def client(self) -> Any:
-        # On first write, not at construction: a process that never writes (a CLI command
-        # while a server holds Milvus Lite) never opens it.
-        return client(self.uri)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MilvusWriter:
-        return cls(settings.milvus_target, settings.milvus_collection)
-
-    def upsert(
-        self,
-        ids: Sequence[str],
-        vectors: np.ndarray,
-        categories: Sequence[str | None],
-        tags: Sequence[Sequence[str]] | None = None,
-        attributes: Sequence[Mapping[str, Any]] | None = None,
-    ) -> None:
-        if len(ids) != vectors.shape[0] or len(ids) != len(categories):
-            raise ValueError(f"{len(ids)} ids, {vectors.shape[0]} vectors, {len(categories)} cats")
-        written_at = time.time_ns() // 1_000_000
-        for lo in range(0, len(ids), WRITE_CHUNK):
-            hi = lo + WRITE_CHUNK
-            self.client.upsert(
-                self.alias,
-                _records(
-                    ids[lo:hi],
-                    vectors[lo:hi],
-                    categories[lo:hi],
-                    None if tags is None else tags[lo:hi],
-                    None if attributes is None else attributes[lo:hi],
-                    written_at=written_at,
-                ),
-            )
-
-    def delete(self, ids: Sequence[str]) -> None:
-        for lo in range(0, len(ids), WRITE_CHUNK):
-            self.client.delete(self.alias, ids=list(ids[lo : lo + WRITE_CHUNK]))
-
-
-def _records(
+def records(
     ids: Sequence[str],
     vectors: np.ndarray,
     categories: Sequence[str | None],
