@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,26 @@ DATABASES = [
     "sqlite",
     pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason=PG_REASON)),
 ]
+
+
+# Markers by what a test needs, from the fixtures it uses (directly or through others); a test
+# that builds its own runtime or encoder says so with @pytest.mark.db / .model itself.
+MODEL_FIXTURES = {"embedder"}
+DB_FIXTURES = {"db_url", "sqlite_settings", "pg_database"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by them
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """unit: neither a database nor the model, and not slow (`pytest -m unit`, under a
+    minute); db: a real SQLite or PostgreSQL database; model: the real encoder."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & MODEL_FIXTURES:
+            item.add_marker(pytest.mark.model)
+        if names & DB_FIXTURES:
+            item.add_marker(pytest.mark.db)
+        if all(item.get_closest_marker(name) is None for name in ("model", "db", "slow")):
+            item.add_marker(pytest.mark.unit)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -157,6 +178,24 @@ def client(app):  # type: ignore[no-untyped-def]
     return test_client
 
 
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Starts `recsearch serve` (tests/serving.py's Served) and stops what it started:
+    serve(env, workers=2, threads=2, verbose=False, dev=False) -> Served."""
+    from tests.serving import Served
+
+    started: list[Served] = []
+
+    def start(env: dict[str, str], **options: Any) -> Served:
+        served = Served(env, **options)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
 def write_jsonl(path: Path, rows: list[object]) -> Path:
     import json
 
@@ -165,3 +204,14 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def wait_done(client: Any, job_id: int, timeout_s: float = 120) -> dict[str, Any]:
+    """The job's JSON once it has ended (through the admin API)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/admin/api/jobs/{job_id}").get_json()
+        if job["state"] not in ("queued", "running"):
+            return dict(job)
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)

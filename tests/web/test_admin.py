@@ -14,18 +14,8 @@ from engine.runtime import Runtime
 from engine.store.models import Job
 from indexer.build import build
 from indexer.events import load_events
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_done
 from web import create_app
-
-
-def wait_done(client: Any, job_id: int, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = client.get(f"/admin/api/jobs/{job_id}").get_json()
-        if job["state"] not in ("queued", "running"):
-            return dict(job)
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
 
 
 def test_rebuild_runs_in_the_background_and_publishes(client: Any, built: Runtime) -> None:

@@ -9,13 +9,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from engine.encoder.embedder import Embedder
 from engine.store.models import Covisit, Event, ItemStats, ItemVector, UserFeatures
-from tests.conftest import ROOT, SAMPLE_CATALOG
-from tests.test_processes import RECSEARCH, cli, free_port, get
-from tests.test_serve import wait_ready, workers_of
+from tests import serving
+from tests.conftest import SAMPLE_CATALOG
+from tests.serving import Served, built_env, cli, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -36,75 +34,8 @@ LEADS = "now embeds new items for every server"
 EMBEDDED = "embedded 1 new item texts"
 
 
-class Server:
-    """`recsearch -v serve` in a subprocess, its log collected line by line."""
-
-    def __init__(self, env: dict[str, str], workers: int) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [*RECSEARCH, "-v", "serve", "--port", str(self.port), "--workers", str(workers)]
-            + ["--threads", "2"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.workers = workers
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def log_count(self, fragment: str) -> int:
-        return sum(fragment in line for line in list(self.lines))
-
-    def wait_ready(self) -> None:
-        wait_ready(self.base, self.process, self.workers)
-
-    def search(self, q: str, k: int = 3) -> list[str]:
-        query = urllib.parse.urlencode({"q": q, "k": k})
-        status, body = get(f"{self.base}/v1/search?{query}")
-        assert status == 200, body
-        return [r["id"] for r in body["results"]]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self._reader.join(timeout=10)
-        if self.process.stdout:
-            self.process.stdout.close()
-
-
 def post(base: str, path: str, body: Any, timeout_s: float = 60) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        f"{base}{path}",
-        json.dumps(body).encode(),
-        {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def copy_encoder_exports(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> None:
-    """Reuse the ONNX export the shared `embedder` fixture made this run: every fresh data dir
-    would otherwise export and check the model again (tens of seconds on a busy machine)."""
-    for exports in tmp_path_factory.getbasetemp().glob("encoder*/var/encoders"):
-        shutil.copytree(exports, data_dir / "encoders")
-        return
+    return serving.post(f"{base}{path}", body, key=API_KEY, timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -115,33 +46,25 @@ def served_env(
     embedder: Embedder,
     db_url: str,
 ) -> dict[str, str]:
-    """A data dir and database with the sample catalog ingested and built."""
-    env = dict(
-        os.environ,
-        RECSEARCH_DATA_DIR=str(tmp_path / "var"),
-        RECSEARCH_DATABASE_URL=db_url,
+    """A data dir and database with the sample catalog ingested and built; the ONNX export the
+    shared `embedder` fixture made this run is reused (a fresh one takes tens of seconds)."""
+    exports = next(tmp_path_factory.getbasetemp().glob("encoder*/var"), None)
+    return built_env(
+        tmp_path / "var",
+        seed_index,
+        database_url=db_url,
+        encoder_exports=exports,
         RECSEARCH_API_KEY=API_KEY,
         RECSEARCH_INDEX_POLL_S="0",
     )
-    shutil.copytree(seed_index, tmp_path / "var" / "indexes")
-    copy_encoder_exports(tmp_path_factory, tmp_path / "var")
-    cli(env, "ingest", str(SAMPLE_CATALOG))
-    cli(env, "build")
-    return env
 
 
 @pytest.fixture
-def servers(served_env: dict[str, str]) -> Iterator[list[Server]]:
-    made: list[Server] = []
-    try:
-        for _ in range(2):
-            made.append(Server(served_env, workers=1))
-        for server in made:
-            server.wait_ready()
-        yield made
-    finally:
-        for server in made:
-            server.stop()
+def servers(served_env: dict[str, str], serve: Any) -> list[Served]:
+    made = [serve(served_env, workers=1, verbose=True) for _ in range(2)]
+    for server in made:
+        server.wait_ready()
+    return made
 
 
 def stored_vectors(db_url: str) -> int:
@@ -153,7 +76,7 @@ def stored_vectors(db_url: str) -> int:
         engine.dispose()
 
 
-def time_until_found(servers: list[Server], item_id: str, q: str, timeout_s: float) -> float:
+def time_until_found(servers: list[Served], item_id: str, q: str, timeout_s: float) -> float:
     """Seconds from now until every server's search returns item_id."""
     started = time.monotonic()
     waiting = list(servers)
@@ -164,7 +87,7 @@ def time_until_found(servers: list[Server], item_id: str, q: str, timeout_s: flo
 
 
 def test_a_new_item_is_on_every_server_within_a_second_and_embedded_once(
-    servers: list[Server], db_url: str
+    servers: list[Served], db_url: str
 ) -> None:
     for server in servers:
         assert server.search("Eiffel Tower")[0] == "paris-france"  # starts the followers
@@ -291,11 +214,11 @@ def database_state(db_url: str) -> dict[str, Any]:
 
 
 def test_events_acknowledged_while_a_worker_is_killed_count_once(
-    served_env: dict[str, str], db_url: str, tmp_path: Path
+    served_env: dict[str, str], db_url: str, tmp_path: Path, serve: Any
 ) -> None:
     batches = event_batches(n_batches=30, size=200)
     total = sum(len(b) for b in batches)
-    server = Server(served_env, workers=2)
+    server = serve(served_env, workers=2, verbose=True)
     retried: list[int] = []
     try:
         server.wait_ready()

@@ -1,4 +1,6 @@
-"""Hybrid candidates, training from judgments, promotion without restart, BEIR evaluation."""
+"""Training: hybrid candidates, training from judgments, promotion without a restart, BEIR
+evaluation; and `recsearch train` without a source flag (impressions when some were clicked,
+else the event history)."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
 from engine.search.request import SearchRequest
 from indexer.build import build
+from indexer.events import load_events
 from indexer.examples import Judgment
 from indexer.ingest import ingest
-from indexer.train import train_from_judgments
-from tests.conftest import SAMPLE_CATALOG, SHARED_DATA, write_jsonl
+from indexer.train import default_source, train_from_judgments
+from tests.conftest import ROOT, SAMPLE_CATALOG, SHARED_DATA, wait_done, write_jsonl
 from web.cli import Context, cli
 
 
@@ -170,3 +173,49 @@ def test_evaluate_beir_through_the_engine(runtime: Runtime, tmp_path: Path) -> N
         metrics["dense"]["ndcg@10"], metrics["lexical"]["ndcg@10"]
     )
     assert ModelStore(runtime.settings.model_dir).current_version() is None
+
+
+def _train(runtime: Runtime) -> str:
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
+    result = CliRunner().invoke(cli, ["train"], obj=context)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_no_impressions_means_the_event_history(built: Runtime) -> None:
+    with built.write_session() as session:
+        load_events(built, session, ROOT / "data" / "events.jsonl")
+    with built.session() as session:
+        assert default_source(built, session)[0] == "events"
+    output = _train(built)
+    assert "no logged impressions: training from the event history" in output
+    assert "model v000001" in output
+
+
+def test_clicked_impressions_are_preferred(client: Any, built: Runtime) -> None:
+    with built.write_session() as session:
+        load_events(built, session, ROOT / "data" / "events.jsonl")
+    shown = [client.get(f"/v1/search?q={q}&k=5").get_json() for q in ("beach", "museums")]
+    with built.session() as session:
+        source, why = default_source(built, session)
+    assert source == "events" and "no event names their request_id" in why
+    clicks = [
+        {
+            "user_id": "clicker",
+            "item_id": body["results"][1]["id"],
+            "type": "click",
+            "request_id": body["request_id"],
+        }
+        for body in shown
+    ]
+    assert client.post("/v1/events", json={"events": clicks}).status_code == 200
+    with built.session() as session:
+        source, why = default_source(built, session)
+    assert source == "impressions" and "2 requests with a click" in why
+    assert "training from logged impressions" in _train(built)
+    started = client.post("/admin/api/train", json={})
+    assert started.status_code == 202
+    job = wait_done(client, started.get_json()["id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["source"] == "impressions"
+    assert "training from logged impressions" in job["result"]["source_reason"]

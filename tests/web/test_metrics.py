@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,8 @@ from sqlalchemy import create_engine, text
 
 from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
-from tests.conftest import PG_URL, ROOT, SAMPLE_CATALOG
+from tests.conftest import PG_URL
+from tests.serving import built_env
 from web import create_app, metrics
 from web.latency import LatencyHistory, quantile, search_buckets
 from web.metrics import REQUEST_BUCKETS_S, ProcessFacts
@@ -258,36 +256,13 @@ def test_each_server_start_gets_a_fresh_private_metrics_dir(tmp_path: Path) -> N
     assert not left.exists() and running.exists()
 
 
-# A real `recsearch serve --workers 2`: the suite's own launcher, as a user runs it.
-RECSEARCH = [sys.executable, "-m", "web.cli"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cli(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run(
-        [*RECSEARCH, "-q", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def _get(url: str) -> tuple[int, bytes]:
+    """(status, raw body): /metrics is text, not JSON."""
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def _workers(master: int) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
-    return {int(pid) for pid in out.stdout.split()}
 
 
 def _searches_by_worker(folder: Path) -> dict[int, float]:
@@ -318,49 +293,18 @@ def serve_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def served(tmp_path: Path, seed_index: Path, serve_db_url: str) -> Iterator[tuple[str, Path, Any]]:
-    """(base URL, data dir, server process) of `recsearch serve --workers 2` on a built store."""
-    db_url = serve_db_url
+def served(tmp_path: Path, seed_index: Path, serve_db_url: str, serve: Any) -> tuple[Path, Any]:
+    """(data dir, the server) of `recsearch serve --workers 2` on a built store, ready."""
     data = tmp_path / "var"
-    env = dict(os.environ, RECSEARCH_DATA_DIR=str(data), RECSEARCH_DATABASE_URL=db_url)
-    shutil.copytree(seed_index, data / "indexes")
-    _cli(env, "ingest", str(SAMPLE_CATALOG))
-    _cli(env, "build")
-    port = _free_port()
-    server = subprocess.Popen(
-        [*RECSEARCH, "serve", "--port", str(port), "--workers", "2", "--threads", "2"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while len(_workers(server.pid)) < 2 or not _is_ready(base):
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.5)
-        yield base, data, server
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=30)
-        if server.stdout:
-            server.stdout.close()
-
-
-def _is_ready(base: str) -> bool:
-    try:
-        return _get(f"{base}/readyz")[0] == 200
-    except OSError:
-        return False
+    server = serve(built_env(data, seed_index, database_url=serve_db_url))
+    server.wait_ready()
+    return data, server
 
 
 @pytest.mark.slow
-def test_two_gunicorn_workers_add_up(served: tuple[str, Path, Any]) -> None:
-    base, data, server = served
+def test_two_gunicorn_workers_add_up(served: tuple[Path, Any]) -> None:
+    data, server = served
+    base = server.base
     (folder,) = (data / "metrics").iterdir()  # fresh for this start, and private
     assert folder.stat().st_mode & 0o077 == 0
     sent = 0
@@ -404,12 +348,11 @@ def test_two_gunicorn_workers_add_up(served: tuple[str, Path, Any]) -> None:
     victim = max(by_worker, key=lambda pid: by_worker[pid])
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 120
-    while victim in _workers(server.pid) or len(_workers(server.pid)) < 2:
+    while victim in server.worker_pids() or len(server.worker_pids()) < 2:
         assert time.monotonic() < deadline, "the dead worker was not replaced"
         time.sleep(0.5)
     assert not list(folder.glob(f"gauge_live*_{victim}.db"))
     assert total(scraped(), "recsearch_searches_total", mode="search") == sent
 
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=60) == 0
+    assert server.stop() == 0  # SIGTERM
     assert not folder.exists()  # removed on exit: the next start begins at zero

@@ -1,51 +1,81 @@
-"""Hardening of keys and sign-in (issue 8): the key file under concurrent first starts,
-short keys, the admin login's CSRF token, cookie flags, sign-out and expiry, rate limits on
-wrong keys, non-ASCII tokens, and the request size limit on every endpoint."""
+"""API keys and the admin sign-in: writes and profiles always need a key, search and events as
+configured; the login's CSRF token, cookie flags, sign-out and expiry, rate limits on wrong
+keys, non-ASCII tokens, and the request size limit on every endpoint."""
 
 from __future__ import annotations
 
 import io
-import os
 import re
 import stat
-import subprocess
-import sys
 import time
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 
-from engine.core.config import Settings
-from engine.core.errors import ConfigError
-from engine.core.secrets import KEY_FILE, api_key
+from engine.core.secrets import api_key
 from engine.runtime import Runtime
-from tests.conftest import ROOT
 from web import create_app
+from web.cli import Context, cli
+
+ITEM = {"id": "atlantis", "title": "Atlantis"}
+
+
+EVENT = {"user_id": "u", "item_id": "tokyo-japan", "type": "view"}
+
+
+def status(response: Any) -> tuple[int, str]:
+    return response.status_code, response.get_json()["error"]
+
+
+def test_keyed_by_default_off_loopback(built: Runtime) -> None:
+    app = create_app(runtime=built)  # as under gunicorn on 0.0.0.0
+    anonymous = app.test_client()
+    assert status(anonymous.get("/v1/search?q=beach")) == (401, "unauthorized")
+    assert status(anonymous.post("/v1/events", json=EVENT)) == (401, "unauthorized")
+    assert status(anonymous.post("/v1/items", json=ITEM)) == (401, "unauthorized")
+    assert status(anonymous.delete("/v1/items/tokyo-japan")) == (401, "unauthorized")
+    wrong = {"Authorization": "Bearer nope"}
+    assert status(anonymous.get("/v1/search?q=beach", headers=wrong)) == (403, "forbidden")
+    right = {"Authorization": f"Bearer {api_key(built.settings)}"}
+    assert anonymous.get("/v1/search?q=beach", headers=right).status_code == 200
+    assert anonymous.post("/v1/items", json=ITEM, headers=right).status_code == 201
+    assert anonymous.get("/healthz").status_code == 200  # probes stay open
+    body = anonymous.get("/v1/search?q=beach").get_json()
+    assert set(body) == {"error", "message"} and "Bearer" in body["message"]
+
+
+def test_open_search_and_events_on_loopback(built: Runtime) -> None:
+    anonymous = create_app(runtime=built, loopback=True).test_client()
+    assert anonymous.get("/v1/search?q=beach").status_code == 200
+    assert anonymous.post("/v1/events", json=EVENT).status_code == 200
+    assert status(anonymous.post("/v1/items", json=ITEM)) == (401, "unauthorized")
+    assert status(anonymous.get("/v1/users/u")) == (401, "unauthorized")
+
+
+def test_open_endpoints_setting(built: Runtime) -> None:
+    rt = Runtime(built.settings.replace(open_endpoints="events"), embedder=built.embedder)
+    anonymous = create_app(runtime=rt).test_client()
+    assert anonymous.post("/v1/events", json=EVENT).status_code == 200
+    assert status(anonymous.get("/v1/search?q=beach")) == (401, "unauthorized")
+    rt.close()
+
+
+def test_key_is_generated_once_private_and_overridable(runtime: Runtime) -> None:
+    settings = runtime.settings
+    key = api_key(settings)
+    path = settings.data_dir / "api_key"
+    assert len(key) >= 40 and path.read_text().strip() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert api_key(settings) == key
+    assert api_key(settings.replace(api_key="from-env-0123456789")) == "from-env-0123456789"
+    context = Context(settings, quiet=True, runtime=runtime)
+    assert CliRunner().invoke(cli, ["key"], obj=context).output.strip() == key
+
 
 BIG = 17 * 1024 * 1024  # over the default 16 MiB limit
-# A process that says it is ready, waits for the start signal, then reads or creates the key
-# and prints it.
-KEY_SCRIPT = """
-import os, sys, time
-from pathlib import Path
-from engine.core.config import Settings
-from engine.core.secrets import api_key
-go = Path(sys.argv[2])
-(go.parent / f"{go.name}.ready.{os.getpid()}").touch()
-while not go.exists():
-    time.sleep(0.001)
-print(api_key(Settings(data_dir=Path(sys.argv[1]))))
-"""
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSEARCH_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 def _csrf(html: str, attribute: str = "value") -> str:
@@ -63,105 +93,6 @@ def _sign_in(client: Any, key: str) -> Any:
 
 def _key(app: Flask) -> str:
     return str(app.config["RECSEARCH_API_KEY"])
-
-
-# --- 8: the key file under concurrent first starts ---
-
-
-@pytest.mark.slow
-def test_processes_starting_together_agree_on_one_complete_key(tmp_path: Path) -> None:
-    for round_ in range(4):
-        data_dir, go = tmp_path / f"var{round_}", tmp_path / f"go{round_}"
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", KEY_SCRIPT, str(data_dir), str(go)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=_env(),
-            )
-            for _ in range(16)
-        ]
-        deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob(f"go{round_}.ready.*"))) < len(procs):  # all at the line
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        go.touch()
-        outputs = [p.communicate(timeout=60) for p in procs]
-        failed = [err for p, (_, err) in zip(procs, outputs, strict=True) if p.returncode]
-        assert not failed, failed[0]
-        keys = {out.strip() for out, _ in outputs}
-        assert len(keys) == 1 and len(keys.pop()) >= 40
-        assert sorted(p.name for p in data_dir.iterdir()) == [KEY_FILE]  # no temp files left
-        assert stat.S_IMODE((data_dir / KEY_FILE).stat().st_mode) == 0o600
-
-
-def test_losing_the_race_reads_the_winners_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another process writes its key between our look and our write: we use its key."""
-    import engine.core.secrets
-
-    settings = Settings(data_dir=tmp_path / "var")
-    winner = "w" * 43
-    real_token = engine.core.secrets.secrets.token_urlsafe
-
-    def token_while_another_process_wins(nbytes: int) -> str:
-        (settings.data_dir / KEY_FILE).write_text(winner + "\n")
-        return real_token(nbytes)
-
-    monkeypatch.setattr(
-        engine.core.secrets.secrets, "token_urlsafe", token_while_another_process_wins
-    )
-    assert api_key(settings) == winner
-    assert [p.name for p in settings.data_dir.iterdir()] == [KEY_FILE]
-
-
-# --- 10: empty and short keys ---
-
-
-@pytest.mark.parametrize("content", ["", "\n", "   \n", "short-key\n"])
-def test_an_empty_or_short_key_file_is_refused(tmp_path: Path, content: str) -> None:
-    settings = Settings(data_dir=tmp_path / "var")
-    settings.data_dir.mkdir()
-    (settings.data_dir / KEY_FILE).write_text(content)
-    with pytest.raises(ConfigError, match=re.escape(str(settings.data_dir / KEY_FILE))):
-        api_key(settings)
-
-
-def test_a_short_configured_key_is_refused(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "var", api_key="from-env")
-    with pytest.raises(ConfigError, match="RECSEARCH_API_KEY"):
-        api_key(settings)
-    assert not settings.data_dir.exists()  # no file is generated in its place
-    assert api_key(settings.replace(api_key="a-configured-key-16+")) == "a-configured-key-16+"
-
-
-def test_the_server_and_the_key_command_refuse_an_empty_key_file(runtime: Runtime) -> None:
-    path = runtime.settings.data_dir / KEY_FILE
-    path.write_text("")
-    with pytest.raises(ConfigError, match=re.escape(str(path))):
-        create_app(runtime=runtime)
-    done = subprocess.run(
-        [sys.executable, "-m", "web.cli", "key"],
-        capture_output=True,
-        text=True,
-        env=_env(RECSEARCH_DATA_DIR=str(runtime.settings.data_dir)),
-        timeout=120,
-    )
-    assert done.returncode == 2 and done.stdout == ""
-    assert str(path) in done.stderr and done.stderr.startswith("error: ")
-    short = subprocess.run(
-        [sys.executable, "-m", "web.cli", "key"],
-        capture_output=True,
-        text=True,
-        env=_env(RECSEARCH_DATA_DIR=str(runtime.settings.data_dir), RECSEARCH_API_KEY="x"),
-        timeout=120,
-    )
-    assert short.returncode == 2 and "RECSEARCH_API_KEY" in short.stderr
-
-
-# --- 11: the admin sign-in ---
 
 
 def test_login_needs_the_csrf_token_issued_to_this_client(app: Flask) -> None:
@@ -313,9 +244,6 @@ def test_failed_sign_ins_are_rate_limited_with_wrong_keys(app: Flask) -> None:
     _sign_in(browser, _key(app))
 
 
-# --- 5 (part): non-ASCII tokens ---
-
-
 @pytest.mark.parametrize("token", ["é", "☃", "\udfff"])
 def test_non_ascii_tokens_are_refused_not_crashed(app: Flask, token: str) -> None:
     browser = app.test_client()
@@ -331,9 +259,6 @@ def test_non_ascii_tokens_are_refused_not_crashed(app: Flask, token: str) -> Non
     assert header.status_code == 403 and header.get_json()["error"] == "forbidden"
     bearer = app.test_client().get("/admin/api/jobs", headers={"Authorization": f"Bearer {token}"})
     assert bearer.status_code == 403 and bearer.get_json()["error"] == "forbidden"
-
-
-# --- 13: the size limit on every endpoint ---
 
 
 @pytest.mark.parametrize(

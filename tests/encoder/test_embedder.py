@@ -291,6 +291,7 @@ def test_encoder_settings_name_the_variable(name: str, value: str, fragment: str
     assert (s.encoder, s.device, s.encoder_threads) == ("onnx", "auto", 0)
 
 
+@pytest.mark.model  # sentence-transformers' own pooling modules, loaded per mode
 @pytest.mark.parametrize(
     "modes",
     [("mean",), ("cls",), ("max",), ("mean_sqrt_len_tokens",), ("weightedmean",), ("lasttoken",)]

@@ -16,7 +16,7 @@ from engine.catalog.fields import ItemFields
 from engine.catalog.filters import Columns, Schema, parse
 from engine.core.errors import InvalidInput
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "catalog.jsonl"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "catalog.jsonl"
 
 
 def _items() -> list[ItemFields]:
