@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.catalog.item_watch import ItemWatch
+from engine.core.clock import Clock, utcnow
 from engine.core.config import Settings
 from engine.core.files import make_private_dir
 from engine.encoder.embedder import Embedder
@@ -49,8 +50,13 @@ class Runtime:
     The encoder loads on first use (seconds), or is handed in (tests share one).
     """
 
-    def __init__(self, settings: Settings, *, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, embedder: Embedder | None = None, clock: Clock = utcnow
+    ) -> None:
         self.settings = settings
+        # "Now" for searches (decay, freshness, rule windows), impressions and what a build
+        # reads of the catalog; tests hand in a fixed or a moved clock instead of sleeping.
+        self.clock = clock
         prepare_data_dir(settings.data_dir)
         self.db: Engine = make_engine(settings)
         ensure_schema(self.db)
@@ -75,7 +81,9 @@ class Runtime:
         # search, then again every second by threads of their own (engine.core.reloaded).
         self.rules = RuleCache(self.sessions)
         self.experiments = ExperimentCache(self.sessions, ModelStore(settings.model_dir))
-        self.impressions = ImpressionLog(self.sessions, settings.impression_retention_days)
+        self.impressions = ImpressionLog(
+            self.sessions, settings.impression_retention_days, clock=lambda: self.clock()
+        )
         # New items are embedded once, by whichever server process holds the election; the
         # follower polls twice as often as the delta, so an item written anywhere is on every
         # server within 1.5 polls (0.75 s by default) plus its encode. Both start with the
@@ -134,6 +142,7 @@ class Runtime:
                         rules=self.rules.get,
                         experiments=self.experiments.get,
                         watch=self.watch,
+                        clock=lambda: self.clock(),
                     )
         return self._searcher
 

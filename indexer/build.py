@@ -81,7 +81,7 @@ def build(
     store = IndexStore(settings.index_dir)
     # Items written after this moment are served from the delta until the next build. Not
     # "now": a write transaction still open now may commit rows stamped earlier (PostgreSQL).
-    catalog_read_at = settled_before(session)
+    catalog_read_at = settled_before(session, runtime.clock())
     rows = load_catalog(session, embedder.name, progress)
     n = len(rows.ids)
     if n == 0:
@@ -227,7 +227,7 @@ def _prune_tombstones(runtime: Runtime, store: IndexStore) -> None:
             return
         oldest = min(manifest_watermark(m) for m in manifests)
         with runtime.write_session() as session:
-            gone = prune_tombstones(session, min(oldest, utcnow() - TOMBSTONE_GRACE))
+            gone = prune_tombstones(session, min(oldest, runtime.clock() - TOMBSTONE_GRACE))
     except Exception:
         log.warning("could not forget old deletions; the next build tries again", exc_info=True)
         return

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 import re
 import secrets
 import threading
@@ -22,6 +21,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
 from engine.core.config import Settings
+from engine.core.files import create_private_file, make_private_dir
 from engine.core.secrets import api_key
 
 SIGN_INS = "recsearch_sign_ins"
@@ -50,11 +50,10 @@ class SignIns:
 
     def open(self) -> str:
         """Record a new session; returns its id."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.folder)
         self._prune()
         session_id = secrets.token_hex(16)
-        fd = os.open(self.folder / session_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
+        create_private_file(self.folder / session_id)
         return session_id
 
     def is_open(self, session_id: object) -> bool:

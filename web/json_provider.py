@@ -1,4 +1,6 @@
-"""JSON responses encoded by orjson, in the shape Flask's own provider gives them.
+"""JSON encoded by orjson, in the shape Flask's own provider gives it, for what views pass to
+jsonify (/openapi.json); the API's typed responses are written by their models
+(web.contract.respond).
 
 A search answer (ten hits with their fields) took 63 µs in Flask's provider (json.dumps) and
 19 µs in this one, measured alone here: about 1 % of a search, on every request. Anything

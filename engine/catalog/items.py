@@ -335,7 +335,7 @@ def text_hash(model_name: str, content: str) -> str:
 SETTLE_MARGIN = timedelta(seconds=1)
 
 
-def settled_before(session: Session) -> datetime:
+def settled_before(session: Session, now: datetime | None = None) -> datetime:
     """A time before which every item write is committed: a reader following updated_at
     (the delta, the embedding follower) must not move its watermark past it.
 
@@ -345,9 +345,10 @@ def settled_before(session: Session) -> datetime:
     transaction is open now and started before it wrote them, so the start of the oldest open
     transaction that has written anything bounds them (pg_stat_activity; other roles' sessions
     are only seen with pg_read_all_stats). SQLite writers take the one write lock at BEGIN
-    (Runtime.write_session), so their rows commit in timestamp order.
+    (Runtime.write_session), so their rows commit in timestamp order. now: this process's
+    clock (default the real one).
     """
-    now = clock.utcnow()
+    now = clock.utcnow() if now is None else now
     if session.get_bind().dialect.name == "postgresql":
         oldest = session.execute(
             text(

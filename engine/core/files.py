@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 PRIVATE_DIR_MODE = 0o700
-LOCK_FILE_MODE = 0o600
+LOCK_FILE_MODE = 0o600  # lock files and private files: this user only
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -82,6 +82,20 @@ def create_once(path: Path, text: str) -> bool:
         return True
     finally:
         remove_quietly(tmp)
+
+
+def create_private_file(path: Path) -> bool:
+    """Create an empty file readable by this user only (0600, whatever the umask); False when
+    it exists already (left as it is)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, LOCK_FILE_MODE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, LOCK_FILE_MODE)  # exactly, whatever the umask
+    finally:
+        os.close(fd)
+    return True
 
 
 def make_private_dir(path: Path) -> None:

@@ -1,5 +1,6 @@
 """The context stage: query ⊕ user ⊕ session, weighted and renormalized, and what the user
-should not be shown again; the user's row (the one SQL read of a search) is read here."""
+should not be shown again; the user's row, with the co-visits of the user's latest items, is
+read here in one statement."""
 
 from __future__ import annotations
 

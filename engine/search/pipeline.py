@@ -9,10 +9,12 @@
     page        engine.search.page         pins placed, offset..offset+k, explanations
 
 What was shown goes to engine.users.impressions. Item fields and vectors come from the
-published index version and its delta (engine.index.corpus). SQL is read at most twice
-(engine.users.state): the user's row with the co-visits of the user's latest items, then the
-items deleted since this process's ItemWatch last looked (nearly always none); popularity and
-older deletions come from that watch.
+published index version and its delta (engine.index.corpus). A search by query or by user
+reads SQL at most twice (engine.users.state): the user's row with the co-visits of the user's
+latest items, then the items deleted since this process's ItemWatch last looked (nearly always
+none); popularity and older deletions come from that watch. A search with nothing to go on
+also reads the most popular items, similar items the item's co-visits, and an id neither the
+version nor its delta holds (written within the last poll) falls back to SQL.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ class Searcher:
         timings["embed"] = _ms(t)
         t = time.perf_counter()
         context = contexts.read(session, request, self.settings, state, corpus, query)
-        timings["user"] = _ms(t)  # the user's row (the one SQL read), the context's vectors
+        timings["user"] = _ms(t)  # the user's row (one read), the context's vectors
         t = time.perf_counter()
         candidates = gather(session, corpus, state, context, request, self.settings, include, where)
         timings["retrieve"] = _ms(t)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import stat
 import time
@@ -25,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
-from engine.core.files import locked, make_private_dir
+from engine.core.files import create_private_file, locked, make_private_dir
 from engine.store import sql_bulk
 
 log = logging.getLogger(__name__)
@@ -157,21 +156,15 @@ def _create_private_file(path: Path) -> None:
     An existing file keeps its mode, with a warning when others can read it.
     """
     make_private_dir(path.parent)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            log.warning(
-                "%s is open to other users (mode %03o) and holds personal data: chmod 600 it",
-                path,
-                mode,
-            )
+    if create_private_file(path):
         return
-    try:
-        os.fchmod(fd, 0o600)  # exactly, whatever the umask
-    finally:
-        os.close(fd)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "%s is open to other users (mode %03o) and holds personal data: chmod 600 it",
+            path,
+            mode,
+        )
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from engine.catalog.items import delete_items
+from engine.core.clock import utcnow
 from engine.core.errors import Conflict, InvalidInput, NotReady
 from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
@@ -177,7 +177,9 @@ def test_deletions_older_than_every_kept_version_are_forgotten(
         with runtime.session() as session:
             return list(session.scalars(select(ItemTombstone.item_id)))
 
-    time.sleep(1.2)  # a build reads the catalog as of a second ago (settled_before)
+    # A build reads the catalog as of a second before its clock (settled_before): let its
+    # clock run two seconds ahead rather than wait.
+    runtime.clock = lambda: utcnow() + timedelta(seconds=2)
     run_build(runtime, settings=settings)  # v000002 lacks it; v000001 is kept
     assert tombstones() == [victim]
     store = IndexStore(settings.index_dir)
@@ -207,7 +209,7 @@ def test_a_kept_version_of_unknown_age_keeps_every_deletion(
     _, found = search_ids(runtime, "museum")
     with runtime.write_session() as session:
         assert delete_items(session, [found[0]]) == []
-    time.sleep(1.2)
+    runtime.clock = lambda: utcnow() + timedelta(seconds=2)  # past the deletion, no sleep
     assert run_build(runtime).version == "v000002"
     with runtime.session() as session:
         assert list(session.scalars(select(ItemTombstone.item_id))) == [found[0]]
