@@ -17,8 +17,7 @@ Then, for each query, in one loop so that machine noise hits all alike:
     end to end, and end to end minus its embed timing ("everything but the encoder", the
     issue-9 goal: p50 <= 2 ms, p99 <= 4 ms at 100k); and, alternating, the same request
     through Flask's test client, as this bench called it before (the client costs itself);
-  - the same two searches through Searcher.search in a session, lean and (when
-    tests/_legacy_search.py still exists) the path before issue 9: took_ms minus embed.
+  - the same two searches through Searcher.search in a session: took_ms minus embed.
 The process is tuned as a `recsearch serve` worker tunes itself once loaded
 (web.server.tune_process: a 1 ms GIL switch interval, the loaded heap frozen).
 Then the API searches again with every query vector cached ("query cached"): no encoder runs,
@@ -243,7 +242,6 @@ def measure_size(
     embedder: Embedder,
     qs: list[str],
     workdir: Path,
-    legacy_class: Any,
     delta: int = 0,
 ) -> dict[str, Any]:
     settings = Settings(data_dir=workdir / f"n{n}", index_poll_s=3600)
@@ -277,19 +275,6 @@ def measure_size(
     lean = runtime.searcher
     runtime.watch.ready()
     tune_process()  # as each `recsearch serve` worker does once it has loaded
-    legacy = (
-        legacy_class(
-            settings,
-            embedder,
-            runtime.live,
-            runtime.vectors,
-            runtime.model.get,
-            runtime.impressions,
-            runtime.delta,
-        )
-        if legacy_class is not None
-        else None
-    )
 
     def api(
         q: str, user: str | None, cached: bool = False, test_client: bool = False
@@ -317,15 +302,13 @@ def measure_size(
         embedder.clear_cache()
         with runtime.session() as session:
             response = searcher.search(session, SearchRequest(q=q, k=10, user_id=user))
-        return float(response.took_ms - response.timings_ms["embed"])
+        return float(response.took_ms - response.stages_ms["embed"])
 
     for q in qs[:5]:  # warm up every path (first calls load indexes, compile statements)
         for user in (None, USER):
             api(q, user)
             api(q, user, test_client=True)
             engine_call(lean, q, user)
-            if legacy is not None:
-                engine_call(legacy, q, user)
 
     samples: dict[str, list[float]] = {}
 
@@ -392,8 +375,6 @@ def measure_size(
             for stage in ("user", "retrieve", "features", "rank"):
                 add(f"api_{who}_{stage}", timings[stage])
             add(f"lean_{who}_but_encoder", engine_call(lean, q, user))
-            if legacy is not None:
-                add(f"legacy_{who}_but_encoder", engine_call(legacy, q, user))
 
     # The same searches with every query's vector already cached, after a pause: no encoder
     # runs in this phase. Running the encoder slows what follows it in the process for a
@@ -525,15 +506,6 @@ def catalog_of(
     return copies, np.vstack(vectors).astype(np.float32)
 
 
-def legacy_searcher() -> Any:
-    """The search path before issue 9, while tests/_legacy_search.py exists; else None."""
-    try:
-        from tests._legacy_search import Searcher as Legacy
-    except ImportError:
-        return None
-    return Legacy
-
-
 def print_tables(results: dict[str, Any]) -> None:
     fmt: Callable[[dict[str, float]], str] = lambda d: f"{d['p50']:7.2f} {d['p99']:7.2f}"  # noqa: E731
     tp = results.get("build_throughput")
@@ -659,18 +631,6 @@ def print_tables(results: dict[str, Any]) -> None:
                 f"{r['items']:>7} {who:>9} | {fmt(client)} | {fmt(served)} | "
                 f"{client['p50'] - served['p50']:23.2f}"
             )
-    if any("legacy_user_but_encoder" in r["ms"] for r in results["sizes"]):
-        print("\nSearcher.search minus embed, in a session (no Flask); ms p50 p99")
-        header = f"{'items':>7} {'who':>9} | {'before issue 9':>15} | {'lean':>15} | p50 speed-up"
-        print(header)
-        print("-" * len(header))
-        for r in results["sizes"]:
-            ms = r["ms"]
-            for who in ("anonymous", "user"):
-                old, new = ms[f"legacy_{who}_but_encoder"], ms[f"lean_{who}_but_encoder"]
-                print(
-                    f"{r['items']:>7} {who:>9} | {fmt(old)} | {fmt(new)} | {old['p50'] / new['p50']:.1f}x"
-                )
 
 
 def main() -> None:
@@ -704,7 +664,6 @@ def main() -> None:
     base_vectors = embedder.encode([content(i) for i in base])
     print(f"{len(base)} in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
-    legacy = legacy_searcher()
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {
         "benchmark": "search_latency",
@@ -719,7 +678,6 @@ def main() -> None:
         "goal_but_encoder_ms": {"p50": GOAL_P50_MS, "p99": GOAL_P99_MS},
         "goal_search_p99_ms_100k_user": GOAL_P99_SEARCH_MS,
         "goal_e2e_over_encoder_p99": GOAL_E2E_OVER_ENCODER_P99,
-        "baseline_before_issue_9": legacy is not None,
         "sizes": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -732,7 +690,7 @@ def main() -> None:
             items, vectors = catalog_of(n, base, base_vectors, rng)
             print(f"measuring {n} items ...", file=sys.stderr)
             results["sizes"].append(
-                measure_size(n, items, vectors, embedder, qs, workdir, legacy, args.delta)
+                measure_size(n, items, vectors, embedder, qs, workdir, args.delta)
             )
 
     print_tables(results)

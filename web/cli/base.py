@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -106,6 +107,25 @@ def rejects_path(obj: Context, file: Path, skip_invalid: bool, rejects: Path | N
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         return obj.settings.data_dir / "rejects" / f"{file.stem}.{stamp}.rejects.jsonl"
     return rejects
+
+
+def load_file(
+    obj: Context, job: Any, file: Path, skip_invalid: bool, rejects: Path | None
+) -> tuple[Any, float]:
+    """Run a loading job (ingest, events) over a file in one write transaction, with a
+    progress bar: (its report, seconds taken)."""
+    started = time.perf_counter()
+    runtime = obj.runtime
+    with runtime.write_session() as session, progress_bar(not obj.quiet) as progress:
+        report = job(
+            runtime,
+            session,
+            file,
+            skip_invalid=skip_invalid,
+            rejects_path=rejects_path(obj, file, skip_invalid, rejects),
+            progress=progress,
+        )
+    return report, time.perf_counter() - started
 
 
 def finish_load(file: Path, report: Any, summary: str) -> None:

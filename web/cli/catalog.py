@@ -4,7 +4,6 @@ the schema's upgrade."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -14,10 +13,10 @@ from web.cli.base import (
     Context,
     cli,
     finish_load,
+    load_file,
     load_options,
     pass_ctx,
     progress_bar,
-    rejects_path,
 )
 
 
@@ -50,19 +49,7 @@ def ingest(obj: Context, file: Path, skip_invalid: bool, rejects: Path | None) -
     """Validate a JSONL or CSV catalog and upsert its items (all or nothing by default)."""
     from indexer.ingest import ingest as run_ingest
 
-    rejects = rejects_path(obj, file, skip_invalid, rejects)
-    started = time.perf_counter()
-    runtime = obj.runtime
-    with runtime.write_session() as session, progress_bar(not obj.quiet) as progress:
-        report = run_ingest(
-            runtime,
-            session,
-            file,
-            skip_invalid=skip_invalid,
-            rejects_path=rejects,
-            progress=progress,
-        )
-    took = time.perf_counter() - started
+    report, took = load_file(obj, run_ingest, file, skip_invalid, rejects)
     c = report.counts
     finish_load(
         file,
@@ -79,19 +66,7 @@ def events(obj: Context, file: Path, skip_invalid: bool, rejects: Path | None) -
     """Load a history log of events (JSONL or CSV) and update users' features."""
     from indexer.events import load_events
 
-    rejects = rejects_path(obj, file, skip_invalid, rejects)
-    started = time.perf_counter()
-    runtime = obj.runtime
-    with runtime.write_session() as session, progress_bar(not obj.quiet) as progress:
-        report = load_events(
-            runtime,
-            session,
-            file,
-            skip_invalid=skip_invalid,
-            rejects_path=rejects,
-            progress=progress,
-        )
-    took = time.perf_counter() - started
+    report, took = load_file(obj, load_events, file, skip_invalid, rejects)
     e = report.events
     rate = e.received / took if took > 0 else 0.0
     finish_load(
