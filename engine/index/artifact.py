@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 ITEMS = "items.json"
 _FILTERS_LOCK = threading.Lock()  # one build of a version's filter columns at a time
+# numpy reads an array file's header with ast.literal_eval, and CPython 3.11 keeps the AST
+# builder's recursion depth in state that threads share (gh-106905): two threads loading at once
+# (a request's first read of a new version's vectors, and the delta's thread loading that
+# version) can fail with "SystemError: AST constructor recursion depth mismatch". Arrays are
+# loaded once per version per process, so taking turns costs nothing.
+_LOADING = threading.Lock()
 
 
 VECTORS = "vectors.npy"
@@ -69,7 +75,9 @@ class IndexArtifact:
     def vectors(self) -> np.ndarray:
         """(n, dim) float32 unit vectors, memory-mapped read-only."""
         if self._vectors is None:
-            self._vectors = np.load(self.folder / VECTORS, mmap_mode="r")
+            with _LOADING:
+                if self._vectors is None:
+                    self._vectors = np.load(self.folder / VECTORS, mmap_mode="r")
         return self._vectors
 
     def row_of(self, item_id: str) -> int | None:
@@ -191,7 +199,7 @@ class IndexStore(VersionStore):
             ids=rows["ids"],
             categories=rows["categories"],
             text_hashes=rows["text_hashes"],
-            lexical=LexicalIndex.load(folder, len(rows["ids"])),
+            lexical=_load_lexical(folder, len(rows["ids"])),
             items=items,
         )
 
@@ -223,6 +231,11 @@ class LiveIndex(LiveVersion[IndexArtifact]):
             return self.get()
         except NotReady:
             return None
+
+
+def _load_lexical(folder: Path, size: int) -> LexicalIndex | None:
+    with _LOADING:  # its matrices are .npy files (see _LOADING)
+        return LexicalIndex.load(folder, size)
 
 
 def write_artifact_files(
