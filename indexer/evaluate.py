@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from indexer.datasets import beir_items, beir_qrels, beir_queries
 from indexer.examples import Judgment, judgment_examples
 from indexer.progress import Progress, no_progress
 from indexer.train import train_from_examples
-
-log = logging.getLogger(__name__)
 
 DEPTH = 100
 

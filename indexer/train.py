@@ -3,7 +3,6 @@ AUC and log loss, and save it as a model version (live only when promoted)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from indexer.examples import (
     replay_examples,
 )
 from indexer.progress import Progress, no_progress
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

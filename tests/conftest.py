@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,23 @@ def wait_done(client: Any, job_id: int, timeout_s: float = 120) -> dict[str, Any
             return dict(job)
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
+
+
+def all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run the calls on threads released together; their results or exceptions."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[Any] = []
+
+    def run(call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(call())
+        except Exception as exc:  # collected for the caller to check
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return outcomes

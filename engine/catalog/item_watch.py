@@ -21,7 +21,6 @@ when the poll read, so the poll saw it.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import datetime
@@ -32,8 +31,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.catalog.items import settled_before
 from engine.core.poller import Poller
 from engine.store.models import Item, ItemStats, ItemTombstone
-
-log = logging.getLogger(__name__)
 
 # A decayed sum as stored: (value, as of when); engine.users.decay.as_of reads it at a moment.
 Stored = tuple[float, datetime | None]

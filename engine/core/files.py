@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 PRIVATE_DIR_MODE = 0o700
-LOCK_FILE_MODE = 0o600  # lock files and private files: this user only
+PRIVATE_FILE_MODE = 0o600  # lock files and private files: this user only
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -88,11 +88,11 @@ def create_private_file(path: Path) -> bool:
     """Create an empty file readable by this user only (0600, whatever the umask); False when
     it exists already (left as it is)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, LOCK_FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileExistsError:
         return False
     try:
-        os.fchmod(fd, LOCK_FILE_MODE)  # exactly, whatever the umask
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # exactly, whatever the umask
     finally:
         os.close(fd)
     return True
@@ -124,7 +124,7 @@ def make_private_dir(path: Path) -> None:
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on path (created 0600 if missing) for the block, waiting for
     any other holder, in this process or another."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, LOCK_FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -135,7 +135,7 @@ def locked(path: Path) -> Iterator[None]:
 def try_lock(path: Path) -> int | None:
     """Take an exclusive lock on path (created 0600 if missing) without waiting: the open
     file descriptor that holds it (close it to release), or None when another holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, LOCK_FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

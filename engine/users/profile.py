@@ -6,7 +6,6 @@ state does not depend on the order events arrive in."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,9 +22,6 @@ from engine.store.models import Event, Item, ItemStats, UserFeatures
 from engine.users.decay import as_of, rebase
 from engine.users.events import EventIn
 from engine.users.schemas import Affinity, EventOut, RecentItem, UserProfile
-
-log = logging.getLogger(__name__)
-
 
 MAX_PURCHASED = 1_000
 

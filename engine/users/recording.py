@@ -3,7 +3,6 @@ transaction that stores the events."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,9 +22,6 @@ from engine.users import covisit
 from engine.users.decay import rebase
 from engine.users.events import EventIn
 from engine.users.profile import UserState, event_weight
-
-log = logging.getLogger(__name__)
-
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "user_features": {

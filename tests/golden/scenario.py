@@ -15,7 +15,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ import numpy as np
 from engine.catalog.items import ItemIn, delete_items, get_item, upsert_items
 from engine.core.clock import iso_z
 from engine.core.config import Settings
-from engine.encoder.embedder import Embedder
 from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
 from engine.search.pipeline import Searcher
@@ -289,11 +288,11 @@ def _close(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def write(make_runtime: Callable[[Settings], Runtime] | None = None) -> Path:
+def write() -> Path:
     """Run the scenario on a fresh SQLite store and write the golden file."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "var", index_poll_s=0.0)
-        runtime = (make_runtime or Runtime)(settings)
+        runtime = Runtime(settings)
         try:
             history(runtime)
             results = run(runtime)
@@ -323,4 +322,3 @@ def _rounded(value: Any) -> Any:
 
 if __name__ == "__main__":
     print(f"wrote {write()}", file=sys.stderr)
-    _ = Embedder  # the encoder the Runtime loads (RECSEARCH_* settings do not apply here)

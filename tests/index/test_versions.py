@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,26 +17,7 @@ from engine.index.artifact import IndexStore
 from engine.index.versions import CURRENT, VersionStore
 from engine.ranking.model_store import ModelStore
 from engine.runtime import Runtime
-
-
-def _all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run the calls on threads released together; their results or exceptions."""
-    barrier = threading.Barrier(len(calls))
-    outcomes: list[Any] = []
-
-    def run(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            outcomes.append(call())
-        except Exception as exc:  # collected for the caller to check
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return outcomes
+from tests.conftest import all_at_once
 
 
 def _stage(store: VersionStore, payload: int) -> Path:
@@ -50,7 +30,7 @@ def test_publishing_from_several_threads_at_once(tmp_path: Path) -> None:
     for round_ in range(30):
         store = VersionStore(tmp_path / f"round{round_}")
         stagings = [_stage(store, n) for n in range(4)]
-        outcomes = _all_at_once([partial(store.publish, s) for s in stagings])
+        outcomes = all_at_once([partial(store.publish, s) for s in stagings])
         published = [o for o in outcomes if isinstance(o, str)]
         assert len(published) == len(outcomes), outcomes
         versions = [f"v{n:06d}" for n in range(1, len(stagings) + 1)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from indexer.jobs import JobRunner
 from indexer.progress import Progress
 from indexer.schemas import Job as JobOut
 from indexer.train import train_from_events, train_from_impressions, train_from_judgments
-from tests.conftest import SAMPLE_CATALOG, write_jsonl
+from tests.conftest import SAMPLE_CATALOG, all_at_once, write_jsonl
 
 JOBS = [ingest, load_events, build, train_from_judgments, train_from_impressions, train_from_events]
 
@@ -83,26 +82,6 @@ def test_a_rejected_file_undoes_only_its_own_writes(runtime: Runtime, tmp_path: 
     assert count(runtime, Event) == 0
 
 
-def _all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run the calls on threads released together; their results or exceptions."""
-    barrier = threading.Barrier(len(calls))
-    outcomes: list[Any] = []
-
-    def run(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            outcomes.append(call())
-        except Exception as exc:  # collected for the caller to check
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return outcomes
-
-
 class HeldRunner(JobRunner):
     """A runner whose jobs wait for the test to release them, so they stay active."""
 
@@ -125,7 +104,7 @@ def test_simultaneous_starts_in_two_servers_start_one_job(
     try:
         for _ in range(6):
             release.clear()
-            outcomes = _all_at_once([partial(r.start, "build") for r in runners])
+            outcomes = all_at_once([partial(r.start, "build") for r in runners])
             started = [o for o in outcomes if isinstance(o, JobOut)]
             refused = [o for o in outcomes if not isinstance(o, JobOut)]
             assert len(started) == 1, outcomes

@@ -31,8 +31,14 @@ ITEM = {
     "attributes": {"avg_daily_cost_usd": 90, "family_friendly": True},
 }
 EVENT = {"user_id": "schema-user", "item_id": "kyoto-japan", "type": "click"}
-NOT_JSON = {"get /docs", "get /metrics", "get /admin/", "get /admin/login", "post /admin/login"}
-NOT_JSON |= {"post /admin/logout"}
+NOT_JSON = {
+    "get /docs",
+    "get /metrics",
+    "get /admin/",
+    "get /admin/login",
+    "post /admin/login",
+    "post /admin/logout",
+}
 
 
 def closed(schema: Any) -> Any:
