@@ -89,6 +89,7 @@ def gather(
             live,
             also,
             allowed,
+            where,
         )
     if covisited:
         _add_covisited(candidates, covisited, category, live)
@@ -186,27 +187,32 @@ def _retrieve(
     live: _Live,
     also: list[str],
     allowed: np.ndarray | None = None,
+    where: Filters | None = None,
 ) -> list[Candidate]:
     """The top `want` live ANN neighbours of the vector (index and delta) and the BM25 hits,
     merged in that order; also: ids of other sources, checked in the same read."""
     artifact, delta = corpus.artifact, corpus.delta
     # A live index (Milvus) took every upsert and delete since the build: it finds new items
-    # by id itself, so the delta's vectors are neither searched nor shadow its rows.
+    # by id itself, and runs the filters itself.
     is_live = artifact.ann.is_live
+    # Searched at Strong consistency, it also shows every write at once, so the delta's
+    # vectors are neither searched nor shadow its hits. At a weaker level (Bounded) a write
+    # may not show yet: the delta serves the items written since the build, as for FAISS.
+    from_delta = not (is_live and artifact.ann.read_your_writes)
     if allowed is not None and allowed.size == 0 and not is_live:
         if delta is None or delta.size == 0:
             return []
     # Rows of items rewritten since the build are stale: their delta entry replaces them
-    # (in BM25 always; in the ANN index unless it is live, where the upsert replaced them).
+    # (in BM25 always; in the ANN index unless the index shows every write itself).
     # The two sets are checked apart, never merged: after a bulk update the delta shadows
     # thousands of rows, and a union per search would cost what the search does.
     stale = delta.shadows() if delta is not None else frozenset()
-    shadows = frozenset() if is_live else stale
+    shadows = stale if from_delta else frozenset()
     limit = artifact.ann.size if allowed is None else int(allowed.size)
     if is_live:
         limit = _LIVE_LIMIT  # the collection may hold more items than the build's rows
     lexical = _lexical(corpus, q, want, allowed, stale, exclude, category, settings) if q else {}
-    extra = delta.search(vector, want, category) if delta is not None and not is_live else []
+    extra = delta.search(vector, want, category) if delta is not None and from_delta else []
     extra = [(i, sc) for i, sc in extra if i not in exclude]
     # Enough to fill `want` after what is skipped; few shadowed rows rank this high, so a big
     # delta adds at most `want` more (the loop below fetches further when they do).
@@ -216,8 +222,8 @@ def _retrieve(
         pairs: list[tuple[str, float]] = []
         floor = -np.inf  # the lowest score fetched from the index; unfetched rows score below
         if is_live:
-            hits = artifact.ann.search_ids(vector, fetch_k, category=category)
-            pairs = [(i, sc) for i, sc in hits if i not in exclude]
+            hits = artifact.ann.search_ids(vector, fetch_k, category=category, where=where)
+            pairs = [(i, sc) for i, sc in hits if i not in exclude and i not in shadows]
             if len(hits) < fetch_k:
                 limit = fetch_k  # the collection has nothing more
             elif hits:

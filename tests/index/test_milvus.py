@@ -1,10 +1,11 @@
-"""One suite over both vector stores, FAISS and Milvus Lite: build, search, category filter,
-upsert, delete, rebuild, rollback, prune, the recall gate, and the two stores' answers
-compared on the sample catalog.
+"""One suite over the vector stores, FAISS, Milvus Lite and a real Milvus server (2.3.5, with
+authorization and TLS on: tests/index/conftest.py): build, search, filters, upsert, delete,
+rebuild, rollback, prune, the recall gate, consistency, and the stores' answers compared on
+the sample catalog.
 
 Milvus Lite starts a server in this process (seconds), so the module shares one Lite
-database; each test gets its own alias (collections are named after it), which keeps tests
-apart as separate deployments on one Milvus server would be.
+database, and the run one server; each test gets its own alias (collections are named after
+it), which keeps tests apart as separate deployments on one Milvus server would be.
 """
 
 from __future__ import annotations
@@ -12,42 +13,59 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine.catalog.filters import Schema, parse
 from engine.core.config import Settings
-from engine.core.errors import Conflict
+from engine.core.errors import ConfigError, Conflict
 from engine.encoder.embedder import Embedder
 from engine.index.ann import item_writer
-from engine.index.ann.milvus import client
 from engine.index.ann.milvus_alias import alias_target
-from engine.index.ann.milvus_filter import all_of, between, equals, one_of, quote
+from engine.index.ann.milvus_client import client
+from engine.index.ann.milvus_filter import all_of, between, equals, for_filters, one_of, quote
 from engine.index.artifact import IndexArtifact, IndexStore
 from engine.runtime import Runtime
 from engine.search.request import SearchRequest
 from indexer.build import BuildReport, build
 from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG
+from tests.milvus_server import MilvusTarget
 
-STORES = ["faiss", "milvus"]
-
-
-@pytest.fixture(scope="module")
-def lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One Milvus Lite database for the module (its server starts once per process)."""
-    return str(tmp_path_factory.mktemp("milvus") / "lite.db")
+STORES = ["faiss", "lite", "server"]
 
 
-def store_settings(base: Settings, store: str, lite_uri: str) -> Settings:
+def store_settings(base: Settings, target: MilvusTarget | None, **changes: object) -> Settings:
+    """FAISS (target None), or Milvus at the target, under an alias of the test's own."""
+    if target is None:
+        return base.replace(vector_store="faiss", index_type="flat", **changes)
     return base.replace(
-        vector_store=store,
-        milvus_uri=lite_uri,
+        vector_store="milvus",
         milvus_collection=f"t_{uuid.uuid4().hex[:12]}",
         index_type="flat",
+        **target.settings,
+        **changes,
     )
+
+
+def target_of(request: pytest.FixtureRequest, store: str) -> MilvusTarget | None:
+    """The Milvus a store name stands for: None (FAISS), Milvus Lite or the server."""
+    if store == "faiss":
+        return None
+    if store == "server":
+        server: MilvusTarget = request.getfixturevalue("milvus_server_target")
+        return server
+    lite: str = request.getfixturevalue("lite_uri")
+    return MilvusTarget("lite", lite, {"milvus_uri": lite})
+
+
+def strong(target: MilvusTarget) -> dict[str, str]:
+    """Searches that see every write at once: tests that read Milvus right after writing."""
+    return {"milvus_consistency": "Strong"} if target.kind == "server" else {}
 
 
 def sample_runtime(settings: Settings, embedder: Embedder, seed_index: Path) -> Runtime:
@@ -77,9 +95,8 @@ def store_runtime(
     sqlite_settings: Settings,
     embedder: Embedder,
     seed_index: Path,
-    lite_uri: str,
 ) -> Runtime:
-    settings = store_settings(sqlite_settings, request.param, lite_uri)
+    settings = store_settings(sqlite_settings, target_of(request, request.param))
     runtime = sample_runtime(settings, embedder, seed_index)
     request.addfinalizer(runtime.close)
     return runtime
@@ -92,34 +109,35 @@ def test_build_search_filter_rebuild_rollback(
     request: pytest.FixtureRequest,
     embedder: Embedder,
     seed_index: Path,
-    lite_uri: str,
 ) -> None:
-    base = settings
-    settings = store_settings(base, store, lite_uri).replace(keep_versions=2)
+    target = target_of(request, store)
+    settings = store_settings(settings, target, keep_versions=2)
+    backend = settings.vector_store
     runtime = sample_runtime(settings, embedder, seed_index)
     request.addfinalizer(runtime.close)
 
     first = run_build(runtime)
     assert first.reused == first.item_count == 325 and first.recall_at_10 == 1.0
     manifest = IndexStore(settings.index_dir).manifest(first.version)  # type: ignore[arg-type]
-    assert manifest["index"]["backend"] == store and manifest["index"]["is_exact"]
-    assert manifest["vector_store"]["backend"] == store
+    assert manifest["index"]["backend"] == backend and manifest["index"]["is_exact"]
+    assert manifest["vector_store"]["backend"] == backend
     assert {"items.json", "vectors.npy", "lexical", "manifest.json"} <= {
         p.name
         for p in (settings.index_dir / first.version).iterdir()  # type: ignore[operator]
     }
-    if store == "milvus":
+    if target is not None:
         assert manifest["vector_store"] == {
             "backend": "milvus",
-            "uri": lite_uri,
+            "uri": target.uri,
             "collection": manifest["index"]["collection"],
             "alias": settings.milvus_collection,
         }
-        milvus = client(lite_uri)
+        assert manifest["index"]["layout"] == 2
+        milvus = client(target.uri)
         assert alias_target(milvus, settings.milvus_collection) == manifest["index"]["collection"]
 
     artifact = served(runtime)
-    assert artifact.ann.is_live == (store == "milvus")
+    assert artifact.ann.is_live == (target is not None)
     paris = artifact.vectors()[artifact.row_of("paris-france")]  # type: ignore[index]
     hits = artifact.ann.search_ids(paris, 10)
     assert hits[0][0] == "paris-france" and len(hits) == 10
@@ -135,12 +153,12 @@ def test_build_search_filter_rebuild_rollback(
 
     second = run_build(runtime)
     assert (first.version, second.version) == ("v000002", "v000003")  # after the seed's
-    if store == "milvus":
+    if target is not None:
         second_collection = served(runtime).manifest["index"]["collection"]
         assert alias_target(milvus, settings.milvus_collection) == second_collection
     IndexStore(settings.index_dir).point_current_at(first.version)  # type: ignore[arg-type]
     assert served(runtime).version == first.version
-    if store == "milvus":
+    if target is not None:
         first_collection = manifest["index"]["collection"]
         assert alias_target(milvus, settings.milvus_collection) == first_collection
         # A third build keeps two versions. The first's folder goes, but not yet its
@@ -160,13 +178,14 @@ def test_build_search_filter_rebuild_rollback(
 
 
 def test_upsert_and_delete_go_straight_into_the_serving_collection(
-    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, milvus_target: MilvusTarget
 ) -> None:
-    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    settings = store_settings(sqlite_settings, milvus_target, **strong(milvus_target))
     runtime = sample_runtime(settings, embedder, seed_index)
     try:
         run_build(runtime)
         artifact = served(runtime)
+        assert artifact.ann.read_your_writes
         writer = item_writer(settings)
         assert writer is not None
         paris = np.asarray(artifact.vectors()[artifact.row_of("paris-france")])  # type: ignore[index]
@@ -179,21 +198,25 @@ def test_upsert_and_delete_go_straight_into_the_serving_collection(
             attributes=[{"country": 'Fra"nce'}, {"country": "Japan"}],
         )
         top = [i for i, _ in artifact.ann.search_ids(paris, 3)]
-        assert set(top[:2]) == {"paris-france", "paris-twin"} and top[2] == "kyoto-japan"
+        assert set(top) == {"paris-france", "paris-twin", "kyoto-japan"}  # Paris's vector
         assert "kyoto-japan" in [i for i, _ in artifact.ann.search_ids(paris, 5, category="beach")]
         # The row search serves only the build's rows: the new item has none.
         _, rows = artifact.ann.search(paris, 3)
         assert "paris-twin" not in [artifact.ids[r] for r in rows[0] if r >= 0]
         # Attribute and tag filters run inside Milvus, with quoted values.
-        milvus = client(lite_uri)
+        milvus = client(milvus_target.uri)
         found = milvus.query(
             settings.milvus_collection,
             filter=equals("country", 'Fra"nce'),
             output_fields=["id"],
+            consistency_level="Strong",
         )
         assert [r["id"] for r in found] == ["paris-twin"]
         found = milvus.query(
-            settings.milvus_collection, filter=equals("tags", "zen-gardens"), output_fields=["id"]
+            settings.milvus_collection,
+            filter=equals("tags", "zen-gardens"),
+            output_fields=["id"],
+            consistency_level="Strong",
         )
         assert [r["id"] for r in found] == ["kyoto-japan"]
 
@@ -207,7 +230,12 @@ def test_upsert_and_delete_go_straight_into_the_serving_collection(
                 one_of("tags", ["food", "beach"]),
             ]
         )
-        found = milvus.query(settings.milvus_collection, filter=expression, output_fields=["id"])
+        found = milvus.query(
+            settings.milvus_collection,
+            filter=expression,
+            output_fields=["id"],
+            consistency_level="Strong",
+        )
         assert artifact.items is not None
         upserted = {"paris-twin", "kyoto-japan"}
         expected = {
@@ -231,9 +259,9 @@ def test_upsert_and_delete_go_straight_into_the_serving_collection(
 
 
 def test_writes_during_a_build_survive_the_alias_move(
-    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, milvus_target: MilvusTarget
 ) -> None:
-    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    settings = store_settings(sqlite_settings, milvus_target, **strong(milvus_target))
     runtime = sample_runtime(settings, embedder, seed_index)
     try:
         run_build(runtime)
@@ -255,41 +283,58 @@ def test_writes_during_a_build_survive_the_alias_move(
 
 
 def test_stores_return_the_same_top_10(
-    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str, tmp_path: Path
+    sqlite_settings: Settings,
+    embedder: Embedder,
+    seed_index: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Exact indexes over the same vectors: the same neighbours, scores and searches."""
+    """Exact indexes over the same vectors: the same neighbours, scores and searches, on
+    FAISS, Milvus Lite and the Milvus server."""
     runtimes = {}
     for store in STORES:
         base = sqlite_settings.replace(data_dir=tmp_path / store)
         runtimes[store] = sample_runtime(
-            store_settings(base, store, lite_uri), embedder, seed_index
+            store_settings(base, target_of(request, store)), embedder, seed_index
         )
     try:
         artifacts = {}
         for store, runtime in runtimes.items():
             run_build(runtime)
             artifacts[store] = served(runtime)
-        faiss, milvus = artifacts["faiss"].ann, artifacts["milvus"].ann
+        faiss = artifacts["faiss"].ann
         queries = embedder.encode(
             ["quiet beaches with coral reefs", "museums and art", "hiking in the alps"]
         )
         queries = np.concatenate([queries, artifacts["faiss"].vectors()[::40]])
         categories = [None, "beach", "city", "nature"]
-        for query in queries:
-            for category in categories:
-                a = faiss.search_ids(query, 10, category=category)
-                b = milvus.search_ids(query, 10, category=category)
-                np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
-                # Ids may differ only among equal scores.
-                differs = [x != y for (x, _), (y, _) in zip(a, b, strict=True)]
-                assert not any(differs) or _tied(a, differs)
-        for q in ["quiet beaches with coral reefs", "street food", "ski resorts"]:
+        for store in ("lite", "server"):
+            milvus = artifacts[store].ann
+            for query in queries:
+                for category in categories:
+                    a = faiss.search_ids(query, 10, category=category)
+                    b = milvus.search_ids(query, 10, category=category)
+                    np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+                    # Ids may differ only among equal scores.
+                    differs = [x != y for (x, _), (y, _) in zip(a, b, strict=True)]
+                    assert not any(differs) or _tied(a, differs)
+        # Searches, with filters too: Milvus runs them as expressions, FAISS over its rows.
+        selective = {"continent": "Asia", "avg_daily_cost_usd": {"lt": 60}}
+        requests = [
+            SearchRequest(q="quiet beaches with coral reefs", k=10),
+            SearchRequest(q="street food", k=10),
+            SearchRequest(q="ski resorts", k=10),
+            SearchRequest(q="ski resorts", k=10, filters=selective),
+            SearchRequest(q="temples", k=10, filters={"tags": {"any": ["diving", "wildlife"]}}),
+        ]
+        for search in requests:
             results = []
             for runtime in runtimes.values():
                 with runtime.session() as session:
-                    response = runtime.searcher.search(session, SearchRequest(q=q, k=10))
+                    response = runtime.searcher.search(session, search)
                 results.append([(h.id, round(h.score, 5)) for h in response.results])
-            assert results[0] == results[1]
+            assert len(results[0]) == 10
+            assert results[0] == results[1] == results[2], search
     finally:
         for runtime in runtimes.values():
             runtime.close()
@@ -305,7 +350,7 @@ def _tied(hits: list[tuple[str, float]], differs: list[bool]) -> bool:
 
 
 def test_recall_gate_publishes_nothing_and_leaves_no_collection(
-    store_runtime: Runtime, lite_uri: str
+    store_runtime: Runtime,
 ) -> None:
     settings = store_runtime.settings
     first = run_build(store_runtime)
@@ -315,7 +360,7 @@ def test_recall_gate_publishes_nothing_and_leaves_no_collection(
     store = IndexStore(settings.index_dir)
     assert store.current_version() == first.version
     if settings.vector_store == "milvus":
-        milvus = client(lite_uri)
+        milvus = client(settings.milvus_target)
         ours = [c for c in milvus.list_collections() if c.startswith(settings.milvus_collection)]
         assert ours == [store.manifest(first.version)["index"]["collection"]]  # type: ignore[arg-type]
 
@@ -326,7 +371,7 @@ def test_expressions_quote_every_value() -> None:
     assert equals("category", 'x" or id != "') == 'category == "x\\" or id != \\""'
     assert equals("price", 3) == 'attributes["price"] == 3'
     assert equals('a"]', "v") == 'attributes["a\\"]"] == "v"'
-    assert one_of("tags", ["a", 'b"']) == 'json_contains_any(tags, ["a", "b\\""])'
+    assert one_of("tags", ["a", 'b"']) == 'json_contains_any(tags["v"], ["a", "b\\""])'
     assert between("cost", 1, None) == 'attributes["cost"] >= 1.0'
     assert (
         one_of("country", ["a", "b"])
@@ -383,13 +428,17 @@ def test_milvus_setup_errors_are_clear(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_a_search_finds_items_upserted_into_milvus(
-    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str, tmp_path: Path
+    sqlite_settings: Settings,
+    embedder: Embedder,
+    seed_index: Path,
+    milvus_target: MilvusTarget,
+    tmp_path: Path,
 ) -> None:
     """With Milvus the search path's ANN call is the id search: an item written since the
     build is found in the collection, with a category no build has seen."""
     from tests.conftest import write_jsonl
 
-    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    settings = store_settings(sqlite_settings, milvus_target, **strong(milvus_target))
     runtime = sample_runtime(settings, embedder, seed_index)
     try:
         run_build(runtime)
@@ -410,13 +459,17 @@ def test_a_search_finds_items_upserted_into_milvus(
 
 
 def test_the_follower_writes_new_items_into_milvus(
-    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, lite_uri: str, tmp_path: Path
+    sqlite_settings: Settings,
+    embedder: Embedder,
+    seed_index: Path,
+    milvus_target: MilvusTarget,
+    tmp_path: Path,
 ) -> None:
     """No hand-made upsert: the elected follower embeds the new item once and writes it into
     the serving collection, where the search's id-level ANN call finds it."""
     from tests.conftest import write_jsonl
 
-    settings = store_settings(sqlite_settings, "milvus", lite_uri)
+    settings = store_settings(sqlite_settings, milvus_target, **strong(milvus_target))
     runtime = sample_runtime(settings, embedder, seed_index)
     try:
         run_build(runtime)
@@ -430,3 +483,143 @@ def test_the_follower_writes_new_items_into_milvus(
         assert [h.id for h in response.results] == ["lutetia"]
     finally:
         runtime.close()
+
+
+def test_filters_become_one_expression() -> None:
+    schema = Schema(
+        {"continent": {"text"}, "cost": {"number"}, "colors": {"list"}, "kid": {"bool"}}
+    )
+    filters = parse(
+        {
+            "category": {"in": ["beach", "city"]},
+            "tags": {"all": ["food", 'a"b']},
+            "continent": "Asia",
+            "cost": {"gt": 10, "lte": 50},
+            "kid": True,
+            "colors": {"any": ["red"]},
+        },
+        schema,
+    )
+    assert for_filters(filters) == " and ".join(
+        [
+            '(category in ["beach", "city"])',
+            '(json_contains_all(tags["v"], ["food", "a\\"b"]))',
+            '(attributes["continent"] == "Asia" or json_contains(attributes["continent"], "Asia"))',
+            '(attributes["cost"] > 10.0 and attributes["cost"] <= 50.0)',
+            '(attributes["kid"] == true or json_contains(attributes["kid"], true))',
+            '(attributes["colors"] == "red" or json_contains(attributes["colors"], "red"))',
+        ]
+    )
+    assert for_filters(filters, tags="tags").count("json_contains_all(tags, ") == 1
+    assert for_filters(parse(None, schema)) == ""
+
+
+def test_filters_run_inside_milvus(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path, milvus_target: MilvusTarget
+) -> None:
+    """The id search takes the request's filters: every hit matches, and as many as match
+    come back (no fetch-and-drop that a selective filter would starve)."""
+    settings = store_settings(sqlite_settings, milvus_target)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    try:
+        run_build(runtime)
+        artifact = served(runtime)
+        assert artifact.items is not None
+        fields = dict(zip(artifact.ids, artifact.items, strict=True))
+        paris = np.asarray(artifact.vectors()[artifact.row_of("paris-france")])  # type: ignore[index]
+        schema = Schema.from_items(artifact.items)
+        for raw in [
+            {"continent": "Asia", "avg_daily_cost_usd": {"lt": 60}},
+            {"tags": {"all": ["diving", "snorkeling"]}},
+            {"category": "desert", "continent": {"in": ["Africa", "Asia"]}},
+        ]:
+            where = parse(raw, schema)
+            matching = [i for i, f in fields.items() if where.matches(f)]
+            hits = artifact.ann.search_ids(paris, 50, where=where)
+            assert 0 < len(matching) <= 50 and {i for i, _ in hits} == set(matching), raw
+            assert all(where.matches(fields[i]) for i, _ in hits), raw
+    finally:
+        runtime.close()
+
+
+def test_a_weaker_consistency_serves_written_items_from_the_delta(
+    sqlite_settings: Settings,
+    embedder: Embedder,
+    seed_index: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Under Bounded (the default) an item just written may not show in the server's
+    collection yet: the delta serves it. Here the follower stores the new item's vector but
+    never writes it into Milvus, so only the delta can find it: under Bounded the search
+    does, under Strong (which trusts the collection alone) it does not."""
+    from tests.conftest import write_jsonl
+
+    target = target_of(request, "server")
+    assert target is not None
+    found = {}
+    for level in ("Bounded", "Strong"):
+        base = sqlite_settings.replace(data_dir=tmp_path / level)
+        settings = store_settings(base, target, milvus_consistency=level)
+        runtime = sample_runtime(settings, embedder, seed_index)
+        try:
+            run_build(runtime)
+            assert served(runtime).ann.read_your_writes == (level == "Strong")
+            runtime.follower.set_sink(None)  # the vector is stored, Milvus never hears of it
+            # Words no query below holds: BM25 (which always reads the delta) cannot find it.
+            new = {"id": "lutetia", "title": "Zzyzx", "text": "Qwv.", "category": "old"}
+            with runtime.write_session() as session:
+                ingest(runtime, session, write_jsonl(tmp_path / f"{level}.jsonl", [new]))
+            assert runtime.follower.run_once() == 1
+            runtime.delta.refresh()
+            with runtime.session() as session:
+                search = SearchRequest(q="museums in Paris", k=5, category="old")
+                found[level] = [h.id for h in runtime.searcher.search(session, search).results]
+        finally:
+            runtime.close()
+    assert found == {"Bounded": ["lutetia"], "Strong": []}
+
+
+def test_an_unreachable_milvus_fails_the_build_in_seconds(
+    sqlite_settings: Settings, embedder: Embedder, seed_index: Path
+) -> None:
+    """Nothing listens at the address: the build fails at once naming it, and the version
+    that served still does."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed when the build runs
+    settings = store_settings(sqlite_settings, None)
+    runtime = sample_runtime(settings, embedder, seed_index)
+    try:
+        before = IndexStore(settings.index_dir).current_version()
+        assert before is not None
+        elsewhere = settings.replace(vector_store="milvus", milvus_uri=address)
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=f"cannot open Milvus at {address}"):
+            run_build(runtime, settings=elsewhere)
+        assert time.monotonic() - started < 15
+        assert IndexStore(settings.index_dir).current_version() == before
+    finally:
+        runtime.close()
+
+
+def test_wrong_credentials_are_refused_naming_the_server(
+    milvus_server_target: MilvusTarget, tmp_path: Path
+) -> None:
+    from engine.index.ann.milvus_client import remember
+
+    for wrong in [{"milvus_token": "root:not-the-password"}, {"milvus_ca_cert": ""}]:
+        # Another process's view: its own settings for the server, nothing cached.
+        settings = Settings(
+            data_dir=tmp_path, vector_store="milvus", **{**milvus_server_target.settings, **wrong}
+        )
+        remember(settings)
+        uri = milvus_server_target.uri + "/"  # a client of its own (clients are per URI)
+        settings = settings.replace(milvus_uri=uri)
+        remember(settings)
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="cannot open Milvus at https://127.0.0.1:"):
+            client(uri)
+        assert time.monotonic() - started < 15

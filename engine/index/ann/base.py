@@ -7,9 +7,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.catalog.filters import Filters
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class AnnIndex(ABC):
     _category_rows: dict[str, np.ndarray] | None = None
     _row_of: dict[str, int] | None = None
 
+    @property
+    def read_your_writes(self) -> bool:
+        """Whether a search sees every write acknowledged before it. A live index searched
+        at a weaker consistency (Milvus's Bounded) may not show an item written a moment
+        ago: the search path then takes written items from the delta, as for FAISS."""
+        return True
+
     @abstractmethod
     def add(self, vectors: np.ndarray) -> None:
         """Append (n, dim) float32 unit vectors; they get the next row numbers (and, for a
@@ -62,11 +72,18 @@ class AnnIndex(ABC):
         """
 
     def search_ids(
-        self, query: np.ndarray, k: int, *, category: str | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        category: str | None = None,
+        where: Filters | None = None,
     ) -> list[tuple[str, float]]:
         """The k items nearest one (dim,) query: (item id, cosine), best first.
 
-        category: only items of that category. Needs labels. A live index also returns
+        category: only items of that category. where: a search's filters, which a live
+        index applies itself (Milvus: an expression); this default ignores them, and the
+        caller checks every candidate against them anyway. Needs labels. A live index also returns
         items upserted since the build and never returns deleted ones; this default (row
         search mapped through the labels) serves an index fixed at its build.
         """

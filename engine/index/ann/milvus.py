@@ -6,7 +6,13 @@ One client (pymilvus, the `recsearch[milvus]` extra) reaches both kinds of Milvu
 ending in .db runs Milvus Lite inside this process, http://host:19530 a Milvus standalone
 or cluster. Milvus Lite locks its folder: one process at a time may open it, so it suits
 one process (`recsearch serve --workers 1`, builds from the admin page); several workers or
-hosts need a Milvus server.
+hosts need a Milvus server: 2.3 standalone and later are tested (tests/index/test_milvus.py).
+
+Searches ask for RECSEARCH_MILVUS_CONSISTENCY (Bounded by default: Strong waits for the
+server's time tick, ~200 ms a search on 2.3). A build's own searches (its recall check) ask
+for Strong. Under a weaker level an item just written may not show in the collection for a
+moment: the delta serves it meanwhile (the search path treats the index as not live for
+those items: read_your_writes).
 
 Rows hold the id, the vector, the category, tags and attributes (filters run inside
 Milvus as expressions: engine.index.ann.milvus_filter) and written_at, which lets the alias move
@@ -16,26 +22,27 @@ without losing writes (engine.index.ann.milvus_alias).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
-import threading
-from collections.abc import Mapping, Sequence
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.core.config import Settings, is_lite_uri
 from engine.core.errors import ConfigError, NotReady
-from engine.core.files import held_elsewhere
 from engine.index.ann.base import AnnIndex
-from engine.index.ann.milvus_filter import equals, one_of
+from engine.index.ann.milvus_client import client, options_for, remember, shown_uri
+from engine.index.ann.milvus_filter import all_of, equals, for_filters, one_of
+from engine.index.ann.milvus_rows import LAYOUT, records, tags_path
+
+if TYPE_CHECKING:
+    from engine.catalog.filters import Filters
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'recsearch[milvus]'"
 ID_MAX = 256  # the items.id column's length
 CATEGORY_MAX = 200  # the items.category column's length
 WRITE_CHUNK = 1_000
@@ -43,52 +50,6 @@ _SEARCH_CHUNK = 100  # queries per request (a build's recall sample is 1,000 of 
 TOP_K_MAX = 16_384  # Milvus refuses a larger limit
 STAMP = "%Y%m%dT%H%M%S"
 _FLOAT_MIN = float(-np.finfo(np.float32).max)  # what FAISS puts in an empty slot's score
-
-_clients: dict[tuple[int, str], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def client(uri: str) -> Any:
-    """A MilvusClient for uri, one per process (a forked worker opens its own).
-
-    Raises ConfigError when pymilvus is not installed, or when a Milvus Lite file is open
-    in another process (Lite serves one process; several need a Milvus server).
-    """
-    key = (os.getpid(), uri)
-    with _clients_lock:
-        found = _clients.get(key)
-        if found is not None:
-            return found
-        try:
-            from pymilvus import MilvusClient
-            from pymilvus.exceptions import MilvusException
-        except ImportError:
-            raise ConfigError(
-                f"RECSEARCH_VECTOR_STORE=milvus needs pymilvus: {INSTALL_HINT}"
-            ) from None
-        if is_lite_uri(uri):
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            made = MilvusClient(uri)
-        except MilvusException as exc:
-            if is_lite_uri(uri) and _lite_locked(uri):
-                raise ConfigError(
-                    f"the Milvus Lite database {uri} is open in another process: Milvus Lite "
-                    "serves one process at a time. Run one (`recsearch serve --workers 1`, and "
-                    "rebuild from the admin page or with the server stopped), or point "
-                    "RECSEARCH_MILVUS_URI at a Milvus server (http://host:19530) for several "
-                    "workers or hosts"
-                ) from None
-            raise ConfigError(f"cannot open Milvus at {uri}: {exc}") from None
-        _clients[key] = made
-        return made
-
-
-def _lite_locked(uri: str) -> bool:
-    """Whether another process holds Milvus Lite's lock on its folder (never this one: only
-    asked after this process failed to open it)."""
-    return held_elsewhere(Path(uri) / "LOCK")
-
 
 # --- index types -------------------------------------------------------------------------
 
@@ -126,15 +87,6 @@ def collection_name(alias: str, now: datetime | None = None) -> str:
     return f"{alias}_{now.strftime(STAMP)}_{secrets.token_hex(4)}"
 
 
-def shown_uri(uri: str) -> str:
-    """uri without credentials, for manifests and logs."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    host, slash, path = rest.partition("/")
-    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
-
-
 class MilvusIndex(AnnIndex):
     """One version's collection. Rows are the labels' positions at the build; search_ids also
     finds items upserted since, and never the deleted ones."""
@@ -152,6 +104,7 @@ class MilvusIndex(AnnIndex):
         params: dict[str, Any],
         search_params: dict[str, Any],
         rows: int = 0,
+        layout: int = LAYOUT,
     ) -> None:
         self.uri = uri
         self.collection = collection
@@ -161,8 +114,17 @@ class MilvusIndex(AnnIndex):
         self.params = params  # build parameters
         self.search_params = search_params
         self._rows = rows
+        self.layout = layout
         self._unflushed = False
         self.client = client(uri)
+        # A build searches what it just wrote (the recall check): Strong until published.
+        self.consistency = options_for(uri).consistency
+
+    @property
+    def read_your_writes(self) -> bool:
+        """Whether a search sees every write acknowledged before it: Strong, or Milvus Lite
+        (which applies each write in the call, whatever the level asked for)."""
+        return self.consistency == "Strong" or is_lite_uri(self.uri)
 
     @classmethod
     def create(cls, dim: int, factory: str, settings: Settings) -> MilvusIndex:
@@ -171,19 +133,22 @@ class MilvusIndex(AnnIndex):
 
         index_type, build, search = milvus_index(factory, settings)
         uri, alias = settings.milvus_target, settings.milvus_collection
+        options = remember(settings)
         index = cls(uri, collection_name(alias), alias, factory, index_type, build, search)
+        index.consistency = "Strong"
+        # No nullable field and no array at a JSON field's top: what Milvus 2.3 takes too.
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("category", DataType.VARCHAR, max_length=CATEGORY_MAX, nullable=True)
-        schema.add_field("tags", DataType.JSON, nullable=True)
-        schema.add_field("attributes", DataType.JSON, nullable=True)
+        schema.add_field("category", DataType.VARCHAR, max_length=CATEGORY_MAX)
+        schema.add_field("tags", DataType.JSON)
+        schema.add_field("attributes", DataType.JSON)
         schema.add_field("written_at", DataType.INT64)
         params = index.client.prepare_index_params()
         params.add_index("vector", index_type=index_type, metric_type="IP", params=build)
-        # Strong: a search sees every write acknowledged before it (fresh within the request,
-        # not Milvus's default bounded staleness of seconds).
-        index.client.create_collection(index.collection, schema=schema, consistency_level="Strong")
+        index.client.create_collection(
+            index.collection, schema=schema, consistency_level=options.consistency
+        )
         # sync=False: the index of an empty collection has nothing to wait for, and the
         # wait asks for a timestamp that Milvus Lite does not implement (an error and ~0.5 s).
         index.client.create_index(index.collection, params, sync=False)
@@ -203,6 +168,7 @@ class MilvusIndex(AnnIndex):
             dict(description.get("index_params", {})),
             dict(description.get("search_params", {})),
             int(description.get("rows", 0)),
+            int(description.get("layout", 1)),
         )
         if not index.client.has_collection(index.collection):
             raise NotReady(
@@ -231,6 +197,7 @@ class MilvusIndex(AnnIndex):
                     None if labels.tags is None else [labels.tags[r] for r in rows],
                     None if labels.attributes is None else [labels.attributes[r] for r in rows],
                     written_at=0,
+                    layout=self.layout,
                 ),
             )
         self._rows += n
@@ -245,6 +212,7 @@ class MilvusIndex(AnnIndex):
             # the index that serves, not on a brute-force scan of unsealed rows.
             self.client.flush(self.collection)
             self._unflushed = False
+            self._wait_indexed()
         limit = max(1, min(k, TOP_K_MAX))
         params: dict[str, Any] = dict(self.search_params)
         if "ef" in params:
@@ -259,9 +227,38 @@ class MilvusIndex(AnnIndex):
                 filter=expression,
                 output_fields=["id"],
                 search_params={"metric_type": "IP", "params": params},
+                consistency_level=self.consistency,
             )
             out.extend([(h["id"], float(h["distance"])) for h in found] for found in hits)
         return out
+
+    def _wait_indexed(self, timeout_s: float = 600.0) -> None:
+        """Until a server searches the index of every row the build wrote (Milvus Lite
+        indexes as it goes and reports nothing).
+
+        A server indexes sealed segments in the background after the flush, and its query
+        nodes go on scanning the rows as they were (exactly) until they hand over to the
+        indexed segments, seconds later. The new collection serves no one yet: reloading
+        it once the index is built makes searches use the index at once, so the recall
+        gate measures what will serve.
+        """
+        if is_lite_uri(self.uri):
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.client.describe_index(self.collection, "vector")
+            pending = int(state.get("pending_index_rows", 0))
+            if state.get("state") == "Finished" and not pending:
+                self.client.release_collection(self.collection)
+                self.client.load_collection(self.collection)
+                return
+            if state.get("state") == "Failed":
+                raise NotReady(f"Milvus failed to index {self.collection}: {state}")
+            if time.monotonic() > deadline:
+                raise NotReady(
+                    f"Milvus has not indexed {self.collection} after {timeout_s:.0f} s: {state}"
+                )
+            time.sleep(0.2)
 
     def search(
         self, queries: np.ndarray, k: int, *, allowed_rows: np.ndarray | None = None
@@ -297,9 +294,20 @@ class MilvusIndex(AnnIndex):
         return one_of("id", (labels.ids[int(r)] for r in allowed_rows))
 
     def search_ids(
-        self, query: np.ndarray, k: int, *, category: str | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        category: str | None = None,
+        where: Filters | None = None,
     ) -> list[tuple[str, float]]:
-        expression = "" if category is None else equals("category", category)
+        """The k nearest items the category and filters allow, run inside Milvus."""
+        expression = all_of(
+            [
+                "" if category is None else equals("category", category),
+                for_filters(where, tags=tags_path(self.layout)) if where else "",
+            ]
+        )
         return self._search(query.reshape(1, -1), k, expression)[0]
 
     def save(self, folder: Path) -> dict[str, Any]:
@@ -330,28 +338,6 @@ class MilvusIndex(AnnIndex):
             "collection": self.collection,
             "alias": self.alias,
             "rows": self._rows,
+            "layout": self.layout,
             "is_exact": self.index_type == "FLAT",
         }
-
-
-def records(
-    ids: Sequence[str],
-    vectors: np.ndarray,
-    categories: Sequence[str | None],
-    tags: Sequence[Sequence[str]] | None,
-    attributes: Sequence[Mapping[str, Any]] | None,
-    *,
-    written_at: int,
-) -> list[dict[str, Any]]:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return [
-        {
-            "id": item_id,
-            "vector": vectors[i].tolist(),
-            "category": categories[i],
-            "tags": None if tags is None else list(tags[i]),
-            "attributes": None if attributes is None else dict(attributes[i]),
-            "written_at": written_at,
-        }
-        for i, item_id in enumerate(ids)
-    ]

@@ -17,8 +17,10 @@ from typing import Any
 
 from engine.core.config import Settings
 from engine.core.errors import NotReady
-from engine.index.ann.milvus import STAMP, WRITE_CHUNK, client
+from engine.index.ann.milvus import STAMP, WRITE_CHUNK
+from engine.index.ann.milvus_client import client, remember
 from engine.index.ann.milvus_filter import one_of
+from engine.index.ann.milvus_rows import FIELDS, in_layout, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,14 @@ def copy_written_since(milvus: Any, source: str, target: str, since_ms: int) -> 
     state = str(milvus.get_load_state(source).get("state", ""))
     if not state.endswith("Loaded"):
         milvus.load_collection(source)
-    fields = ["id", "vector", "category", "tags", "attributes", "written_at"]
+    fields = FIELDS
+    layout = layout_of(milvus, target)  # rows move between layouts on a rollback
     batches = milvus.query_iterator(
         source,
         batch_size=WRITE_CHUNK,
         filter=f"written_at >= {int(max(since_ms, 1))}",
         output_fields=fields,
+        consistency_level="Strong",  # every write acknowledged so far, whatever the bound
     )
     copied = 0
     try:
@@ -101,10 +105,11 @@ def copy_written_since(milvus: Any, source: str, target: str, since_ms: int) -> 
                 target,
                 filter=one_of("id", (r["id"] for r in batch)),
                 output_fields=["id", "written_at"],
+                consistency_level="Strong",
             )
             newer_in_target = {r["id"]: int(r["written_at"]) for r in held}
             fresh = [
-                {f: r[f] for f in fields}
+                in_layout(r, layout)
                 for r in batch
                 if int(r["written_at"]) > newer_in_target.get(r["id"], -1)
             ]
@@ -135,6 +140,7 @@ def drop_collections(
 def stale_collections(settings: Settings, named: Iterable[str]) -> list[str]:
     """Collections of this alias that no published version names and that a crashed build
     left more than a day ago (a build running now is younger)."""
+    remember(settings)
     milvus = client(settings.milvus_target)
     prefix = settings.milvus_collection + "_"
     cutoff = datetime.now(UTC) - STALE_COLLECTION

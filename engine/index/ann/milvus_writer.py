@@ -11,7 +11,9 @@ import numpy as np
 
 from engine.core.config import Settings
 from engine.index.ann.base import ItemWriter
-from engine.index.ann.milvus import WRITE_CHUNK, client, records
+from engine.index.ann.milvus import WRITE_CHUNK
+from engine.index.ann.milvus_client import client, remember
+from engine.index.ann.milvus_rows import layout_of, records
 
 
 class MilvusWriter(ItemWriter):
@@ -29,6 +31,7 @@ class MilvusWriter(ItemWriter):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MilvusWriter:
+        remember(settings)
         return cls(settings.milvus_target, settings.milvus_collection)
 
     def upsert(
@@ -42,6 +45,9 @@ class MilvusWriter(ItemWriter):
         if len(ids) != vectors.shape[0] or len(ids) != len(categories):
             raise ValueError(f"{len(ids)} ids, {vectors.shape[0]} vectors, {len(categories)} cats")
         written_at = time.time_ns() // 1_000_000
+        # The layout of the collection the alias names now (a rollback may move it to one
+        # an older recsearch made).
+        layout = layout_of(self.client, self.alias)
         for lo in range(0, len(ids), WRITE_CHUNK):
             hi = lo + WRITE_CHUNK
             self.client.upsert(
@@ -53,6 +59,7 @@ class MilvusWriter(ItemWriter):
                     None if tags is None else tags[lo:hi],
                     None if attributes is None else attributes[lo:hi],
                     written_at=written_at,
+                    layout=layout,
                 ),
             )
 
