@@ -91,24 +91,22 @@ class Settings(BaseModel):
     milvus_uri: str = ""
     # The alias searches and writes go through (the part CURRENT plays for FAISS).
     milvus_collection: str = "recsearch"
-    # How fresh a Milvus search must be: "Bounded" (default: a server's searches take
-    # milliseconds, and an item just written is served from the delta until the collection
-    # shows it), "Strong" (waits for the server's time tick: ~200 ms a search on 2.3),
+    # How fresh a Milvus search must be: "Bounded" (default: the delta serves an item just
+    # written until the collection shows it), "Strong" (waits for the server's time tick),
     # "Session" or "Eventually".
     milvus_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Bounded"
-    # Credentials for a Milvus server: a token ("user:password" or an API key), or a user
-    # and password. Never written to a manifest or a log.
+    # A Milvus server's credentials: a token ("user:password" or an API key), or a user and
+    # password; never written to a manifest or a log.
     milvus_token: str = ""
     milvus_user: str = ""
     milvus_password: str = ""
-    # TLS to a Milvus server (an https:// URI turns it on too): the CA bundle that signs the
-    # server's certificate, and the name to check it against when that differs from the host.
+    # TLS (an https:// URI turns it on too): the CA bundle that signed the server's
+    # certificate, and the name to check it against when that differs from the host.
     milvus_ca_cert: str = ""
     milvus_server_name: str = ""
 
     # --- distributed builds ---
-    # A Ray cluster's address (host:port): builds embed there with an actor pool of this
-    # encoder. Empty: builds embed in this process.
+    # A Ray cluster's address (host:port) builds embed on; empty: in this process.
     ray_address: str = ""
     # Encoder actors a Ray build starts (0: one per CPU the cluster offers, at most 64).
     ray_actors: int = Field(default=0, ge=0)
