@@ -623,3 +623,42 @@ def test_wrong_credentials_are_refused_naming_the_server(
         with pytest.raises(ConfigError, match="cannot open Milvus at https://127.0.0.1:"):
             client(uri)
         assert time.monotonic() - started < 15
+
+
+def test_collections_of_the_first_layout_still_take_writes_and_filters(lite_uri: str) -> None:
+    """A collection an earlier recsearch made (nullable category, tags as a JSON array:
+    Milvus 2.5 and Lite only) keeps serving: writes and tag filters follow its layout."""
+    from pymilvus import DataType, MilvusClient
+
+    from engine.index.ann.milvus_rows import layout_of, tags_path
+    from engine.index.ann.milvus_writer import MilvusWriter
+
+    milvus = client(lite_uri)
+    name, alias = f"old_{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:8]}"
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)
+    schema.add_field("category", DataType.VARCHAR, max_length=200, nullable=True)
+    schema.add_field("tags", DataType.JSON, nullable=True)
+    schema.add_field("attributes", DataType.JSON, nullable=True)
+    schema.add_field("written_at", DataType.INT64)
+    milvus.create_collection(name, schema=schema)
+    params = milvus.prepare_index_params()
+    params.add_index("vector", index_type="FLAT", metric_type="IP", params={})
+    milvus.create_index(name, params, sync=False)
+    milvus.load_collection(name)
+    milvus.create_alias(name, alias)
+    try:
+        assert layout_of(milvus, alias) == 1
+        writer = MilvusWriter(lite_uri, alias)
+        writer.upsert(["a", "b"], np.eye(2, dtype=np.float32), [None, "x"], [["sea"], []], None)
+        rows = milvus.query(name, filter='id in ["a", "b"]', output_fields=["category", "tags"])
+        assert {r["id"]: (r["category"], r["tags"]) for r in rows} == {
+            "a": (None, ["sea"]),
+            "b": ("x", None),
+        }
+        found = milvus.query(name, filter=equals("tags", "sea", tags=tags_path(1)))
+        assert [r["id"] for r in found] == ["a"]
+    finally:
+        milvus.drop_alias(alias)
+        milvus.drop_collection(name)
