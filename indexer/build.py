@@ -27,7 +27,7 @@ from engine.index.delta import manifest_watermark
 from engine.index.lexical import LexicalIndex
 from engine.runtime import Runtime
 from engine.store.models import IndexVersion
-from indexer.embedding import embed_catalog, load_catalog
+from indexer.embedding import EmbeddingSite, LocalEmbedding, embed_catalog, load_catalog
 from indexer.progress import Progress, no_progress
 from indexer.recall import measure_recall
 
@@ -52,6 +52,8 @@ class BuildReport:
     items_per_second: float
     skipped: bool = False
     pruned: list[str] = field(default_factory=list)
+    # Where new texts were embedded (the manifest's "embedding"); empty when skipped.
+    embedding: dict[str, Any] = field(default_factory=dict)
 
 
 def build(
@@ -74,10 +76,14 @@ def build(
     identical to the current version's skips the build. settings, when given, replace the
     runtime's for this build (e.g. another index type). A crash at any point leaves the
     previous version serving.
+
+    With settings.ray_address, new texts are embedded on that Ray cluster; an address that
+    does not answer raises NotReady naming it within seconds, before the catalog is read.
     """
     settings = settings or runtime.settings
-    embedder = runtime.embedder
     started = time.perf_counter()
+    site = _embedding_site(settings, runtime)
+    embedder = runtime.embedder
     store = IndexStore(settings.index_dir)
     # Items written after this moment are served from the delta until the next build. Not
     # "now": a write transaction still open now may commit rows stamped earlier (PostgreSQL).
@@ -107,7 +113,9 @@ def build(
             skipped=True,
         )
 
-    vectors, reused, embed_s = embed_catalog(rows, embedder, store, previous, progress, session)
+    vectors, reused, embed_s = embed_catalog(
+        rows, embedder, store, previous, progress, session, site
+    )
 
     if settings.vector_store == "milvus":
         _drop_stale_collections(settings, store)
@@ -133,6 +141,7 @@ def build(
             )
 
         staging = store.stage()
+        embedding = site.describe()
         index_section = index.save(staging)
         lexical.save(staging)
         build_s = time.perf_counter() - started
@@ -156,6 +165,7 @@ def build(
             "embed_seconds": round(embed_s, 3),
             "embedded": n - reused,
             "reused_embeddings": reused,
+            "embedding": embedding,
             "recall_at_10": recall,
             "recall_sample": min(settings.recall_sample, n),
             "engine_version": __version__,
@@ -209,7 +219,18 @@ def build(
         reused=reused,
         items_per_second=(embedded / embed_s) if embed_s > 0 and embedded else 0.0,
         pruned=pruned,
+        embedding=embedding,
     )
+
+
+def _embedding_site(settings: Settings, runtime: Runtime) -> EmbeddingSite:
+    """Where this build embeds new texts: a Ray cluster when settings name one, else here."""
+    if not settings.ray_address:
+        return LocalEmbedding(runtime.embedder)
+    from indexer.ray_embedding import RayEmbedding, check_reachable
+
+    check_reachable(settings.ray_address)  # before the model loads and the catalog is read
+    return RayEmbedding(settings, runtime.embedder)
 
 
 def _prune_tombstones(runtime: Runtime, store: IndexStore) -> None:

@@ -1,14 +1,20 @@
 """A build's catalog snapshot and its vectors: every item's embedding text read once, then
-embedded in batches, reusing the vectors of texts the previous version already holds."""
+embedded in batches, reusing the vectors of texts the previous version already holds.
+
+The texts left to embed go to an EmbeddingSite: this process's Embedder (LocalEmbedding), or
+a Ray cluster's actor pool (indexer.ray_embedding.RayEmbedding, RECSEARCH_RAY_ADDRESS).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
@@ -28,6 +34,39 @@ from engine.store.models import Item
 from indexer.progress import Progress
 
 log = logging.getLogger(__name__)
+
+
+class EmbeddingSite(Protocol):
+    """Where a build's new texts are embedded; describe() is the manifest's "embedding"."""
+
+    def encode(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalEmbedding:
+    """This process's Embedder, on its device and threads."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.items = 0
+
+    def encode(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        vectors = self.embedder.encode(texts, progress=progress)
+        self.items += len(texts)
+        return vectors
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "where": "local",
+            "host": platform.node(),
+            "device": self.embedder.device,
+            "items": self.items,
+        }
 
 
 @dataclass
@@ -74,9 +113,14 @@ def embed_catalog(
     previous: dict[str, Any] | None,
     progress: Progress,
     session: Session,
+    site: EmbeddingSite | None = None,
 ) -> tuple[np.ndarray, int, float]:
     """All item vectors, reusing the previous version's for texts that did not change and
-    those the embedding follower stored since (so a rebuild after live writes encodes none)."""
+    those the embedding follower stored since (so a rebuild after live writes encodes none).
+
+    The rest are encoded by site (default: embedder, here); (vectors, reused, seconds).
+    """
+    site = site or LocalEmbedding(embedder)
     n = len(rows.ids)
     vectors = np.empty((n, embedder.dim), dtype=np.float32)
     todo = list(range(n))
@@ -122,5 +166,5 @@ def embed_catalog(
 
     started = time.perf_counter()
     if todo:
-        vectors[todo] = embedder.encode([rows.texts[r] for r in todo], progress=advance)
+        vectors[todo] = site.encode([rows.texts[r] for r in todo], progress=advance)
     return vectors, reused, time.perf_counter() - started

@@ -18,13 +18,25 @@ from web.cli.base import (
     "--index-type",
     help="Override RECSEARCH_INDEX_TYPE: auto, flat, hnsw, ivf or a FAISS factory string.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Embed on the Ray cluster at host:port (overrides RECSEARCH_RAY_ADDRESS); run it "
+    "on a node of that cluster.",
+)
 @pass_ctx
-def build(obj: Context, if_stale: bool, index_type: str | None) -> None:
+def build(obj: Context, if_stale: bool, index_type: str | None, ray_address: str | None) -> None:
     """Embed the catalog, build the ANN index, measure recall and publish a new version."""
     from indexer.build import build as run_build
 
     runtime = obj.runtime
-    settings = runtime.settings.replace(index_type=index_type) if index_type else runtime.settings
+    changes: dict[str, str] = {}
+    if index_type:
+        changes["index_type"] = index_type
+    if ray_address:
+        changes["ray_address"] = ray_address
+    settings = runtime.settings.replace(**changes) if changes else runtime.settings
     with runtime.session() as session, progress_bar(not obj.quiet) as progress:
         report = run_build(
             runtime, session, if_stale=if_stale, settings=settings, progress=progress
@@ -39,6 +51,9 @@ def build(obj: Context, if_stale: bool, index_type: str | None) -> None:
         f"built in {report.build_seconds:.1f}s ({report.embedded} embedded at "
         f"{report.items_per_second:.0f} items/s, {report.reused} reused)"
     )
+    where = report.embedding
+    if where.get("where") == "ray":
+        click.echo(f"embedded on Ray at {where['address']} by {where['actors']} actor(s)")
 
 
 @cli.command()
