@@ -231,12 +231,18 @@ class RayEmbedding:
             )
         vectors = np.empty((n, self.dim), dtype=np.float32)
         seen = np.zeros(n, dtype=bool)
-        for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            rows = np.asarray(block["row"], dtype=np.int64)
-            vectors[rows] = np.asarray(block["vector"], dtype=np.float32)
-            seen[rows] = True
-            if progress is not None:
-                progress(len(rows))
+        try:
+            for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                rows = np.asarray(block["row"], dtype=np.int64)
+                vectors[rows] = np.asarray(block["vector"], dtype=np.float32)
+                seen[rows] = True
+                if progress is not None:
+                    progress(len(rows))
+        except Exception as exc:  # an actor lost more than RETRIES times, a node gone, ...
+            raise NotReady(
+                f"embedding on the Ray cluster at {self.address} failed after Ray's retries: "
+                f"{type(exc).__name__}: {str(exc)[:500]}; the serving version is unchanged"
+            ) from exc
         if not seen.all():  # Ray Data returns each block once; a gap is a bug, never a zero
             raise RuntimeError(f"Ray returned no vector for {int((~seen).sum())} of {n} texts")
         self.items = n
