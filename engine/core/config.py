@@ -24,6 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic import model_validator as _model_validator
 
 from engine.core.errors import ConfigError
+from engine.core.values import (
+    is_device,
+    is_lite_uri,
+    is_milvus_uri,
+    parse_open_endpoints,
+    parse_weights,
+)
 
 PREFIX = "RECSEARCH_"
 # Variables under the prefix that are not settings: the test suite's own.
@@ -32,7 +39,6 @@ PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 ENCODERS = ("onnx", "onnx-int8", "torch")
 VECTOR_STORES = ("faiss", "milvus")
-OPEN_AREAS = ("search", "events", "metrics")
 # Milvus names: a letter or underscore, then letters, digits and underscores. The alias is
 # also the prefix of each version's collection name (<alias>_<built at>_<random>), so it
 # leaves room for that suffix under Milvus's 255 characters.
@@ -53,6 +59,15 @@ class Settings(BaseModel):
     data_dir: Path = Path("var")
     # SQLAlchemy URL; None means an SQLite file inside data_dir.
     database_url: str | None = None
+    # PostgreSQL streaming replicas for search reads: SQLAlchemy URLs, comma-separated.
+    # Writes, and reads that follow a user's own write, stay on the primary.
+    database_replica_url: str = ""
+    # A replica further behind the primary than this is skipped (its reads go to the primary).
+    replica_max_lag_s: float = Field(default=5.0, gt=0)
+    # Where admin jobs (builds, training) run: "server" (a thread of the server that took the
+    # request: one process, the quick start) or "worker" (servers enqueue; `recsearch worker`
+    # processes claim and run them).
+    jobs: Literal["server", "worker"] = "server"
     # A sentence-transformers model name or folder; the default is the packaged all-MiniLM-L6-v2.
     model: str = Field(default=PACKAGED_MODEL, min_length=1)
     # Load the model from local files only (the machine may be offline); set 0 to allow the hub.
@@ -342,59 +357,3 @@ _EXPECTED = {
 def _nearest(field: str) -> str:
     close = difflib.get_close_matches(field, list(Settings.model_fields), n=1)
     return f" (did you mean {PREFIX}{close[0].upper()}?)" if close else ""
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """type=weight pairs separated by commas: {"view": 1.0, ...}."""
-    weights: dict[str, float] = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            if not sep or not name.strip():
-                raise ValueError
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(
-                f"expected type=weight pairs separated by commas, e.g. view=1,click=2; bad "
-                f"part {part!r}"
-            ) from None
-    return weights
-
-
-def parse_open_endpoints(text: str, loopback: bool = False) -> set[str]:
-    """ "auto" (all of OPEN_AREAS on loopback, none elsewhere), "none" or "", or a comma list
-    of OPEN_AREAS; an unknown name is an error."""
-    value = text.strip().lower()
-    if value == "auto":
-        return set(OPEN_AREAS) if loopback else set()
-    if value in ("", "none"):
-        return set()
-    areas = {part.strip() for part in value.split(",") if part.strip()}
-    unknown = sorted(areas - set(OPEN_AREAS))
-    if unknown:
-        raise ValueError(
-            f"unknown {', '.join(map(repr, unknown))}: expected auto, none, or a comma list "
-            f"of {', '.join(OPEN_AREAS)}"
-        )
-    return areas
-
-
-def is_device(device: str) -> bool:
-    """auto, cpu, cuda or cuda:<index>."""
-    kind, sep, index = device.partition(":")
-    if sep:
-        return kind == "cuda" and index.isdigit()
-    return device in ("auto", "cpu", "cuda")
-
-
-def is_lite_uri(uri: str) -> bool:
-    """A local Milvus Lite database (pymilvus treats a URI ending in .db as one)."""
-    return "://" not in uri and uri.endswith(".db")
-
-
-def is_milvus_uri(uri: str) -> bool:
-    """A Milvus Lite .db path, or an http(s)/tcp URL with a host."""
-    if is_lite_uri(uri):
-        return True
-    scheme, sep, rest = uri.partition("://")
-    return bool(sep) and scheme.lower() in ("http", "https", "tcp") and bool(rest.strip("/"))

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from cachetools import LRUCache
 
-from engine.core.config import ENCODERS, Settings, is_device
+from engine.core.config import ENCODERS, Settings
 from engine.core.errors import ConfigError
+from engine.core.values import is_device
 
 if TYPE_CHECKING:
     from engine.encoder.onnx_cache import ProbeCheck

@@ -31,7 +31,7 @@ def serve(obj: Context, host: str, port: int, workers: int, threads: int, dev: b
 
     settings = obj.settings
     if settings.vector_store == "milvus" and workers > 1 and not dev:
-        from engine.core.config import is_lite_uri
+        from engine.core.values import is_lite_uri
 
         if is_lite_uri(settings.milvus_target):
             # Milvus Lite locks its folder to one process: the second worker could not open it.

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.core.config import Settings, is_lite_uri
+from engine.core.config import Settings
 from engine.core.errors import ConfigError, NotReady
+from engine.core.values import is_lite_uri
 from engine.index.ann.base import AnnIndex
 from engine.index.ann.milvus_client import client, options_for, remember, shown_uri
 from engine.index.ann.milvus_filter import all_of, equals, for_filters, one_of

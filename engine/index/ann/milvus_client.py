@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.core.config import Settings, is_lite_uri
+from engine.core.config import Settings
 from engine.core.errors import ConfigError
 from engine.core.files import held_elsewhere
+from engine.core.values import is_lite_uri
 
 INSTALL_HINT = "pip install 'recsearch[milvus]'"
 # Seconds a first connection may take before the command fails naming the address.
