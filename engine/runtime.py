@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from engine.store.db import (
 )
 from engine.store.election import leadership_for
 from engine.store.notify import Listener
+from engine.store.replicas import ReplicaRouter, replica_urls
 from engine.users.impressions import ImpressionLog
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,19 @@ class Runtime:
             else self.db.execution_options(**SQLITE_AUTOCOMMIT)
         )
         self._search_sessions = session_factory(self.search_db)
+        # PostgreSQL streaming replicas, if any, serve searches that may read them (None: the
+        # primary serves every search, at no cost per search).
+        self.replicas: ReplicaRouter | None = (
+            ReplicaRouter(
+                settings,
+                self.db,
+                lambda url: make_engine(
+                    settings.model_copy(update={"database_url": url}), for_searches=True
+                ),
+            )
+            if replica_urls(settings)
+            else None
+        )
         self._embedder = embedder
         self._searcher: Searcher | None = None
         self._lock = threading.Lock()
@@ -184,8 +198,21 @@ class Runtime:
 
         A search only reads (its impressions are logged afterwards), so one that met a
         connection the database had dropped runs once more: SQLAlchemy has by then discarded
-        every connection of the pool older than the failure, so it gets a fresh one.
+        every connection of the pool older than the failure, so it gets a fresh one. With
+        read replicas, the search reads the one the router picks (engine.store.replicas), and
+        a search that fails there runs on the primary.
         """
+        router = self.replicas
+        replica = router.pick(request.user_id) if router is not None else None
+        if router is not None and replica is not None:
+            try:
+                with replica.sessions() as session:
+                    return self.searcher.search(session, request)
+            except DBAPIError as error:  # a replica that fails costs a search nothing
+                router.failed(replica)
+                log.warning(
+                    "replica %s failed a search; the primary serves it: %s", replica.name, error
+                )
         try:
             with self.read_session() as session:
                 return self.searcher.search(session, request)
@@ -196,10 +223,23 @@ class Runtime:
         with self.read_session() as session:
             return self.searcher.search(session, request)
 
-    def write_session(self) -> AbstractContextManager[Session]:
-        return self.session(write=True)
+    def write_session(self, *, users: Collection[str] = ()) -> AbstractContextManager[Session]:
+        """A write; `users` names those whose own state it changes (events), whose next
+        searches then read the primary until the replicas have it (read-your-writes)."""
+        if self.replicas is None or not users:
+            return self.session(write=True)
+        return self._user_write(self.replicas, users)
+
+    @contextmanager
+    def _user_write(self, replicas: ReplicaRouter, users: Collection[str]) -> Iterator[Session]:
+        with self.session(write=True) as session:
+            replicas.announce_writes(session, list(users))  # to every server, at commit
+            yield session
+        replicas.note_write(users)
 
     def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         self.listener.close()
         self.delta.close()
         self.watch.close()

@@ -151,7 +151,7 @@ def events_post() -> ResponseReturnValue:
         events = parse_events_payload(
             payload, settings.max_events_batch, utcnow(), settings.max_clock_skew_s
         )
-        with runtime.write_session() as session:
+        with runtime.write_session(users={e.user_id for e in events}) as session:
             report = record_events(session, events, settings, runtime.vectors)
     except (InvalidInput, TooLarge, BadRequest):
         observe_rejected_events(payload)

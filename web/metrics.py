@@ -50,6 +50,7 @@ from engine.users.recording import EventReport
 from web.auth import require_key
 from web.contract import operation
 from web.extensions import runtime_of
+from web.replica_metrics import ReplicaCollector
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -378,6 +379,7 @@ def exposition(runtime: Runtime) -> bytes:
     else:
         registry.register(_ThisProcess())  # type: ignore[arg-type]
     registry.register(StateCollector(runtime))  # type: ignore[arg-type]
+    registry.register(ReplicaCollector(runtime))  # type: ignore[arg-type]
     return generate_latest(registry)
 
 

@@ -64,10 +64,6 @@ class Settings(BaseModel):
     database_replica_url: str = ""
     # A replica further behind the primary than this is skipped (its reads go to the primary).
     replica_max_lag_s: float = Field(default=5.0, gt=0)
-    # Where admin jobs (builds, training) run: "server" (a thread of the server that took the
-    # request: one process, the quick start) or "worker" (servers enqueue; `recsearch worker`
-    # processes claim and run them).
-    jobs: Literal["server", "worker"] = "server"
     # A sentence-transformers model name or folder; the default is the packaged all-MiniLM-L6-v2.
     model: str = Field(default=PACKAGED_MODEL, min_length=1)
     # Load the model from local files only (the machine may be offline); set 0 to allow the hub.

@@ -130,6 +130,7 @@ def test_vector_store_settings(tmp_path: Path) -> None:
         ("RECSEARCH_MILVUS_COLLECTION", "9lives", "a letter or underscore"),
         ("RECSEARCH_MILVUS_CONSISTENCY", "Sometimes", "expected one of Strong, Bounded"),
         ("RECSEARCH_RAY_ACTORS", "-1", "RECSEARCH_RAY_ACTORS='-1' is out of range"),
+        ("RECSEARCH_REPLICA_MAX_LAG_S", "0", "RECSEARCH_REPLICA_MAX_LAG_S='0' is out of range"),
     ],
 )
 def test_bad_vector_store_values_name_the_variable(name: str, value: str, fragment: str) -> None:
