@@ -605,22 +605,35 @@ def test_an_unreachable_milvus_fails_the_build_in_seconds(
         runtime.close()
 
 
-def test_wrong_credentials_are_refused_naming_the_server(
+def test_credentials_reach_the_server_and_wrong_ones_are_refused_naming_it(
     milvus_server_target: MilvusTarget, tmp_path: Path
 ) -> None:
+    """A user and password work as the token does; a wrong password, or TLS without the CA
+    that signed the server's certificate, fail in seconds naming the server. Each case has a
+    URI of its own (clients are one per URI and process), as another process would."""
     from engine.index.ann.milvus_client import remember
 
-    for wrong in [{"milvus_token": "root:not-the-password"}, {"milvus_ca_cert": ""}]:
-        # Another process's view: its own settings for the server, nothing cached.
+    base = milvus_server_target.settings
+    port = milvus_server_target.uri.rsplit(":", 1)[1]
+    token = {k: v for k, v in base.items() if k != "milvus_token"}
+    cases = [
+        (
+            f"https://localhost:{port}",
+            {**token, "milvus_user": "root", "milvus_password": "Milvus"},
+        ),
+        (f"https://127.0.0.1:{port}/", {**base, "milvus_token": "root:not-the-password"}),
+        (f"https://localhost:{port}/", {**base, "milvus_ca_cert": ""}),
+    ]
+    for n, (uri, values) in enumerate(cases):
         settings = Settings(
-            data_dir=tmp_path, vector_store="milvus", **{**milvus_server_target.settings, **wrong}
+            data_dir=tmp_path, vector_store="milvus", **{**values, "milvus_uri": uri}
         )
         remember(settings)
-        uri = milvus_server_target.uri + "/"  # a client of its own (clients are per URI)
-        settings = settings.replace(milvus_uri=uri)
-        remember(settings)
         started = time.monotonic()
-        with pytest.raises(ConfigError, match="cannot open Milvus at https://127.0.0.1:"):
+        if n == 0:
+            assert isinstance(client(uri).list_collections(), list)
+            continue
+        with pytest.raises(ConfigError, match=f"cannot open Milvus at {uri}"):
             client(uri)
         assert time.monotonic() - started < 15
 
