@@ -1,6 +1,6 @@
 """A real Ray cluster on this machine for tests and benchmarks: a head and worker nodes, each
-a `ray start --block` process on 127.0.0.2, stopped by PID (never `ray stop`, which stops every
-Ray node of the machine, other sessions' included).
+a `ray start --block` process on 127.0.0.2, stopped by its PID (never by Ray's own stop
+command, which ends every Ray node of the machine, other sessions' included).
 
 Traffic stays on loopback: every node and the driver are pinned to 127.0.0.2 (given 127.0.0.1,
 Ray would register the machine's routable address instead), every port is chosen free rather
