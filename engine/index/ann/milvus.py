@@ -9,10 +9,9 @@ one process (`recsearch serve --workers 1`, builds from the admin page); several
 hosts need a Milvus server: 2.3 standalone and later are tested (tests/index/test_milvus.py).
 
 Searches ask for RECSEARCH_MILVUS_CONSISTENCY (Bounded by default: Strong waits for the
-server's time tick, ~200 ms a search on 2.3). A build's own searches (its recall check) ask
-for Strong. Under a weaker level an item just written may not show in the collection for a
-moment: the delta serves it meanwhile (the search path treats the index as not live for
-those items: read_your_writes).
+server's time tick, 200-370 ms a search on 2.3 here). A build's own searches (its recall
+check) ask for Strong. Under a weaker level an item just written may not show in the
+collection for a moment: the delta serves it meanwhile (read_your_writes is then False).
 
 Rows hold the id, the vector, the category, tags and attributes (filters run inside
 Milvus as expressions: engine.index.ann.milvus_filter) and written_at, which lets the alias move
