@@ -116,7 +116,17 @@ class Settings(BaseModel):
     milvus_ca_cert: str = ""
     milvus_server_name: str = ""
 
-    # --- distributed builds ---
+    # Where index and model versions are published: "files" (CURRENT and the version folders
+    # in data_dir; a fleet shares that folder) or "database" (each version is also copied into
+    # the database, which says which one is current; every process installs it into its own
+    # data dir, so hosts share only the database and the vector store).
+    version_sharing: Literal["files", "database"] = "files"
+
+    # --- jobs and distributed builds ---
+    # Who runs builds and trainings started through the API: "server" (a thread of the server
+    # that took the request) or "worker" (servers queue them in SQL; `recsearch worker` runs them).
+    jobs: Literal["server", "worker"] = "server"
+
     # A Ray cluster's address (host:port) builds embed on; empty: in this process.
     ray_address: str = ""
     # Encoder actors a Ray build starts (0: one per CPU the cluster offers, at most 64).

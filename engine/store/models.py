@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -186,6 +187,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     # A running job writes this at least every few seconds; a stale one was orphaned.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Runs so far (a worker lost mid-run gives the job back for one retry); who runs it now
+    # ("host:pid"); and a cancel asked for by any process, seen at the job's next progress.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, object] | None] = mapped_column(JSON)
 
