@@ -29,6 +29,9 @@ class Job(BaseModel):
     finished_at: str | None
     error: str | None
     result: dict[str, Any] | None
+    attempts: int = Field(default=0, description="runs so far: a lost worker's job is retried once")
+    worker: str | None = Field(default=None, description="host:pid of the process running it")
+    cancel_requested: bool = False
 
 
 class JobList(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any
 from engine.core.clock import utcnow
 from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
+from engine.store.election import leadership_for
 from engine.store.models import Job
 from indexer.build import build
 from indexer.events import load_events
@@ -34,16 +35,24 @@ def test_rebuild_runs_in_the_background_and_publishes(client: Any, built: Runtim
 
 
 def test_one_build_at_a_time_across_processes(client: Any, built: Runtime) -> None:
-    # Another server process's running build: a fresh heartbeat, no thread of ours.
+    # Another server process's running build: no thread of ours, its lease held elsewhere.
     with built.write_session() as session:
         other = Job(kind="build", state="running", params={}, done=0, total=0)
         other.created_at = other.heartbeat_at = utcnow()
         session.add(other)
         session.flush()
         other_id = other.id
-    response = client.post("/admin/api/rebuild")
-    assert response.status_code == 409
-    assert f"job {other_id} (build) is already running" in response.get_json()["message"]
+    lease = leadership_for(built.db, f"job-{other_id}")
+    assert lease.try_acquire()
+    try:
+        response = client.post("/admin/api/rebuild")
+        assert response.status_code == 409
+        assert f"job {other_id} (build) is already running" in response.get_json()["message"]
+        # Its process reads the request with its next heartbeat.
+        asked = client.post(f"/admin/api/jobs/{other_id}/cancel").get_json()
+        assert asked["state"] == "running" and asked["cancel_requested"]
+    finally:
+        lease.release()  # that process is gone now: nothing would ever read the request
     cancelled = client.post(f"/admin/api/jobs/{other_id}/cancel").get_json()
     assert cancelled["state"] == "cancelled"
     assert client.post(f"/admin/api/jobs/{other_id}/cancel").status_code == 409

@@ -70,3 +70,36 @@ def key(obj: Context) -> None:
     from engine.core.secrets import api_key
 
     click.echo(api_key(obj.settings))
+
+
+@cli.command()
+@click.option(
+    "--poll",
+    "poll_s",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05),
+    help="Seconds between looks at the queue when it is empty.",
+)
+@click.option("--once", is_flag=True, help="Run the queued jobs, then exit.")
+@pass_ctx
+def worker(obj: Context, poll_s: float, once: bool) -> None:
+    """Run the jobs servers queue (with RECSEARCH_JOBS=worker): builds and trainings.
+
+    SIGTERM or Ctrl-C hands the running job back to the queue for another worker and exits.
+    """
+    import signal
+
+    from indexer.worker import Worker
+
+    running = Worker(obj.runtime, poll_s=poll_s)
+
+    def stop(signum: int, _frame: object) -> None:
+        click.echo(f"worker {running.name}: {signal.Signals(signum).name}; stopping", err=True)
+        running.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"worker {running.name}: waiting for jobs", err=True)
+    ran = running.run(once=once, report=lambda line: click.echo(f"worker: {line}", err=True))
+    click.echo(f"worker {running.name}: stopped after {ran} job(s)", err=True)
