@@ -1,7 +1,7 @@
 """Mixed load on `recsearch serve` (gunicorn workers) vs the dev server vs txtai, on SciFact.
 
     .venv/bin/python bench/serve_load.py [--duration 20] [--connections 1,4,16]
-        [--targets serve-pg,serve-sqlite,dev-sqlite,txtai] [--workers 2] [--rounds 1]
+        [--targets serve-pg,serve-sqlite,dev-sqlite,txtai,fleet-pg] [--workers 2] [--rounds 1]
         [--rebuild admin|cli|none] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
 Setup (once, kept in --workdir): BEIR SciFact's 5,183 abstracts imported and built into a
@@ -20,7 +20,27 @@ During the mix at --rebuild-connections, a rebuild starts half-way through the c
 admin API's POST /admin/api/rebuild, or `recsearch build` in another process) and the cell
 reports whether it finished inside the load. Every cell counts non-2xx responses and
 socket errors (both must be 0), and records the RSS of the server's processes (gunicorn's
-master and each worker, read from /proc/<pid>/status) at the end of the cell.
+master and each worker, read from /proc/<pid>/status) at the end of the cell. After a
+rebuild, every server is searched until it answers with the version the rebuild published.
+
+fleet-pg: two `recsearch serve` processes on ports of their own, sharing serve-pg's data dir
+(the FAISS index versions) and PostgreSQL database, each with max(1, --workers // 2) gunicorn
+workers, so the fleet has the single server's workers in all (at --workers 2: 2 servers x 1
+worker against 1 server x 2 workers). Each sizes its thread pools from its own workers as
+`recsearch serve` does (web/server.py): the ONNX encoder gets every core in both cases, while
+the pools that spin (OpenMP, BLAS; torch's when RECSEARCH_ENCODER=torch) get cores // 1
+against cores // 2 in the single server, except where the encoder's threads are those pools'
+(torch, or RECSEARCH_ENCODER_THREADS set): then they are pinned to the single server's share,
+so workers x threads <= cores over the fleet. Each row records the budget it ran with. A
+cell runs one wrk per server at the same time, with the same Lua mix: the first gets
+ceil(c / 2) connections, the second floor(c / 2) (at 1 connection only the first server has
+load), and the second numbers its threads after the first's, so search texts and event_ids
+stay unique across both. Requests/s, requests, non-2xx and socket errors are summed; p50 and
+p99 come from the two wrk's latency histograms merged (every distinct latency in µs with its
+count, printed by the script's done()), by wrk's own percentile rule, so they are the fleet's
+percentiles, not the worse of two; each server's own numbers are kept under "servers". RSS is
+the sum over both servers' processes. The rebuild starts on the first server (--rebuild
+admin posts to it), and the cell reports the version each server searches with afterwards.
 
 The txtai target needs bench/txtai_peer.sh's venv and index (outside the repo; minutes:
 `bench/txtai_peer.sh index`); it is skipped with a note when they are missing.
@@ -32,6 +52,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -64,7 +85,7 @@ KINDS = ("anon", "user", "events")
 @dataclass(frozen=True)
 class Target:
     name: str
-    kind: str  # serve | dev | txtai
+    kind: str  # serve | dev | txtai | fleet (two serve processes on one store)
     store: str | None  # sqlite | postgresql (None for txtai)
 
 
@@ -74,7 +95,9 @@ TARGETS = {
     "dev-sqlite": Target("dev-sqlite", "dev", "sqlite"),
     "dev-pg": Target("dev-pg", "dev", "postgresql"),
     "txtai": Target("txtai", "txtai", None),
+    "fleet-pg": Target("fleet-pg", "fleet", "postgresql"),
 }
+FLEET_SERVERS = 2
 
 
 # --- stores -----------------------------------------------------------------------------
@@ -220,7 +243,10 @@ def requests_for(
 
 def lua_script(path: Path, requests: list[dict[str, Any]], run_id: str) -> Path:
     """A wrk script cycling through the requests, one connection per thread, counting
-    responses and non-2xx by kind (printed as one RESULT line by done())."""
+    responses and non-2xx by kind (printed as one RESULT line by done()), and printing the
+    latency histogram (a LATENCY line of µs:count pairs) so two wrk runs can be merged. A
+    script argument (`wrk ... -- N`) numbers the threads from N: two wrk at once then send
+    disjoint request numbers and event_ids."""
     kinds = {k: i + 1 for i, k in enumerate(KINDS)}
     rows = ",\n".join(
         f"{{{kinds[r['kind']]}, {_lua_str(r['method'])}, {_lua_str(r['path'])}, "
@@ -237,7 +263,7 @@ def lua_script(path: Path, requests: list[dict[str, Any]], run_id: str) -> Path:
         "  table.insert(threads, thread)\n"
         "end\n"
         "function init(args)\n"
-        "  tid = tonumber(id) or 0\n"
+        "  tid = (tonumber(id) or 0) + (tonumber(args[1]) or 0)\n"
         "  i = (tid * 277) % #reqs\n"
         "  n = 0\n"
         "  last = 1\n"
@@ -269,6 +295,14 @@ def lua_script(path: Path, requests: list[dict[str, Any]], run_id: str) -> Path:
         "    for k = 1, 3 do d[k] = d[k] + td[k]; b[k] = b[k] + tb[k] end\n"
         "  end\n"
         "  io.write(string.format('RESULT %d %d %d %d %d %d\\n', d[1], d[2], d[3], b[1], b[2], b[3]))\n"
+        # Every distinct latency with its count: latency(k) is the k-th one, #latency their
+        # number (wrk's stats object), a few thousand pairs in a 20 s cell.
+        "  local h = {}\n"
+        "  for k = 1, #latency do\n"
+        "    local v, c = latency(k)\n"
+        "    h[#h + 1] = string.format('%d:%d', v, c)\n"
+        "  end\n"
+        "  io.write('LATENCY ' .. table.concat(h, ' ') .. '\\n')\n"
         "end\n"
     )
     return path
@@ -284,15 +318,23 @@ def _lua_str(value: str) -> str:
 # --- servers ----------------------------------------------------------------------------
 
 
-def start(target: Target, env: dict[str, str] | None, port: int, workers: int, threads: int) -> Any:
-    log = Path(tempfile.gettempdir()) / f"serve_load-{target.name}.log"
+def start(
+    target: Target,
+    env: dict[str, str] | None,
+    port: int,
+    workers: int,
+    threads: int,
+    name: str | None = None,
+) -> Any:
+    name = name or target.name
+    log = Path(tempfile.gettempdir()) / f"serve_load-{name}.log"
     if target.kind == "txtai":
         server = subprocess.Popen(
             ["bash", str(TXTAI_PEER), "serve", str(port)],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
         )
-        wait_ready(server, f"http://127.0.0.1:{port}/search?query=warm&limit=1", target.name)
+        wait_ready(server, f"http://127.0.0.1:{port}/search?query=warm&limit=1", name)
         return server
     assert env is not None
     args = ["serve", "--port", str(port)]
@@ -303,8 +345,31 @@ def start(target: Target, env: dict[str, str] | None, port: int, workers: int, t
     server = subprocess.Popen(
         [*RECSEARCH, *args], env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
-    wait_ready(server, f"http://127.0.0.1:{port}/readyz", target.name)
+    wait_ready(server, f"http://127.0.0.1:{port}/readyz", name)
     return server
+
+
+def thread_budget(env: dict[str, str], workers: int, fleet_workers: int) -> dict[str, Any]:
+    """What each worker of a server with `workers` workers gets from `recsearch serve` (its
+    encoder's threads and the spinning pools'), and the RECSEARCH_ENCODER_THREADS a fleet
+    server with `fleet_workers` needs ("" for none) to keep the single server's budget."""
+    from engine.core.config import Settings
+    from web.server import encoder_threads, pool_threads
+
+    settings = Settings.from_env(env)
+    single = {
+        "encoder": encoder_threads(settings, workers),
+        "pools": pool_threads(settings, workers),
+    }
+    pin = ""
+    if settings.encoder == "torch" or settings.encoder_threads:  # one number sizes both
+        pin = str(single["pools"])
+        settings = settings.replace(encoder_threads=single["pools"])
+    fleet = {
+        "encoder": encoder_threads(settings, fleet_workers),
+        "pools": pool_threads(settings, fleet_workers),
+    }
+    return {"single": single, "fleet": fleet, "pin": pin}
 
 
 def warm(base: str, target: Target, n: int = 20) -> None:
@@ -334,19 +399,32 @@ def children(pid: int) -> list[int]:
     return sorted(set(out))
 
 
-def memory(server: Any, target: Target) -> dict[str, Any]:
-    """RSS of the server process and, under gunicorn, of each worker (its children)."""
-    pid = server.pid
-    if target.kind == "txtai":  # bash exec'd uvicorn: the same pid
-        return {"process_mb": rss_mb(pid)}
-    if target.kind == "dev":
-        return {"process_mb": rss_mb(pid)}
-    workers = [m for m in (rss_mb(c) for c in children(pid)) if m is not None]
-    return {"master_mb": rss_mb(pid), "workers_mb": workers}
+def memory(servers: list[Any], target: Target) -> dict[str, Any]:
+    """RSS of the server process and, under gunicorn, of each worker (its children); for a
+    fleet, summed over its servers (masters added up, workers listed), each kept under
+    "servers"; total_mb adds up every process."""
+    if target.kind in ("txtai", "dev"):  # one process (bash exec'd uvicorn: the same pid)
+        process = rss_mb(servers[0].pid)
+        return {"process_mb": process, "total_mb": process}
+    parts: list[dict[str, Any]] = []
+    for server in servers:
+        workers = [m for m in (rss_mb(c) for c in children(server.pid)) if m is not None]
+        master = rss_mb(server.pid)
+        total = round((master or 0) + sum(workers), 1)
+        parts.append({"master_mb": master, "workers_mb": workers, "total_mb": total})
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        "master_mb": round(sum(p["master_mb"] or 0 for p in parts), 1),
+        "workers_mb": [m for p in parts for m in p["workers_mb"]],
+        "total_mb": round(sum(p["total_mb"] for p in parts), 1),
+        "servers": parts,
+    }
 
 
 class Rebuild(threading.Thread):
-    """A rebuild started after delay_s while the load runs; records when it ended."""
+    """A rebuild started after delay_s while the load runs; records when it ended and the
+    version it published."""
 
     def __init__(self, how: str, base: str, env: dict[str, str], delay_s: float) -> None:
         super().__init__(daemon=True)
@@ -360,6 +438,7 @@ class Rebuild(threading.Thread):
             if self.how == "cli":
                 recsearch(self.env, "build")
                 self.result["state"] = "succeeded"
+                self.result["index_version"] = get(self.base, "/readyz").get("index_version")
             else:
                 job = post(self.base, "/admin/api/rebuild", {})
                 while job.get("state") in ("queued", "running"):
@@ -367,26 +446,150 @@ class Rebuild(threading.Thread):
                     job = get(self.base, f"/admin/api/jobs/{job['id']}")
                 self.result["state"] = job.get("state")
                 self.result["error"] = job.get("error")
+                self.result["index_version"] = (job.get("result") or {}).get("version")
         except Exception as exc:  # reported in the row, the load goes on
             self.result["state"] = f"error: {exc}"
         self.result["seconds"] = round(time.monotonic() - started, 1)
 
 
-def run_wrk(base: str, script: Path, connections: int, duration_s: int) -> dict[str, Any]:
-    proc = subprocess.run(
+def served_versions(
+    bases: list[str], version: str | None, workers: int, timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    """The index version each server searches with after a rebuild: searches until 3 per
+    worker in a row answer `version` (each worker reloads on its own, within index_poll_s of
+    a request; which worker answers is the kernel's choice) or timeout_s passes."""
+    out = []
+    for base in bases:
+        started = time.monotonic()
+        streak, n, seen = 0, 0, None
+        while streak < 3 * workers and time.monotonic() - started < timeout_s:
+            n += 1
+            q = urllib.parse.quote_plus(f"version check {n} {uuid.uuid4().hex[:6]}")
+            try:
+                seen = get(base, f"/v1/search?k=1&q={q}").get("index_version")
+            except OSError as exc:
+                seen = f"error: {exc}"
+            streak = streak + 1 if version is not None and seen == version else 0
+            if streak == 0:
+                time.sleep(0.25)
+        out.append(
+            {
+                "port": int(base.rsplit(":", 1)[1]),
+                "index_version": seen,
+                "picked_up": version is not None and streak >= 3 * workers,
+                "searches": n,
+                "seconds": round(time.monotonic() - started, 1),
+            }
+        )
+    return out
+
+
+def wrk_command(
+    base: str, script: Path, connections: int, duration_s: int, first_thread: int = 0
+) -> list[str]:
+    return (
         ["wrk", f"-t{connections}", f"-c{connections}", f"-d{duration_s}s", "--latency"]
-        + ["--timeout", "30s", "-s", str(script), base],
-        capture_output=True,
-        text=True,
-        check=True,
+        + ["--timeout", "30s", "-s", str(script), base]
+        + (["--", str(first_thread)] if first_thread else [])
     )
-    row: dict[str, Any] = {"connections": connections, **parse_wrk(proc.stdout)}
-    result = re.search(r"^RESULT ((?:\d+ ?){6})$", proc.stdout, re.M)
+
+
+def wrk_row(stdout: str, connections: int) -> dict[str, Any]:
+    """A cell's row from wrk's report and the script's RESULT and LATENCY lines; the
+    histogram (µs -> count) is returned under "_latency" for merging, never written out."""
+    row: dict[str, Any] = {"connections": connections, **parse_wrk(stdout)}
+    result = re.search(r"^RESULT ((?:\d+ ?){6})$", stdout, re.M)
     if result:
         counts = [int(x) for x in result.group(1).split()]
         row["by_kind"] = {k: counts[i] for i, k in enumerate(KINDS) if counts[i]}
         row["non_2xx_by_kind"] = {k: counts[3 + i] for i, k in enumerate(KINDS) if counts[3 + i]}
+    histogram = re.search(r"^LATENCY ?(.*)$", stdout, re.M)
+    row["_latency"] = {}
+    if histogram:
+        for pair in histogram.group(1).split():
+            value, count = pair.split(":")
+            row["_latency"][int(value)] = row["_latency"].get(int(value), 0) + int(count)
     row["errors"] = row["non_2xx"] + row["socket_errors"]
+    return row
+
+
+def percentile_ms(histogram: dict[int, int], p: float) -> float | None:
+    """wrk's stats_percentile over a µs histogram: the least latency whose running count
+    reaches rank round(p / 100 x count + 0.5) (C's round, half away from zero)."""
+    count = sum(histogram.values())
+    if not count:
+        return None
+    rank = math.floor(p / 100 * count + 0.5 + 0.5)
+    total = 0
+    for value in sorted(histogram):
+        total += histogram[value]
+        if total >= rank:
+            return round(value / 1000, 2)
+    return round(max(histogram) / 1000, 2)
+
+
+def run_wrk(base: str, script: Path, connections: int, duration_s: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        wrk_command(base, script, connections, duration_s),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    row = wrk_row(proc.stdout, connections)
+    del row["_latency"]
+    return row
+
+
+def run_fleet_wrk(
+    bases: list[str], script: Path, connections: int, duration_s: int
+) -> dict[str, Any]:
+    """One wrk per server at the same time, the connections split (the first server gets
+    the odd one) and threads numbered on across them; one row for the fleet."""
+    shares = [connections // len(bases) + (i < connections % len(bases)) for i in range(len(bases))]
+    firsts = [sum(shares[:i]) for i in range(len(bases))]
+    procs = [
+        (
+            base,
+            share,
+            subprocess.Popen(
+                wrk_command(base, script, share, duration_s, first),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for base, share, first in zip(bases, shares, firsts, strict=True)
+        if share
+    ]
+    parts = []
+    for base, share, proc in procs:
+        stdout, stderr = proc.communicate()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, stdout, stderr)
+        parts.append({"port": int(base.rsplit(":", 1)[1]), **wrk_row(stdout, share)})
+    merged: dict[int, int] = {}
+    for part in parts:
+        for value, count in part.pop("_latency").items():
+            merged[value] = merged.get(value, 0) + count
+    row: dict[str, Any] = {
+        "connections": connections,
+        "requests": sum(p["requests"] for p in parts),
+        "rps": round(sum(p["rps"] for p in parts), 2),
+        "p50_ms": percentile_ms(merged, 50),
+        "p99_ms": percentile_ms(merged, 99),
+        "latency": "merged histogram of both wrk",
+        "non_2xx": sum(p["non_2xx"] for p in parts),
+        "socket_errors": sum(p["socket_errors"] for p in parts),
+    }
+    for key in ("by_kind", "non_2xx_by_kind"):
+        if any(key in p for p in parts):
+            total: dict[str, int] = {}
+            for p in parts:
+                for kind, n in p.get(key, {}).items():
+                    total[kind] = total.get(kind, 0) + n
+            row[key] = total
+    row["errors"] = row["non_2xx"] + row["socket_errors"]
+    row["servers"] = parts
     return row
 
 
@@ -397,12 +600,24 @@ def run_target(
     args: argparse.Namespace,
     round_no: int,
 ) -> list[dict[str, Any]]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start(target, env, port, args.workers, args.threads)
+    fleet = target.kind == "fleet"
+    workers = max(1, args.workers // FLEET_SERVERS) if fleet else args.workers
+    budget = None
+    if env is not None and target.kind != "dev":
+        budget = thread_budget(env, args.workers, workers)
+        if fleet and budget["pin"]:
+            env = dict(env, RECSEARCH_ENCODER_THREADS=budget["pin"])
+    servers: list[Any] = []
+    bases: list[str] = []
     rows: list[dict[str, Any]] = []
     try:
-        warm(base, target)
+        for i in range(FLEET_SERVERS if fleet else 1):
+            port = free_port()
+            name = f"{target.name}-{i}" if fleet else target.name
+            servers.append(start(target, env, port, workers, args.threads, name))
+            bases.append(f"http://127.0.0.1:{port}")
+        for base in bases:
+            warm(base, target)
         cells = [("search", c) for c in args.search_connections]
         if target.kind != "txtai":
             cells = [("mix", c) for c in args.connections] + cells
@@ -414,24 +629,41 @@ def run_target(
                 and args.rebuild != "none"
                 and env is not None
             ):
-                rebuild = Rebuild(args.rebuild, base, env, args.duration / 2)
+                rebuild = Rebuild(args.rebuild, bases[0], env, args.duration / 2)
                 rebuild.start()
-            row = run_wrk(
-                base, scripts[f"{workload}-{target.kind == 'txtai'}"], connections, args.duration
-            )
+            script = scripts[f"{workload}-{target.kind == 'txtai'}"]
+            if fleet:
+                row = run_fleet_wrk(bases, script, connections, args.duration)
+            else:
+                row = run_wrk(bases[0], script, connections, args.duration)
             if rebuild is not None:
                 rebuild.join(timeout=600)
                 row["rebuild"] = rebuild.result
                 row["rebuild"]["within_load"] = (
                     args.duration / 2 + rebuild.result.get("seconds", 1e9) <= args.duration
                 )
+                row["rebuild"]["served"] = served_versions(
+                    bases, rebuild.result.get("index_version"), workers
+                )
             row.update(
-                target=target.name, workload=workload, round=round_no, memory=memory(server, target)
+                target=target.name,
+                workload=workload,
+                round=round_no,
+                memory=memory(servers, target),
             )
+            if budget is not None:
+                row["server"] = {
+                    "servers": len(servers),
+                    "workers_per_server": workers,
+                    "threads_per_worker": args.threads,
+                    "encoder_threads": budget["fleet" if fleet else "single"]["encoder"],
+                    "pool_threads": budget["fleet" if fleet else "single"]["pools"],
+                }
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        stop(server)
+        for server in servers:
+            stop(server)
     return rows
 
 
@@ -441,12 +673,17 @@ def run_target(
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"{'target':<13} {'load':<7} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6}  {'RSS MB (master; workers)':<26} rebuild"
+        f"{'errors':>6}  {'RSS MB total (master; workers)':<32} rebuild"
     ]
     for r in rows:
         mem = r["memory"]
-        if "workers_mb" in mem:
-            rss = f"{mem['master_mb']}; " + ", ".join(str(m) for m in mem["workers_mb"])
+        if "servers" in mem:  # a fleet: each server's master, then every worker
+            masters = "+".join(str(s["master_mb"]) for s in mem["servers"])
+            workers = ", ".join(str(m) for m in mem["workers_mb"])
+            rss = f"{mem['total_mb']} ({masters}; {workers})"
+        elif "workers_mb" in mem:
+            workers = ", ".join(str(m) for m in mem["workers_mb"])
+            rss = f"{mem['total_mb']} ({mem['master_mb']}; {workers})"
         else:
             rss = str(mem.get("process_mb"))
         rebuild = ""
@@ -454,9 +691,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             rb = r["rebuild"]
             inside = "inside the load" if rb.get("within_load") else "ended after the load"
             rebuild = f"{rb['how']} {rb.get('state')} in {rb.get('seconds')} s, {inside}"
+            served = rb.get("served", [])
+            if served:
+                picked = sum(1 for s in served if s["picked_up"])
+                rebuild += f"; {rb.get('index_version')} served by {picked}/{len(served)}"
         lines.append(
             f"{r['target']:<13} {r['workload']:<7} {r['connections']:>5} {r['rps']:>8.1f} "
-            f"{r['p50_ms'] or 0:>8.1f} {r['p99_ms'] or 0:>8.1f} {r['errors']:>6}  {rss:<26} {rebuild}"
+            f"{r['p50_ms'] or 0:>8.1f} {r['p99_ms'] or 0:>8.1f} {r['errors']:>6}  {rss:<32} {rebuild}"
         )
     return "\n".join(lines)
 
@@ -552,6 +793,13 @@ def main() -> None:
         f"per cell; mix {args.mix}; {args.workers} workers x {args.threads} threads; "
         f"{os.cpu_count()} cores"
     )
+    fleet_workers = max(1, args.workers // FLEET_SERVERS)
+    if any(t.kind == "fleet" for t in targets):
+        print(
+            f"fleet-pg: {FLEET_SERVERS} servers x {fleet_workers} workers on serve-pg's data dir "
+            "and database, connections split between them; p50/p99 from both wrk's latency "
+            "histograms merged; RSS summed over both servers"
+        )
     print(table(rows))
     for line in peer_verdict(rows):
         print(line)
@@ -569,6 +817,7 @@ def main() -> None:
                 "workers": args.workers,
                 "threads": args.threads,
                 "cores": os.cpu_count(),
+                "fleet": {"servers": FLEET_SERVERS, "workers_per_server": fleet_workers},
                 "rows": rows,
                 "peer": peer_verdict(rows),
             },
