@@ -130,6 +130,30 @@ def test_a_ray_build_publishes_the_local_vectors(
 
 
 @pytest.mark.slow  # a Ray build: its actors start in seconds
+def test_a_worker_runs_a_queued_build_on_ray(
+    on_ray: Runtime, embedder: Embedder, cluster: ray_cluster.RayCluster
+) -> None:
+    """RECSEARCH_JOBS=worker: a server queues the build, a worker with RECSEARCH_RAY_ADDRESS
+    claims it and embeds on the cluster."""
+    from indexer.jobs import JobRunner
+    from indexer.worker import Worker
+
+    server = Runtime(on_ray.settings.replace(jobs="worker", ray_address=""), embedder=embedder)
+    try:
+        job = JobRunner(server).start("build")
+        assert job.state == "queued"
+        assert Worker(on_ray).run(once=True) == 1
+        done = JobRunner(server).get(job.id)
+        assert done.state == "succeeded" and done.attempts == 1, done.error
+        _, _, manifest = published(on_ray.settings)
+        assert manifest["version"] == done.result["version"]  # type: ignore[index]
+        assert manifest["embedding"]["where"] == "ray"
+        assert manifest["embedding"]["address"] == cluster.address
+    finally:
+        server.close()
+
+
+@pytest.mark.slow  # a Ray build: its actors start in seconds
 def test_a_killed_encoder_is_retried_and_the_build_still_publishes(
     local: Runtime, on_ray: Runtime, cluster: ray_cluster.RayCluster
 ) -> None:
