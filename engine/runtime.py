@@ -38,6 +38,7 @@ from engine.store.db import (
 )
 from engine.store.election import leadership_for
 from engine.store.notify import Listener
+from engine.store.published import PublishedVersions, share, unshare
 from engine.store.replicas import ReplicaRouter, replica_urls
 from engine.users.impressions import ImpressionLog
 
@@ -87,6 +88,15 @@ class Runtime:
         self._searcher: Searcher | None = None
         self._lock = threading.Lock()
         model_name = embedder.name if embedder is not None else settings.model_name()
+        # RECSEARCH_VERSION_SHARING=database: index and model versions are published to, and
+        # followed from, the database (engine.store.published); registered for the folders,
+        # so every store of them in this process (a build, a promote) shares them too.
+        self.shared_versions: list[tuple[Path, PublishedVersions]] = []
+        if settings.version_sharing == "database":
+            for root, store in ((settings.index_dir, "index"), (settings.model_dir, "models")):
+                published = PublishedVersions(self.db, store)
+                share(root, published)
+                self.shared_versions.append((root, published))
         self.live = LiveIndex(IndexStore(settings.index_dir), settings.index_poll_s, model_name)
         # Item vectors come from the index; only items newer than it load the encoder.
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
@@ -249,6 +259,8 @@ class Runtime:
         self.impressions.close()
         self.db.dispose()
         self.search_db.dispose()
+        for root, published in self.shared_versions:
+            unshare(root, published)
 
 
 def prepare_data_dir(data_dir: Path) -> None:

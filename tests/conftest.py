@@ -179,6 +179,81 @@ def client(app):  # type: ignore[no-untyped-def]
     return test_client
 
 
+@pytest.fixture(scope="session")
+def milvus_server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Milvus standalone server (2.3.5, the `milvus` package), started once per run on
+    loopback with authorization and TLS on, so every test on it also proves that credentials
+    and a CA bundle reach the server; stopped by its PID. A tests.milvus_server.MilvusTarget."""
+    from tests import milvus_server
+    from tests.milvus_server import MilvusTarget
+
+    why = milvus_server.available()
+    if why:
+        pytest.skip(why)
+    folder = tmp_path_factory.mktemp("milvus-server")
+    cert, key = milvus_server.self_signed(folder)
+    server = milvus_server.start(folder / "server", auth=True, tls=(cert, key))
+    try:
+        yield MilvusTarget(
+            "server",
+            server.uri,
+            {
+                "milvus_uri": server.uri,
+                "milvus_token": milvus_server.ROOT_TOKEN,
+                "milvus_ca_cert": str(cert),
+            },
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`milvus-lite server`: Milvus Lite over TCP on a free loopback port, which several
+    processes can share (a Lite file serves one), started once per run and stopped by its
+    PID. A tests.milvus_server.MilvusTarget of kind "lite-server"."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.milvus_server import MilvusTarget
+
+    command = Path(sys.executable).parent / "milvus-lite"
+    if not command.exists():
+        pytest.skip("milvus-lite (the milvus-lite package's server) is not installed")
+    folder = tmp_path_factory.mktemp("milvus-lite-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 (closed after the server stops)
+    process = subprocess.Popen(
+        [command, "server", "--data-dir", folder / "data", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (folder / "server.log").read_text(errors="replace")
+            assert time.monotonic() < deadline, "milvus-lite server did not listen in 60 s"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        uri = f"http://127.0.0.1:{port}"
+        yield MilvusTarget("lite-server", uri, {"milvus_uri": uri})
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Starts `recsearch serve` (tests/serving.py's Served) and stops what it started:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,8 @@ from engine.core.errors import InvalidInput, NotFound, NotReady, Problem
 from engine.core.files import write_json_durably
 from engine.index.ann import AnnIndex, RowLabels, load_index
 from engine.index.lexical import LexicalIndex
-from engine.index.versions import MANIFEST, LiveVersion, VersionStore
+from engine.index.live_version import LiveVersion
+from engine.index.versions import MANIFEST, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -116,31 +117,21 @@ class IndexStore(VersionStore):
     """The index folder: versions of ANN index + row map + vectors + BM25.
 
     A version whose vectors live in Milvus names its collection in the manifest; making it
-    current moves the Milvus alias too (under the same lock, alias first: if CURRENT cannot
-    be written the alias moves back), and pruning it drops its collection.
+    current moves the Milvus alias too (under the same lock, alias first: if CURRENT, or the
+    database's pointer, cannot be written the alias moves back), and pruning it drops its
+    collection. Processes that only follow a publish or a rollback never move the alias.
     """
 
     kind = "index version"
-    _replaced: str | None = None  # what CURRENT named before this store last moved it
 
-    def _write_current(self, version: str) -> None:
-        try:
-            self._replaced = self.current_version()
-        except NotReady:  # CURRENT names no version (a bad pointer being replaced now)
-            self._replaced = None
+    def _make_serving(self, version: str) -> Callable[[], None]:
         manifest = self.manifest(version)
         index = manifest.get("index") or {}
         if index.get("backend") != "milvus":
-            super()._write_current(version)
-            return
+            return lambda: None
         from engine.index.ann.milvus_alias import make_serving
 
-        undo = make_serving(index, manifest.get("catalog_read_at"))
-        try:
-            super()._write_current(version)
-        except BaseException:
-            undo()
-            raise
+        return make_serving(index, manifest.get("catalog_read_at"))
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never the current one, with the Milvus
@@ -180,7 +171,7 @@ class IndexStore(VersionStore):
                 raise NotReady(
                     "no index is published yet: run `recsearch build` after `recsearch ingest`"
                 )
-        folder = self.folder(version)
+        folder = self.local_folder(version)
         manifest = self.manifest(version)
         rows = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
         ann = load_index(folder, manifest["index"], RowLabels(rows["ids"], rows["categories"]))

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.files import write_json_durably
-from engine.index.versions import LiveVersion, VersionStore
+from engine.index.live_version import LiveVersion
+from engine.index.versions import VersionStore
 from engine.ranking.ranker import MODEL_FILE, LinearRanker
+from engine.store.published import PublishedVersions
 
 REPORT_FILE = "report.json"
 
@@ -27,14 +29,18 @@ class ModelStore(VersionStore):
         return self.publish(staging, make_current=promote)
 
     def report(self, version: str) -> dict[str, Any]:
-        return dict(json.loads((self.folder(version) / REPORT_FILE).read_text(encoding="utf-8")))
+        path = self.local_folder(version) / REPORT_FILE
+        return dict(json.loads(path.read_text(encoding="utf-8")))
 
     def load(self, version: str) -> LinearRanker:
-        return LinearRanker.load(self.folder(version), version)
+        return LinearRanker.load(self.local_folder(version), version)
 
 
-def live_model(root: Path, poll_s: float) -> LiveVersion[LinearRanker]:
-    """The promoted model, reloaded when CURRENT changes; the prior until one is promoted."""
-    store = ModelStore(root)
+def live_model(
+    root: Path, poll_s: float, shared: PublishedVersions | None = None
+) -> LiveVersion[LinearRanker]:
+    """The promoted model, reloaded when CURRENT (shared: the database's pointer) changes;
+    the prior until one is promoted."""
+    store = ModelStore(root, shared)
     prior = LinearRanker.prior()
     return LiveVersion(store, poll_s, store.load, lambda: prior)

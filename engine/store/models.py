@@ -255,3 +255,42 @@ class Experiment(Base):
     state: Mapped[str] = mapped_column(String(10))  # running, stopped, promoted
     started_at: Mapped[datetime] = mapped_column(DateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class PublishedVersion(Base):
+    """An index or model version copied into the database (RECSEARCH_VERSION_SHARING=database),
+    so that servers with data dirs of their own install and serve it (engine.store.published).
+
+    A row is committed with all of its files in one transaction: a version here is whole.
+    """
+
+    __tablename__ = "published_versions"
+
+    store: Mapped[str] = mapped_column(String(16), primary_key=True)  # "index" or "models"
+    version: Mapped[str] = mapped_column(String(16), primary_key=True)
+    manifest: Mapped[dict[str, object]] = mapped_column(JSON)
+    file_count: Mapped[int] = mapped_column(Integer)
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class PublishedFile(Base):
+    """One chunk (at most engine.store.published.CHUNK_BYTES) of a published version's file."""
+
+    __tablename__ = "published_files"
+
+    store: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(16), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)  # relative, with "/"
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0, 1, ... in file order
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PublishedCurrent(Base):
+    """Which published version of a store serves, for every process that shares the database."""
+
+    __tablename__ = "published_current"
+
+    store: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime)

@@ -1,37 +1,11 @@
-"""A real Milvus standalone server (2.3.5, the `milvus` package) for the vector-store suite:
-started once per run on loopback, with authorization and TLS on, so every test on it also
-proves that credentials and a CA bundle reach the server; stopped by its PID."""
+"""Milvus for the vector-store suite: Milvus Lite in this process, and the real Milvus
+standalone server (tests/conftest.py's milvus_server_target, shared with tests/web)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests import milvus_server
 from tests.milvus_server import MilvusTarget
-
-
-@pytest.fixture(scope="session")
-def milvus_server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusTarget]:
-    why = milvus_server.available()
-    if why:
-        pytest.skip(why)
-    folder = tmp_path_factory.mktemp("milvus-server")
-    cert, key = milvus_server.self_signed(folder)
-    server = milvus_server.start(folder / "server", auth=True, tls=(cert, key))
-    try:
-        yield MilvusTarget(
-            "server",
-            server.uri,
-            {
-                "milvus_uri": server.uri,
-                "milvus_token": milvus_server.ROOT_TOKEN,
-                "milvus_ca_cert": str(cert),
-            },
-        )
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The `recsearch` command line, one module per area: catalog (ingest, events, delete, import,
-db), index (build, search, status), models (train, promote, experiment, evaluate) and server
-(serve, key). It sits above web/ and indexer/: `serve` runs the web app, the rest call jobs.
+db), index (build, search, rollback, status), models (train, promote, experiment, evaluate)
+and server (serve, worker, key). It sits above web/ and indexer/: `serve` runs the web app,
+the rest call jobs.
 """
 
 from __future__ import annotations

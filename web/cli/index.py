@@ -106,6 +106,15 @@ def search(
 
 
 @cli.command()
+@click.argument("version")
+@pass_ctx
+def rollback(obj: Context, version: str) -> None:
+    """Serve an earlier (or a later) published index version; servers follow within a poll."""
+    obj.runtime.live.store.point_current_at(version)
+    click.echo(f"index {version} is current")
+
+
+@cli.command()
 @pass_ctx
 def status(obj: Context) -> None:
     """Show the database, the catalog size, the published index and the live model."""

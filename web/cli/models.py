@@ -83,7 +83,7 @@ def promote(obj: Context, version: str) -> None:
     """Make a trained model version live (servers pick it up without a restart)."""
     from engine.ranking.model_store import ModelStore
 
-    ModelStore(obj.settings.model_dir).point_current_at(version)
+    ModelStore(obj.runtime.settings.model_dir).point_current_at(version)
     click.echo(f"model {version} is live")
 
 
@@ -103,7 +103,9 @@ def experiment_start(obj: Context, candidate: str, traffic: float) -> None:
 
     runtime = obj.runtime
     with runtime.write_session() as session:
-        started = experiments.start(session, ModelStore(obj.settings.model_dir), candidate, traffic)
+        started = experiments.start(
+            session, ModelStore(obj.runtime.settings.model_dir), candidate, traffic
+        )
     click.echo(
         f"experiment {started.id}: {started.candidate} vs live {started.live} on "
         f"{started.traffic:.0%} of searches (servers pick it up within a second)"
@@ -147,7 +149,9 @@ def experiment_stop(obj: Context, experiment_id: int, promote: bool) -> None:
     runtime = obj.runtime
     with runtime.write_session() as session:
         if promote:
-            done = experiments.promote(session, ModelStore(obj.settings.model_dir), experiment_id)
+            done = experiments.promote(
+                session, ModelStore(obj.runtime.settings.model_dir), experiment_id
+            )
         else:
             done = experiments.stop(session, experiment_id)
     click.echo(f"experiment {done.id} {done.state}")
