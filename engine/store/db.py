@@ -257,7 +257,18 @@ class DriverStatement:
             for k, v in params.items()
         }
         parameters: Any = values if self._order is None else tuple(values[k] for k in self._order)
-        connection = engine.raw_connection()
+        try:
+            connection = engine.raw_connection()
+        except engine.dialect.loaded_dbapi.Error as error:
+            # The pool could not connect (a server down or restarting): raw_connection gives
+            # the driver's own error, where Connection wraps it; callers catch DBAPIError.
+            raise DBAPIError.instance(
+                self.sql,
+                parameters,
+                error,
+                engine.dialect.loaded_dbapi.Error,
+                dialect=engine.dialect,
+            ) from error
         cursor = None
         try:
             cursor = connection.cursor()

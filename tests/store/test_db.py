@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import inspect, select
+import pytest
+from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session
 
 from engine.core.config import Settings
@@ -135,5 +137,32 @@ def test_json_columns_read_with_orjson_and_old_nan_tokens_still_read(settings: S
         with Session(engine) as session:
             features = session.scalars(select(Impression.features)).one()
         assert math.isnan(features["values"][0]) and features["values"][1] == 1.0
+    finally:
+        engine.dispose()
+
+
+def test_a_driver_statement_that_cannot_connect_raises_dbapierror(db_url: str) -> None:
+    """A search's direct reads fail as SQLAlchemy's DBAPIError when the server cannot be
+    reached, as Session reads do: a read replica that just went down then costs the search
+    nothing (engine.runtime.search catches DBAPIError), instead of a 500."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to be unreachable")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from engine.store.db import DriverStatement
+    from engine.store.models import Item
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = create_engine(make_url(db_url).set(host="127.0.0.1", port=port))
+    try:
+        statement = DriverStatement(
+            select(Item.id).where(Item.id == "x"), engine.dialect, [Item.id.type]
+        )
+        with pytest.raises(DBAPIError) as raised:
+            statement.rows(engine, {"id_1": "x"})
+        assert "127.0.0.1" in str(raised.value) and str(port) in str(raised.value)
     finally:
         engine.dispose()
