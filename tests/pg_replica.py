@@ -1,4 +1,5 @@
-"""A private PostgreSQL primary and its streaming replica, made for a test in a temp folder.
+"""A private PostgreSQL primary and its streaming replica (or one server alone), made for a
+test in a temp folder.
 
 `initdb` a primary, start it on a free loopback port, `pg_basebackup -R` a replica from it and
 start that on another free loopback port; `StreamingPair.stop()` stops both by their data
@@ -147,6 +148,37 @@ class StreamingPair:
                 server.stop()
             except (RuntimeError, subprocess.TimeoutExpired):
                 server.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateServer:
+    """One private PostgreSQL server (no replica) with the database `recsearch`, for tests
+    that stop, crash and restart it mid-load."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="recsearch-pg-"))
+        _chown(self.root)
+        self.server = Server(self.root, "server")
+        try:
+            _run("initdb", "-D", str(self.server.data), "-A", "trust", "-U", "postgres", "-N")
+            self.server.start()
+            engine = create_engine(self.server.url(), isolation_level="AUTOCOMMIT")
+            with engine.connect() as connection:
+                connection.execute(text("CREATE DATABASE recsearch"))
+            engine.dispose()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        return self.server.url("recsearch")
+
+    def close(self) -> None:
+        try:
+            self.server.stop()
+        except (RuntimeError, subprocess.TimeoutExpired):
+            self.server.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
 

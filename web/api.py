@@ -23,6 +23,7 @@ from engine.core.errors import InvalidInput, NotFound, TooLarge
 from engine.encoder.embedder import describe_encoder
 from engine.search.request import SearchQuery, SimilarQuery
 from engine.search.response import SearchOut
+from engine.store.outage import RETRY_AFTER_S
 from engine.users.events import EventBody, parse_events_payload
 from engine.users.profile import user_profile
 from engine.users.recording import record_events
@@ -213,4 +214,7 @@ def readyz() -> ResponseReturnValue:
         if version is None and database == "ok"
         else None,
     )
-    return respond(answer, 200 if ready else 503)
+    response = respond(answer, 200 if ready else 503)
+    if not ready:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response

@@ -17,6 +17,7 @@ from engine.core.errors import (
     RecsearchError,
     TooLarge,
 )
+from engine.store.outage import RETRY_AFTER_S, outage_of
 from web.contract import respond
 from web.schemas import ErrorBody
 
@@ -47,7 +48,10 @@ def register(app: Flask) -> None:
         problems = exc.problems if isinstance(exc, InvalidInput) else None
         if status >= 500 and status != 503:
             log.error("engine error: %s", exc)
-        return error_response(status, code, str(exc), problems)
+        response = error_response(status, code, str(exc), problems)
+        if status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -65,5 +69,15 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
+        outage = outage_of(exc)
+        if outage is not None:  # the database is away for a moment: say when to come back
+            log.warning("%s (%s): %s", outage.code, type(exc).__name__, _first_line(exc))
+            response = error_response(outage.status, outage.code, outage.message)
+            response.headers["Retry-After"] = str(outage.retry_after_s)
+            return response
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; see the server log")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
