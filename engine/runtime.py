@@ -98,6 +98,12 @@ class Runtime:
                 share(root, published)
                 self.shared_versions.append((root, published))
         self.live = LiveIndex(IndexStore(settings.index_dir), settings.index_poll_s, model_name)
+        for versions in (self.live.store, ModelStore(settings.model_dir)):
+            try:  # what builds and trainings killed mid-way left (a crash, a full disk)
+                for path in versions.remove_leftovers():
+                    log.info("removed %s, left by a build that did not finish", path)
+            except OSError:
+                log.warning("could not remove leftovers in %s", versions.root, exc_info=True)
         # Item vectors come from the index; only items newer than it load the encoder.
         self.vectors = ItemVectors(self.live, lambda: self.embedder)
         self.model = live_model(settings.model_dir, settings.models_poll_s)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -123,6 +125,7 @@ def build(
         rows.ids, rows.categories, [i.tags for i in rows.items], [i.attributes for i in rows.items]
     )
     index = create_index(settings.vector_store, embedder.dim, n, settings, labels)
+    staging: Path | None = None
     try:
         progress("index", 0, n)
         for start in range(0, n, _ADD_CHUNK):
@@ -189,6 +192,8 @@ def build(
             index.discard()
         except Exception:
             log.warning("could not drop the unpublished build's index", exc_info=True)
+        if staging is not None:  # the partial version (a full disk, a cancel): never served
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     with runtime.session() as record:
         record.add(

@@ -10,8 +10,6 @@ publish.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from typing import Any
 
 from engine.core.clock import utcnow
 from engine.core.errors import RecsearchError
+from engine.core.processes import PROCESS
 from engine.runtime import Runtime
 from engine.store.election import Leadership
 from engine.store.models import Job
@@ -27,8 +26,8 @@ log = logging.getLogger("indexer.jobs")  # one logger for jobs, wherever they ru
 
 # A running job writes its heartbeat, and reads whether someone asked to cancel it, this often.
 HEARTBEAT_S = 2.0
-# This process, as a job's worker column shows it.
-PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+# How long a job's end is retried while the database cannot store it.
+RECORD_FOR_S = 300.0
 
 
 class JobStopped(Exception):
@@ -111,6 +110,22 @@ class JobRun:
                     setattr(job, name, value)
                 job.heartbeat_at = utcnow()
 
+    def _record(self, **fields: Any) -> None:
+        """Write a job's end, retrying while the database cannot take it (full, restarting):
+        the job keeps its real outcome, and its lease, until it is written, rather than
+        ending as an orphan of unknown cause. Gives up after RECORD_FOR_S."""
+        deadline = time.monotonic() + RECORD_FOR_S
+        while True:
+            try:
+                self._update(**fields)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    log.exception("job %s: could not record its end %s", self.job_id, fields)
+                    raise
+                log.warning("job %s: recording its end failed; retrying", self.job_id)
+                time.sleep(1.0)
+
     def _run(self) -> str:
         phase_state: dict[str, Any] = {"phase": None, "since": time.monotonic(), "written": 0.0}
 
@@ -135,21 +150,21 @@ class JobRun:
         try:
             self.stop.check()
             result = self.execute(kind, params, progress)
-            self._update(state="succeeded", result=result, finished_at=utcnow(), error=None)
+            self._record(state="succeeded", result=result, finished_at=utcnow(), error=None)
             return "succeeded"
         except JobStopped as stopped:
             return self._stopped(stopped.reason)
         except RecsearchError as exc:  # an expected condition: its reason says it all
             log.error("job %s (%s) failed: %s", self.job_id, kind, exc)
-            self._update(state="failed", error=str(exc), finished_at=utcnow())
+            self._record(state="failed", error=str(exc), finished_at=utcnow())
         except Exception as exc:  # a bug: keep the traceback; the job records the reason
             log.exception("job %s (%s) failed", self.job_id, kind)
-            self._update(state="failed", error=str(exc), finished_at=utcnow())
+            self._record(state="failed", error=str(exc), finished_at=utcnow())
         return "failed"
 
     def _stopped(self, reason: str) -> str:
         if reason == "cancel":
-            self._update(state="cancelled", finished_at=utcnow())
+            self._record(state="cancelled", finished_at=utcnow())
             return "cancelled"
         if reason == "handback":  # not a failed attempt: the next worker starts it afresh
             with self.runtime.write_session() as session:

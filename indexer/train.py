@@ -3,6 +3,7 @@ AUC and log loss, and save it as a model version (live only when promoted)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.core.errors import InvalidInput
+from engine.ranking import experiments
 from engine.ranking.metrics import auc, log_loss
 from engine.ranking.model_store import ModelStore
 from engine.ranking.ranker import LinearRanker, fit_logistic
@@ -29,6 +31,8 @@ from indexer.examples import (
     replay_examples,
 )
 from indexer.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -297,7 +301,18 @@ def _fit_and_save(
     details = {"source": source, "trained_at": datetime.now(UTC).isoformat(timespec="seconds")}
     store = ModelStore(runtime.settings.model_dir)
     report.version = store.save(ranker, {**report.to_dict(), **details}, promote=promote)
+    _prune(runtime, store)
     return LinearRanker.from_json(ranker.to_json(), report.version), report
+
+
+def _prune(runtime: Runtime, store: ModelStore) -> None:
+    """Keep the newest settings.keep_versions models, as a build keeps indexes, and those
+    still in use: the live one, its rollback target and a running experiment's."""
+    with runtime.session() as session:
+        in_use = experiments.models_in_use(session)
+    pruned = store.prune(runtime.settings.keep_versions, pinned=in_use)
+    if pruned:
+        log.info("pruned model versions %s", ", ".join(pruned))
 
 
 def _newest_held_out(order: np.ndarray, fraction: float) -> tuple[np.ndarray, tuple[int, int]]:

@@ -3,6 +3,7 @@ Every route needs the API key."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
@@ -21,6 +22,7 @@ from engine.ranking.schemas import (
     ExperimentOut,
     ModelInfo,
     ModelVersionOut,
+    PromoteBody,
     RuleDeleted,
     RuleIn,
     RuleList,
@@ -38,13 +40,17 @@ from web.latency import LATENCY, LatencyHistory, latency_summary
 from web.metrics import observe_search
 from web.schemas import AdminItem, AdminStatus, AdminUser, EmptyBody
 
+log = logging.getLogger(__name__)
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 JOBS = "recsearch_jobs"
 
 
 def init(app: Flask) -> None:
     runner = JobRunner(runtime_of(app))
-    runner.recover_orphans()  # jobs left "running" by a server that stopped
+    try:
+        runner.recover_orphans()  # jobs left "running" by a server that stopped
+    except Exception:  # a database away or full must not keep a worker from serving
+        log.warning("settling jobs of stopped processes failed; the next job start retries")
     app.extensions[JOBS] = runner
     app.extensions[LATENCY] = LatencyHistory()
     app.register_blueprint(bp)
@@ -126,14 +132,15 @@ def rollback() -> ResponseReturnValue:
 @bp.post("/promote")
 @operation(
     summary="Make a model version live",
-    body=VersionBody,
+    body=PromoteBody,
     responses={200: ModelVersionOut},
     **_ADMIN,
 )
 def promote() -> ResponseReturnValue:
-    version = body(VersionBody).version
-    ModelStore(runtime_of(current_app).settings.model_dir).point_current_at(version)
-    return respond(ModelVersionOut(model_version=version))
+    wanted = body(PromoteBody)
+    models = ModelStore(runtime_of(current_app).settings.model_dir)
+    models.promote(wanted.version, expected=wanted.expected)
+    return respond(ModelVersionOut(model_version=wanted.version))
 
 
 @bp.post("/rules")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app
@@ -202,9 +204,11 @@ def readyz() -> ResponseReturnValue:
     store = runtime.live.store
     version = store.current_version() if database == "ok" else None
     ready = database == "ok" and version is not None
+    disk = disk_state(runtime.settings.data_dir)
     answer = Ready(
-        status="ready" if ready else "not_ready",
+        status=("ready" if disk == "ok" else "degraded") if ready else "not_ready",
         database=database,
+        disk=disk,
         index_version=version,
         # a differing encoder serves anyway: its vectors agree with torch's
         encoder=describe_encoder(runtime.embedder.encoder, store.manifest(version))
@@ -218,3 +222,19 @@ def readyz() -> ResponseReturnValue:
     if not ready:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
+
+
+# Less free space than this in the data dir is a full disk: SQLite's next page, a job's
+# progress, an index file all fail to be written.
+DISK_FULL_BELOW_BYTES = 1 << 20
+
+
+def disk_state(data_dir: Path) -> str:
+    """ "ok", or "full: ..." naming the data dir and what is left."""
+    try:
+        free = shutil.disk_usage(data_dir).free
+    except OSError as exc:
+        return f"unknown: {exc}"
+    if free >= DISK_FULL_BELOW_BYTES:
+        return "ok"
+    return f"full: {free} bytes free in {data_dir}; writes there fail until space is freed"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
+from sqlalchemy.engine import make_url
 from werkzeug.exceptions import HTTPException
 
 from engine.core.errors import (
@@ -19,6 +20,7 @@ from engine.core.errors import (
 )
 from engine.store.outage import RETRY_AFTER_S, outage_of
 from web.contract import respond
+from web.extensions import runtime_of
 from web.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        outage = outage_of(exc)
+        outage = outage_of(exc, _database())
         if outage is not None:  # the database is away for a moment: say when to come back
             log.warning("%s (%s): %s", outage.code, type(exc).__name__, _first_line(exc))
             response = error_response(outage.status, outage.code, outage.message)
@@ -77,6 +79,17 @@ def register(app: Flask) -> None:
             return response
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; see the server log")
+
+
+def _database() -> str:
+    """The database as a 507 names it: SQLite's file, or PostgreSQL's host and database."""
+    try:
+        url = make_url(runtime_of(current_app).settings.db_url)
+    except Exception:  # no app or runtime here: say it plainly
+        return "the database"
+    if url.get_backend_name() == "sqlite":
+        return str(url.database)
+    return f"PostgreSQL at {url.host}:{url.port or 5432}/{url.database}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -40,8 +40,11 @@ class Health(BaseModel):
 class Ready(BaseModel):
     """Whether this server can answer searches: its database and its published index."""
 
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "degraded", "not_ready"] = Field(
+        description="degraded: searches are answered, but writes to the data dir's disk fail"
+    )
     database: str = Field(description='"ok", or why the database is unreachable')
+    disk: str = Field(default="ok", description='"ok", or "full: ..." naming the data dir')
     index_version: str | None
     encoder: str | None = Field(
         default=None, exclude_if=absent, description="the encoder serving queries, when ready"

@@ -13,10 +13,14 @@ Why these choices:
   overrides both.
 - gthread workers: a request waits on SQL and the encoder, so a few threads per worker
   overlap those waits; `--threads` sets how many.
+- Requests gunicorn refuses before the app sees them (a request line over
+  LIMIT_REQUEST_LINE_BYTES, a header with a NUL or a bad name, a broken chunk) are answered
+  in the API's JSON shape {"error", "message"}, not gunicorn's HTML page (JsonErrorWorker).
 - SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish within
   graceful_timeout, then exits; a worker that dies is replaced by the arbiter.
 - Metrics add up across workers: prometheus_client's multiprocess mode, in a folder made
-  fresh for this server start under DATA_DIR/metrics (0700, like the data dir), set in the
+  fresh for this server start under /dev/shm (metrics_root: 0700; not the data dir, whose
+  disk may fill), set in the
   environment before any worker imports prometheus_client; child_exit marks a dead worker so
   its per-process gauges leave with it (its counts stay); the folder is removed on exit.
 """
@@ -24,6 +28,7 @@ Why these choices:
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -35,6 +40,7 @@ from typing import Any
 
 from engine.core.config import Settings
 from engine.core.files import make_private_dir
+from engine.core.processes import is_alive
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 4
 GRACEFUL_TIMEOUT_S = 30
+# The longest request line (method, path and query string) gunicorn reads: its maximum short
+# of unlimited, which it reads by copying the buffer again per chunk. 50 context_items of 150
+# ASCII characters fit in a GET; a longer one gets a JSON 414 (use POST /v1/search).
+LIMIT_REQUEST_LINE_BYTES = 8190
 
 
 def cores() -> int:
@@ -97,14 +107,15 @@ def run(
     # Native pools read these when they start, which is after the fork in each worker.
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(spinning)
-    metrics_dir = fresh_metrics_dir(settings.data_dir)
+    metrics_dir = fresh_metrics_dir()
     use_metrics_dir(metrics_dir)
     loopback = host in LOCAL_HOSTS
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": json_error_worker(),
+        "limit_request_line": LIMIT_REQUEST_LINE_BYTES,
         "preload_app": False,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "timeout": timeout_s,
@@ -152,6 +163,41 @@ def run(
     Server().run()
 
 
+def json_error_worker() -> type:
+    """gunicorn's gthread worker, answering the requests gunicorn refuses itself in JSON."""
+    from gunicorn import util
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class JsonErrorWorker(ThreadWorker):  # type: ignore[misc]
+        def init_process(self) -> None:
+            # Worker.handle_error writes its page through util.write_error and nothing else
+            # calls it: replacing it in this process (after the fork) changes only the shape
+            # of those pages, with gunicorn's own statuses, reasons and logging kept.
+            util.write_error = write_json_error
+            super().init_process()
+
+    return JsonErrorWorker
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """An error gunicorn answers itself, as the app answers errors: {"error", "message"}."""
+    from gunicorn import util
+
+    from engine.core.errors import readable
+
+    error = "internal_error" if status == 500 else reason.lower().replace(" ", "_")
+    if not message:
+        message = "internal error; see the server log" if status >= 500 else reason
+    # ASCII (json.dumps escapes the rest), so the length in bytes is the length in characters;
+    # readable: gunicorn's message may quote the whole request line.
+    body = json.dumps({"error": error, "message": readable(message)}) + "\n"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, (head + body).encode("latin-1"))
+
+
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.001
 
@@ -187,32 +233,34 @@ def _post_fork(threads: int) -> Any:
     return post_fork
 
 
-def fresh_metrics_dir(data_dir: Path) -> Path:
-    """A new private folder for this server's metrics files: DATA_DIR/metrics/HOST-PID-XXXX.
+def metrics_root() -> Path:
+    """Where servers keep their metrics files: in memory (/dev/shm), never on the data dir's
+    disk. prometheus_client memory-maps them, and a worker that grows a mapped file on a
+    full filesystem dies by SIGBUS: with them in DATA_DIR, a full data dir killed every
+    worker and then gunicorn. Falls back to the temp folder where /dev/shm is missing."""
+    shm = Path("/dev/shm")
+    base = (
+        shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    )
+    return base / f"recsearch-metrics-{os.getuid()}"
+
+
+def fresh_metrics_dir(parent: Path | None = None) -> Path:
+    """A new private folder for this server's metrics files: <metrics_root()>/HOST-PID-XXXX.
 
     Fresh per start, so no count from an earlier run is added in (prometheus_client reads
     every file in the folder). Folders left by servers that died without cleaning up (kill
     -9) are removed: those of this host whose master process is gone.
     """
-    parent = data_dir / "metrics"
+    parent = parent if parent is not None else metrics_root()
     if not parent.is_dir():
         make_private_dir(parent)
     host = socket.gethostname()
     for old in parent.glob(f"{host}-*-*"):
         pid = old.name[len(host) + 1 :].split("-", 1)[0]
-        if pid.isdigit() and not _is_alive(int(pid)):
+        if pid.isdigit() and not is_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=parent))  # mode 0700
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def use_metrics_dir(folder: Path) -> None:

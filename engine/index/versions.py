@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.core import processes
 from engine.core.errors import InvalidInput, NotFound, NotReady
 from engine.core.files import (
     fsync_dir,
@@ -41,28 +42,21 @@ from engine.core.files import (
     write_json_durably,
     write_text_durably,
 )
+from engine.core.processes import remove_leftovers
 from engine.store.published import Publication, PublishedVersions, shared_for
 
 log = logging.getLogger(__name__)
 
-
 CURRENT = "CURRENT"
-
-
 MANIFEST = "manifest.json"
-
-
 PUBLISH_LOCK = ".publish-lock"
-
 
 # v000001 ... v999999999999: ASCII digits only, and short, so a name is checked before it
 # touches the filesystem (no paths, no "..", no over-long names). Match with fullmatch.
 VERSION_RE = re.compile(r"v[0-9]{6,12}")
 
-
 # A staging folder this old is left over from a crashed build, not one still running.
 STALE_STAGING_S = 24 * 3600
-
 
 # In a version folder installed from the database: such a folder is removed here once the
 # database no longer holds the version (pruned by the host that published it).
@@ -234,8 +228,8 @@ class VersionStore:
     def stage(self) -> Path:
         """A fresh folder for a build to write into (as open as the store's folder)."""
         make_private_dir(self.root)
-        self._remove_stale_staging()
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        self.remove_leftovers()
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{processes.current()}-", dir=self.root))
         # mkdtemp makes it 0700; an operator who opened the store (a server running as
         # another user) gets versions as open as the store.
         staging.chmod(stat.S_IMODE(self.root.stat().st_mode))
@@ -318,17 +312,22 @@ class VersionStore:
             raise
         log.info("%s %s is now current (in the database)", self.kind, version)
 
-    def point_current_at(self, version: str) -> None:
+    def point_current_at(
+        self, version: str, check: Callable[[str | None], None] | None = None
+    ) -> None:
         """Atomically switch CURRENT to an existing version (rollback, promote).
 
         Raises InvalidInput (422) for a name not like v000001, NotFound (404) for a
         well-formed name with no published version (shared: none in the database).
+        check, given, sees the current version under the lock and may raise: a compare-and-set.
         """
         if self.shared is not None:
             self.folder(version)  # InvalidInput for a bad name
             with self._publish_lock(), self.shared.publication() as publication:
                 if not publication.has(version):
                     raise NotFound(f"{self.kind} {version!r}")
+                if check is not None:
+                    check(self.current_version())
                 self._move_shared(publication, version)
             self.local_folder(version)
             self.served(version)
@@ -336,6 +335,8 @@ class VersionStore:
         if not (self.folder(version) / self.manifest_name).is_file():
             raise NotFound(f"{self.kind} {version!r}")
         with self._publish_lock():
+            if check is not None:
+                check(self.current_version())
             self._write_current(version)
 
     def _write_current(self, version: str) -> None:
@@ -367,11 +368,11 @@ class VersionStore:
             yield
 
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions, never the current one (shared: from the
-        database too; other hosts drop their installed copies at their next install)."""
-        current = self.current_version()
+        """Delete all but the newest `keep` versions, never the current one nor pinned() (shared:
+        from the database too; other hosts drop their installed copies at their next install)."""
+        kept = {self.current_version(), *self.pinned()}
         versions = self.versions()
-        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in kept]
         if self.shared is not None:
             self.shared.delete(doomed)
         for version in doomed:
@@ -379,14 +380,15 @@ class VersionStore:
             self._installed.discard(version)
         return doomed
 
-    def _remove_stale_staging(self) -> None:
-        cutoff = time.time() - STALE_STAGING_S
-        for path in [*self.root.glob(".staging-*"), *self.root.glob(f".{CURRENT}.*.tmp")]:
-            try:
-                if path.stat().st_mtime < cutoff:
-                    if path.is_dir():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink()
-            except FileNotFoundError:
-                pass
+    def pinned(self) -> set[str]:
+        """Versions prune keeps however old, besides the current one (a kind's own; none here)."""
+        return set()
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove what crashed builds left (a process starting, and each build, call this):
+        staging folders of this host's processes that are gone, at once; any other staging
+        folder or temp pointer a day old. Returns what was removed."""
+        if not self.root.is_dir():
+            return []
+        found = [*self.root.glob(".staging-*"), *self.root.glob(f".{CURRENT}.*.tmp")]
+        return remove_leftovers(found, ".staging-", STALE_STAGING_S)

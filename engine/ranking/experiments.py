@@ -7,6 +7,11 @@ click, cart, purchase, or a rating at or above RECSEARCH_POSITIVE_RATING) that n
 response's request_id credits its side; per clicked request the candidate wins, loses or ties,
 and a two-sided sign test says whether the difference is more than chance. One experiment
 runs at a time; stopping it ends the interleaving, promoting it also makes the candidate live.
+
+Every change of state is decided by the database, so of callers racing (two admins, two
+workers) exactly one wins and the others get Conflict naming the state they found: a start
+inserts under a unique index on the running experiment, stop and promote are one UPDATE ...
+WHERE state IN (the states they leave from).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.core.clock import iso_z, utcnow
@@ -33,7 +39,7 @@ POSITIVE_TYPES = ("click", "cart", "purchase")
 
 def start(session: Session, models: ModelStore, candidate: str, traffic: float) -> ExperimentOut:
     """Start interleaving `candidate` ("latest": the newest model version) with the live
-    model on a `traffic` share of searches; Conflict while another one runs."""
+    model on a `traffic` share of searches; Conflict naming the one that runs, if one does."""
     versions = models.versions()
     if candidate == "latest":
         if not versions:
@@ -50,37 +56,69 @@ def start(session: Session, models: ModelStore, candidate: str, traffic: float) 
             f"{candidate} is the live model: an experiment needs another version",
             [Problem("candidate", f"{candidate} is already live")],
         )
-    running = session.scalar(select(Experiment).where(Experiment.state == "running"))
-    if running is not None:
-        raise Conflict(f"experiment {running.id} is running: stop it first")
+    _refuse_if_running(session)
     row = Experiment(
         candidate=candidate, live=live, traffic=traffic, state="running", started_at=utcnow()
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # a savepoint: the refused insert leaves the rest usable
+            session.add(row)
+    except IntegrityError:
+        # Another start committed between our check and our insert: the unique index on the
+        # running experiment refused ours (PostgreSQL waited for that start to commit first).
+        _refuse_if_running(session)
+        raise Conflict("another experiment started at the same time: stop it first") from None
     return report(session, row.id, positive_rating=None)
 
 
-def stop(session: Session, experiment_id: int, *, state: str = "stopped") -> ExperimentOut:
-    row = _get(session, experiment_id)
-    if row.state != "running":
-        raise Conflict(f"experiment {experiment_id} is already {row.state}")
-    row.state = state
-    row.stopped_at = utcnow()
-    session.flush()
+def _refuse_if_running(session: Session) -> None:
+    running = session.scalar(select(Experiment.id).where(Experiment.state == "running"))
+    if running is not None:
+        raise Conflict(f"experiment {running} is running: stop it first")
+
+
+def stop(session: Session, experiment_id: int) -> ExperimentOut:
+    """End the interleaving: running -> stopped, a compare-and-set in SQL, so of callers
+    racing, one wins and the others get Conflict naming the state it left."""
+    _transition(session, experiment_id, ("running",), "stopped")
     return report(session, experiment_id, positive_rating=None)
 
 
 def promote(session: Session, models: ModelStore, experiment_id: int) -> ExperimentOut:
-    """Make the candidate live and end the experiment (state "promoted")."""
-    row = _get(session, experiment_id)
-    if row.state == "promoted":
-        raise Conflict(f"experiment {experiment_id} is already promoted")
-    models.point_current_at(row.candidate)
-    row.state = "promoted"
-    row.stopped_at = row.stopped_at or utcnow()
-    session.flush()
+    """Make the candidate live and end the experiment: running or stopped -> promoted, one
+    winner among callers racing (the others get Conflict); the live model moves only for it."""
+    _transition(session, experiment_id, ("running", "stopped"), "promoted")
+    # Inside the transaction that holds the row: if the move fails, the state rolls back.
+    models.promote(_get(session, experiment_id).candidate)
     return report(session, experiment_id, positive_rating=None)
+
+
+def _transition(session: Session, experiment_id: int, sources: tuple[str, ...], to: str) -> None:
+    """UPDATE ... WHERE state IN sources: the database decides who moves the row (PostgreSQL
+    holds the row lock until commit and re-checks the WHERE; SQLite writes one at a time)."""
+    if not 1 <= experiment_id <= MAX_EXPERIMENT_ID:
+        raise NotFound(f"experiment {experiment_id}")
+    moved = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.state.in_(sources))
+        .values(state=to, stopped_at=func.coalesce(Experiment.stopped_at, utcnow()))
+        .execution_options(synchronize_session=False)
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        state = session.scalar(select(Experiment.state).where(Experiment.id == experiment_id))
+        if state is None:
+            raise NotFound(f"experiment {experiment_id}")
+        raise Conflict(f"experiment {experiment_id} is already {state}")
+    session.expire_all()  # rows loaded before the UPDATE show its state when read again
+
+
+def models_in_use(session: Session) -> set[str]:
+    """The model versions a running experiment serves (its candidate and its live model):
+    prune keeps them."""
+    rows = session.execute(
+        select(Experiment.candidate, Experiment.live).where(Experiment.state == "running")
+    )
+    return {v for row in rows for v in row if v != "prior"}
 
 
 def report(

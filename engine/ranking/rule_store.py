@@ -7,15 +7,18 @@ on every worker within a second and at once on the worker that wrote it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.catalog import filters as filtering
 from engine.core.clock import iso_z, utcnow
-from engine.core.errors import InvalidInput, NotFound, Problem
+from engine.core.errors import Conflict, InvalidInput, NotFound, Problem
 from engine.core.reloaded import Reloaded
 from engine.ranking.rules import Rule, normalize_query
 from engine.ranking.schemas import RuleIn, RuleOut
@@ -28,7 +31,9 @@ MAX_RULE_ID = 2**31 - 1  # an SQL INTEGER: larger ids cannot exist (and PostgreS
 def create(session: Session, body: RuleIn, schema: filtering.Schema | None = None) -> RuleOut:
     """Store a rule; its `where` is checked against the catalog (schema: default from SQL).
 
-    Raises InvalidInput naming `where.<field>` for an unknown attribute or a wrong type.
+    Raises InvalidInput naming `where.<field>` for an unknown attribute or a wrong type, and
+    Conflict naming the stored rule that already does this (fingerprint; a unique index
+    decides between callers racing to write the same rule).
     """
     if body.where is not None:
         try:
@@ -48,9 +53,39 @@ def create(session: Session, body: RuleIn, schema: filtering.Schema | None = Non
         ends_at=body.ends_at,
         created_at=utcnow(),
     )
-    session.add(row)
-    session.flush()
+    row.fingerprint = fingerprint(row)
+    _refuse_duplicate(session, row.fingerprint)
+    try:
+        with session.begin_nested():  # a savepoint: the refused insert leaves the rest usable
+            session.add(row)
+    except IntegrityError:
+        # Written by another caller between our check and our insert (PostgreSQL waited for
+        # it to commit): the unique index refused ours.
+        _refuse_duplicate(session, row.fingerprint)
+        raise Conflict("the same rule was written at the same time") from None
     return rule_out(row)
+
+
+def fingerprint(row: MerchandisingRule) -> str:
+    """What a rule does to what, and when: its action, target (item_id or where), query and
+    time window, hashed. Two rules alike in these are one rule: position and weight are its
+    settings (delete it and add it again to change them)."""
+    scope = [
+        row.action,
+        row.item_id,
+        row.where,
+        row.query,
+        row.starts_at.isoformat() if row.starts_at else None,
+        row.ends_at.isoformat() if row.ends_at else None,
+    ]
+    text = json.dumps(scope, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _refuse_duplicate(session: Session, key: str) -> None:
+    found = session.scalar(select(MerchandisingRule.id).where(MerchandisingRule.fingerprint == key))
+    if found is not None:
+        raise Conflict(f"rule {found} already does this: delete it first to change it")
 
 
 def list_all(session: Session) -> list[RuleOut]:
@@ -59,12 +94,15 @@ def list_all(session: Session) -> list[RuleOut]:
 
 
 def remove(session: Session, rule_id: int) -> None:
-    """Delete one rule; raises NotFound for an unknown id (or one no rule can have)."""
+    """Delete one rule; raises NotFound for an unknown id (or one no rule can have).
+
+    One DELETE ... WHERE id: of callers racing to delete a rule, the database lets one remove
+    the row and the others find none (NotFound: it is already gone)."""
     if not 1 <= rule_id <= MAX_RULE_ID:
         raise NotFound(f"rule {rule_id}")
     gone = session.execute(delete(MerchandisingRule).where(MerchandisingRule.id == rule_id))
     if not gone.rowcount:  # type: ignore[attr-defined]
-        raise NotFound(f"rule {rule_id}")
+        raise NotFound(f"rule {rule_id} (already deleted, or never added)")
 
 
 def load(session: Session) -> list[Rule]:

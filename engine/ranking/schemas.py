@@ -15,13 +15,32 @@ from pydantic import (
 )
 
 from engine.core.contract import Id, QueryText, as_integer, fail, iso_datetime
-from engine.index.schemas import as_version
+from engine.index.schemas import Version, as_version
 
 
 def _candidate(value: object) -> object:
     if value == "latest":
         return value
     return as_version(value)
+
+
+def _live(value: object) -> object:
+    if value == "prior":
+        return value
+    return as_version(value)
+
+
+class PromoteBody(BaseModel):
+    """A model version to make live (an older one: a rollback)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Version
+    expected: Annotated[str, BeforeValidator(_live)] | None = Field(
+        default=None,
+        description='the live model the caller saw (a version, or "prior"); given, the promote '
+        "is refused (409) when another is live by then, or this one already is",
+    )
 
 
 class ModelVersionOut(BaseModel):

@@ -228,6 +228,7 @@ class MerchandisingRule(Base):
     """A pin, boost, bury or hide rule (engine.ranking.rules), managed from the admin API."""
 
     __tablename__ = "rules"
+    __table_args__ = (Index("uq_rules_fingerprint", "fingerprint", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     action: Mapped[str] = mapped_column(String(8))
@@ -240,6 +241,12 @@ class MerchandisingRule(Base):
     starts_at: Mapped[datetime | None] = mapped_column(DateTime)
     ends_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # What the rule does to what, and when (engine.ranking.rule_store.fingerprint): unique, so
+    # two writes of one rule leave one. NULL on copies stored before the index (0013).
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+
+
+RUNNING_EXPERIMENT = "state = 'running'"
 
 
 class Experiment(Base):
@@ -247,6 +254,16 @@ class Experiment(Base):
     (engine.ranking.experiments)."""
 
     __tablename__ = "experiments"
+    # One running experiment, enforced by the database: a second start's insert fails.
+    __table_args__ = (
+        Index(
+            "uq_experiments_running",
+            "state",
+            unique=True,
+            sqlite_where=text(RUNNING_EXPERIMENT),
+            postgresql_where=text(RUNNING_EXPERIMENT),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     candidate: Mapped[str] = mapped_column(String(64))

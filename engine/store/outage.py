@@ -44,20 +44,27 @@ UNAVAILABLE = Outage(
     "database_unavailable",
     f"the database is unavailable for the moment; send the request again in {RETRY_AFTER_S} s",
 )
-FULL = Outage(
-    507,
-    "insufficient_storage",
-    "the database has no space left to store this; nothing was written",
-    retry_after_s=30,
-)
+# Retry-After for a full disk: space comes back when someone frees it, not in seconds.
+FULL_RETRY_AFTER_S = 30
 
 
-def outage_of(error: BaseException) -> Outage | None:
-    """The outage error (or one it was raised from) says, or None for any other error."""
+def full(where: str) -> Outage:
+    return Outage(
+        507,
+        "insufficient_storage",
+        f"no space left on the disk of {where}; this request was not stored",
+        FULL_RETRY_AFTER_S,
+    )
+
+
+def outage_of(error: BaseException, database: str = "the database") -> Outage | None:
+    """The outage error (or one it was raised from) says, or None for any other error.
+    database: how to name the database in a 507 (its file, or its server)."""
     for exc in _chain(error):
         driver: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
         if _is_full(driver):
-            return FULL
+            filename = getattr(driver, "filename", None)
+            return full(str(filename) if filename else database)
         if isinstance(driver, sqlite3.Error):
             # SQLite's OperationalError also means "no such table" (a bug): only a lock held
             # too long or a file it cannot open or write is the database being away.

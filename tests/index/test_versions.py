@@ -147,3 +147,30 @@ def test_rollback_and_promote_refuse_paths_over_http(client: Any, runtime: Runti
     assert client.post("/admin/api/promote", json={"version": model_version}).status_code == 200
     assert index_store.current_version() == index_version
     assert model_store.current_version() == model_version
+
+
+def test_leftovers_of_dead_builds_are_removed_at_once_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+
+    from engine.core.config import Settings
+    from engine.runtime import Runtime
+
+    store = VersionStore(tmp_path / "indexes")
+    store.root.mkdir()
+    host = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = store.root / f".staging-{host}:{gone.pid}-abc"  # a build killed, or out of space
+    alive = store.root / f".staging-{host}:{os.getppid()}-def"  # another process still building
+    mine = store.stage()  # this process's own build in progress
+    elsewhere = store.root / ".staging-other-host:1-ghi"  # another host's: a day's grace
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir()
+        (folder / "index.faiss").write_bytes(b"partial")
+    assert store.remove_leftovers() == [dead]
+    assert not dead.exists() and alive.exists() and mine.exists() and elsewhere.exists()
+    dead.mkdir()
+    Runtime(Settings(data_dir=tmp_path, index_poll_s=0)).close()  # a process starting
+    assert not dead.exists() and alive.exists()

@@ -250,7 +250,7 @@ def test_each_server_start_gets_a_fresh_private_metrics_dir(tmp_path: Path) -> N
     for folder in (left, running):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"")
-    first, second = fresh_metrics_dir(tmp_path / "var"), fresh_metrics_dir(tmp_path / "var")
+    first, second = fresh_metrics_dir(parent), fresh_metrics_dir(parent)
     assert first != second and not list(first.iterdir())
     assert first.stat().st_mode & 0o777 == 0o700
     assert not left.exists() and running.exists()
@@ -303,9 +303,15 @@ def served(tmp_path: Path, seed_index: Path, serve_db_url: str, serve: Any) -> t
 
 @pytest.mark.slow
 def test_two_gunicorn_workers_add_up(served: tuple[Path, Any]) -> None:
+    import socket
+
+    from web.server import metrics_root
+
     data, server = served
     base = server.base
-    (folder,) = (data / "metrics").iterdir()  # fresh for this start, and private
+    # Fresh for this start, private, and never in the data dir (its disk may fill).
+    (folder,) = metrics_root().glob(f"{socket.gethostname()}-{server.pid}-*")
+    assert not (data / "metrics").exists()
     assert folder.stat().st_mode & 0o077 == 0
     sent = 0
     lock = threading.Lock()

@@ -30,7 +30,10 @@ function renderStatus(status) {
     if (!m.live) {
       const button = document.createElement("button"); button.textContent = "make live"; button.className = "promote";
       button.addEventListener("click", async () => {
-        await api("/promote", { method: "POST", body: JSON.stringify({ version: m.version }) }); refresh();
+        // expected: the live model this page shows; a promote from another tab first is a 409.
+        const body = JSON.stringify({ version: m.version, expected: status.live_model });
+        try { await api("/promote", { method: "POST", body }); } catch (e) { console.error(e.message); }
+        refresh();
       });
       r.insertCell().append(button);
     }
