@@ -13,6 +13,13 @@ the documented schema and is strict JSON (no NaN or Infinity); a request that br
 connection counts too. A --db URL to a PostgreSQL server gets a private database, dropped at
 the end.
 
+Then every numeric field of the contract (search and its filters, events, items' attributes,
+rules and their `where`, experiments, query strings, integer path segments) gets number
+literals that json.dumps cannot write, as raw JSON text: integers of 400 and 5,000 digits
+(past Python's 4,300) and numbers beyond a double's range (1e400); each body must be a 422
+naming the field, every answer under 500 in the JSON error shape, with no message echoing
+more than a readable length of its input (fuzz_numbers, tallied as "... (huge numbers)").
+
 Prints a table (operation, cases, 2xx, 3xx, 4xx, 5xx, non-conforming, broken) and the findings
 grouped by operation and cause, and writes JSON (default bench/results/contract_fuzz.json).
 tests/test_contract_fuzz.py runs the same fuzz() bounded, on SQLite and PostgreSQL.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -35,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -346,6 +355,180 @@ def _sender(report: FuzzReport, tally: OperationTally, session: Any, base_url: s
     return send
 
 
+# Number literals json.dumps cannot write, sent as raw JSON text where NUMBER stands.
+HUGE_LITERALS = [
+    "1" + "0" * 400,
+    "-" + "9" * 400,
+    "1" + "0" * 5_000,
+    "-" + "9" * 5_000,
+    "1e400",
+    "-1e400",
+    "1" + "0" * 400 + ".5",
+    "1E+99999",
+]
+NUMBER = "\x01number\x01"
+# An echoed value is cut (engine.core.errors.readable): no run of over 200 characters without a
+# space, no message over 2,000 characters (and the cut's few words).
+ECHOED_RUN = re.compile(r"\S{201,}")
+MAX_MESSAGE_CHARS = 2_100
+
+
+def numeric_bodies(item_id: str) -> list[tuple[str, Any]]:
+    """(route, JSON body with NUMBER in one numeric field or more) for every numeric field."""
+    event = {"user_id": "fuzz-n", "item_id": item_id, "type": "rating"}
+    return [
+        ("/v1/search", {"q": "beach", "k": NUMBER}),
+        ("/v1/search", {"q": "beach", "offset": NUMBER}),
+        ("/v1/search", {"q": "beach", "diversity": NUMBER}),
+        ("/v1/search", {"q": "beach", "max_per_category": NUMBER}),
+        ("/v1/search", {"q": "beach", "filters": {"avg_daily_cost_usd": NUMBER}}),
+        ("/v1/search", {"q": "beach", "filters": {"avg_daily_cost_usd": {"gte": NUMBER}}}),
+        ("/v1/search", {"filters": {"avg_daily_cost_usd": {"gt": 1, "lt": NUMBER}}}),
+        ("/v1/search", {"filters": {"avg_daily_cost_usd": {"in": [1, NUMBER]}}}),
+        ("/v1/search", {"filters": {"tags": {"any": [NUMBER]}}}),
+        ("/v1/search", {"filters": {"country": NUMBER}}),
+        ("/v1/events", {**event, "value": NUMBER}),
+        ("/v1/events", {**event, "value": 1, "ts": NUMBER}),
+        (
+            "/v1/events",
+            {"events": [{**event, "value": 1}, {**event, "value": NUMBER, "ts": NUMBER}]},
+        ),
+        ("/v1/items", {"id": "fuzz-n", "title": "Numbers", "attributes": {"price": NUMBER}}),
+        ("/v1/items", [{"id": "fuzz-n", "title": "N", "attributes": {"lat": NUMBER, "x": NUMBER}}]),
+        ("/admin/api/rules", {"action": "boost", "where": {"avg_daily_cost_usd": NUMBER}}),
+        ("/admin/api/rules", {"action": "bury", "where": {"avg_daily_cost_usd": {"lte": NUMBER}}}),
+        ("/admin/api/rules", {"action": "hide", "where": {"tags": {"all": [NUMBER]}}}),
+        ("/admin/api/rules", {"action": "boost", "item_id": item_id, "weight": NUMBER}),
+        ("/admin/api/rules", {"action": "pin", "item_id": item_id, "position": NUMBER}),
+        ("/admin/api/experiments", {"candidate": "latest", "traffic": NUMBER}),
+    ]
+
+
+# (method, path with {} where the number goes, percent-encoded)
+NUMERIC_URLS = [
+    *(
+        ("GET", f"{route}?q=beach&{name}={{}}")
+        for route in ("/v1/search", "/admin/api/search")
+        for name in ("k", "offset", "diversity", "max_per_category")
+    ),
+    ("GET", "/v1/search?filters=%7B%22avg_daily_cost_usd%22%3A%7B%22lt%22%3A{}%7D%7D"),
+    ("GET", "/v1/items/paris-france/similar?k={}"),
+    ("GET", "/admin/api/jobs/{}"),
+    ("POST", "/admin/api/jobs/{}/cancel"),
+    ("DELETE", "/admin/api/rules/{}"),
+    ("GET", "/admin/api/experiments/{}"),
+    ("POST", "/admin/api/experiments/{}/stop"),
+    ("POST", "/admin/api/experiments/{}/promote"),
+]
+
+
+def error_shape(status: int, content_type: str, body: bytes) -> str | None:
+    """What is wrong with an error answer (status >= 400), or None: the JSON shape
+    {"error", "message"} (plus `problems` on a 422), and no long echo of the input."""
+    if "application/json" not in content_type:
+        return f"{status} error is {content_type or 'without a type'}, not JSON"
+    try:
+        parsed = json.loads(body, parse_constant=_no_constant)
+    except ValueError:
+        return "error body is not valid JSON"
+    if not isinstance(parsed, dict) or not {"error", "message"} <= set(parsed):
+        return "error body without `error` and `message`"
+    problems = parsed.get("problems") if isinstance(parsed.get("problems"), list) else []
+    if status == 422 and not problems:
+        return "422 without `problems`"
+    texts = [parsed["message"]]
+    texts += [p.get(k) for p in problems if isinstance(p, dict) for k in ("field", "message")]
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        if len(text) > MAX_MESSAGE_CHARS:
+            return f"error message of {len(text):,} characters"
+        if run := ECHOED_RUN.search(text):
+            return f"error message echoes a value of {len(run.group()):,} characters"
+    return None
+
+
+def fuzz_numbers(base_url: str, api_key: str, report: FuzzReport | None = None) -> FuzzReport:
+    """Every numeric field with each of HUGE_LITERALS (and 5, which each field takes)."""
+    import requests
+
+    from engine.core.errors import clip
+
+    report = report if report is not None else FuzzReport()
+    with CATALOG.open(encoding="utf-8") as fh:
+        item_id = str(json.loads(fh.readline())["id"])
+    # (operation, method, path, body, whether it must be a 422)
+    cases: list[tuple[str, str, str, bytes | None, bool]] = []
+    for route, template in numeric_bodies(item_id):
+        text = json.dumps(template)
+        for literal in ["5", *HUGE_LITERALS]:
+            body = text.replace(json.dumps(NUMBER), literal).encode()
+            cases.append((f"POST {route}", "POST", route, body, literal != "5"))
+    for method, template in NUMERIC_URLS:
+        operation = f"{method} {template.split('?')[0].replace('{}', '{number}')}"
+        for literal in ["5", *HUGE_LITERALS]:
+            cases.append((operation, method, template.format(quote(literal)), None, False))
+    started = time.perf_counter()
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {api_key}"
+        for operation, method, path, body, must_be_422 in cases:
+            label = f"{operation} (huge numbers)"
+            tally = report.tallies.setdefault(label, OperationTally(label))
+            tally.cases += 1
+            request = {"method": method, "path": clip(path, 200)}
+            if body is not None:
+                request["body"] = clip(body.decode(), 200)
+            try:
+                response = session.request(
+                    method,
+                    base_url + path,
+                    data=body,
+                    headers={"Content-Type": "application/json"} if body is not None else {},
+                    timeout=REQUEST_TIMEOUT_S,
+                )
+            except requests.RequestException as exc:
+                tally.broken += 1
+                report.find(
+                    label,
+                    f"broken connection: {type(exc).__name__}",
+                    None,
+                    request=request,
+                    response="",
+                    detail=str(exc),
+                )
+                continue
+            status = response.status_code
+            tally.statuses[status] += 1
+            if status >= 500:
+                tally.status_5xx += 1
+            elif status >= 400:
+                tally.status_4xx += 1
+            elif status >= 300:
+                tally.status_3xx += 1
+            else:
+                tally.status_2xx += 1
+            cause = "server error" if status >= 500 else None
+            if cause is None and status >= 400:
+                cause = error_shape(
+                    status, response.headers.get("content-type", ""), response.content
+                )
+            if cause is None and must_be_422 and status != 422:
+                cause = "a huge number is not a 422"
+            if cause is not None:
+                if status < 500:
+                    tally.non_conforming += 1
+                report.find(
+                    label,
+                    cause,
+                    status,
+                    request=request,
+                    response=response.text[:EXCERPT_CHARS],
+                    detail="",
+                )
+    report.seconds += time.perf_counter() - started
+    return report
+
+
 def fuzz_until(
     schema_url: str, api_key: str, *, cases: int, per_round: int = 50, seed: int = 0
 ) -> FuzzReport:
@@ -436,6 +619,7 @@ def main() -> None:
                     per_round=args.per_round,
                     seed=args.seed,
                 )
+                fuzz_numbers(url, app.config["RECSEARCH_API_KEY"], report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()

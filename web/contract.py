@@ -8,6 +8,7 @@ problem into a 422 naming the field) and declares what it takes and returns with
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -16,7 +17,8 @@ from flask import Response, current_app, request
 from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest
 
-from engine.core.contract import validate
+from engine.core.contract import field_name, too_many_digits, validate
+from engine.core.errors import InvalidInput, Problem
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,7 +64,9 @@ def respond(model: BaseModel, status: int = 200) -> Response:
 
 def json_payload(*, required: bool = True) -> Any:
     """The parsed JSON body. Missing (when required), malformed, NaN/Infinity or nested past
-    Python's recursion limit is a 400; over RECSEARCH_MAX_REQUEST_BYTES a 413."""
+    Python's recursion limit is a 400; over RECSEARCH_MAX_REQUEST_BYTES a 413; an integer
+    longer than Python reads (4,300 digits) a 422 naming where it is. A number beyond a
+    double's range (1e400) reads as an infinity, which every numeric field refuses (422)."""
     data = request.get_data(cache=True)
     if not data.strip():
         if required:
@@ -74,12 +78,57 @@ def json_payload(*, required: bool = True) -> Any:
         return json.loads(data, parse_constant=_no_constants)
     except RecursionError:
         raise BadRequest("the JSON body is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
+        # Not the syntax: NaN or Infinity, or an integer past int_max_str_digits.
+        too_long = _too_long_integers(data)
+        if too_long:
+            problems = [
+                Problem(field_name(loc) if loc else "(body)", too_many_digits(n))
+                for loc, n in too_long
+            ]
+            raise InvalidInput("; ".join(str(p) for p in problems[:20]), problems) from None
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+class _LongInteger:
+    """Stands in for an integer too long to read, so the parse can go on and say where."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _long_integer(text: str) -> Any:
+    digits = len(text.lstrip("-"))
+    return _LongInteger(digits) if digits > sys.get_int_max_str_digits() > 0 else int(text)
+
+
+def _too_long_integers(data: bytes) -> list[tuple[tuple[int | str, ...], int]]:
+    """(location, digits) of each integer in `data` too long to read; [] when the body fails
+    to parse for another reason as well. Only on this error path: the hook costs a call per
+    integer."""
+    try:
+        parsed = json.loads(data, parse_constant=_no_constants, parse_int=_long_integer)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return []
+    found: list[tuple[tuple[int | str, ...], int]] = []
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), parsed)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, _LongInteger):
+            found.append((loc, value.digits))
+        elif isinstance(value, dict):
+            stack.extend(((*loc, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), v) for i, v in enumerate(value))
+    return sorted(
+        found, key=lambda f: [(1, 0, p) if isinstance(p, str) else (0, p, "") for p in f[0]]
+    )
 
 
 def body(model: type[M], *, required: bool = True, **context: Any) -> M:

@@ -35,7 +35,8 @@ _ERRORS = {
     409: "conflicts with the current state (a job of this kind is active, ...)",
     413: "body larger than RECSEARCH_MAX_REQUEST_BYTES, or a batch over its limit",
     422: "a field breaks the contract: `problems` names each",
-    429: "too many failed sign-ins or wrong keys from this address: see Retry-After",
+    429: "too many wrong keys or failed sign-ins from this address, or over the rate limit "
+    "(RECSEARCH_RATE_LIMIT_PER_S): see Retry-After",
     503: "not ready: no index published yet",
 }
 

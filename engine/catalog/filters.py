@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.catalog.fields import ItemFields
 from engine.core.contract import finite_float
-from engine.core.errors import InvalidInput, Problem
+from engine.core.errors import InvalidInput, Problem, clip, shown
 
 Kind = Literal["text", "number", "bool", "list"]
 Scalar = str | float | bool
@@ -215,9 +215,11 @@ class Columns:
             with self._lock:
                 found = self._numbers.get(name)
                 if found is None:
+                    # finite_float: None (NaN here) for a boolean, and for an integer too
+                    # large for a float, which a catalog written before its check may hold.
                     found = np.array(
                         [
-                            float(v) if _is_number(v := field_value(item, name)) else np.nan
+                            np.nan if (v := finite_float(field_value(item, name))) is None else v
                             for item in self.items
                         ]
                     )
@@ -233,9 +235,9 @@ def _condition(name: str, spec: object, schema: Schema, where: str) -> Condition
     kinds = schema.kinds.get(name)
     if kinds is None:
         known = ", ".join(schema.fields())
-        raise _Bad(f"unknown field {name!r}; the catalog's filterable fields are: {known}")
+        raise _Bad(f"unknown field {shown(name)}; the catalog's filterable fields are: {known}")
     if not kinds:
-        raise _Bad(f"{name!r} holds objects in the catalog, which cannot be filtered on")
+        raise _Bad(f"{shown(name)} holds objects in the catalog, which cannot be filtered on")
     is_list = "list" in kinds
     if not isinstance(spec, Mapping):
         if isinstance(spec, list):
@@ -247,10 +249,12 @@ def _condition(name: str, spec: object, schema: Schema, where: str) -> Condition
     ops = set(spec)
     unknown = ops - _RANGE_KEYS - {"in", "any", "all"}
     if unknown:
-        raise _Bad(f"unknown operator {sorted(unknown)[0]!r}; use in, any, all, gt, gte, lt or lte")
+        raise _Bad(
+            f"unknown operator {shown(sorted(unknown)[0])}; use in, any, all, gt, gte, lt or lte"
+        )
     if ops <= _RANGE_KEYS:
         if "number" not in kinds:
-            raise _Bad(f"a range needs numbers, and {name!r} holds {_kinds_text(kinds)}")
+            raise _Bad(f"a range needs numbers, and {shown(name)} holds {_kinds_text(kinds)}")
         if {"gt", "gte"} <= ops or {"lt", "lte"} <= ops:
             raise _Bad("give at most one lower bound (gt or gte) and one upper (lt or lte)")
         bounds = {op: _number(spec[op], op) for op in ops}
@@ -268,22 +272,24 @@ def _condition(name: str, spec: object, schema: Schema, where: str) -> Condition
     if len(values) > MAX_VALUES:
         raise _Bad(f"{op} takes at most {MAX_VALUES} values, got {len(values)}")
     if op in ("any", "all") and not is_list:
-        raise _Bad(f"{op} applies to list fields such as tags; use in for {name!r}")
+        raise _Bad(f"{op} applies to list fields such as tags; use in for {shown(name)}")
     if op == "in" and is_list:
-        raise _Bad(f"{name!r} is a list field: use any or all")
+        raise _Bad(f"{shown(name)} is a list field: use any or all")
     scalars = tuple(_scalar(v, kinds, name) for v in values)
     return Condition(name, "in" if op == "in" else "any" if op == "any" else "all", scalars)
 
 
 def _scalar(value: object, kinds: set[Kind], name: str) -> Scalar:
-    kind = kind_of(value)
+    # A number is a number here even when it is not finite (1e400, 10**400): _number says why
+    # it cannot be used, rather than "expected a number".
+    kind: Kind | None = "number" if _is_number(value) else kind_of(value)
     if kind is None or kind == "list":
         raise _Bad(f"expected a string, number or boolean, got {_described(value)}")
     # A list field (tags, or an attribute holding lists) is matched element by element.
     scalar_kinds: set[Kind] = {"text", "number", "bool"}
     element_kinds = kinds | scalar_kinds if "list" in kinds else kinds
     if kind not in element_kinds:
-        raise _Bad(f"{name!r} holds {_kinds_text(element_kinds)}, got {_described(value)}")
+        raise _Bad(f"{shown(name)} holds {_kinds_text(element_kinds)}, got {_described(value)}")
     if kind == "number":
         return _number(value, "value")
     return value  # type: ignore[return-value]
@@ -317,7 +323,7 @@ def _key(value: Any) -> tuple[str, Any]:
     if isinstance(value, bool):
         return ("b", value)
     if isinstance(value, int | float):
-        return ("n", float(value))
+        return ("n", finite_float(value))  # None for 10**400, which float() cannot take
     return ("s", value)
 
 
@@ -327,8 +333,14 @@ def _kinds_text(kinds: set[Kind]) -> str:
 
 
 def _described(value: object) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """The value as JSON writes it, cut to a readable length."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return shown(value)  # 10**400 as `10000000000000000000… (401 digits)`
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):  # NaN is written; a huge integer nested is not
+        return shown(value)
+    return clip(text)
 
 
 def _invalid(problems: list[Problem]) -> InvalidInput:

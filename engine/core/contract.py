@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from engine.core.errors import InvalidInput, Problem
+from engine.core.errors import InvalidInput, Problem, shown
 
 # Column limits (engine/store/models.py) that the contract must never let past.
 MAX_ID_CHARS = 256
@@ -36,6 +36,7 @@ MAX_UNIX_S = 10_000_000_000
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,10 +53,7 @@ def type_name(value: object) -> str:
 
 def described(value: object) -> str:
     """`int 5`, `array [1, 2]`: the type a JSON user would call it, then the value, shortened."""
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return f"{type_name(value)} {shown}"
+    return f"{type_name(value)} {shown(value)}"
 
 
 def check_text(value: object, limit: int, *, ident: bool = False, required: bool = True) -> Any:
@@ -80,7 +78,7 @@ def check_text(value: object, limit: int, *, ident: bool = False, required: bool
 
 def _safe_repr(value: str) -> str:
     # repr escapes control characters and lone surrogates, and keeps "café" readable.
-    return repr(value if len(value) <= 80 else value[:77] + "...")
+    return shown(value)
 
 
 def _text(limit: int, *, ident: bool = False, required: bool = True) -> Any:
@@ -147,7 +145,7 @@ def finite_number(value: object) -> float:
         raise fail(f"must be a finite number, got {described(value)}", "float_type") from None
     if not math.isfinite(number) or (isinstance(value, int) and abs(value) > MAX_INT64):
         raise fail(
-            f"must be a finite number (integers within 64 bits), got {value!r}", "float_range"
+            f"must be a finite number (integers within 64 bits), got {shown(value)}", "float_range"
         )
     return number
 
@@ -174,7 +172,7 @@ def iso_datetime(value: object) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise fail(f"is not an ISO 8601 date or time: {value!r}", "datetime_parsing") from None
+        raise fail(f"is not an ISO 8601 date or time: {shown(value)}", "datetime_parsing") from None
     return naive_utc(parsed)
 
 
@@ -182,7 +180,7 @@ def iso_or_unix(value: object) -> datetime:
     """ISO 8601 or Unix seconds (a number or a numeric string) → naive UTC."""
     seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = finite_float(value)  # None for an integer too large for a float
     elif isinstance(value, str):
         try:
             seconds = float(value.strip())
@@ -192,8 +190,8 @@ def iso_or_unix(value: object) -> datetime:
         raise fail(
             f"must be an ISO 8601 string or Unix seconds, got {described(value)}", "datetime_type"
         )
-    if not math.isfinite(seconds) or not MIN_UNIX_S <= seconds < MAX_UNIX_S:
-        raise fail(f"Unix seconds out of range (milliseconds?): {value!r}", "datetime_range")
+    if seconds is None or not math.isfinite(seconds) or not MIN_UNIX_S <= seconds < MAX_UNIX_S:
+        raise fail(f"Unix seconds out of range (milliseconds?): {shown(value)}", "datetime_range")
     return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
 
 
@@ -254,7 +252,7 @@ def _message(err: Any, model: type[BaseModel], loc: tuple[int | str, ...]) -> st
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be an integer, got {described(value)}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {value!r}".replace(
+        return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {shown(value)}".replace(
             "input should be", "must be"
         )
     if kind in ("bool_type", "bool_parsing"):
@@ -346,11 +344,18 @@ def as_integer(value: object) -> object:
     if isinstance(value, float) and value.is_integer():  # 5.0 is an integer in JSON Schema
         return int(value)
     if isinstance(value, str):
+        text = value.strip()
         try:
-            return int(value.strip())
+            return int(text)
         except ValueError:
-            pass
+            if _INTEGER.fullmatch(text):  # over Python's int_max_str_digits (4,300)
+                raise fail(too_many_digits(len(text.lstrip("+-"))), "int_range") from None
     raise fail(f"must be an integer, got {described(value)}", "int_type")
+
+
+def too_many_digits(digits: int) -> str:
+    """What an integer longer than Python reads (int_max_str_digits) is told."""
+    return f"is an integer of {digits:,} digits, beyond every limit of the API"
 
 
 Flag = Annotated[bool, BeforeValidator(as_flag)]

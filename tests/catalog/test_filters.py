@@ -130,6 +130,15 @@ def test_the_issue_examples() -> None:
         ({"continent": {}}, "filters.continent", "an empty condition"),
         ({"continent": {"in": ["Asia"], "gte": 1}}, "filters.continent", "one operator per field"),
         ({"lat": {"gte": float("inf")}}, "filters.lat", "finite number"),
+        # Integers no float holds (OverflowError once), shown cut to a readable length.
+        ({"lat": {"gte": 10**400}}, "filters.lat", "gte must be a finite number, got 1000"),
+        ({"lat": {"lt": -(10**400)}}, "filters.lat", "… (401 digits)"),
+        ({"lat": 10**400}, "filters.lat", "value must be a finite number"),
+        ({"lat": {"in": [1, -(10**400)]}}, "filters.lat", "value must be a finite number"),
+        ({"tags": {"any": [10**400]}}, "filters.tags", "value must be a finite number"),
+        ({"country": 10**400}, "filters.country", "holds text, got 10000000000000000000…"),
+        ({"lat": float("-inf")}, "filters.lat", "value must be a finite number, got -Infinity"),
+        ({"continent": {"in": "x" * 5_000}}, "filters.continent", "… (5,002 characters)"),
         ({"country": None}, "filters.country", "got null"),
         ([1, 2], "filters", "must be an object"),
     ],
@@ -146,3 +155,22 @@ def test_every_bad_field_is_named_at_once() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse({"colour": "red", "country": 5, "continent": "Asia"}, SCHEMA)
     assert [p.field for p in caught.value.problems] == ["filters.colour", "filters.country"]
+
+
+def test_a_where_of_huge_numbers_matches_nothing_and_raises_nothing() -> None:
+    # What Condition.matches and the columns see when an old row holds 10**400.
+    huge = ItemFields.from_columns("Huge", None, [10**400], {"lat": 10**400}, None)
+    columns = Columns([huge, *ITEMS[:3]])
+    assert columns.rows(parse({"lat": {"gte": 0}}, SCHEMA)).tolist() == [
+        r + 1 for r in COLUMNS.rows(parse({"lat": {"gte": 0}}, SCHEMA)).tolist() if r < 3
+    ]
+    assert not parse({"lat": 5.0}, SCHEMA).matches(huge)
+    assert not parse({"tags": {"any": [5]}}, SCHEMA).matches(huge)
+
+
+def test_a_long_unknown_field_is_named_cut_to_a_readable_length() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse({"c" * 5_000: 1}, SCHEMA)
+    (problem,) = caught.value.problems
+    assert problem.field == "filters." + "c" * 52 + "… (5,008 characters)"
+    assert problem.message.startswith("unknown field '" + "c" * 59 + "… (5,002 characters);")

@@ -266,3 +266,39 @@ def test_search_json_is_the_same_everywhere(client: Any, built: Runtime) -> None
         "next_offset",
     }
     assert all("explanation" not in r for r in plain["results"])
+
+
+def test_integers_longer_than_python_reads_are_422_naming_where(
+    client: Any, built: Runtime
+) -> None:
+    # Past int_max_str_digits (4,300) json.loads refuses the body; the error says where.
+    huge = "9" * 5_000
+    body = json.dumps({"events": [event(value=1), event(value=0, ts=0)]})
+    body = body.replace('"value": 0', f'"value": {huge}').replace('"ts": 0', f'"ts": -{huge}')
+    response = client.post("/v1/events", data=body, content_type="application/json")
+    assert problem_fields(response) == ["events[1].ts", "events[1].value"]
+    messages = {p["message"] for p in response.get_json()["problems"]}
+    assert messages == {"is an integer of 5,000 digits, beyond every limit of the API"}
+    # With NaN as well, the body is not JSON: a 400, as before.
+    response = client.post(
+        "/v1/search", data=f'{{"k": NaN, "offset": {huge}}}', content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "bad_request"
+
+
+def test_errors_show_a_huge_number_cut_to_a_readable_length(client: Any, built: Runtime) -> None:
+    for body, field in [
+        ({"q": "x", "k": 10**400}, "k"),
+        ({"q": "x", "offset": -(10**400)}, "offset"),
+        (
+            {"q": "x", "filters": {"avg_daily_cost_usd": {"gte": 10**400}}},
+            "filters.avg_daily_cost_usd",
+        ),
+    ]:
+        response = client.post("/v1/search", json=body)
+        assert problem_fields(response) == [field]
+        message = response.get_json()["problems"][0]["message"]
+        assert "… (40" in message and len(message) < 120, message
+    response = client.post("/v1/events", json=event(ts=10**400))  # OverflowError once: a 500
+    assert problem_fields(response) == ["ts"]

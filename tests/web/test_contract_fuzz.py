@@ -4,7 +4,9 @@ Three layers:
 - a seeded Hypothesis fuzz of every route through Flask's test client: hostile JSON bodies,
   query strings, path segments, forms, headers and methods. Every answer is under 500, is
   strict JSON where it says JSON, and every 4xx of the API has the one error shape (a 422
-  names its fields);
+  names its fields) with any value it echoes cut to a readable length; number literals no
+  double holds and integers past Python's 4,300 digits (raw JSON text) go everywhere a value
+  does, and into every numeric field of the contract, where each is a 422;
 - sequences of valid requests with extreme values (huge ratings, old timestamps, wordless
   items, a model trained on them), checked the same way, and for exceptions that jobs and
   background threads log;
@@ -34,7 +36,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.exceptions import HTTPException
 
-from bench.contract_fuzz import finish_jobs, fuzz, live_server
+from bench.contract_fuzz import (
+    ECHOED_RUN,
+    HUGE_LITERALS,
+    MAX_MESSAGE_CHARS,
+    NUMBER,
+    NUMERIC_URLS,
+    finish_jobs,
+    fuzz,
+    live_server,
+    numeric_bodies,
+)
 from engine.catalog.items import ItemIn
 from engine.core.config import Settings
 from engine.index.schemas import VersionBody
@@ -159,6 +171,8 @@ NASTY_STRINGS = [
     "a" * 2_001,
     "x" * 100_001,
     "\U0001f600" * 300,
+    "1" + "0" * 5_000,
+    "1e400",
 ]
 NASTY_NUMBERS = [
     0,
@@ -180,7 +194,12 @@ NASTY_NUMBERS = [
     5e-324,
     631_152_000,
     9_999_999_999.5,
+    10**400,  # no double holds it: float() raises OverflowError
+    -(10**400),
 ]
+# HUGE_LITERALS (number literals json.dumps cannot write) go into bodies as raw JSON text in
+# place of a marker (with_literals).
+LITERAL_MARKERS = [f"\x01literal{i}\x01" for i in range(len(HUGE_LITERALS))]
 # Bodies that are not JSON, or JSON that Python's parser chokes on.
 RAW_BODIES = [
     b"",
@@ -260,9 +279,18 @@ def numbers() -> st.SearchStrategy[int | float]:
     )
 
 
+def with_literals(data: bytes) -> bytes:
+    """JSON text with each literal marker replaced by its number literal (HUGE_LITERALS)."""
+    for marker, literal in zip(LITERAL_MARKERS, HUGE_LITERALS, strict=True):
+        data = data.replace(json.dumps(marker).encode(), literal.encode())
+    return data
+
+
 def json_values(names: list[str]) -> st.SearchStrategy[Any]:
-    """Any JSON value: scalars of every type, and arrays and objects nested a few deep."""
-    scalars = st.one_of(st.none(), st.booleans(), numbers(), nasty_text())
+    """Any JSON value: scalars of every type (huge number literals as markers), and arrays
+    and objects nested a few deep."""
+    markers = st.sampled_from(LITERAL_MARKERS)
+    scalars = st.one_of(st.none(), st.booleans(), numbers(), markers, nasty_text())
     keys = st.one_of(st.sampled_from(names), nasty_text())
     return st.recursive(
         scalars,
@@ -314,6 +342,7 @@ def near_valid(draw: st.DrawFn, route: str) -> Any:
                 st.one_of(
                     json_values(ALL_FIELDS),
                     st.sampled_from([nested(60), nested(600), [base] * 3, {"": None}]),
+                    st.sampled_from(LITERAL_MARKERS),
                 )
             )
     if draw(st.booleans()) and draw(st.booleans()):
@@ -339,6 +368,7 @@ def json_requests(draw: st.DrawFn) -> tuple[str, bytes, str | None]:
             data = json.dumps(drawn).encode()  # lone surrogates as \udfff escapes
         else:  # lone surrogates as the invalid UTF-8 bytes a careless client sends
             data = json.dumps(drawn, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        data = with_literals(data)
     content_type = draw(
         st.sampled_from(
             ["application/json"] * 6
@@ -584,6 +614,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def long_echo(body: dict[str, Any]) -> str | None:
+    """Why an error body echoes too much of its input, or None."""
+    problems = body.get("problems") if isinstance(body.get("problems"), list) else []
+    texts = [body.get("message")]
+    texts += [p.get(k) for p in problems if isinstance(p, dict) for k in ("field", "message")]
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        if len(text) > MAX_MESSAGE_CHARS:
+            return f"error message of {len(text):,} characters"
+        if run := ECHOED_RUN.search(text):
+            return f"error message echoes a value of {len(run.group()):,} characters"
+    return None
+
+
 class Findings:
     """Bad answers, one entry per (method, route, status, cause) with its shortest request."""
 
@@ -642,6 +687,8 @@ class Findings:
             return "error body without a `message`"
         if other := sorted(set(body) - {"error", "message", "problems"}):
             return f"error body with other keys: {other}"
+        if echo := long_echo(body):
+            return echo
         if status == 422:
             problems = body.get("problems")
             if not isinstance(problems, list) or not problems:
@@ -759,6 +806,26 @@ def test_malformed_bodies_on_every_body_route(client: Any, fuzzed: Findings) -> 
         for data in RAW_BODIES:
             response = client.post(route, data=data, content_type="application/json")
             fuzzed.check("POST", route, f"POST {route} {show(data)}", response)
+    fuzzed.assert_clean()
+
+
+def test_every_numeric_field_refuses_huge_numbers_with_a_422(client: Any, fuzzed: Findings) -> None:
+    # The same cases as bench/contract_fuzz.py's fuzz_numbers, through the test client.
+    marker = json.dumps(NUMBER)
+    for route, template in numeric_bodies(first_catalog_id()):
+        text = json.dumps(template)
+        for literal in ["5", *HUGE_LITERALS]:
+            data = text.replace(marker, literal).encode()
+            response = client.post(route, data=data, content_type="application/json")
+            status = response.status_code
+            fuzzed.check("POST", route, f"POST {route} {show(data)}", response)
+            if literal != "5" and status != 422:  # each names the field and the problem
+                fuzzed.add(("POST", route, status, "huge number not a 422"), show(data), "")
+    for method, template in NUMERIC_URLS:
+        for literal in ["5", *HUGE_LITERALS]:
+            path = template.format(quote(literal))
+            response = client.open(path, method=method)
+            fuzzed.check(method, path, f"{method} {show(path)}", response)
     fuzzed.assert_clean()
 
 
