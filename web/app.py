@@ -10,9 +10,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from engine.core.config import Settings
 from engine.runtime import Runtime
-from web import admin, api, auth, errors, metrics, openapi
+from web import admin, api, auth, errors, metrics, openapi, ratelimit
 from web.extensions import EXTENSION
 from web.json_provider import OrjsonProvider
+from web.proxy import trust_proxies
 
 
 def create_app(
@@ -33,7 +34,10 @@ def create_app(
     app.extensions[EXTENSION] = runtime
 
     metrics.init(app)  # first: its timer starts before any other hook can refuse a request
-    auth.init(app, runtime.settings, loopback)
+    # Behind a proxy on the same host every client arrives from loopback: "auto" opens nothing.
+    proxies = runtime.settings.trusted_proxies
+    auth.init(app, runtime.settings, loopback and not proxies.strip())
+    ratelimit.init(app, runtime.settings)  # before any hook reads a body
     app.config.update(
         # The admin sign-in cookie: HTTPS-only unless served on loopback, hidden from scripts,
         # and expiring (web/auth.py also ends the session server-side at the same age).
@@ -48,6 +52,7 @@ def create_app(
     app.register_blueprint(api.health)
     admin.init(app)
     openapi.init(app)
+    app.wsgi_app = trust_proxies(app.wsgi_app, proxies)  # type: ignore[method-assign]
     logging.getLogger(__name__).info("recsearch app ready on %s", runtime.settings.db_url)
     return app
 

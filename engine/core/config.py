@@ -18,13 +18,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
 
 from engine.core.errors import ConfigError
 from engine.core.values import (
+    check_networks,
     is_device,
     is_lite_uri,
     is_milvus_uri,
@@ -170,6 +171,15 @@ class Settings(BaseModel):
     # search, events and /metrics without a key: "auto" (open only when served on loopback),
     # "none", or a comma list of "search", "events", "metrics".
     open_endpoints: str = "auto"
+    # Requests a second on search, events and /metrics per client address, and for the API key
+    # (all its callers together), as token buckets in each server process; beyond them, 429
+    # with Retry-After. 0: no limit. The burst is how many may come at once.
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_key_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=20, ge=1)
+    # Reverse proxies (addresses or networks, comma-separated) whose last X-Forwarded-For entry
+    # is the client's address; set, "auto" no longer opens endpoints on loopback.
+    trusted_proxies: Annotated[str, AfterValidator(check_networks)] = ""
 
     max_k: int = Field(default=100, ge=1)
     max_batch_items: int = Field(default=1_000, ge=1)

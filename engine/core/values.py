@@ -1,7 +1,10 @@
 """The parsers and checks behind Settings' values (engine.core.config): event weights, open
-endpoints, devices and Milvus URIs. Plain functions, importable without pydantic."""
+endpoints, trusted proxies, devices and Milvus URIs. Plain functions, importable without
+pydantic."""
 
 from __future__ import annotations
+
+import ipaddress
 
 OPEN_AREAS = ("search", "events", "metrics")
 
@@ -39,6 +42,26 @@ def parse_open_endpoints(text: str, loopback: bool = False) -> set[str]:
             f"of {', '.join(OPEN_AREAS)}"
         )
     return areas
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Addresses or networks, comma-separated ("127.0.0.1,10.0.0.0/8"); "" is none."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"expected IP addresses or networks separated by commas; bad part {part!r}"
+                ) from None
+    return tuple(networks)
+
+
+def check_networks(text: str) -> str:
+    """`text` itself when parse_networks reads it (a pydantic validator)."""
+    parse_networks(text)
+    return text
 
 
 def is_device(device: str) -> bool:
