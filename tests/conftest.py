@@ -125,6 +125,30 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def one_runtime(
+    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
+) -> Iterator[Runtime]:
+    """A runtime on one database, not both: PostgreSQL, as production runs, when the run has
+    one, else SQLite. For slow tests of what does not depend on the database (an offline
+    evaluation's metrics), whose SQL paths the tests on both databases cover."""
+    if PG_URL:
+        url = str(request.getfixturevalue("pg_database"))
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+    else:
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    rt = Runtime(
+        Settings(data_dir=tmp_path / "var", database_url=url, index_poll_s=0.0),
+        embedder=embedder,
+    )
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
 def runtime(settings: Settings, embedder: Embedder) -> Iterator[Runtime]:
     rt = Runtime(settings, embedder=embedder)
     yield rt

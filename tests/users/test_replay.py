@@ -113,7 +113,8 @@ def test_train_from_events_on_the_sample_histories(built: Runtime) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"needs the datasets in {SHARED_DATA}")
-def test_evaluate_movielens_through_the_engine(runtime: Runtime) -> None:
+def test_evaluate_movielens_through_the_engine(one_runtime: Runtime) -> None:
+    runtime = one_runtime  # one database: the metrics do not depend on it
     from indexer.evaluate_movielens import evaluate_movielens
 
     result: dict[str, Any] = evaluate_movielens(
