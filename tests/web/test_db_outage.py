@@ -167,6 +167,8 @@ def test_a_restart_and_a_hard_stop_answer_503_and_recover_without_a_restart(
         time.sleep(1.5)
     finally:
         load.stop()
+    # The figures, for the record (pytest -s shows them): every answer by status.
+    print(f"restart and hard stop: {dict(load.statuses)}, {len(load.acknowledged)} events acked")
     assert load.bad == [], load.bad[:5]
     assert set(load.statuses) <= {200, 503}, load.statuses
     assert load.statuses[503] > 0 and load.statuses[200] > 0, load.statuses  # both happened
