@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,31 +39,9 @@ from engine.core.config import Settings  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
 from indexer.ingest import ingest  # noqa: E402
 from indexer.jobs import JobRunner  # noqa: E402
+from tests.serving import WorkerProcess  # noqa: E402
 
 CATALOG = ROOT / "data" / "catalog.jsonl"
-RECSEARCH = [sys.executable, "-m", "web.cli"]
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self._out = open(log, "a")  # noqa: SIM115  (closed in end)
-        self.process = subprocess.Popen(
-            [*RECSEARCH, "worker", "--poll", "0.2"],
-            env=env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def tag(self) -> str:
-        return f":{self.process.pid}"
-
-    def end(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)  # by PID: our own child
-        self.process.wait(30)
-        self._out.close()
 
 
 def rewrite(runtime: Runtime, path: Path, trial: int) -> None:
@@ -133,13 +110,13 @@ def main() -> None:
             if running is None:
                 rows.append({"trial": trial + 1, "signal": how, "outcome": "never embedded"})
                 continue
-            victim = next(w for w in workers if running.worker.endswith(w.tag))
+            victim = next(w for w in workers if running.worker.endswith(w.name_fragment))
             signalled = time.monotonic()
             os.kill(victim.process.pid, signal.SIGKILL if how == "kill -9" else signal.SIGTERM)
 
             def resumed(job: Any = job, victim: WorkerProcess = victim) -> Any:
                 now = runner.get(job.id)
-                moved = now.worker is not None and not now.worker.endswith(victim.tag)
+                moved = now.worker is not None and not now.worker.endswith(victim.name_fragment)
                 return (
                     now
                     if (now.state == "running" and moved)
@@ -168,11 +145,11 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             victim.process.wait(60)
             workers[workers.index(victim)] = WorkerProcess(env, logs)
-            victim.end()
+            victim.kill()
         runtime.close()
     finally:
         for worker in workers:
-            worker.end()
+            worker.kill()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

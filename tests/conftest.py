@@ -104,13 +104,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL to an empty database: a new SQLite file, or a wiped PostgreSQL schema."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
-    url: str = request.getfixturevalue("pg_database")
+    return wiped(str(request.getfixturevalue("pg_database")))
+
+
+def wiped(url: str) -> str:
+    """A PostgreSQL database emptied: its public schema dropped and made again."""
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+@pytest.fixture
+def one_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database, not both: PostgreSQL, as production runs, when the run has one, else
+    SQLite. For slow tests of what does not depend on the database, whose SQL paths the
+    tests on both databases cover."""
+    if PG_URL:
+        return wiped(str(request.getfixturevalue("pg_database")))
+    return f"sqlite:///{tmp_path / 'one.db'}"
 
 
 @pytest.fixture
@@ -125,23 +139,10 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def one_runtime(
-    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
-) -> Iterator[Runtime]:
-    """A runtime on one database, not both: PostgreSQL, as production runs, when the run has
-    one, else SQLite. For slow tests of what does not depend on the database (an offline
-    evaluation's metrics), whose SQL paths the tests on both databases cover."""
-    if PG_URL:
-        url = str(request.getfixturevalue("pg_database"))
-        engine = create_engine(url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-    else:
-        url = f"sqlite:///{tmp_path / 'test.db'}"
+def one_runtime(one_db_url: str, tmp_path: Path, embedder: Embedder) -> Iterator[Runtime]:
+    """A runtime on one_db_url (an offline evaluation's metrics do not depend on it)."""
     rt = Runtime(
-        Settings(data_dir=tmp_path / "var", database_url=url, index_poll_s=0.0),
+        Settings(data_dir=tmp_path / "var", database_url=one_db_url, index_poll_s=0.0),
         embedder=embedder,
     )
     yield rt

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -160,3 +161,33 @@ class Served:
         if self.process.stdout:
             self.process.stdout.close()
         return self.process.returncode
+
+
+class WorkerProcess:
+    """`recsearch worker` in a subprocess, its output collected."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "a")  # noqa: SIM115  (closed in wait)
+        self.process = subprocess.Popen(
+            [*RECSEARCH, "worker", "--poll", "0.2"],
+            env=env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def name_fragment(self) -> str:
+        return f":{self.process.pid}"
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)  # by PID: our own child
+        self.wait(30)

@@ -37,7 +37,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from engine.catalog.items import ItemIn, delete_items, get_items, upsert_items
@@ -49,6 +48,7 @@ from engine.runtime import Runtime
 from engine.search.pipeline import Searcher
 from engine.search.request import SearchRequest
 from indexer.build import build
+from tests.conftest import wiped
 
 CATALOG = Path(__file__).resolve().parents[2] / "data" / "catalog.jsonl"
 ROWS: list[dict[str, Any]] = [json.loads(line) for line in CATALOG.read_text().splitlines()[:40]]
@@ -136,14 +136,6 @@ def _rankers(names: Sequence[str]) -> list[tuple[str, LinearRanker]]:
 # --- one example's database, data dir and runtime -------------------------------------------
 
 
-def _wipe_postgresql(url: str) -> None:
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-
-
 @contextmanager
 def fresh_runtime(
     db_url: str, root: Path, embedder: Embedder, seed_index: Path
@@ -155,7 +147,7 @@ def fresh_runtime(
     if make_url(db_url).get_backend_name() == "sqlite":
         url = f"sqlite:///{folder / 'test.db'}"
     else:
-        _wipe_postgresql(db_url)
+        wiped(db_url)
         url = db_url
     settings = Settings(
         data_dir=folder / "var",

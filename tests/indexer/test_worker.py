@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from indexer.jobs import JobRunner
 from indexer.schemas import Job as JobOut
 from indexer.worker import Worker
 from tests.conftest import ROOT, SAMPLE_CATALOG
-from tests.serving import RECSEARCH
+from tests.serving import WorkerProcess
 from web import create_app
 
 
@@ -145,36 +144,6 @@ def test_a_job_lost_twice_fails_with_the_reason_and_a_queued_one_waits(queued: R
     assert failed.error is not None and "gone-host:4242" in failed.error
     assert "attempt 2" in failed.error and "not retried again" in failed.error
     assert runner.get(waiting_id).state == "queued"  # a worker will take it, however late
-
-
-class WorkerProcess:
-    """`recsearch worker` in a subprocess, its output collected."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = open(log, "w")  # noqa: SIM115  (closed in wait)
-        self.process = subprocess.Popen(
-            [*RECSEARCH, "worker", "--poll", "0.2"],
-            env=env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def name_fragment(self) -> str:
-        return f":{self.process.pid}"
-
-    def wait(self, timeout_s: float) -> int:
-        try:
-            return self.process.wait(timeout_s)
-        finally:
-            self._out.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.wait(30)
 
 
 def test_workers_hand_back_on_sigterm_and_retry_once_after_sigkill(

@@ -26,7 +26,7 @@ from engine.core.config import Settings
 from engine.core.secrets import api_key
 from engine.index.versions import INSTALLED
 from engine.store.election import _lock_key
-from tests.conftest import SAMPLE_CATALOG
+from tests.conftest import SAMPLE_CATALOG, wiped
 from tests.milvus_server import MilvusTarget
 from tests.serving import Served, built_env, cli, get, post
 
@@ -35,6 +35,20 @@ def _ids(server: Served, **query: Any) -> tuple[str, list[str]]:
     status, body = get(f"{server.base}/v1/search?{urllib.parse.urlencode(query)}")
     assert status == 200, body
     return body["index_version"], [r["id"] for r in body["results"]]
+
+
+def _write_on_find_on(a: Served, b: Served, key: str) -> None:
+    """An item written through server a is found through server b within a second."""
+    new = {
+        "id": "zzyzx-atoll",
+        "title": "Zzyzx Atoll",
+        "text": "Qwvzzyzx lagoon.",
+        "category": "island",
+    }
+    status, _ = post(f"{a.base}/v1/items", new, key=key)
+    assert status == 201
+    took = _until(lambda: "zzyzx-atoll" in _ids(b, q="Zzyzx Atoll qwvzzyzx", k=3)[1])
+    assert took < 1.0, took
 
 
 def _until(check: Any, timeout_s: float = 10.0) -> float:
@@ -78,16 +92,8 @@ def test_two_servers_sharing_a_data_dir_and_a_database_serve_as_one(
     version, _ = _ids(a, q="beach", k=3)
     assert _ids(b, q="beach", k=3)[0] == version
 
-    # An item written through one server is found through the other.
-    new = {
-        "id": "zzyzx-atoll",
-        "title": "Zzyzx Atoll",
-        "text": "Qwvzzyzx lagoon.",
-        "category": "island",
-    }
-    status, _ = post(f"{a.base}/v1/items", new, key=key)
-    assert status == 201
-    _until(lambda: "zzyzx-atoll" in _ids(b, q="Zzyzx Atoll qwvzzyzx", k=3)[1])
+    # An item written through one server is found through the other within a second.
+    _write_on_find_on(a, b, key)
 
     # Events posted to one server personalize searches on the other, at once.
     clicks = [
@@ -162,7 +168,7 @@ def test_servers_with_data_dirs_of_their_own_serve_as_one(
     """Issue 24: hosts share only PostgreSQL and a Milvus server. Index versions travel
     through the database (RECSEARCH_VERSION_SHARING=database): the first host's build, a
     build on a third data dir (a worker host) and a rollback through one server move both."""
-    db_url = _wiped(pg_database)
+    db_url = wiped(pg_database)
     a_dir, b_dir, worker_dir = tmp_path / "host-a", tmp_path / "host-b", tmp_path / "worker"
     # The ONNX export the shared `embedder` fixture made this run (a fresh one takes tens of
     # seconds per data dir).
@@ -183,16 +189,7 @@ def test_servers_with_data_dirs_of_their_own_serve_as_one(
     assert (b_dir / "indexes" / version / "items.json").is_file()
 
     # An item written through one server is found through the other within a second.
-    new = {
-        "id": "zzyzx-atoll",
-        "title": "Zzyzx Atoll",
-        "text": "Qwvzzyzx lagoon.",
-        "category": "island",
-    }
-    status, _ = post(f"{a.base}/v1/items", new, key=key)
-    assert status == 201
-    took = _until(lambda: "zzyzx-atoll" in _ids(b, q="Zzyzx Atoll qwvzzyzx", k=3)[1])
-    assert took < 1.0, took
+    _write_on_find_on(a, b, key)
 
     # Events posted to one server personalize searches on the other.
     clicks = [
@@ -227,13 +224,3 @@ def test_servers_with_data_dirs_of_their_own_serve_as_one(
     _until(lambda: _ids(a, q="beach")[0] == newest == _ids(b, q="beach")[0])
 
     assert _followers(db_url) == 1
-
-
-def _wiped(url: str) -> str:
-    """The session's PostgreSQL database, emptied."""
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url

@@ -20,11 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
 from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
-from tests.conftest import PG_URL
 from tests.serving import built_env
 from web import create_app, metrics
 from web.latency import LatencyHistory, quantile, search_buckets
@@ -277,26 +275,10 @@ def _searches_by_worker(folder: Path) -> dict[int, float]:
 
 
 @pytest.fixture
-def serve_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """PostgreSQL, as production runs workers, when the run has one; else SQLite. Once, not
-    on both: what is tested here (files that workers share) does not depend on the database,
-    and the SQL facts are tested on both above."""
-    if PG_URL:
-        url = str(request.getfixturevalue("pg_database"))
-        engine = create_engine(url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:  # empty, as conftest's db_url leaves it
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-        return url
-    return f"sqlite:///{tmp_path / 'serve.db'}"
-
-
-@pytest.fixture
-def served(tmp_path: Path, seed_index: Path, serve_db_url: str, serve: Any) -> tuple[Path, Any]:
+def served(tmp_path: Path, seed_index: Path, one_db_url: str, serve: Any) -> tuple[Path, Any]:
     """(data dir, the server) of `recsearch serve --workers 2` on a built store, ready."""
     data = tmp_path / "var"
-    server = serve(built_env(data, seed_index, database_url=serve_db_url))
+    server = serve(built_env(data, seed_index, database_url=one_db_url))
     server.wait_ready()
     return data, server
 
