@@ -433,10 +433,15 @@ def error_shape(status: int, content_type: str, body: bytes) -> str | None:
         return "error body is not valid JSON"
     if not isinstance(parsed, dict) or not {"error", "message"} <= set(parsed):
         return "error body without `error` and `message`"
-    problems = parsed.get("problems") if isinstance(parsed.get("problems"), list) else []
-    if status == 422 and not problems:
+    if status == 422 and not (isinstance(parsed.get("problems"), list) and parsed["problems"]):
         return "422 without `problems`"
-    texts = [parsed["message"]]
+    return long_echo(parsed)
+
+
+def long_echo(body: dict[str, Any]) -> str | None:
+    """Why an error body echoes too much of its input, or None."""
+    problems = body.get("problems") if isinstance(body.get("problems"), list) else []
+    texts = [body.get("message")]
     texts += [p.get(k) for p in problems if isinstance(p, dict) for k in ("field", "message")]
     for text in texts:
         if not isinstance(text, str):

@@ -93,12 +93,7 @@ class StreamingPair:
         self.primary = Server(self.root, "primary")
         self.replica = Server(self.root, "replica")
         try:
-            _run("initdb", "-D", str(self.primary.data), "-A", "trust", "-U", "postgres", "-N")
-            self.primary.start()
-            engine = create_engine(self.primary.url(), isolation_level="AUTOCOMMIT")
-            with engine.connect() as connection:
-                connection.execute(text("CREATE DATABASE recsearch"))
-            engine.dispose()
+            _create(self.primary)
             _run(
                 "pg_basebackup",
                 *("-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres"),
@@ -160,12 +155,7 @@ class PrivateServer:
         _chown(self.root)
         self.server = Server(self.root, "server")
         try:
-            _run("initdb", "-D", str(self.server.data), "-A", "trust", "-U", "postgres", "-N")
-            self.server.start()
-            engine = create_engine(self.server.url(), isolation_level="AUTOCOMMIT")
-            with engine.connect() as connection:
-                connection.execute(text("CREATE DATABASE recsearch"))
-            engine.dispose()
+            _create(self.server)
         except BaseException:
             self.close()
             raise
@@ -180,6 +170,16 @@ class PrivateServer:
         except (RuntimeError, subprocess.TimeoutExpired):
             self.server.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _create(server: Server) -> None:
+    """initdb a new cluster for server, start it, and create the database `recsearch`."""
+    _run("initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres", "-N")
+    server.start()
+    engine = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("CREATE DATABASE recsearch"))
+    engine.dispose()
 
 
 def _chown(path: Path) -> None:

@@ -30,17 +30,18 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.core import processes
 from engine.core.config import Settings
 from engine.core.files import make_private_dir
-from engine.core.processes import is_alive
+from engine.core.processes import remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -246,21 +247,18 @@ def metrics_root() -> Path:
 
 
 def fresh_metrics_dir(parent: Path | None = None) -> Path:
-    """A new private folder for this server's metrics files: <metrics_root()>/HOST-PID-XXXX.
+    """A new private folder for this server's metrics files: <metrics_root()>/HOST:PID-XXXX.
 
     Fresh per start, so no count from an earlier run is added in (prometheus_client reads
     every file in the folder). Folders left by servers that died without cleaning up (kill
-    -9) are removed: those of this host whose master process is gone.
+    -9) are removed: those of this host whose master process is gone (a live server's
+    folder stays however old it is).
     """
     parent = parent if parent is not None else metrics_root()
     if not parent.is_dir():
         make_private_dir(parent)
-    host = socket.gethostname()
-    for old in parent.glob(f"{host}-*-*"):
-        pid = old.name[len(host) + 1 :].split("-", 1)[0]
-        if pid.isdigit() and not is_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=parent))  # mode 0700
+    remove_leftovers(parent.iterdir(), "", older_than_s=math.inf)
+    return Path(tempfile.mkdtemp(prefix=f"{processes.current()}-", dir=parent))  # mode 0700
 
 
 def use_metrics_dir(folder: Path) -> None:

@@ -37,14 +37,13 @@ from hypothesis import strategies as st
 from werkzeug.exceptions import HTTPException
 
 from bench.contract_fuzz import (
-    ECHOED_RUN,
     HUGE_LITERALS,
-    MAX_MESSAGE_CHARS,
     NUMBER,
     NUMERIC_URLS,
     finish_jobs,
     fuzz,
     live_server,
+    long_echo,
     numeric_bodies,
 )
 from engine.catalog.items import ItemIn
@@ -612,21 +611,6 @@ def short_path(filename: str) -> str:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
-
-
-def long_echo(body: dict[str, Any]) -> str | None:
-    """Why an error body echoes too much of its input, or None."""
-    problems = body.get("problems") if isinstance(body.get("problems"), list) else []
-    texts = [body.get("message")]
-    texts += [p.get(k) for p in problems if isinstance(p, dict) for k in ("field", "message")]
-    for text in texts:
-        if not isinstance(text, str):
-            continue
-        if len(text) > MAX_MESSAGE_CHARS:
-            return f"error message of {len(text):,} characters"
-        if run := ECHOED_RUN.search(text):
-            return f"error message echoes a value of {len(run.group()):,} characters"
-    return None
 
 
 class Findings:

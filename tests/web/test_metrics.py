@@ -243,8 +243,8 @@ def test_each_server_start_gets_a_fresh_private_metrics_dir(tmp_path: Path) -> N
     parent.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    left = parent / f"{host}-{dead.pid}-abc"  # a server killed with -9 left it
-    running = parent / f"{host}-{os.getpid()}-def"  # another server, still up
+    left = parent / f"{host}:{dead.pid}-abc"  # a server killed with -9 left it
+    running = parent / f"{host}:{os.getppid()}-def"  # another server, still up
     for folder in (left, running):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"")
@@ -292,7 +292,7 @@ def test_two_gunicorn_workers_add_up(served: tuple[Path, Any]) -> None:
     data, server = served
     base = server.base
     # Fresh for this start, private, and never in the data dir (its disk may fill).
-    (folder,) = metrics_root().glob(f"{socket.gethostname()}-{server.pid}-*")
+    (folder,) = metrics_root().glob(f"{socket.gethostname()}:{server.pid}-*")
     assert not (data / "metrics").exists()
     assert folder.stat().st_mode & 0o077 == 0
     sent = 0
