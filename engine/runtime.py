@@ -29,6 +29,7 @@ from engine.ranking.rule_store import RuleCache
 from engine.search.pipeline import Searcher
 from engine.search.request import SearchRequest
 from engine.search.response import SearchOut
+from engine.store.api_keys import KeyCache
 from engine.store.db import (
     SQLITE_AUTOCOMMIT,
     WRITE_INTENT,
@@ -111,6 +112,8 @@ class Runtime:
         # search, then again every second by threads of their own (engine.core.reloaded).
         self.rules = RuleCache(self.sessions)
         self.experiments = ExperimentCache(self.sessions, ModelStore(settings.model_dir))
+        # Scoped API keys this process has checked, trusted for a few seconds each.
+        self.api_keys = KeyCache(self.sessions)
         self.impressions = ImpressionLog(
             self.sessions, settings.impression_retention_days, clock=lambda: self.clock()
         )
@@ -261,6 +264,7 @@ class Runtime:
         self.watch.close()
         self.rules.close()
         self.experiments.close()
+        self.api_keys.close()
         self.follower.close()
         self.impressions.close()
         self.db.dispose()

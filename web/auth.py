@@ -1,6 +1,8 @@
 """API keys: every write endpoint and the admin API need `Authorization: Bearer <key>`;
 search, events and /metrics are open or keyed by configuration (open on 127.0.0.1 by default).
-The admin page's sign-in sessions, and a limit on wrong keys per client address."""
+A key is the data dir's admin key (engine.core.secrets) or a scoped key from SQL
+(engine.store.api_keys: search, events or admin). The admin page's sign-in sessions, and a
+limit on wrong keys per client address."""
 
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
 from engine.core.config import Settings
+from engine.core.errors import NotPermitted, Unauthenticated
 from engine.core.files import create_private_file, make_private_dir
 from engine.core.secrets import api_key
+from engine.store.api_keys import allows
+from web.extensions import runtime_of
 
 SIGN_INS = "recsearch_sign_ins"
 FAILURES = "recsearch_auth_failures"
@@ -32,6 +37,10 @@ SESSION_LIFETIME = timedelta(hours=12)
 MAX_FAILURES = 10
 FAILURE_WINDOW_S = 60.0
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
+# The scope a key needs for each area when the area is not configured open; a request of no
+# area (writes, user profiles, the admin API) needs an admin key. /metrics is operational
+# detail no browser needs: admin too.
+NEEDED_SCOPE = {"search": "search", "events": "events", "metrics": "admin"}
 
 
 class SignIns:
@@ -213,11 +222,15 @@ def is_api_key(given: str) -> bool:
 
 
 def require_key(area: str | None = None) -> None:
-    """Raise 401 without a key and 403 with a wrong one, unless `area` is configured open.
+    """Let the request through when `area` is configured open, or its key's scope covers
+    NEEDED_SCOPE[area] (admin without an area).
 
-    After MAX_FAILURES wrong keys from one address within FAILURE_WINDOW_S, every keyed
-    request from it gets 429 until the window passes, the right key too: answering that
-    one differently would let the guessing go on.
+    No key: 401 (werkzeug's Unauthorized). An unknown, revoked or expired key: 401, saying
+    which (Unauthenticated), counted against the client's address. A valid key of too narrow
+    a scope: 403 naming the scope needed (NotPermitted). After MAX_FAILURES wrong keys from
+    one address within FAILURE_WINDOW_S, every keyed request from it gets 429 until the
+    window passes, the right key too: answering that one differently would let the guessing
+    go on.
     """
     if area is not None and area in current_app.config["RECSEARCH_OPEN"]:
         return
@@ -226,8 +239,29 @@ def require_key(area: str | None = None) -> None:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
     failures().check(client_address())
-    if not is_api_key(token):
-        raise Forbidden("wrong API key")
+    scope = key_scope(token.strip())
+    needed = NEEDED_SCOPE.get(area or "", "admin")
+    if not allows(scope, needed):
+        rule = request.url_rule.rule if request.url_rule is not None else request.path
+        raise NotPermitted(
+            f"this key's scope is {scope!r}; {request.method} {rule} needs a key with "
+            f"scope {needed!r}"
+        )
+
+
+def key_scope(token: str) -> str:
+    """The scope of a presented key: "admin" for the data dir's key, else the scoped key's.
+
+    Raises Unauthenticated (after counting a failure for the client's address) for any
+    other token.
+    """
+    if same_secret(token, current_app.config["RECSEARCH_API_KEY"]):
+        return "admin"
+    try:
+        return runtime_of(current_app).api_keys.verify(token).scope
+    except Unauthenticated:
+        failures().record(client_address())
+        raise
 
 
 def csrf_token() -> str:

@@ -13,10 +13,12 @@ from engine.core.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    NotPermitted,
     NotReady,
     Problem,
     RecsearchError,
     TooLarge,
+    Unauthenticated,
 )
 from engine.store.outage import RETRY_AFTER_S, outage_of
 from web.contract import respond
@@ -32,6 +34,8 @@ STATUS: dict[type[RecsearchError], tuple[int, str]] = {
     NotReady: (503, "not_ready"),
     Conflict: (409, "conflict"),
     ConfigError: (500, "config_error"),
+    Unauthenticated: (401, "unauthorized"),
+    NotPermitted: (403, "insufficient_scope"),  # RFC 6750: a valid key, too narrow a scope
 }
 
 

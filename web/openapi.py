@@ -28,8 +28,9 @@ DOCS_PAGE = Path(__file__).with_name("static") / "docs.html"
 _CONVERTER = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _ERRORS = {
     400: "malformed request (bad JSON, nested too deeply)",
-    401: "no API key: send `Authorization: Bearer <key>`",
-    403: "wrong API key, or a missing or wrong CSRF token",
+    401: "no API key (send `Authorization: Bearer <key>`), or an unknown, revoked or expired one",
+    403: "the key's scope does not cover the route (insufficient_scope), or a missing or wrong "
+    "CSRF token",
     404: "no such item, user, job or version",
     405: "method not allowed",
     409: "conflicts with the current state (a job of this kind is active, ...)",
@@ -115,7 +116,13 @@ def spec(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": components.get("$defs", {}),
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "RECSEARCH key"},
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the data dir's key (admin), or a scoped key from "
+                    "`recsearch key create`: search (search, similar, item reads), events "
+                    "(search and events) or admin (everything)",
+                },
                 "adminSession": {"type": "apiKey", "in": "cookie", "name": "session"},
             },
         },

@@ -122,3 +122,11 @@ _PROBLEM = TypeAdapter(Problem)
 
 class Conflict(RecsearchError):
     """The request clashes with the current state, e.g. a build refused by a quality gate (409)."""
+
+
+class Unauthenticated(RecsearchError):
+    """A missing, unknown, revoked or expired API key (HTTP 401)."""
+
+
+class NotPermitted(RecsearchError):
+    """A valid API key whose scope does not cover the request (HTTP 403)."""

@@ -311,3 +311,23 @@ class PublishedCurrent(Base):
     store: Mapped[str] = mapped_column(String(16), primary_key=True)
     version: Mapped[str] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ApiKey(Base):
+    """A scoped API key (engine.store.api_keys), kept as its SHA-256 only: the key itself is
+    shown once, when it is created. Every server that shares the database accepts it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The key's public start, "rs_<scope>_" and 8 random characters: names it in lists, logs
+    # and `recsearch key revoke`, and finds its row; the rest of the key is secret.
+    prefix: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(8))  # search | events | admin
+    key_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the whole key, hex
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Written at most once a minute per key and server process, in the background.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -1,9 +1,13 @@
-"""Commands that serve: the HTTP API (gunicorn, or Flask's development server) and its key."""
+"""Commands that serve: the HTTP API (gunicorn, or Flask's development server), its keys
+(the data dir's admin key, and scoped keys in SQL) and the job worker."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
+from engine.store.api_keys import SCOPES
 from web.cli.base import (
     Context,
     cli,
@@ -63,13 +67,120 @@ def serve(obj: Context, host: str, port: int, workers: int, threads: int, dev: b
     run(settings, host=host, port=port, workers=workers, threads=threads)
 
 
-@cli.command()
-@pass_ctx
-def key(obj: Context) -> None:
-    """Print the API key (generated into the data dir on first use)."""
-    from engine.core.secrets import api_key
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def key(ctx: click.Context) -> None:
+    """Print the admin API key (generated into the data dir on first use), or manage scoped
+    keys (create, list, revoke), which every server sharing the database accepts."""
+    if ctx.invoked_subcommand is None:
+        from engine.core.secrets import api_key
 
-    click.echo(api_key(obj.settings))
+        click.echo(api_key(ctx.obj.settings))
+
+
+class Expiry(click.ParamType):
+    """--expires: a duration from now (30d, 12h, 90m, 2w) or an ISO date or time, as naive UTC."""
+
+    name = "30d|ISO-DATE"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: object) -> datetime:
+        from engine.core.clock import utcnow
+        from engine.core.errors import InvalidInput
+        from engine.store.api_keys import parse_expiry
+
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_expiry(str(value), utcnow())
+        except InvalidInput as bad:  # said as a usage error, with the option's name
+            self.fail(str(bad), param, None)
+
+
+@key.command("create")
+@click.option("--scope", required=True, type=click.Choice(SCOPES), help="What the key may do.")
+@click.option("--name", default=None, help="Who or what holds the key, for `key list`.")
+@click.option("--expires", type=Expiry(), default=None, help="30d, 12h, 2w, or 2027-01-31.")
+@pass_ctx
+def key_create(obj: Context, scope: str, name: str | None, expires: datetime | None) -> None:
+    """Create a scoped key: search (read-only, safe in a browser), events (search and
+    posting events) or admin (everything). The key is printed once, alone on the last line."""
+    from engine.store import api_keys
+
+    with obj.runtime.session() as session:
+        created = api_keys.create(session, scope, name=name, expires_at=expires)
+    info = created.info
+    until = f"expires {_when(info.expires_at)}" if info.expires_at else "does not expire"
+    label = f" ({info.name})" if info.name else ""
+    click.echo(f"created key {info.id}{label}: {info.prefix}, scope {info.scope}, {until}")
+    click.echo("it is shown once, now; only its hash is stored:")
+    click.echo(created.key)
+
+
+@key.command("list")
+@pass_ctx
+def key_list(obj: Context) -> None:
+    """The scoped keys (never the keys themselves): prefix, name, scope, dates and state."""
+    from engine.core.clock import utcnow
+    from engine.store import api_keys
+
+    with obj.runtime.session() as session:
+        keys = api_keys.list_keys(session)
+    if not keys:
+        click.echo("no scoped keys (`recsearch key create --scope search` makes one)")
+        return
+    now = utcnow()
+    header = (
+        "id",
+        "prefix",
+        "scope",
+        "state",
+        "created",
+        "expires",
+        "revoked",
+        "last used",
+        "name",
+    )
+    rows = [
+        (
+            str(k.id),
+            k.prefix,
+            k.scope,
+            k.state(now),
+            _when(k.created_at),
+            _when(k.expires_at),
+            _when(k.revoked_at),
+            _when(k.last_used_at),
+            k.name or "",
+        )
+        for k in keys
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@key.command("revoke")
+@click.argument("which")
+@pass_ctx
+def key_revoke(obj: Context, which: str) -> None:
+    """Revoke a scoped key by id or prefix (from `key list`); every server refuses it within
+    a few seconds. (The data dir's admin key is changed by replacing its file instead.)"""
+    from engine.store import api_keys
+
+    with obj.runtime.session() as session:
+        info, revoked = api_keys.revoke(session, which)
+    obj.runtime.api_keys.forget()
+    if revoked:
+        click.echo(
+            f"revoked key {info.id} ({info.prefix}); every server refuses it within "
+            f"{api_keys.CACHE_S:g} s"
+        )
+    else:
+        click.echo(f"key {info.id} ({info.prefix}) was already revoked at {_when(info.revoked_at)}")
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%MZ")
 
 
 @cli.command()
