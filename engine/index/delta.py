@@ -106,10 +106,23 @@ class DeltaSnapshot:
         ids = self.ids
         return [(ids[r], s) for r, s in zip(picked.tolist(), scores[best].tolist(), strict=True)]
 
-    def lexical_search(self, text: str, k: int, category: str | None) -> list[tuple[str, float]]:
+    def lexical_search(
+        self,
+        text: str,
+        k: int,
+        category: str | None,
+        *,
+        typo_tolerance: bool = True,
+        base: LexicalIndex | None = None,
+    ) -> list[tuple[str, float]]:
+        """BM25 over the delta's items: (id, score), best first. base: the version's index,
+        searched beside this one: a word it holds is no typo here (the delta's few words
+        alone would "correct" it), and typos are corrected over both vocabularies."""
         if self.lexical is None:
             return []
-        rows, scores = self.lexical.search(text, k)
+        rows, scores = self.lexical.search(
+            text, k, typo_tolerance=typo_tolerance, others=() if base is None else (base,)
+        )
         return [
             (self.ids[r], float(s))
             for r, s in zip(rows, scores, strict=True)
