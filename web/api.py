@@ -52,7 +52,7 @@ _SEARCH = {
 @operation(summary="Search or recommend", query=SearchQuery, **_SEARCH)
 def search_get() -> ResponseReturnValue:
     require_key("search")
-    return _search(query(SearchQuery, lists=("context_items",)))
+    return _search(query(SearchQuery, lists=SearchQuery.LISTS))
 
 
 @bp.post("/search")

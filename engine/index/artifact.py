@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.catalog.facets import FacetColumns
 from engine.catalog.fields import ItemFields
 from engine.catalog.filters import Columns, Schema
 from engine.core.errors import InvalidInput, NotFound, NotReady, Problem
@@ -64,6 +65,7 @@ class IndexArtifact:
     # Row-aligned with ids; None for a version built before items carried their fields.
     items: list[ItemFields] | None = None
     _filter_cache: tuple[Schema, Columns] | None = field(default=None, repr=False)
+    _facet_cache: FacetColumns | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -94,6 +96,18 @@ class IndexArtifact:
     def filter_columns(self) -> Columns:
         """This version's filterable fields, as the first stage reads them."""
         return self._filters()[1]
+
+    def facet_columns(self) -> FacetColumns:
+        """This version's items as facet counts read them (built on first use)."""
+        found = self._facet_cache
+        if found is None:
+            self._filters()  # raises for a version without item fields
+            with _FILTERS_LOCK:
+                found = self._facet_cache
+                if found is None:
+                    found = FacetColumns(self.items or [])
+                    self._facet_cache = found
+        return found
 
     def _filters(self) -> tuple[Schema, Columns]:
         """Built on the first filtered search of this version, then kept with it."""

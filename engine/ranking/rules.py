@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from engine.catalog.filters import Filters
 
 Action = Literal["pin", "boost", "bury", "hide"]
 ACTIONS: tuple[Action, ...] = ("pin", "boost", "bury", "hide")
+
+T = TypeVar("T")
 
 
 def normalize_query(text: str | None) -> str | None:
@@ -136,7 +138,7 @@ def apply(
     return Applied(order, adjusted, effects, pins, len(hidden))
 
 
-def place_pins(order: list[int], pins: Sequence[tuple[int, int]]) -> list[int]:
+def place_pins(order: list[T], pins: Sequence[tuple[int, T]]) -> list[T]:
     """The final order: each pinned candidate at its position (past the end: last)."""
     out = list(order)
     for position, i in pins:

@@ -55,13 +55,15 @@ def gather(
     settings: Settings,
     include: Sequence[str] = (),
     where: Filters | None = None,
+    depth: int | None = None,
 ) -> list[Candidate]:
     """Candidates from every source, in found order; include: ids to score even if no source
     found them (training's random negatives, pinned items), last. where: the request's
     filters, applied in the first stage (allowed rows for ANN and BM25; a check on the fields
-    of every other source's items)."""
+    of every other source's items). depth: how many each source retrieves (a tier of
+    engine.search.deep; default enough for the request's page)."""
     live = _Live(session, corpus, state, settings.half_life_s, where)
-    want = max(settings.candidates, request.k + request.offset)
+    want = depth if depth is not None else max(settings.candidates, request.k + request.offset)
     category = request.category
     covisited = _covisited(context, settings)
     also = [i for i, _ in covisited] + list(include)  # checked with the first source's ids
@@ -90,6 +92,7 @@ def gather(
             also,
             allowed,
             where,
+            request.typo_tolerance,
         )
     if covisited:
         _add_covisited(candidates, covisited, category, live)
@@ -188,6 +191,7 @@ def _retrieve(
     also: list[str],
     allowed: np.ndarray | None = None,
     where: Filters | None = None,
+    typos: bool = True,
 ) -> list[Candidate]:
     """The top `want` live ANN neighbours of the vector (index and delta) and the BM25 hits,
     merged in that order; also: ids of other sources, checked in the same read."""
@@ -211,7 +215,9 @@ def _retrieve(
     limit = artifact.ann.size if allowed is None else int(allowed.size)
     if is_live:
         limit = _LIVE_LIMIT  # the collection may hold more items than the build's rows
-    lexical = _lexical(corpus, q, want, allowed, stale, exclude, category, settings) if q else {}
+    lexical = (
+        _lexical(corpus, q, want, allowed, stale, exclude, category, settings, typos) if q else {}
+    )
     extra = delta.search(vector, want, category) if delta is not None and from_delta else []
     extra = [(i, sc) for i, sc in extra if i not in exclude]
     # Enough to fill `want` after what is skipped; few shadowed rows rank this high, so a big
@@ -284,16 +290,21 @@ def _lexical(
     exclude: set[str],
     category: str | None,
     settings: Settings,
+    typos: bool = True,
 ) -> dict[str, tuple[int, float]]:
     """BM25 hits of the index and the delta: id → (rank, score), best first; rows of the
-    index that are stale (the delta holds the item) or excluded are skipped."""
+    index that are stale (the delta holds the item) or excluded are skipped. typos: correct
+    misspelt words, over both vocabularies (engine.index.typos)."""
     artifact, delta = corpus.artifact, corpus.delta
     found: list[tuple[str, float]] = []
+    beside = [delta.lexical] if delta is not None and delta.lexical is not None else []
     if artifact.lexical is not None and (allowed is None or allowed.size):
         ids = artifact.ids
         k = want + len(exclude) + min(len(stale), want)
         while True:
-            rows, scores = artifact.lexical.search(q, k, allowed)
+            rows, scores = artifact.lexical.search(
+                q, k, allowed, typo_tolerance=typos, others=beside
+            )
             found = [
                 (i, sc)
                 for r, sc in zip(rows.tolist(), scores.tolist(), strict=True)
@@ -304,7 +315,8 @@ def _lexical(
             k *= 4
         del found[want:]  # the best `want` of the index, as if the skipped rows were not there
     if delta is not None:
-        found += [(i, sc) for i, sc in delta.lexical_search(q, want, category) if i not in exclude]
+        hits = delta.lexical_search(q, want, category, typo_tolerance=typos, base=artifact.lexical)
+        found += [(i, sc) for i, sc in hits if i not in exclude]
     ranked = sorted(found, key=lambda p: -p[1])
     return {i: (rank, sc) for rank, (i, sc) in enumerate(ranked[: settings.lexical_candidates])}
 

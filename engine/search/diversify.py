@@ -38,10 +38,14 @@ def diversify(
     diversity: float = 0.0,
     categories: Sequence[str | None] | None = None,
     max_per_category: int | None = None,
+    picked: np.ndarray | None = None,
+    counts: dict[str, int] | None = None,
 ) -> list[Pick]:
     """Up to k candidates in MMR order; relevance (n,) and vectors (n, dim) unit rows.
 
     With diversity 0 and no cap this is the relevance order (ties kept in input order).
+    picked: (m, dim) vectors of results already placed above these (a deeper tier of the
+    same search, engine.search.deep); counts: their categories' counts, updated in place.
     """
     n = len(relevance)
     if vectors.shape[0] != n:
@@ -50,9 +54,12 @@ def diversify(
         raise ValueError(f"diversity must be within 0..1, got {diversity}")
     relevance = np.asarray(relevance, dtype=np.float64)
     capped = max_per_category is not None and categories is not None
-    counts: dict[str, int] = {}
+    counts = {} if counts is None else counts
     available = np.ones(n, dtype=bool)
     redundancy = np.zeros(n)  # max cosine of each candidate to the picks so far
+    above = picked is not None and len(picked) > 0
+    if above and diversity > 0.0 and n:
+        redundancy = (vectors @ np.asarray(picked).T).max(axis=1).astype(np.float64)
     picks: list[Pick] = []
     while len(picks) < k and available.any():
         if diversity == 0.0:
@@ -68,18 +75,27 @@ def diversify(
                 if counts.get(category, 0) >= max_per_category:  # type: ignore[operator]
                     continue
                 counts[category] = counts.get(category, 0) + 1
-        picks.append(Pick(best, float(redundancy[best]) if picks else 0.0))
+        picks.append(Pick(best, float(redundancy[best]) if picks or above else 0.0))
         if diversity > 0.0:
             np.maximum(redundancy, vectors @ vectors[best], out=redundancy)
     return picks
 
 
 def diversified(
-    request: SearchRequest, stage: Stage, ranked: Ranked, need: int
+    request: SearchRequest,
+    stage: Stage,
+    ranked: Ranked,
+    need: int,
+    order: list[int] | None = None,
+    picked: np.ndarray | None = None,
+    counts: dict[str, int] | None = None,
 ) -> list[tuple[int, float]]:
     """The diversify stage: (index into ranked.candidates, redundancy) for the first `need`
-    of the rules' order, by MMR and the category cap when the request asks for them."""
-    order = ranked.applied.order
+    of the rules' order, by MMR and the category cap when the request asks for them.
+
+    order: the candidates to pick among (default the rules' order); picked and counts: what
+    earlier tiers placed above them (see diversify)."""
+    order = ranked.applied.order if order is None else order
     if request.diversity <= 0 and request.max_per_category is None:
         return [(j, 0.0) for j in order[:need]]
     if stage.vectors is None:
@@ -92,5 +108,7 @@ def diversified(
         diversity=request.diversity,
         categories=[ranked.candidates[j].item.category for j in order],
         max_per_category=request.max_per_category,
+        picked=picked,
+        counts=counts,
     )
     return [(order[p.index], p.redundancy) for p in picks]

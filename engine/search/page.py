@@ -3,49 +3,53 @@ with its score and, when asked, the explanation of it."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.index.corpus import Corpus
 from engine.ranking.rules import place_pins
 from engine.search.candidates import Candidate
-from engine.search.rank import Pick, Ranked
+from engine.search.deep import Placed, Walk
+from engine.search.highlight import Highlighter
 from engine.search.request import SearchRequest
 from engine.search.response import Explanation, SearchHit
-from engine.search.stage import Stage
+from engine.store.models import Item
 
 
 @dataclass
 class Page:
     hits: list[SearchHit]
-    rows: list[int]  # the stage rows shown, in order (their features go to the impressions)
+    shown: list[Placed]  # the results on the page, in order (their features: impressions)
     next_offset: int | None  # None at the end
 
 
-def page(request: SearchRequest, stage: Stage, ranked: Ranked, picks: list[Pick]) -> Page:
-    """offset..offset+k of the picks with the pinned items at their positions; picks hold one
-    more than the page, which says whether a next page exists."""
-    final = place_pins([j for j, _ in picks], ranked.applied.pins)
-    redundancy = dict(picks)
+def page(request: SearchRequest, walk: Walk) -> Page:
+    """offset..offset+k of the search's order with the pinned items at their positions; the
+    walk holds one more than the page, which says whether a next page exists."""
+    final = place_pins(walk.placed, walk.pins)
     end = request.offset + request.k
     chosen = final[request.offset : end]
     hits = []
-    for j in chosen:
-        explanation = _explain(request, stage, ranked, j, redundancy) if request.explain else None
-        hits.append(_hit(ranked.candidates[j], float(ranked.probabilities[j]), explanation))
-    return Page(hits, [ranked.rows[j] for j in chosen], end if len(final) > end else None)
+    for p in chosen:
+        explanation = _explain(request, p) if request.explain else None
+        hit = _hit(p.ranked.candidates[p.j], p.probability, explanation)
+        hits.append(hit.only(request.fields))
+    return Page(hits, chosen, end if len(final) > end else None)
 
 
-def _explain(
-    request: SearchRequest, stage: Stage, ranked: Ranked, j: int, redundancy: dict[int, float]
-) -> Explanation:
+def _explain(request: SearchRequest, p: Placed) -> Explanation:
     """The ranker's contributions, then what the rules and diversity did to the candidate."""
-    explanation: dict[str, Any] = ranked.ranker.explain(stage.x[ranked.rows[j]])
-    applied = ranked.applied
-    if j in applied.effects:
-        explanation["rules"] = applied.effects[j]
-        explanation["adjusted_logit"] = float(applied.logits[j])
-    if request.diversity > 0 and j in redundancy:
-        explanation["diversity"] = {"redundancy": redundancy[j]}
+    explanation: dict[str, Any] = p.ranked.ranker.explain(p.features)
+    applied = p.ranked.applied
+    if p.j in applied.effects:
+        explanation["rules"] = applied.effects[p.j]
+        explanation["adjusted_logit"] = float(applied.logits[p.j])
+    if request.diversity > 0 and p.redundancy is not None:  # a pick, not a pin
+        explanation["diversity"] = {"redundancy": p.redundancy}
     return Explanation(**explanation)
 
 
@@ -59,3 +63,40 @@ def _hit(c: Candidate, probability: float, explanation: Explanation | None) -> S
         attributes=dict(c.item.attributes),
         explanation=explanation,
     )
+
+
+def with_text(
+    session: Session,
+    request: SearchRequest,
+    corpus: Corpus,
+    hits: list[SearchHit],
+    highlighter: Highlighter,
+) -> None:
+    """The items' text (fields=["text"]) and highlights (highlight=true) on the page's hits:
+    one read of the page's texts, only when asked for."""
+    wants_text = request.fields is not None and "text" in request.fields
+    if not hits or not (request.highlight or wants_text):
+        return
+    ids = [h.id for h in hits]
+    texts = {i: t for i, t in session.execute(select(Item.id, Item.text).where(Item.id.in_(ids)))}
+    terms: Collection[str] = ()
+    if request.q:
+        lexical, delta = corpus.artifact.lexical, corpus.delta
+        if lexical is not None:  # the lexical stage's own terms, its typo fixes included
+            beside = [delta.lexical] if delta is not None and delta.lexical is not None else []
+            terms = lexical.query_terms(request.q, request.typo_tolerance, beside)
+        else:
+            terms = highlighter.terms(request.q)
+    for h in hits:
+        text = texts.get(h.id)
+        if wants_text:
+            h.text = text or ""
+        if request.highlight:
+            h.highlights = highlighter.highlight(
+                terms,
+                h.title,
+                text,
+                pre=request.highlight_pre_tag,
+                post=request.highlight_post_tag,
+                crop_words=request.crop_length,
+            )

@@ -23,10 +23,13 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 from sqlalchemy.orm import Session
 
+from engine.catalog.facets import check as check_facets
 from engine.catalog.filters import Filters
 from engine.catalog.filters import parse as parse_filters
 from engine.catalog.item_watch import ItemWatch
@@ -43,11 +46,12 @@ from engine.ranking.interleave import Side
 from engine.ranking.ranker import LinearRanker
 from engine.ranking.rules import Rule, live_rules, pinned_ids
 from engine.search import context as contexts
-from engine.search import features
+from engine.search import features, selection
 from engine.search.candidates import gather
-from engine.search.diversify import diversified
-from engine.search.page import Page, page
-from engine.search.rank import interleave, rank
+from engine.search.deep import Walk, depths
+from engine.search.highlight import Highlighter
+from engine.search.page import Page, page, with_text
+from engine.search.rank import Ranked, interleave, rank
 from engine.search.request import SearchRequest
 from engine.search.response import SearchOut
 from engine.search.stage import Stage
@@ -98,6 +102,7 @@ class Searcher:
         self.feature_names = feature_names(settings.attribute_features())
         # Items' popularity and deletions, followed per process (None: read per search).
         self.watch = watch
+        self.highlighter = Highlighter()
 
     @property
     def store(self) -> IndexStore:
@@ -108,54 +113,77 @@ class Searcher:
 
     def search(self, session: Session, request: SearchRequest) -> SearchOut:
         """A page of results for the request; raises NotReady before the first build,
-        InvalidInput for filters the catalog cannot answer, NotFound for an unknown similar_to.
-        """
+        InvalidInput for filters or facets the catalog cannot answer, NotFound for an unknown
+        similar_to. Pages hold: see engine.search.deep."""
         started = time.perf_counter()
         rules = [] if request.similar_to else live_rules(self.rules(), self.clock(), request.q)
-        stage = self.first_stage(session, request, include=pinned_ids(rules))
-        t = time.perf_counter()
-        ranked = rank(stage, self.ranker().aligned(stage.names), rules)
-        shown = Page([], [], None)
+        ready = self.prepare(session, request)
+        ranker = self.ranker()  # one model for every tier, even if another is promoted meanwhile
+        need = request.offset + request.k + 1  # one more says whether a next page exists
+        experiment = self._experiment_for(request)
+        walk = Walk(request)
         teams: dict[str, Side] | None = None
-        experiment: Running | None = None
-        if ranked is not None:
-            need = request.offset + request.k + 1  # one more says whether a next page exists
-            experiment = self._experiment_for(request)
-            if experiment is not None:
+        first: tuple[Stage, Ranked] | None = None
+        for depth in depths(self.settings.candidates):
+            stage = self.stage_at(session, ready, request, pinned_ids(rules), depth)
+            t = time.perf_counter()
+            ranked = rank(stage, ranker.aligned(stage.names), rules)
+            if ranked is None:  # nothing found at all (a deeper tier finds what this one did)
+                break
+            first = first or (stage, ranked)
+            if experiment is not None:  # first pages only, one tier
                 picks, teams = interleave(stage, ranked, rules, experiment, need, self._coin)
-            else:
-                picks = diversified(request, stage, ranked, need)
-            shown = page(request, stage, ranked, picks)
-        stage.timings_ms["rank"] = _ms(t)
+                walk.interleaved(stage, ranked, picks)
+                _add(ready.timings, "rank", _ms(t))
+                break
+            fresh = walk.add(stage, ranked, need)
+            _add(ready.timings, "rank", _ms(t))
+            if len(walk.placed) >= need or not fresh:
+                break
+        shown = page(request, walk) if first is not None else Page([], [], None)
+        with_text(session, request, ready.corpus, shown.hits, self.highlighter)
+        t = time.perf_counter()
+        selected = selection.count(
+            ready.corpus,
+            request.category,
+            ready.where,
+            ready.context.exclude,
+            ready.state.deleted() if isinstance(ready.state, SqlState) else [],
+            ready.context.vector is not None,
+            request.facets,
+            request.max_per_category,
+        )
+        ready.timings["total"] = _ms(t)
+        counts = selected.counts
         response = SearchOut(
             results=shown.hits,
-            index_version=stage.index_version,
+            index_version=ready.corpus.version,
             took_ms=_ms(started),
-            mode=stage.mode,
+            mode="similar" if request.similar_to is not None else ready.context.mode,
             request_id=uuid.uuid4().hex,
             next_offset=shown.next_offset,
-            timings_ms=stage.timings_ms if request.explain or request.timings else None,
-        ).timed(stage.timings_ms)
-        if ranked is not None:
-            self._log(request, stage, ranked.ranker, shown, response, experiment, teams)
+            total=selected.total,
+            total_relation=selected.relation,
+            facets=counts.facets if counts is not None else None,
+            facet_stats=counts.stats if counts is not None and counts.stats else None,
+            timings_ms=ready.timings if request.explain or request.timings else None,
+        ).timed(ready.timings)
+        if first is not None:
+            self._log(request, first[0], first[1].ranker, shown, response, experiment, teams)
         return response
 
-    def first_stage(
-        self,
-        session: Session,
-        request: SearchRequest,
-        include: Sequence[str] = (),
-        state: StateView | None = None,
-    ) -> Stage:
-        """Candidates from every source, merged, with their features (also used by training).
-
-        include: item ids to score even if no source found them (random negatives), last.
-        state: users and items as of some moment; default the live state in SQL, now.
-        """
+    def prepare(
+        self, session: Session, request: SearchRequest, state: StateView | None = None
+    ) -> Ready:
+        """What every tier of one search shares: the version and its delta, the filters, the
+        state, the query's vector and the user's context (one read)."""
         artifact = self.live.get()
         snapshot = self.delta.snapshot(artifact) if self.delta is not None else None
         corpus = Corpus(artifact, snapshot, self.vectors)
         where = _filters(request, artifact, snapshot)
+        if request.facets:  # before any work: an unknown field is the client's to fix
+            fresh = snapshot.items if snapshot is not None else None
+            check_facets(request.facets, artifact.filter_schema(fresh))
         state = state or SqlState(session, self.clock(), self.watch, corpus.unknown)
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -164,24 +192,61 @@ class Searcher:
         t = time.perf_counter()
         context = contexts.read(session, request, self.settings, state, corpus, query)
         timings["user"] = _ms(t)  # the user's row (one read), the context's vectors
+        return Ready(corpus, where, state, context, timings)
+
+    def stage_at(
+        self,
+        session: Session,
+        ready: Ready,
+        request: SearchRequest,
+        include: Sequence[str] = (),
+        depth: int | None = None,
+    ) -> Stage:
+        """The candidates every source finds to `depth`, merged, with their features."""
         t = time.perf_counter()
-        candidates = gather(session, corpus, state, context, request, self.settings, include, where)
-        timings["retrieve"] = _ms(t)
+        candidates = gather(
+            session,
+            ready.corpus,
+            ready.state,
+            ready.context,
+            request,
+            self.settings,
+            include,
+            ready.where,
+            depth,
+        )
+        _add(ready.timings, "retrieve", _ms(t))
         t = time.perf_counter()
         x, vectors = features.of_candidates(
-            session, corpus, candidates, context, self.feature_names
+            session, ready.corpus, candidates, ready.context, self.feature_names
         )
-        timings["features"] = _ms(t)
+        _add(ready.timings, "features", _ms(t))
         return Stage(
-            index_version=artifact.version,
+            index_version=ready.corpus.version,
             candidates=candidates,
             x=x,
             names=self.feature_names,
-            context=context,
-            timings_ms=timings,
+            context=ready.context,
+            timings_ms=ready.timings,
             vectors=vectors,
             similar=request.similar_to is not None,
         )
+
+    def first_stage(
+        self,
+        session: Session,
+        request: SearchRequest,
+        include: Sequence[str] = (),
+        state: StateView | None = None,
+    ) -> Stage:
+        """Candidates from every source, merged, with their features, to the depth the
+        request's page needs (training and evaluation read it).
+
+        include: item ids to score even if no source found them (random negatives), last.
+        state: users and items as of some moment; default the live state in SQL, now.
+        """
+        ready = self.prepare(session, request, state)
+        return self.stage_at(session, ready, request, include)
 
     def _experiment_for(self, request: SearchRequest) -> Running | None:
         """The running experiment when this search falls in its share (first pages only)."""
@@ -211,7 +276,7 @@ class Searcher:
                 user_id=request.user_id,
                 item_ids=[h.id for h in shown.hits],
                 names=stage.names,
-                features=stage.x[shown.rows],  # a copy: one object until it is written
+                features=np.stack([p.features for p in shown.shown]),
                 model_version=ranker.version,
                 index_version=stage.index_version,
                 ts=stage.context.now,
@@ -219,6 +284,21 @@ class Searcher:
                 teams=[teams.get(h.id, "pin") for h in shown.hits] if teams is not None else None,
             )
         )
+
+
+@dataclass
+class Ready:
+    """What the tiers of one search share (Searcher.prepare)."""
+
+    corpus: Corpus
+    where: Filters | None
+    state: StateView
+    context: contexts.Context
+    timings: dict[str, float]
+
+
+def _add(timings: dict[str, float], stage: str, ms: float) -> None:
+    timings[stage] = round(timings.get(stage, 0.0) + ms, 3)
 
 
 def _filters(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,9 +48,23 @@ class SearchRequest:
     max_per_category: int | None = None
     offset: int = 0  # results skipped: pages of k
     similar_to: str | None = None  # items like this one (never itself)
+    facets: tuple[str, ...] = ()  # fields to count values of (engine.search.facets)
+    highlight: bool = False  # mark the query's terms in title and a text snippet
+    highlight_pre_tag: str = "<em>"
+    highlight_post_tag: str = "</em>"
+    crop_length: int = 24  # words in a highlighted text snippet
+    fields: tuple[str, ...] | None = None  # which hit fields come back (None: the default set)
+    typo_tolerance: bool = True  # the lexical stage corrects misspelt query words
 
 
 MAX_CONTEXT_ITEMS = 50
+# How deep pages reach: offset + k at most (engine.search.deep's last tier).
+MAX_DEPTH = 1_000
+MAX_FACETS = 20
+MAX_TAG_LENGTH = 64
+# What a hit can carry besides its id (always there); text only when asked for.
+HIT_FIELDS = ("title", "category", "score", "tags", "attributes", "text")
+DEFAULT_FIELDS = ("title", "category", "score", "tags", "attributes")
 
 
 EXCLUDE_MODES = ("purchased", "all", "none")
@@ -71,6 +85,36 @@ def _context_items(value: object) -> object:
     if not all(isinstance(i, str) for i in value):
         raise fail("must be a list of item ids (strings)", "list_type")
     return list(dict.fromkeys(i.strip() for i in value if i.strip()))
+
+
+def _names(value: object) -> object:
+    """A list of field names, or (in a URL) their comma-separated text; repeats dropped."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fail(
+            f"must be a list of field names (or comma-separated in a URL), got {described(value)}",
+            "list_type",
+        )
+    names = list(dict.fromkeys(v.strip() for v in value if v.strip()))
+    if len(names) > MAX_FACETS:
+        raise fail(f"has {len(names)} names; the limit is {MAX_FACETS}", "too_long")
+    return names
+
+
+def _hit_fields(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    unknown = [v for v in value if v not in HIT_FIELDS and v != "id"]
+    if unknown:
+        raise fail(
+            f"has unknown field {', '.join(map(repr, unknown))}; a hit has "
+            f"id, {', '.join(HIT_FIELDS)}",
+            "literal_error",
+        )
+    return value
 
 
 def _exclude(value: object) -> object:
@@ -114,6 +158,8 @@ class SearchQuery(BaseModel):
     fields as query parameters (context_items repeated or comma-separated)."""
 
     model_config = ConfigDict(extra="forbid")
+    # Fields a GET may repeat (?facets=a&facets=b) as well as comma-separate.
+    LISTS: ClassVar[tuple[str, ...]] = ("context_items", "facets", "fields")
 
     q: QueryText = Field(default=None, description="the query text")
     k: Annotated[int, BeforeValidator(as_integer)] = Field(
@@ -153,13 +199,57 @@ class SearchQuery(BaseModel):
         default=None, ge=1, le=1000, description="at most this many results per category"
     )
     offset: Annotated[int, BeforeValidator(as_integer)] = Field(
-        default=0, ge=0, le=1000, description="results to skip (pages); see next_offset"
+        default=0,
+        ge=0,
+        le=MAX_DEPTH - 1,
+        description=f"results to skip (pages); see next_offset. offset + k ≤ {MAX_DEPTH}",
+    )
+    facets: Annotated[list[str] | None, BeforeValidator(_names)] = Field(
+        default=None,
+        description="count values of these fields (category, tags, attributes) over the "
+        "results total counts; numeric attributes get min and max in facet_stats",
+        json_schema_extra={"maxItems": MAX_FACETS},
+    )
+    highlight: Flag = Field(
+        default=False, description="mark the query's terms in each hit's title and a snippet"
+    )
+    highlight_pre_tag: Annotated[str, Field(max_length=MAX_TAG_LENGTH)] = Field(
+        default="<em>", description="written before a marked term"
+    )
+    highlight_post_tag: Annotated[str, Field(max_length=MAX_TAG_LENGTH)] = Field(
+        default="</em>", description="written after a marked term"
+    )
+    crop_length: Annotated[int, BeforeValidator(as_integer)] = Field(
+        default=24, ge=1, le=200, description="words in a highlighted text snippet"
+    )
+    fields: Annotated[list[str] | None, BeforeValidator(_names)] = Field(
+        default=None,
+        description="which fields each hit carries besides its id: "
+        f"{', '.join(HIT_FIELDS)} (default: all but text)",
+    )
+    typo_tolerance: Flag = Field(
+        default=True,
+        description="correct misspelt query words in the lexical stage (1 typo in words of "
+        "5+ letters, 2 in 9+)",
     )
 
     @field_validator("k")
     @classmethod
     def _within_max_k(cls, k: int, info: ValidationInfo) -> int:
         return _within_max_k(k, info)
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: list[str] | None) -> list[str] | None:
+        return _hit_fields(value)
+
+    @field_validator("offset")
+    @classmethod
+    def _within_depth(cls, offset: int, info: ValidationInfo) -> int:
+        k = info.data.get("k")  # validated first; absent when k itself was wrong
+        if k is not None and offset + k > MAX_DEPTH:
+            raise fail(f"{offset} + k {k} is past {MAX_DEPTH}, the deepest a page reaches")
+        return offset
 
     def to_request(self) -> SearchRequest:
         return SearchRequest(
@@ -175,6 +265,13 @@ class SearchQuery(BaseModel):
             diversity=self.diversity,
             max_per_category=self.max_per_category,
             offset=self.offset,
+            facets=tuple(self.facets or ()),
+            highlight=self.highlight,
+            highlight_pre_tag=self.highlight_pre_tag,
+            highlight_post_tag=self.highlight_post_tag,
+            crop_length=self.crop_length,
+            fields=tuple(self.fields) if self.fields is not None else None,
+            typo_tolerance=self.typo_tolerance,
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, SerializerFunctionWrapHandler, model_serializer
 
 from engine.core.contract import absent
 
@@ -41,7 +41,8 @@ class Explanation(BaseModel):
 
 
 class SearchHit(BaseModel):
-    """One result: the item's fields a page shows, and its score."""
+    """One result: the item's fields a page shows, and its score. A request's `fields` picks
+    which of title, category, score, tags, attributes and text come back (id always does)."""
 
     id: str
     title: str
@@ -49,9 +50,36 @@ class SearchHit(BaseModel):
     score: float = Field(description="the ranker's probability, 0..1")
     tags: list[str]
     attributes: dict[str, bool | int | float | str]
+    text: str | None = Field(
+        default=None, exclude_if=absent, description='the item\'s text, with fields=["text"]'
+    )
+    highlights: dict[str, str] | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="with highlight=true: the title and a text snippet, HTML-escaped, the "
+        "query's terms between the highlight tags",
+    )
     explanation: Explanation | None = Field(
         default=None, exclude_if=absent, description="with explain=true"
     )
+    _left_out: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def only(self, fields: tuple[str, ...] | None) -> SearchHit:
+        """This hit, writing only the given fields (and id, highlights, explanation)."""
+        if fields is not None:
+            self._left_out = frozenset(LISTED_FIELDS) - set(fields)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_left_out(self, write: SerializerFunctionWrapHandler) -> Any:
+        data = write(self)
+        for name in self._left_out:
+            data.pop(name, None)
+        return data
+
+
+# The hit fields a request's `fields` chooses among (engine.search.request.HIT_FIELDS).
+LISTED_FIELDS = ("title", "category", "score", "tags", "attributes", "text")
 
 
 # "search" (a query), "recommend" (a user or a session only), "popular" (nothing to go on),
@@ -69,6 +97,25 @@ class SearchOut(BaseModel):
     request_id: str = Field(description="send it with events that follow from these results")
     next_offset: int | None = Field(
         default=None, description="the offset of the next page; null at the end"
+    )
+    total: int = Field(
+        default=0,
+        description="how many results the search has: every item its category, filters and "
+        "exclusions select; a lower bound (total_relation gte) where pages stop at their "
+        "depth before the selection ends",
+    )
+    total_relation: Literal["eq", "gte"] = Field(
+        default="eq", description="eq: total is exact; gte: at least total"
+    )
+    facets: dict[str, dict[str, int]] | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="with facets: per field, how many of the selected items carry each value",
+    )
+    facet_stats: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        exclude_if=absent,
+        description="with facets naming numeric attributes: their min and max over the selection",
     )
     timings_ms: dict[str, float] | None = Field(
         default=None,

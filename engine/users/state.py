@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -132,6 +132,17 @@ class SqlState:
         watch = self.watch
         if watch is None:
             return self._read_live(item_ids)
+        gone, deleted, popularity = self._since_horizon(watch), watch.deleted, watch.popularity
+        out = {i: popularity.get(i, _NONE) for i in item_ids if i not in gone and i not in deleted}
+        unknown = self.unknown(list(out)) if self.unknown is not None else []
+        if unknown:  # not in the version or its delta (rare): SQL says whether they exist
+            for item_id in unknown:
+                del out[item_id]
+            out.update(self._read_live(unknown))
+        return out
+
+    def _since_horizon(self, watch: ItemWatch) -> set[str]:
+        """The tombstones written since the watch's horizon (read once per state)."""
         if self._gone is None:
             assert watch.horizon is not None
             params = {"since": watch.horizon}
@@ -140,14 +151,15 @@ class SqlState:
                 self._gone = {item_id for (item_id,) in rows}
             else:
                 self._gone = set(self.session.scalars(self._sql.deleted_since, params))
-        gone, deleted, popularity = self._gone, watch.deleted, watch.popularity
-        out = {i: popularity.get(i, _NONE) for i in item_ids if i not in gone and i not in deleted}
-        unknown = self.unknown(list(out)) if self.unknown is not None else []
-        if unknown:  # not in the version or its delta (rare): SQL says whether they exist
-            for item_id in unknown:
-                del out[item_id]
-            out.update(self._read_live(unknown))
-        return out
+        return self._gone
+
+    def deleted(self) -> list[Collection[str]]:
+        """The ids of deleted items, as sets to check in turn: the watch's and those since its
+        horizon, or without a watch every tombstone (one read). Tombstones older than every
+        kept index version are pruned, so these cover every row a version still holds."""
+        if self.watch is None:
+            return [set(self.session.scalars(select(ItemTombstone.item_id)))]
+        return [self.watch.deleted, self._since_horizon(self.watch)]
 
     def _read_live(self, item_ids: Sequence[str]) -> dict[str, Stored]:
         """The ids that exist in SQL with their stored popularity (one statement)."""

@@ -28,7 +28,16 @@ def test_search_get_and_post(client: Any, built: Runtime) -> None:
     got = client.get("/v1/search?q=skiing+in+the+alps&k=5")
     assert got.status_code == 200
     body = got.get_json()
-    assert set(body) == {"results", "index_version", "took_ms", "mode", "request_id", "next_offset"}
+    assert set(body) == {
+        "results",
+        "index_version",
+        "took_ms",
+        "mode",
+        "request_id",
+        "next_offset",
+        "total",
+        "total_relation",
+    }
     assert len(body["request_id"]) == 32
     assert body["mode"] == "search"
     assert len(body["results"]) == 5 and body["took_ms"] > 0

@@ -251,6 +251,8 @@ def test_search_json_is_the_same_everywhere(client: Any, built: Runtime) -> None
             "mode",
             "request_id",
             "next_offset",
+            "total",
+            "total_relation",
             "timings_ms",
         }
         assert len(body["request_id"]) == 32
@@ -264,6 +266,8 @@ def test_search_json_is_the_same_everywhere(client: Any, built: Runtime) -> None
         "mode",
         "request_id",
         "next_offset",
+        "total",
+        "total_relation",
     }
     assert all("explanation" not in r for r in plain["results"])
 
