@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.core.clock import utcnow
 from engine.core.errors import RecsearchError
@@ -21,6 +21,13 @@ from engine.core.processes import PROCESS
 from engine.runtime import Runtime
 from engine.store.election import Leadership
 from engine.store.models import Job
+
+if TYPE_CHECKING:
+    from indexer.build import BuildReport
+    from indexer.train import TrainReport
+
+# What runs a job's work: (kind, params, progress) -> the job's result.
+Execute = Callable[[str, dict[str, Any], Any], dict[str, Any]]
 
 log = logging.getLogger("indexer.jobs")  # one logger for jobs, wherever they run
 
@@ -63,7 +70,7 @@ class JobRun:
         runtime: Runtime,
         job_id: int,
         lease: Leadership,
-        execute: Callable[[str, dict[str, Any], Any], dict[str, Any]],
+        execute: Execute,
     ) -> None:
         self.runtime = runtime
         self.execute = execute
@@ -74,7 +81,8 @@ class JobRun:
 
     def run(self) -> str:
         """The job's final state here: succeeded, failed, cancelled, queued (handed back) or
-        lost (the lease went: another process settles it)."""
+        lost (the lease went: another process settles it). An interrupt (Ctrl-C) records it
+        cancelled and goes on up."""
         beat = threading.Thread(target=self._heartbeat, name=f"job-{self.job_id}-heartbeat")
         beat.daemon = True
         beat.start()
@@ -160,6 +168,12 @@ class JobRun:
         except Exception as exc:  # a bug: keep the traceback; the job records the reason
             log.exception("job %s (%s) failed", self.job_id, kind)
             self._record(state="failed", error=str(exc), finished_at=utcnow())
+        except BaseException:  # Ctrl-C in a foreground job: it ends here, with its process
+            try:
+                self._update(state="cancelled", error="interrupted", finished_at=utcnow())
+            except Exception:  # its lease goes with the process: another one settles it
+                log.warning("job %s: recording its interrupt failed", self.job_id, exc_info=True)
+            raise
         return "failed"
 
     def _stopped(self, reason: str) -> str:
@@ -188,13 +202,7 @@ def execute(runtime: Runtime, kind: str, params: dict[str, Any], progress: Any) 
 
         with runtime.session() as session:
             report = build(runtime, session, progress=progress)
-        return {
-            "version": report.version,
-            "items": report.item_count,
-            "index": report.factory,
-            "recall_at_10": report.recall_at_10,
-            "build_seconds": round(report.build_seconds, 2),
-        }
+        return build_result(report)
     from indexer.train import default_source, train_from_events, train_from_impressions
 
     promote = bool(params.get("promote", False))
@@ -205,4 +213,23 @@ def execute(runtime: Runtime, kind: str, params: dict[str, Any], progress: Any) 
             source, why = default_source(runtime, session)
         train = train_from_events if source == "events" else train_from_impressions
         _, train_report = train(runtime, session, promote=promote, progress=progress)
-    return {**train_report.to_dict(), "source": source, "source_reason": why}
+    return train_result(train_report, source, why)
+
+
+def build_result(report: BuildReport) -> dict[str, Any]:
+    """What a build job's result shows, wherever it ran."""
+    result: dict[str, Any] = {
+        "version": report.version,
+        "items": report.item_count,
+        "index": report.factory,
+        "recall_at_10": report.recall_at_10,
+        "build_seconds": round(report.build_seconds, 2),
+    }
+    if report.skipped:  # `build --if-stale` found the published version up to date
+        result["skipped"] = True
+    return result
+
+
+def train_result(report: TrainReport, source: str, why: str) -> dict[str, Any]:
+    """What a training job's result shows: the report, and which history it learned from."""
+    return {**report.to_dict(), "source": source, "source_reason": why}

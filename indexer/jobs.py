@@ -1,14 +1,15 @@
 """Background jobs: index builds and model training, the same job functions the CLI calls,
 with their state and progress in SQL for any process to read.
 
-Who runs a job (settings.jobs): "server", a thread of the server that took the request (the
-quick start's one process); or "worker", a `recsearch worker` process (indexer.worker) that
-claims queued jobs from SQL. Either way the process running a job holds its lease, a lock
-named after the job (engine.store.election: a PostgreSQL advisory lock on a connection of
-its own, an flock beside an SQLite file) that dies with the process, even by SIGKILL. A
+Who runs a job: with settings.jobs "server", a thread of the server that took the request
+(the quick start's one process); with "worker", a `recsearch worker` process
+(indexer.worker) that claims queued jobs from SQL; `recsearch build` and `train` run theirs
+in the foreground ("cli:HOST:PID"; never retried by a worker). Each holds the job's lease, a
+lock named after the job (engine.store.election: a PostgreSQL advisory lock on a connection
+of its own, an flock beside an SQLite file) that dies with the process, even by SIGKILL. A
 running job whose lease is free has lost its process: it is retried once when workers run
-jobs (builds and trainings are idempotent), and failed with the reason otherwise. Any process
-can cancel a job: the request is a column the runner reads with its heartbeat.
+jobs (builds and trainings are idempotent), and failed with the reason otherwise. Any
+process can cancel a job: the request is a column the runner reads with its heartbeat.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from engine.core.errors import Conflict, InvalidInput, NotFound
 from engine.runtime import Runtime
 from engine.store.election import FileLeadership, Leadership, leadership_for
 from engine.store.models import Job
-from indexer.job_run import PROCESS, JobRun, Stop, execute
+from indexer.job_run import PROCESS, Execute, JobRun, Stop, execute
 from indexer.schemas import Job as JobOut
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ TRAIN_SOURCES = ("auto", "impressions", "events")
 ORPHAN_AFTER = timedelta(seconds=30)
 # Runs a job gets when its process is lost: the first and one retry.
 MAX_ATTEMPTS = 2
+# The worker of a job a command runs in its foreground (`recsearch build`): "cli:HOST:PID".
+FOREGROUND = "cli:"
 # Job ids are 64-bit signed in both databases; a larger one would fail inside the driver.
 MAX_JOB_ID = 2**63 - 1
 
@@ -96,27 +99,10 @@ class JobRunner:
             raise InvalidInput(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
         if kind == "train" and params.get("source", "auto") not in TRAIN_SOURCES:
             raise InvalidInput(f"source must be one of {', '.join(TRAIN_SOURCES)}")
-        self.recover_orphans()
-        now = utcnow()
-        try:
-            with self.runtime.write_session() as session:
-                _refuse_if_active(session, kind)  # the usual case, with a helpful message
-                job = Job(kind=kind, state="queued", params=params, done=0, total=0)
-                job.created_at = job.heartbeat_at = now
-                job.attempts = 0
-                job.cancel_requested = False
-                session.add(job)
-                session.flush()
-                job_id = job.id
-                snapshot = job_out(job)
-        except IntegrityError:
-            # Another process inserted one between our check and our insert; the unique index
-            # on active jobs refused ours (PostgreSQL waits for that process to commit first).
-            with self.runtime.session() as session:
-                _refuse_if_active(session, kind)
-            raise Conflict(f"a {kind} job is already active; one at a time") from None
+        snapshot, _ = self._insert(kind, params)
         if self.queue_only:
             return snapshot
+        job_id = snapshot.id
         lease = self.claim(job_id)
         if lease is None:  # cancelled, or taken by a worker, in the instant since
             return self.get(job_id)
@@ -127,6 +113,50 @@ class JobRunner:
             self._threads[job_id] = thread
         thread.start()
         return snapshot
+
+    def start_here(self, kind: str, params: dict[str, Any], worker: str) -> tuple[int, Leadership]:
+        """A job this process runs now in its foreground (with run_claimed): inserted running
+        as `worker`, its lease taken before the row commits, so no worker claims it and no
+        process takes it for lost. Its id and lease; Conflict (409) if one of its kind is active."""
+        snapshot, lease = self._insert(kind, dict(params), worker)
+        assert lease is not None  # _insert takes it whenever a worker is named
+        return snapshot.id, lease
+
+    def _insert(
+        self, kind: str, params: dict[str, Any], worker: str | None = None
+    ) -> tuple[JobOut, Leadership | None]:
+        """A new job: queued, or with a worker running as it, with its lease held."""
+        self.recover_orphans()
+        now = utcnow()
+        lease: Leadership | None = None
+        try:
+            with self.runtime.write_session() as session:
+                _refuse_if_active(session, kind)  # the usual case, with a helpful message
+                job = Job(kind=kind, state="queued", params=params, done=0, total=0)
+                job.created_at = job.heartbeat_at = now
+                job.attempts, job.cancel_requested = 0, False
+                if worker is not None:
+                    job.state, job.worker, job.attempts, job.started_at = "running", worker, 1, now
+                session.add(job)
+                session.flush()
+                if worker is not None:
+                    taken = self._lease(job.id)
+                    if not taken.try_acquire():  # a stale holder of a reused id: refuse
+                        _drop(taken, unlink=False)
+                        raise Conflict(f"job {job.id}'s lease is held elsewhere; start it again")
+                    lease = taken
+                snapshot = job_out(job)
+        except BaseException as exc:
+            if lease is not None:
+                _drop(lease)
+            if not isinstance(exc, IntegrityError):
+                raise
+            # Another process inserted one between our check and our insert; the unique index
+            # on active jobs refused ours (PostgreSQL waits for that process to commit first).
+            with self.runtime.session() as session:
+                _refuse_if_active(session, kind)
+            raise Conflict(f"a {kind} job is already active; one at a time") from None
+        return snapshot, lease
 
     def get(self, job_id: int) -> JobOut:
         """The job; NotFound (404) for an unknown id, or one no job can have."""
@@ -280,9 +310,10 @@ class JobRunner:
             return None
         return lease
 
-    def run_claimed(self, job_id: int, lease: Leadership) -> str:
-        """Run a claimed job here to its end (or until stopped); returns its final state."""
-        run = JobRun(self.runtime, job_id, lease, self._execute)
+    def run_claimed(self, job_id: int, lease: Leadership, execute: Execute | None = None) -> str:
+        """Run a claimed job here to its end (or until stopped); returns its final state.
+        execute, when given, runs it in place of the job functions (the CLI's own call)."""
+        run = JobRun(self.runtime, job_id, lease, execute or self._execute)
         with self._lock:
             self._stops[job_id] = run.stop
         try:
@@ -309,7 +340,8 @@ class JobRunner:
 
     def _settle_lost(self, job_id: int, worker: str | None) -> int:
         """A running job whose lease this process now holds: its process is gone."""
-        retry = self.queue_only
+        # A foreground job is started again by the person who ran it, not by a worker.
+        retry = self.queue_only and not (worker or "").startswith(FOREGROUND)
         with self.runtime.write_session() as session:
             job = session.get(Job, job_id)
             if job is None or job.state != "running":

@@ -1,25 +1,28 @@
 """The `recsearch` command line, one module per area: catalog (ingest, events, delete, import,
-db), index (build, search, rollback, status), models (train, promote, experiment, evaluate)
-and server (serve, worker, key). It sits above web/ and indexer/: `serve` runs the web app,
-the rest call jobs.
+db), index (build, search, rollback, status), models (train, promote, experiment, evaluate),
+jobs (the job history) and server (serve, worker, key). It sits above web/ and indexer/:
+`serve` runs the web app, the rest call jobs.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import click
 
 from engine.core.errors import RecsearchError
-from web.cli import catalog, index, models, server  # noqa: F401  (each adds its commands)
+from web.cli import catalog, index, jobs, models, server  # noqa: F401  (each adds its commands)
 from web.cli.base import Context, cli
 
 __all__ = ["Context", "cli", "main"]
 
 
-def main() -> None:
+def main(args: Sequence[str] | None = None, obj: Context | None = None) -> None:
+    """The `recsearch` command: an engine error prints `error: ...` and exits 2, as a usage
+    error does. args and obj (a context with a shared runtime) are for tests."""
     try:
-        cli(standalone_mode=True)
+        cli.main(args, obj=obj, standalone_mode=True)
     except RecsearchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

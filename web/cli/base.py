@@ -37,7 +37,33 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def installed_version() -> str:
+    """The installed package's version (pyproject's), or the source tree's when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recsearch")
+    except PackageNotFoundError:
+        from engine import __version__
+
+        return f"{__version__} (not installed)"
+
+
+def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"recsearch {installed_version()}")
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=show_version,
+    help="Show the installed version and exit.",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from web.cli.base import (
-    Context,
-    cli,
-    pass_ctx,
-    progress_bar,
-)
+from web.cli.base import Context, cli, pass_ctx, progress_bar
+from web.cli.jobs import run_as_job
 
 
 @cli.command()
@@ -40,9 +37,13 @@ def train(
     """Train the sigmoid ranker; save it as a model version (live with --promote).
 
     Without a source flag: logged impressions when some were clicked, else the event history.
+    Runs here, in the foreground, and is recorded in the job history (`recsearch jobs`).
     """
     from indexer.examples import read_judgments
+    from indexer.job_run import train_result
+    from indexer.progress import Progress
     from indexer.train import (
+        TrainReport,
         default_source,
         train_from_events,
         train_from_impressions,
@@ -54,19 +55,31 @@ def train(
             "choose one of --judgments FILE, --from-events and --from-impressions"
         )
     runtime = obj.runtime
-    with runtime.session() as session, progress_bar(not obj.quiet) as progress:
-        if judgments is None and not from_events and not from_impressions:
-            source, why = default_source(runtime, session)
-            click.echo(why)
-            from_events = source == "events"
-        if from_events:
-            _, report = train_from_events(runtime, session, promote=promote, progress=progress)
-        elif judgments is None:
-            _, report = train_from_impressions(runtime, session, promote=promote, progress=progress)
-        else:
-            _, report = train_from_judgments(
-                runtime, session, read_judgments(judgments), promote=promote, progress=progress
-            )
+    source = "auto"
+    if judgments is not None:
+        source = "judgments"
+    elif from_events or from_impressions:
+        source = "events" if from_events else "impressions"
+
+    def work(progress: Progress) -> tuple[TrainReport, dict[str, Any]]:
+        with runtime.session() as session:
+            if judgments is not None:
+                _, report = train_from_judgments(
+                    runtime, session, read_judgments(judgments), promote=promote, progress=progress
+                )
+                return report, train_result(report, source, f"judgments from {judgments}")
+            chosen, why = source, f"source: {source}"
+            if chosen == "auto":
+                chosen, why = default_source(runtime, session)
+                click.echo(why)
+            train = train_from_events if chosen == "events" else train_from_impressions
+            _, report = train(runtime, session, promote=promote, progress=progress)
+        return report, train_result(report, chosen, why)
+
+    params: dict[str, Any] = {"source": source, "promote": promote}
+    if judgments is not None:
+        params["judgments"] = str(judgments)
+    report = run_as_job(obj, "train", params, work)
     click.echo(
         f"model {report.version}: {report.examples} examples ({report.positives} positive) "
         f"from {report.train_queries + report.validation_queries} queries/requests in "
