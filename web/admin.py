@@ -16,6 +16,7 @@ from engine.index.schemas import IndexVersionOut, VersionBody
 from engine.index.status import index_status
 from engine.ranking import experiments, rule_store
 from engine.ranking.model_store import ModelStore
+from engine.ranking.ranker import LinearRanker
 from engine.ranking.schemas import (
     ExperimentIn,
     ExperimentList,
@@ -33,10 +34,10 @@ from engine.search.response import SearchOut
 from engine.users.profile import recent_events, user_profile
 from indexer.jobs import JobRunner
 from indexer.schemas import Job, JobList, TrainBody
+from web import latency
 from web.auth import require_admin
 from web.contract import body, operation, query, respond
 from web.extensions import runtime_of
-from web.latency import LATENCY, LatencyHistory, latency_summary
 from web.metrics import observe_search
 from web.schemas import AdminItem, AdminStatus, AdminUser, EmptyBody
 
@@ -52,7 +53,7 @@ def init(app: Flask) -> None:
     except Exception:  # a database away or full must not keep a worker from serving
         log.warning("settling jobs of stopped processes failed; the next job start retries")
     app.extensions[JOBS] = runner
-    app.extensions[LATENCY] = LatencyHistory()
+    latency.init(app)
     app.register_blueprint(bp)
     from web import admin_page
 
@@ -251,7 +252,7 @@ def experiment_promote(experiment_id: int) -> ResponseReturnValue:
 def playground_search() -> ResponseReturnValue:
     """The playground's search: the same engine call and JSON, with explanations."""
     runtime = runtime_of(current_app)
-    search = query(SearchQuery, lists=("context_items",))
+    search = query(SearchQuery, lists=SearchQuery.LISTS)
     search = search.model_copy(update={"explain": True})
     response = runtime.search(search.to_request())
     observe_search(runtime, response)
@@ -300,16 +301,33 @@ def status() -> ResponseReturnValue:
         index = index_status(store, session)
     models = ModelStore(runtime.settings.model_dir)
     live_model = models.current_version()
+    trained = [
+        ModelInfo(version=v, live=v == live_model, report=models.report(v))
+        for v in models.versions()
+    ]
     return respond(
         AdminStatus(
             index=index,
             index_versions=store.versions(),
-            models=[
-                ModelInfo(version=v, live=v == live_model, report=models.report(v))
-                for v in models.versions()
-            ],
+            models=trained if live_model else [_prior_row(), *trained],
             live_model=live_model or "prior",
             jobs=jobs().list(limit=10),
-            latency_ms=latency_summary(),
+            latency_ms=latency.latency_summary(),
         )
+    )
+
+
+def _prior_row() -> ModelInfo:
+    """The model that serves while none is promoted: the hand-set prior, with its weights."""
+    prior = LinearRanker.prior()
+    weights = {n: w for n, w in zip(prior.names, prior.weights.tolist(), strict=True) if w}
+    return ModelInfo(
+        version="prior",
+        live=True,
+        report={
+            "source": "hand-set prior",
+            "features": len(prior.names),
+            "weights": weights,
+            "bias": prior.bias,
+        },
     )

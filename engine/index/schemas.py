@@ -51,3 +51,11 @@ class IndexStatus(BaseModel):
     recall_at_10: float | None
     delta_items: int
     vector_store: dict[str, Any] | None = None
+    # What the vectors are: the encoder, its dimension, and how they are compared.
+    model: str | None = None
+    dim: int | None = None
+    metric: str | None = None
+    is_exact: bool | None = Field(default=None, description="a flat index: exact search")
+    index_type: str | None = Field(
+        default=None, description="Milvus's own index type (HNSW, IVF_FLAT, FLAT); null on FAISS"
+    )

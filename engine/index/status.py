@@ -17,6 +17,7 @@ def index_status(store: IndexStore, session: Session) -> IndexStatus | None:
     """The current index version's facts, or None when none is published.
 
     Keys: version, items, factory, params, size_bytes (the version folder on disk),
+    model, dim and metric (the encoder's vectors and how they compare), is_exact, index_type,
     built_at, recall_at_10, vector_store ({"backend": "faiss"}, or Milvus's uri, collection
     and alias), and delta_items: items written since the build read the catalog, which
     searches serve from the delta until the next build (with Milvus, from the collection).
@@ -38,6 +39,11 @@ def index_status(store: IndexStore, session: Session) -> IndexStatus | None:
         recall_at_10=manifest.get("recall_at_10"),
         vector_store=manifest.get("vector_store", {"backend": index.get("backend", "faiss")}),
         delta_items=_written_since(session, manifest),
+        model=manifest.get("model", {}).get("name"),
+        dim=manifest.get("model", {}).get("dimension"),
+        metric=manifest.get("metric"),
+        is_exact=index.get("is_exact"),
+        index_type=index.get("index_type"),
     )
 
 

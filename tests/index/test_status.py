@@ -35,6 +35,11 @@ def test_index_status_before_and_after_a_build(runtime: Runtime, seed_index: Pat
         "recall_at_10": manifest["recall_at_10"],
         "delta_items": 1,
         "vector_store": {"backend": "faiss"},
+        "model": manifest["model"]["name"],
+        "dim": 384,
+        "metric": "inner_product",
+        "is_exact": True,
+        "index_type": None,
     }
     assert status.size_bytes > 0
 

@@ -13,20 +13,53 @@ async function api(path, options = {}) {
 
 function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text ?? ""; if (cls) td.className = cls; }
 
+// The index card: the ANN index's kind and the parameters it was built and searches with.
+function indexRows(index) {
+  const backend = (index.vector_store && index.vector_store.backend) || "faiss";
+  const factory = index.factory || "";
+  const hnsw = factory.match(/^HNSW(\d+)(?:,(\w+))?$/), ivf = factory.match(/^IVF(\d+),(\w+)$/);
+  const params = Object.assign({}, index.params || {});
+  let kind = factory;
+  if (factory === "Flat" || index.is_exact) kind = "Flat (exact search)";
+  else if (hnsw) { kind = "HNSW graph" + (hnsw[2] ? `, ${hnsw[2]} vectors` : ""); params.M = params.M ?? Number(hnsw[1]); }
+  else if (ivf) { kind = `IVF lists, ${ivf[2]} codes`; params.nlist = params.nlist ?? Number(ivf[1]); }
+  if (backend === "milvus") kind = `${index.index_type || factory} · Milvus` + (index.is_exact ? " (exact search)" : "");
+  else kind += " · FAISS";
+  const order = ["M", "efConstruction", "efSearch", "nlist", "nprobe"];
+  const named = Object.keys(params).sort((a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99));
+  const facts = [];
+  if (index.metric) facts.push(`metric ${index.metric.replace(/_/g, " ")}`);
+  if (index.dim) facts.push(`dim ${index.dim}`);
+  facts.push(`items ${index.items}`);
+  for (const k of named) facts.push(`${k} ${params[k]}`);
+  const store = backend === "milvus" ? `milvus ${index.vector_store.uri || ""} ${index.vector_store.collection || ""}` : "faiss (in process)";
+  return [
+    ["version", index.version], ["items", index.items], ["index", kind], ["parameters", facts.join(" · ")],
+    ["encoder", index.model || "-"], ["vector store", store],
+    ["size", `${(index.size_bytes / 1048576).toFixed(1)} MiB`], ["built at", index.built_at],
+    ["recall@10", index.recall_at_10], ["pending in delta", index.delta_items],
+  ];
+}
+
 function renderStatus(status) {
   const dl = $("index-status");
   dl.innerHTML = "";
   const index = status.index;
-  const rows = index ? [
-    ["version", index.version], ["items", index.items], ["index", `${index.factory} ${JSON.stringify(index.params)}`],
-    ["size", `${(index.size_bytes / 1048576).toFixed(1)} MiB`], ["built at", index.built_at],
-    ["recall@10", index.recall_at_10], ["pending in delta", index.delta_items],
-  ] : [["version", "none published: press Rebuild"]];
-  for (const [k, v] of rows) { const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = v; dd.id = "status-" + k.replace(/\W+/g, "-"); dl.append(dt, dd); }
+  const rows = index ? indexRows(index) : [["version", "none published: press Rebuild"]];
+  for (const [k, v] of rows) { const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = v ?? ""; dd.id = "status-" + k.replace(/\W+/g, "-"); dl.append(dt, dd); }
   const models = $("models").tBodies[0]; models.innerHTML = "";
   for (const m of status.models) {
-    const r = models.insertRow(); cell(r, m.version); cell(r, m.live ? "live" : ""); cell(r, m.report.source);
-    cell(r, m.report.validation_auc); cell(r, m.report.validation_log_loss); cell(r, m.report.examples);
+    const report = m.report || {};
+    const r = models.insertRow(); r.dataset.version = m.version; cell(r, m.version); cell(r, m.live ? "live" : "");
+    if (report.source === "hand-set prior") {
+      // Nothing trained or promoted: the hand-set weights rank, and say so.
+      const weights = Object.entries(report.weights || {});
+      cell(r, `hand-set prior (${weights.length} feature weights)`, "prior");
+      r.cells[2].title = weights.map(([k, v]) => `${k} ${v}`).join("\n");
+      cell(r, "-"); cell(r, "-"); cell(r, "-");
+    } else {
+      cell(r, report.source); cell(r, report.validation_auc); cell(r, report.validation_log_loss); cell(r, report.examples);
+    }
     if (!m.live) {
       const button = document.createElement("button"); button.textContent = "make live"; button.className = "promote";
       button.addEventListener("click", async () => {
@@ -36,7 +69,7 @@ function renderStatus(status) {
         refresh();
       });
       r.insertCell().append(button);
-    }
+    } else r.insertCell();
   }
   const jobs = $("jobs").tBodies[0]; jobs.innerHTML = "";
   for (const j of status.jobs) {
@@ -46,23 +79,81 @@ function renderStatus(status) {
   renderLatency(status.latency_ms);
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+function svg(parent, name, attrs, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  if (text != null) el.textContent = text;
+  parent.append(el);
+  return el;
+}
+function niceStep(max, ticks) {
+  const raw = max / ticks, magnitude = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
+}
+const hhmm = (t) => { const d = new Date(t * 1000); return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`; };
+const SERIES = [["p50", "#1f5fbf"], ["p95", "#e08a00"], ["p99", "#c62828"]];
+
 function renderLatency(latency) {
-  // From the /metrics histogram: say over which window and whose searches (all workers or one).
-  const basis = `${latency.window}, ${latency.source}`;
-  $("latency-text").textContent = latency.count
-    ? `p50 ${latency.p50} ms · p95 ${latency.p95} ms · p99 ${latency.p99} ms over ${latency.count} search${latency.count === 1 ? "" : "es"} (${basis})`
-    : `no searches (${basis})`;
-  $("latency-text").title = latency.metric;
-  const svg = $("latency-chart"); svg.innerHTML = "";
-  const points = latency.per_minute || []; if (!points.length) return;
-  const max = Math.max(...points.map((p) => p.p99), 1), w = 420 / Math.max(points.length, 1);
-  points.forEach((p, i) => {
-    for (const [value, color] of [[p.p99, "#9fb7e0"], [p.p50, "#3a7bd5"]]) {
-      const h = (value / max) * 90, rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-      rect.setAttribute("x", i * w + 2); rect.setAttribute("width", w - 4); rect.setAttribute("y", 95 - h); rect.setAttribute("height", h); rect.setAttribute("fill", color);
-      svg.append(rect);
+  // From the /metrics histogram, every worker's searches: p50/p95/p99 per 30 s over the last
+  // minutes (lines, left axis) and the searches per second (bars, right axis).
+  const chart = $("latency-chart"); chart.replaceChildren();
+  const W = 640, H = 270, m = { l: 52, r: 52, t: 50, b: 42 }, pw = W - m.l - m.r, ph = H - m.t - m.b;
+  svg(chart, "text", { x: W / 2, y: 18, class: "chart-title", id: "latency-chart-title", "text-anchor": "middle" }, latency.title);
+  const points = latency.points || [], t0 = latency.since, t1 = latency.until, step = latency.step_s;
+  const x = (t) => m.l + ((t - t0) / (t1 - t0)) * pw;
+  const seen = points.filter((p) => p.count > 0);
+  const top = (() => { const max = Math.max(1, ...seen.map((p) => p.p99 ?? 0)); const s = niceStep(max, 4); return { step: s, top: Math.ceil(max / s) * s }; })();
+  const y = (v) => m.t + ph - (v / top.top) * ph;
+  const rateMax = Math.max(0.1, ...points.map((p) => p.rate_per_s ?? 0)), rateTop = Math.ceil(rateMax / niceStep(rateMax, 2)) * niceStep(rateMax, 2);
+  const rates = svg(chart, "g", { class: "rates" });
+  for (const p of seen) {
+    const h = ((p.rate_per_s ?? 0) / rateTop) * ph;
+    svg(rates, "rect", { class: "rate", x: x(p.t) + 1, width: Math.max(1, x(p.t + step) - x(p.t) - 2), y: m.t + ph - h, height: h });
+  }
+  const yAxis = svg(chart, "g", { class: "axis axis-y" });
+  for (let v = 0; v <= top.top + 1e-9; v += top.step) {
+    const tick = svg(yAxis, "g", { class: "tick" });
+    svg(tick, "line", { x1: m.l, x2: m.l + pw, y1: y(v), y2: y(v), class: v ? "grid" : "baseline" });
+    svg(tick, "text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, +v.toFixed(2));
+  }
+  svg(chart, "text", { class: "axis-label", transform: `translate(14 ${m.t + ph / 2}) rotate(-90)`, "text-anchor": "middle" }, "latency (ms)");
+  const rAxis = svg(chart, "g", { class: "axis axis-rate" });
+  for (const v of [0, rateTop / 2, rateTop]) svg(rAxis, "text", { x: m.l + pw + 6, y: m.t + ph - (v / rateTop) * ph + 4 }, +v.toFixed(2));
+  svg(chart, "text", { class: "axis-label", transform: `translate(${W - 10} ${m.t + ph / 2}) rotate(90)`, "text-anchor": "middle" }, "searches / s");
+  const xAxis = svg(chart, "g", { class: "axis axis-x" });
+  const every = (t1 - t0) > 1200 ? 600 : (t1 - t0) > 600 ? 180 : 60;
+  for (let t = Math.ceil(t0 / 60) * 60; t <= t1; t += 60) {
+    const tick = svg(xAxis, "g", { class: "tick" + (t % every ? " minor" : "") });
+    svg(tick, "line", { x1: x(t), x2: x(t), y1: m.t + ph, y2: m.t + ph + (t % every ? 3 : 6) });
+    if (t % every === 0) svg(tick, "text", { x: x(t), y: m.t + ph + 18, "text-anchor": "middle" }, hhmm(t));
+  }
+  svg(chart, "text", { class: "axis-label", x: m.l + pw / 2, y: H - 6, "text-anchor": "middle" }, "time (local, 30 s per point)");
+  for (const [name, color] of SERIES) {
+    let d = "", pen = "M";
+    for (const p of points) {
+      if (p[name] == null) { pen = "M"; continue; }
+      d += `${pen}${x(p.t + step / 2).toFixed(1)},${y(p[name]).toFixed(1)} `; pen = "L";
     }
+    svg(chart, "path", { class: `series series-${name}`, d: d.trim(), stroke: color });
+    const dots = svg(chart, "g", { class: `points points-${name}`, fill: color });
+    for (const p of seen) {
+      const dot = svg(dots, "circle", { cx: x(p.t + step / 2), cy: y(p[name]), r: 2.5 });
+      svg(dot, "title", {}, `${hhmm(p.t)}: ${Math.round(p.count)} searches, ${p.rate_per_s ?? 0}/s · p50 ${p.p50} ms · p95 ${p.p95} ms · p99 ${p.p99} ms`);
+    }
+  }
+  const legend = svg(chart, "g", { class: "legend", transform: `translate(${m.l} 38)` });
+  [...SERIES, ["searches / s", "#d9e2f0"]].forEach(([name, color], i) => {
+    const item = svg(legend, "g", { class: "legend-item", transform: `translate(${i * 92} 0)` });
+    svg(item, "rect", { x: 0, y: -9, width: 14, height: 10, fill: color });
+    svg(item, "text", { x: 19, y: 0 }, name);
   });
+  if (!seen.length) svg(chart, "text", { class: "empty-note", x: m.l + pw / 2, y: m.t + ph / 2, "text-anchor": "middle" }, `No searches in the ${latency.window || "window"}`);
+  const text = $("latency-text");
+  text.textContent = latency.count
+    ? `p50 ${latency.p50} ms · p95 ${latency.p95} ms · p99 ${latency.p99} ms over ${latency.count} search${latency.count === 1 ? "" : "es"} (${latency.rate_per_s ?? 0}/s), ${latency.window}, ${latency.source}`
+    : `no searches, ${latency.window}, ${latency.source}`;
+  text.title = latency.metric;
 }
 
 async function refresh() { try { renderStatus(await api("/status")); } catch (e) { console.error(e); } }
@@ -174,17 +265,157 @@ async function showItem(id) {
   } catch (e) { $("item-title").textContent = e.message; }
 }
 
-$("catalog-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
+// The catalog browser: a search with facets. Facet values are filters to click: a category
+// sets the request's `category`, a tag joins filters.tags.all, a string attribute sets
+// filters[name]. Attribute names are learnt from the hits (the API has no list of them).
+const attributeKinds = new Map();  // attribute name -> "string" | "number"
+const FACET_LIMIT = 20;  // the API's most facets per request
+const SHOWN_VALUES = 12;  // per facet, the most frequent
+
+function catalogFilters() {
+  const text = $("catalog-filters").value.trim();
+  if (!text) return {};
+  const parsed = JSON.parse(text);
+  if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("filters must be a JSON object");
+  return parsed;
+}
+
+function setCatalogFilters(filters) {
+  $("catalog-filters").value = Object.keys(filters).length ? JSON.stringify(filters) : "";
+}
+
+function facetNames() {
+  const names = ["category", "tags"];
+  for (const kind of ["string", "number"]) for (const [name, k] of [...attributeKinds].sort()) if (k === kind) names.push(name);
+  return names.slice(0, FACET_LIMIT);
+}
+
+function learnAttributes(results) {
+  let learnt = false;
+  for (const hit of results) for (const [name, value] of Object.entries(hit.attributes || {})) {
+    const kind = typeof value === "string" ? "string" : typeof value === "number" ? "number" : null;
+    if (kind && !attributeKinds.has(name)) { attributeKinds.set(name, kind); learnt = true; }
+  }
+  return learnt;
+}
+
+function isActive(field, value) {
+  const filters = catalogFilters();
+  if (field === "category") return $("catalog-category").value.trim() === value;
+  if (field === "tags") return ((filters.tags && filters.tags.all) || []).includes(value);
+  return filters[field] === value;
+}
+
+function toggleFacet(field, value) {
+  const filters = catalogFilters();
+  if (field === "category") {
+    $("catalog-category").value = $("catalog-category").value.trim() === value ? "" : value;
+  } else if (field === "tags") {
+    const tags = filters.tags || {};
+    const all = tags.all || (tags.any && tags.any.length === 1 ? tags.any : []);
+    const next = all.includes(value) ? all.filter((t) => t !== value) : [...all, value];
+    if (next.length) filters.tags = { all: next }; else delete filters.tags;
+  } else if (filters[field] === value) delete filters[field];
+  else filters[field] = value;
+  setCatalogFilters(filters);
+  browse();
+}
+
+function renderActive() {
+  const box = $("catalog-active"); box.replaceChildren();
+  const chips = [];
+  if ($("catalog-category").value.trim()) chips.push(["category", $("catalog-category").value.trim()]);
+  let filters = {};
+  try { filters = catalogFilters(); } catch { /* shown by the search's error */ }
+  for (const [k, v] of Object.entries(filters)) {
+    if (k === "tags" && v && Array.isArray(v.all)) v.all.forEach((t) => chips.push(["tags", t]));
+    else chips.push([k, typeof v === "string" ? v : JSON.stringify(v)]);
+  }
+  for (const [field, value] of chips) {
+    const chip = document.createElement("button"); chip.type = "button"; chip.className = "chip";
+    chip.textContent = `${field}: ${value} ×`; chip.title = "remove this filter";
+    chip.addEventListener("click", () => {
+      if (field === "category" || field === "tags" || typeof filters[field] === "string") toggleFacet(field, value);
+      else { delete filters[field]; setCatalogFilters(filters); browse(); }
+    });
+    box.append(chip);
+  }
+}
+
+function renderFacets(body) {
+  const panel = $("facets"); panel.replaceChildren();
+  const facets = body.facets && typeof body.facets === "object" ? body.facets : null;
+  const stats = body.facet_stats && typeof body.facet_stats === "object" ? body.facet_stats : {};
+  // An API without facets (or a search that asked for none): no panel.
+  const shown = facets && (Object.keys(facets).length || Object.keys(stats).length);
+  panel.hidden = !shown; $("catalog-columns").classList.toggle("with-facets", !!shown);
+  if (!shown) return;
+  for (const [field, counts] of Object.entries(facets)) {
+    const values = Object.entries(counts || {}).sort((a, b) => b[1] - a[1] || String(a[0]).localeCompare(String(b[0])));
+    if (!values.length) continue;
+    const group = document.createElement("div"); group.className = "facet"; group.dataset.field = field;
+    const h = document.createElement("h4"); h.textContent = field; group.append(h);
+    const list = document.createElement("ul");
+    for (const [value, n] of values.slice(0, SHOWN_VALUES)) {
+      const li = document.createElement("li"), button = document.createElement("button");
+      button.type = "button"; button.className = "facet-value" + (isActive(field, value) ? " active" : "");
+      button.dataset.field = field; button.dataset.value = value;
+      button.append(document.createTextNode(value + " "));
+      const count = document.createElement("span"); count.className = "n"; count.textContent = n.toLocaleString("en-US");
+      button.append(count);
+      button.addEventListener("click", () => toggleFacet(field, value));
+      li.append(button); list.append(li);
+    }
+    if (values.length > SHOWN_VALUES) { const more = document.createElement("li"); more.className = "meta"; more.textContent = `… ${values.length - SHOWN_VALUES} more`; list.append(more); }
+    group.append(list); panel.append(group);
+  }
+  for (const [field, range] of Object.entries(stats)) {
+    const p = document.createElement("p"); p.className = "facet-stat"; p.dataset.field = field;
+    p.textContent = `${field}: ${range.min} – ${range.max}`;
+    panel.append(p);
+  }
+}
+
+function resultCount(body) {
+  // "1,000+ results" when the API only knows a lower bound; the page's length without a total.
+  const shown = body.results.length;
+  if (typeof body.total !== "number" || (body.total === 0 && shown > 0)) return `${shown} items`;
+  const n = body.total.toLocaleString("en-US") + (body.total_relation === "gte" ? "+" : "");
+  return `${n} result${body.total === 1 && body.total_relation !== "gte" ? "" : "s"} · showing ${shown}`;
+}
+
+function catalogParams() {
   const params = new URLSearchParams({ k: "20" });
-  if ($("catalog-q").value) params.set("q", $("catalog-q").value);
-  if ($("catalog-filters").value.trim()) params.set("filters", $("catalog-filters").value.trim());
+  if ($("catalog-q").value.trim()) params.set("q", $("catalog-q").value.trim());
+  if ($("catalog-category").value.trim()) params.set("category", $("catalog-category").value.trim());
+  const filters = catalogFilters();
+  if (Object.keys(filters).length) params.set("filters", JSON.stringify(filters));
+  params.set("facets", facetNames().join(","));
+  return params;
+}
+
+let browsing = 0;  // the latest browse wins: an older answer arriving late is dropped
+async function browse(again = true) {
+  const mine = ++browsing;
   try {
+    const params = catalogParams();
+    renderActive();
     const body = await api("/search?" + params);
-    $("catalog-meta").textContent = `${body.results.length} items · ${body.mode}`;
+    if (mine !== browsing) return;
+    // New attribute names in the hits: ask again, now with their facets (once per name).
+    if (learnAttributes(body.results) && again && body.facets) return browse(false);
+    $("catalog-meta").textContent = `${resultCount(body)} · ${body.mode}`;
+    $("catalog-meta").dataset.request = "/admin/api/search?" + params;
+    renderFacets(body);
     renderHits($("catalog-results"), body, showItem);
-  } catch (e) { $("catalog-meta").textContent = e.message; $("catalog-results").innerHTML = ""; }
-});
+  } catch (e) {
+    if (mine !== browsing) return;
+    $("catalog-meta").textContent = e.message; $("catalog-results").innerHTML = ""; renderFacets({});
+  }
+}
+
+$("catalog-form").addEventListener("submit", (event) => { event.preventDefault(); browse(); });
+$("catalog-clear").addEventListener("click", () => { $("catalog-category").value = ""; setCatalogFilters({}); browse(); });
 
 async function refreshRules() {
   const rules = (await api("/rules")).rules;  // fetched before clearing: no empty flash
