@@ -120,7 +120,8 @@ class SearchOut(BaseModel):
     timings_ms: dict[str, float] | None = Field(
         default=None,
         exclude_if=absent,
-        description="per stage (embed, user, retrieve, features, rank), with explain or timings",
+        description="per stage (embed, user, retrieve, features, rank; total: the selection "
+        "and facets counted), with explain or timings",
     )
     # What each stage took, whether or not the response shows it (metrics count every search).
     _stages: dict[str, float] = PrivateAttr(default_factory=dict)

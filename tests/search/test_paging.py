@@ -78,7 +78,7 @@ def one_page(runtime: Runtime, request: dict[str, Any], size: int) -> list[str]:
 
 
 @settings(
-    max_examples=14,
+    max_examples=10,
     deadline=None,
     phases=[Phase.explicit, Phase.generate],  # a search per page: shrinking would take minutes
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -324,7 +324,7 @@ def test_a_searcher_without_a_watch_reads_each_candidate(client: Any, built: Run
 
 def test_timings_without_explanations(client: Any, built: Runtime) -> None:
     body = client.get("/v1/search", query_string={"q": "beach", "timings": "true"}).get_json()
-    assert set(body["timings_ms"]) == {"embed", "user", "retrieve", "features", "rank"}
+    assert set(body["timings_ms"]) == {"embed", "user", "retrieve", "features", "rank", "total"}
     assert all("explanation" not in r for r in body["results"])
     assert "timings_ms" not in client.get("/v1/search?q=beach").get_json()
 
