@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from engine.catalog.fields import ItemFields
 from engine.index.artifact import IndexArtifact
 from engine.index.delta import DeltaSnapshot
+from engine.index.lexical import LexicalIndex
 from engine.index.vectors import ItemVectors
 from engine.store.models import Item
 
@@ -37,6 +38,12 @@ class Corpus:
     @property
     def dim(self) -> int:
         return self.artifact.dim
+
+    def delta_lexical(self) -> list[LexicalIndex]:
+        """The delta's BM25 index (none or one): searched beside the version's, so that each
+        sees the other's words when correcting typos (engine.index.typos)."""
+        delta = self.delta
+        return [delta.lexical] if delta is not None and delta.lexical is not None else []
 
     def unknown(self, item_ids: Sequence[str]) -> list[str]:
         """The ids neither the version nor its delta holds (only SQL can say if they exist)."""

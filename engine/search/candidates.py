@@ -297,7 +297,7 @@ def _lexical(
     misspelt words, over both vocabularies (engine.index.typos)."""
     artifact, delta = corpus.artifact, corpus.delta
     found: list[tuple[str, float]] = []
-    beside = [delta.lexical] if delta is not None and delta.lexical is not None else []
+    beside = corpus.delta_lexical()
     if artifact.lexical is not None and (allowed is None or allowed.size):
         ids = artifact.ids
         k = want + len(exclude) + min(len(stale), want)

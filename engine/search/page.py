@@ -81,9 +81,9 @@ def with_text(
     texts = {i: t for i, t in session.execute(select(Item.id, Item.text).where(Item.id.in_(ids)))}
     terms: Collection[str] = ()
     if request.q:
-        lexical, delta = corpus.artifact.lexical, corpus.delta
+        lexical = corpus.artifact.lexical
         if lexical is not None:  # the lexical stage's own terms, its typo fixes included
-            beside = [delta.lexical] if delta is not None and delta.lexical is not None else []
+            beside = corpus.delta_lexical()
             terms = lexical.query_terms(request.q, request.typo_tolerance, beside)
         else:
             terms = highlighter.terms(request.q)
