@@ -22,6 +22,7 @@ from engine.index.ann import item_writer
 from engine.index.artifact import IndexStore, LiveIndex
 from engine.index.delta import Delta
 from engine.index.embedding_follower import EmbeddingFollower
+from engine.index.encoder_store import build_encoder, encoder_settings
 from engine.index.vectors import ItemVectors
 from engine.ranking.experiments import ExperimentCache
 from engine.ranking.model_store import ModelStore, live_model
@@ -85,10 +86,11 @@ class Runtime:
             if replica_urls(settings)
             else None
         )
-        self._embedder = embedder
         self._searcher: Searcher | None = None
         self._lock = threading.Lock()
-        model_name = embedder.name if embedder is not None else settings.model_name()
+        # Encoders by name: RECSEARCH_MODEL's and tuned versions (engine.index.encoder_store),
+        # each loaded on first use. Serving follows the live index's encoder.
+        self._embedders: dict[str, Embedder] = {embedder.name: embedder} if embedder else {}
         # RECSEARCH_VERSION_SHARING=database: index and model versions are published to, and
         # followed from, the database (engine.store.published); registered for the folders,
         # so every store of them in this process (a build, a promote) shares them too.
@@ -98,7 +100,11 @@ class Runtime:
                 published = PublishedVersions(self.db, store)
                 share(root, published)
                 self.shared_versions.append((root, published))
-        self.live = LiveIndex(IndexStore(settings.index_dir), settings.index_poll_s, model_name)
+        self.live = LiveIndex(
+            IndexStore(settings.index_dir),
+            settings.index_poll_s,
+            lambda name: encoder_settings(self.settings, name),  # NotReady for an unknown one
+        )
         for versions in (self.live.store, ModelStore(settings.model_dir)):
             try:  # what builds and trainings killed mid-way left (a crash, a full disk)
                 for path in versions.remove_leftovers():
@@ -152,11 +158,30 @@ class Runtime:
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
+        """The encoder of the serving index (RECSEARCH_MODEL's before the first build)."""
+        artifact = self.live.get_or_none()
+        return self.embedder_for(
+            artifact.model_name if artifact is not None else self.settings.model_name()
+        )
+
+    def embedder_for(self, name: str) -> Embedder:
+        """The encoder called name (RECSEARCH_MODEL's, or a tuned version's), loaded once;
+        NotReady for a name neither knows."""
+        found = self._embedders.get(name)
+        if found is None:
             with self._lock:
-                if self._embedder is None:
-                    self._embedder = Embedder(self.settings)
-        return self._embedder
+                found = self._embedders.get(name)
+                if found is None:
+                    found = Embedder(encoder_settings(self.settings, name))
+                    found.name = name
+                    self._embedders[name] = found
+        return found
+
+    def build_embedder(self, version: str | None = None) -> Embedder:
+        """What a build embeds with: encoder `version`, else the promoted one, else
+        RECSEARCH_MODEL (engine.index.encoder_store.build_encoder)."""
+        name, _ = build_encoder(self.settings, version)
+        return self.embedder_for(name)
 
     @property
     def searcher(self) -> Searcher:
@@ -176,6 +201,7 @@ class Runtime:
                         experiments=self.experiments.get,
                         watch=self.watch,
                         clock=lambda: self.clock(),
+                        encoder_for=lambda artifact: self.embedder_for(artifact.model_name),
                     )
         return self._searcher
 

@@ -26,6 +26,7 @@ from engine.index.ann import RowLabels, create_index
 from engine.index.ann.faiss import choose_factory
 from engine.index.artifact import IndexStore, write_artifact_files
 from engine.index.delta import manifest_watermark
+from engine.index.encoder_store import build_encoder, tuned_version
 from engine.index.lexical import LexicalIndex
 from engine.runtime import Runtime
 from engine.store.models import IndexVersion
@@ -64,6 +65,7 @@ def build(
     *,
     if_stale: bool = False,
     settings: Settings | None = None,
+    encoder: str | None = None,
     progress: Progress = no_progress,
 ) -> BuildReport:
     """Embed every item, build and check the index, publish it as the next version.
@@ -76,16 +78,22 @@ def build(
     Raises InvalidInput on an empty catalog and Conflict when measured recall@10 is under
     settings.min_recall (nothing is published then). With if_stale, a catalog and setup
     identical to the current version's skips the build. settings, when given, replace the
-    runtime's for this build (e.g. another index type). A crash at any point leaves the
-    previous version serving.
+    runtime's for this build (e.g. another index type). encoder: the tuned encoder version to
+    embed with (default: the promoted one, else RECSEARCH_MODEL; engine.index.encoder_store).
+    A crash at any point leaves the previous version serving.
 
     With settings.ray_address, new texts are embedded on that Ray cluster; an address that
     does not answer raises NotReady naming it within seconds, before the catalog is read.
     """
     settings = settings or runtime.settings
     started = time.perf_counter()
-    site = _embedding_site(settings, runtime)
-    embedder = runtime.embedder
+    if settings.ray_address:  # before the model loads and the catalog is read
+        from indexer.ray_embedding import check_reachable
+
+        check_reachable(settings.ray_address)
+    name, encoder_settings = build_encoder(settings, encoder)
+    embedder = runtime.embedder_for(name)
+    site = _embedding_site(settings.replace(model=encoder_settings.model), embedder)
     store = IndexStore(settings.index_dir)
     # Items written after this moment are served from the delta until the next build. Not
     # "now": a write transaction still open now may commit rows stamped earlier (PostgreSQL).
@@ -155,6 +163,7 @@ def build(
                 "dimension": embedder.dim,
                 "normalized": True,
                 "encoder": embedder.batch_encoder,
+                "encoder_version": tuned_version(name),
             },
             "metric": "inner_product",
             "index": index_section,
@@ -228,14 +237,13 @@ def build(
     )
 
 
-def _embedding_site(settings: Settings, runtime: Runtime) -> EmbeddingSite:
+def _embedding_site(settings: Settings, embedder: Embedder) -> EmbeddingSite:
     """Where this build embeds new texts: a Ray cluster when settings name one, else here."""
     if not settings.ray_address:
-        return LocalEmbedding(runtime.embedder)
-    from indexer.ray_embedding import RayEmbedding, check_reachable
+        return LocalEmbedding(embedder)
+    from indexer.ray_embedding import RayEmbedding
 
-    check_reachable(settings.ray_address)  # before the model loads and the catalog is read
-    return RayEmbedding(settings, runtime.embedder)
+    return RayEmbedding(settings, embedder)
 
 
 def _prune_tombstones(runtime: Runtime, store: IndexStore) -> None:

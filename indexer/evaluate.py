@@ -16,9 +16,10 @@ from engine.runtime import Runtime
 from engine.search.pipeline import Searcher
 from engine.search.request import SearchRequest
 from indexer import ablation
-from indexer.build import build
+from indexer.build import BuildReport, build
 from indexer.click_prior import click_state, cross_fitted_states, judgment_clicks
 from indexer.datasets import beir_items, beir_qrels, beir_queries
+from indexer.encoder_tuning import TuneOptions, hybrid_order, judgment_pairs, tune_encoder
 from indexer.examples import Judgment, judgment_examples
 from indexer.progress import Progress, no_progress
 from indexer.train import train_from_examples
@@ -36,17 +37,13 @@ def import_beir(runtime: Runtime, folder: Path) -> int:
     return changed
 
 
-def minmax(values: np.ndarray) -> np.ndarray:
-    spread = float(values.max() - values.min()) if values.size else 0.0
-    return (values - values.min()) / spread if spread > 1e-12 else np.zeros_like(values)
-
-
 def evaluate_beir(
     runtime: Runtime,
     folder: Path,
     *,
     promote: bool = False,
     folds: int = 10,
+    tune: TuneOptions | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """NDCG@10 and Recall@100 on the test split for dense (exact), dense_ann (the published
@@ -54,7 +51,12 @@ def evaluate_beir(
     sigmoid ranker trained on the train split's judgments: reranked_no_prior (content
     features only) and reranked (also the click prior: see indexer.click_prior; training
     examples are cross-fitted over `folds` folds of the train queries). Test judgments are
-    only read to score. Also: per-feature-group ablations of the reranked model."""
+    only read to score. Also: per-feature-group ablations of the reranked model.
+
+    With tune: the encoder is then fine-tuned on the train split's judgments (and nothing
+    else: the pairs come from `judged`, built from train.tsv alone), an index is built with
+    it, and every figure is measured again under "encoder_tuned", with tuning_s.
+    """
     started = time.perf_counter()
     import_beir(runtime, folder)
     with runtime.session() as session:
@@ -62,20 +64,74 @@ def evaluate_beir(
     queries = beir_queries(folder)
     train_qrels = beir_qrels(folder, "train")
     test_qrels = beir_qrels(folder, "test")
-
-    # Both stages look 100 deep, the depth Recall@100 measures.
-    deep = runtime.settings.replace(candidates=DEPTH, lexical_candidates=DEPTH)
-    searcher = Searcher(deep, runtime.embedder, live=runtime.live, vectors=runtime.vectors)
-    t = time.perf_counter()
     # Keyed by query text, as judgments are: two train queries with one text are one query,
     # so neither's clicks can reach the other's features.
     judged: dict[str, dict[str, float]] = {}
     for q, docs in train_qrels.items():
         if q in queries:
             judged.setdefault(queries[q], {}).update(docs)
-    judgments = [
+    test_ids = [q for q in test_qrels if q in queries]
+    result: dict[str, Any] = {
+        "dataset": f"beir:{folder.name}",
+        "split": "test",
+        "queries": len(test_ids),
+        **_measure(runtime, judged, queries, test_ids, test_qrels, folds, promote, progress),
+        "index": _index_section(build_report),
+    }
+    if tune is not None:
+        t = time.perf_counter()
+        with runtime.session() as session:
+            pairs = judgment_pairs(
+                runtime, session, as_judgments(judged), seed=tune.seed, progress=progress
+            )
+        tuned = tune_encoder(
+            runtime, pairs, {"train judgments": len(pairs)}, options=tune, progress=progress
+        )
+        tuning_s = time.perf_counter() - t
+        with runtime.session() as session:
+            tuned_build = build(runtime, session, encoder=tuned.version, progress=progress)
+        measured = _measure(runtime, judged, queries, test_ids, test_qrels, folds, False, progress)
+        result["encoder_tuned"] = {
+            **measured,
+            "tuning_s": round(tuning_s, 2),
+            "encoder": tuned.to_dict(),
+            "index": _index_section(tuned_build),
+        }
+    result["total_seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def as_judgments(judged: dict[str, dict[str, float]]) -> list[Judgment]:
+    return [
         Judgment(text, doc, grade) for text, docs in judged.items() for doc, grade in docs.items()
     ]
+
+
+def _index_section(report: BuildReport) -> dict[str, Any]:
+    return {
+        "version": report.version,
+        "factory": report.factory,
+        "params": report.params,
+        "build_seconds": round(report.build_seconds, 2),
+    }
+
+
+def _measure(
+    runtime: Runtime,
+    judged: dict[str, dict[str, float]],
+    queries: dict[str, str],
+    test_ids: list[str],
+    test_qrels: dict[str, dict[str, float]],
+    folds: int,
+    promote: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Every method's figures on the serving index, its ranker trained on `judged`."""
+    # Both stages look 100 deep, the depth Recall@100 measures.
+    deep = runtime.settings.replace(candidates=DEPTH, lexical_candidates=DEPTH)
+    searcher = Searcher(deep, runtime.embedder, live=runtime.live, vectors=runtime.vectors)
+    t = time.perf_counter()
+    judgments = as_judgments(judged)
     with runtime.session() as session:
         fold, fold_states = cross_fitted_states(session, deep, judged, folds)
         all_clicks = judgment_clicks(judged)
@@ -94,9 +150,8 @@ def evaluate_beir(
     train_s = time.perf_counter() - t
     no_prior = ablation.without(x, y, names, ablation.groups(names).get("popularity", []), l2=1e-3)
 
-    artifact = runtime.searcher.artifact()
+    artifact = searcher.artifact()
     vectors = np.asarray(artifact.vectors())
-    test_ids = [q for q in test_qrels if q in queries]
     runs: dict[str, list[list[str]]] = {
         m: [] for m in ("dense", "dense_ann", "lexical", "hybrid", "reranked_no_prior", "reranked")
     }
@@ -122,10 +177,7 @@ def evaluate_beir(
 
             stage = searcher.first_stage(session, SearchRequest(q=text, k=DEPTH), state=test_state)
             ids = [c.item_id for c in stage.candidates]
-            sims = stage.x[:, stage.names.index("query_sim")]
-            bm25 = np.array([c.lexical_score for c in stage.candidates])
-            fused = minmax(sims) + minmax(bm25)
-            runs["hybrid"].append([ids[i] for i in np.argsort(-fused, kind="stable")])
+            runs["hybrid"].append([ids[i] for i in hybrid_order(stage)])
             runs["reranked_no_prior"].append(rerank(no_prior, ids, stage.x))
             runs["reranked"].append(rerank(ranker, ids, stage.x))
             stages.append((ids, stage.x))
@@ -152,9 +204,6 @@ def evaluate_beir(
         }
     clicked = {doc for docs in judged.values() for doc in docs}
     return {
-        "dataset": f"beir:{folder.name}",
-        "split": "test",
-        "queries": len(test_ids),
         "documents": len(artifact.ids),
         "metrics": metrics,
         "prior": {
@@ -175,14 +224,8 @@ def evaluate_beir(
             full=metrics["reranked"]["ndcg@10"],
             known={"popularity": no_prior},
         ),
-        "index": {
-            "version": build_report.version,
-            "factory": build_report.factory,
-            "params": build_report.params,
-        },
         "model": {"version": train_report.version, "promoted": promote, **train_report.to_dict()},
         "train_seconds": round(train_s, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
     }
 
 

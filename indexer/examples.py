@@ -148,6 +148,14 @@ def impression_examples(
     return x, y, order, names
 
 
+def stored_events(session: Session) -> list[EventIn]:
+    """The event history in the database, oldest first."""
+    return [
+        EventIn(e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id)
+        for e in session.scalars(select(Event).order_by(Event.ts, Event.id))
+    ]
+
+
 def is_positive(event: EventIn, positive_rating: float) -> bool:
     if event.type == "rating":
         return event.value is not None and event.value >= positive_rating

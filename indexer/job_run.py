@@ -203,6 +203,18 @@ def execute(runtime: Runtime, kind: str, params: dict[str, Any], progress: Any) 
         with runtime.session() as session:
             report = build(runtime, session, progress=progress)
         return build_result(report)
+    if kind == "train-encoder":
+        from indexer.encoder_tuning import TuneOptions, tune_from_history
+
+        with runtime.session() as session:
+            tuned = tune_from_history(
+                runtime,
+                session,
+                options=TuneOptions(epochs=int(params.get("epochs", 1))),
+                promote=bool(params.get("promote", False)),
+                progress=progress,
+            )
+        return tuned.to_dict()
     from indexer.train import default_source, train_from_events, train_from_impressions
 
     promote = bool(params.get("promote", False))

@@ -35,7 +35,7 @@ from indexer.schemas import Job as JobOut
 
 log = logging.getLogger(__name__)
 
-KINDS = ("build", "train")
+KINDS = ("build", "train", "train-encoder")
 ACTIVE = ("queued", "running")
 TRAIN_SOURCES = ("auto", "impressions", "events")
 # A job queued for a server thread that never started it (the server stopped first).

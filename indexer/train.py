@@ -29,6 +29,7 @@ from indexer.examples import (
     impression_examples,
     judgment_examples,
     replay_examples,
+    stored_events,
 )
 from indexer.progress import Progress, no_progress
 
@@ -202,16 +203,9 @@ def train_from_events(
 ) -> tuple[LinearRanker, TrainReport]:
     """Fit the ranker on replayed history (see replay_examples): the oldest examples train,
     the newest validation_fraction report AUC and log loss; then refit on all and save."""
-    from sqlalchemy import select
-
-    from engine.store.models import Event
-
     started = time.perf_counter()
     if events is None:
-        events = [
-            EventIn(e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id)
-            for e in session.scalars(select(Event).order_by(Event.ts, Event.id))
-        ]
+        events = stored_events(session)
     x, y, order, names = replay_examples(
         runtime, session, events, searcher=searcher, progress=progress, max_per_user=max_per_user
     )

@@ -33,7 +33,7 @@ from engine.search.request import SearchQuery, SearchRequest
 from engine.search.response import SearchOut
 from engine.users.profile import recent_events, user_profile
 from indexer.jobs import JobRunner
-from indexer.schemas import Job, JobList, TrainBody
+from indexer.schemas import Job, JobList, TrainBody, TrainEncoderBody
 from web import latency
 from web.auth import require_admin
 from web.contract import body, operation, query, respond
@@ -97,6 +97,19 @@ def rebuild() -> ResponseReturnValue:
 def train() -> ResponseReturnValue:
     params = body(TrainBody, required=False)
     return respond(jobs().start("train", params.model_dump()), 202)
+
+
+@bp.post("/train-encoder")
+@operation(
+    summary="Start fine-tuning the encoder on the event history",
+    body=TrainEncoderBody,
+    body_required=False,
+    responses={202: Job},
+    **_ADMIN,
+)
+def train_encoder() -> ResponseReturnValue:
+    params = body(TrainEncoderBody, required=False)
+    return respond(jobs().start("train-encoder", params.model_dump()), 202)
 
 
 @bp.get("/jobs")

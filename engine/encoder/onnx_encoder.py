@@ -89,8 +89,16 @@ def read_spec(folder: Path, model_setting: str) -> ModelSpec:
     config = read_json(bert_config) if bert_config.is_file() else {}
     max_len = config.get("max_seq_length")
     if max_len is None:
+        # sentence-transformers 6 saves it as the tokenizer's model_max_length, capped by the
+        # model's positions (a folder it saved has no max_seq_length of its own).
         model_config = read_json(transformer / "config.json")
         max_len = int(model_config.get("max_position_embeddings", 512))
+        tokenizer_file = transformer / "tokenizer_config.json"
+        tokenizer_max = (
+            read_json(tokenizer_file).get("model_max_length") if tokenizer_file.is_file() else None
+        )
+        if isinstance(tokenizer_max, int) and 0 < tokenizer_max < max_len:
+            max_len = tokenizer_max
     return ModelSpec(
         folder=folder,
         transformer=transformer,

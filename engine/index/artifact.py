@@ -68,6 +68,11 @@ class IndexArtifact:
     _facet_cache: FacetColumns | None = field(default=None, repr=False)
 
     @property
+    def model_name(self) -> str:
+        """The encoder that built this version (RECSEARCH_MODEL's name, or a tuned one's)."""
+        return str(self.manifest["model"]["name"])
+
+    @property
     def dim(self) -> int:
         return int(self.manifest["model"]["dimension"])
 
@@ -212,11 +217,21 @@ class IndexStore(VersionStore):
 class LiveIndex(LiveVersion[IndexArtifact]):
     """The serving index version; NotReady before the first build."""
 
-    def __init__(self, store: IndexStore, poll_s: float, model_name: str | None = None) -> None:
+    def __init__(
+        self,
+        store: IndexStore,
+        poll_s: float,
+        model_name: str | Callable[[str], object] | None = None,
+    ) -> None:
+        """model_name: the encoder this process encodes with (an index built with another is
+        NotReady), or a callable that raises NotReady for an encoder it cannot serve."""
+
         def load(version: str) -> IndexArtifact:
             loaded = store.load(version)
-            built_with = loaded.manifest["model"]["name"]
-            if model_name is not None and built_with != model_name:
+            built_with = loaded.model_name
+            if callable(model_name):
+                model_name(built_with)
+            elif model_name is not None and built_with != model_name:
                 raise NotReady(
                     f"index {version} was built with model {built_with!r} but this process "
                     f"encodes with {model_name!r}: run `recsearch build`"

@@ -83,9 +83,13 @@ class Searcher:
         experiments: Callable[[], Running | None] | None = None,
         watch: ItemWatch | None = None,
         clock: Callable[[], datetime] = utcnow,
+        encoder_for: Callable[[IndexArtifact], Embedder] | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
+        # The encoder of a version's vectors: queries are encoded by the one that built the
+        # index they search (a tuned encoder's index, engine.index.encoder_store).
+        self.encoder_for = encoder_for or (lambda _artifact: embedder)
         self.live = live or LiveIndex(
             IndexStore(settings.index_dir), settings.index_poll_s, embedder.name
         )
@@ -187,7 +191,7 @@ class Searcher:
         state = state or SqlState(session, self.clock(), self.watch, corpus.unknown)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        query = self.embedder.encode_query(request.q) if request.q else None
+        query = self.encoder_for(artifact).encode_query(request.q) if request.q else None
         timings["embed"] = _ms(t)
         t = time.perf_counter()
         context = contexts.read(session, request, self.settings, state, corpus, query)
@@ -282,6 +286,7 @@ class Searcher:
                 ts=stage.context.now,
                 experiment_id=experiment.id if experiment is not None else None,
                 teams=[teams.get(h.id, "pin") for h in shown.hits] if teams is not None else None,
+                query=request.q or None,
             )
         )
 

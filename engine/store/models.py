@@ -141,6 +141,8 @@ class Impression(Base):
     experiment_id: Mapped[int | None] = mapped_column(Integer, index=True)
     team: Mapped[str | None] = mapped_column(String(9))
     ts: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # The search's text (None for a search without one): clicks on it teach the encoder.
+    query: Mapped[str | None] = mapped_column(Text)
 
 
 class Covisit(Base):

@@ -36,6 +36,7 @@ class Shown:
     ts: datetime
     experiment_id: int | None = None  # an interleaved request: which side showed each item
     teams: list[str] | None = None  # "live" or "candidate", per shown item
+    query: str | None = None  # the search's text: a click on it is a (query, item) positive
 
 
 class ImpressionLog:
@@ -134,6 +135,7 @@ COLUMNS = (
     "ts",
     "experiment_id",
     "team",
+    "query",
 )
 
 
@@ -164,6 +166,7 @@ def _rows(queued: list[Shown], timestamp: Callable[[datetime], str]) -> list[lis
                     ts,
                     shown.experiment_id,
                     teams[position] if teams else None,
+                    shown.query,
                 ]
             )
     return rows

@@ -56,6 +56,7 @@ def test_build_publishes_a_self_describing_version(runtime: Runtime, tmp_path: P
         "dimension": 384,
         "normalized": True,
         "encoder": runtime.embedder.batch_encoder,
+        "encoder_version": None,  # RECSEARCH_MODEL's, not a tuned version
     }
     assert manifest["metric"] == "inner_product"
     assert manifest["index"]["backend"] == "faiss" and manifest["index"]["factory"] == "Flat"

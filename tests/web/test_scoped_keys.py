@@ -56,6 +56,7 @@ ROUTES: dict[tuple[str, str], str] = {
             ("POST", "/jobs/<int:job_id>/cancel"),
             ("POST", "/rebuild"),
             ("POST", "/train"),
+            ("POST", "/train-encoder"),
             ("POST", "/rollback"),
             ("POST", "/promote"),
             ("POST", "/rules"),
@@ -158,7 +159,7 @@ def test_every_route_answers_every_credential_as_the_table_says(runtime: Runtime
         elif (got, error) != (403, "insufficient_scope") or f"scope {needed!r}" not in message:
             wrong.append(f"{where} (wanted 403 naming {needed!r})")
     assert not wrong, "\n".join(wrong)
-    assert n + 1 == len(CREDENTIALS) * len(ROUTES) == 8 * 38  # the matrix
+    assert n + 1 == len(CREDENTIALS) * len(ROUTES) == 8 * 39  # the matrix
     jobs = client.get("/admin/api/jobs", headers={"Authorization": f"Bearer {keys['admin']}"})
     assert jobs.get_json()["jobs"] == []  # the bogus bodies started nothing
 

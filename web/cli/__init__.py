@@ -1,7 +1,8 @@
 """The `recsearch` command line, one module per area: catalog (ingest, events, delete, import,
 db), index (build, search, rollback, status), models (train, promote, experiment, evaluate),
-jobs (the job history) and server (serve, worker, key). It sits above web/ and indexer/:
-`serve` runs the web app, the rest call jobs.
+encoders (train --encoder, encoder list/promote/rollback), jobs (the job history) and server
+(serve, worker, key). It sits above web/ and indexer/: `serve` runs the web app, the rest call
+jobs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from collections.abc import Sequence
 import click
 
 from engine.core.errors import RecsearchError
-from web.cli import catalog, index, jobs, models, server  # noqa: F401  (each adds its commands)
+from web.cli import (  # noqa: F401  (each adds its commands)
+    catalog,
+    encoders,
+    index,
+    jobs,
+    models,
+    server,
+)
 from web.cli.base import Context, cli
 
 __all__ = ["Context", "cli", "main"]

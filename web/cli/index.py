@@ -23,8 +23,20 @@ from web.cli.jobs import run_as_job
     help="Embed on the Ray cluster at host:port (overrides RECSEARCH_RAY_ADDRESS); run it "
     "on a node of that cluster.",
 )
+@click.option(
+    "--encoder",
+    metavar="VERSION",
+    help="Embed with this tuned encoder version (default: the promoted one, else "
+    "RECSEARCH_MODEL; see `recsearch encoder list`).",
+)
 @pass_ctx
-def build(obj: Context, if_stale: bool, index_type: str | None, ray_address: str | None) -> None:
+def build(
+    obj: Context,
+    if_stale: bool,
+    index_type: str | None,
+    ray_address: str | None,
+    encoder: str | None,
+) -> None:
     """Embed the catalog, build the ANN index, measure recall and publish a new version.
 
     Runs here, in the foreground, and is recorded in the job history (`recsearch jobs`)."""
@@ -44,11 +56,18 @@ def build(obj: Context, if_stale: bool, index_type: str | None, ray_address: str
     def work(progress: Progress) -> tuple[BuildReport, dict[str, Any]]:
         with runtime.session() as session:
             report = run_build(
-                runtime, session, if_stale=if_stale, settings=settings, progress=progress
+                runtime,
+                session,
+                if_stale=if_stale,
+                settings=settings,
+                encoder=encoder,
+                progress=progress,
             )
         return report, build_result(report)
 
     params: dict[str, Any] = {"if_stale": True} if if_stale else {}
+    if encoder:
+        params["encoder"] = encoder
     report = run_as_job(obj, "build", {**params, **changes}, work)
     if report.skipped:
         click.echo(f"index {report.version} is up to date ({report.item_count} items); not rebuilt")

@@ -29,16 +29,40 @@ from web.cli.jobs import run_as_job
     is_flag=True,
     help="Learn from logged search impressions and the clicks that name their request_id.",
 )
-@click.option("--promote", is_flag=True, help="Make the new model live.")
+@click.option("--promote", is_flag=True, help="Make the new model (encoder) live (promoted).")
+@click.option(
+    "--encoder",
+    "tune",
+    is_flag=True,
+    help="Fine-tune the encoder instead, on --judgments, or on the log (clicked search results "
+    "and same-visit item pairs), or both (--from-events too): a new encoder version.",
+)
+@click.option("--epochs", type=click.IntRange(1, 20), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2, 512), default=32, show_default=True)
 @pass_ctx
 def train(
-    obj: Context, judgments: Path | None, from_events: bool, from_impressions: bool, promote: bool
+    obj: Context,
+    judgments: Path | None,
+    from_events: bool,
+    from_impressions: bool,
+    promote: bool,
+    tune: bool,
+    epochs: int,
+    batch_size: int,
 ) -> None:
     """Train the sigmoid ranker; save it as a model version (live with --promote).
 
     Without a source flag: logged impressions when some were clicked, else the event history.
+    With --encoder: fine-tune the encoder (see `recsearch encoder --help`).
     Runs here, in the foreground, and is recorded in the job history (`recsearch jobs`).
     """
+    if tune:
+        if from_impressions:
+            raise click.UsageError("--encoder learns from --judgments and --from-events")
+        from web.cli.encoders import train_encoder
+
+        train_encoder(obj, judgments, from_events, epochs, batch_size, promote)
+        return
     from indexer.examples import read_judgments
     from indexer.job_run import train_result
     from indexer.progress import Progress
@@ -179,15 +203,32 @@ def evaluate() -> None:
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--promote", is_flag=True, help="Make the model trained on the train split live.")
+@click.option(
+    "--encoder-epochs",
+    type=click.IntRange(0, 20),
+    default=1,
+    show_default=True,
+    help="Then fine-tune the encoder on the train split for this many epochs, build with it "
+    "and measure again (encoder_tuned); 0 skips it.",
+)
 @pass_ctx
-def evaluate_beir_cmd(obj: Context, folder: Path, out: Path | None, promote: bool) -> None:
-    """NDCG@10 / Recall@100 on the test split: dense, dense_ann, lexical, hybrid, reranked."""
+def evaluate_beir_cmd(
+    obj: Context, folder: Path, out: Path | None, promote: bool, encoder_epochs: int
+) -> None:
+    """NDCG@10 / Recall@100 on the test split: dense, dense_ann, lexical, hybrid, reranked;
+    with the base encoder, then with one fine-tuned on the train split."""
+    from indexer.encoder_tuning import TuneOptions
     from indexer.evaluate import evaluate_beir, print_table
 
+    tune = TuneOptions(epochs=encoder_epochs) if encoder_epochs else None
     with progress_bar(not obj.quiet) as progress:
-        result = evaluate_beir(obj.runtime, folder, promote=promote, progress=progress)
+        result = evaluate_beir(obj.runtime, folder, promote=promote, tune=tune, progress=progress)
     click.echo(print_table(result))
     click.echo(f"training {result['train_seconds']:.1f}s, total {result['total_seconds']:.1f}s")
+    tuned = result.get("encoder_tuned")
+    if tuned:
+        click.echo(print_table({**tuned, "dataset": "encoder_tuned", "queries": result["queries"]}))
+        click.echo(f"encoder tuning {tuned['tuning_s']:.1f}s ({tuned['encoder']['name']})")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))

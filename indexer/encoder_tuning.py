@@ -1,0 +1,389 @@
+"""The train-encoder job: fine-tune the sentence-transformers model on the engine's own
+positives and publish it as an encoder version (engine.index.encoder_store).
+
+Positives:
+- judgments: (query, item) with grade > 0;
+- the serve-time log: a search's text and a result an event naming its request_id engaged
+  with (impressions.query);
+- the event history, for recommendation: two items one user engaged with (click, cart,
+  purchase, a good rating) one after the other within a session's gap, the earlier as anchor.
+Each query pair gets one hard negative, mined by the engine's own first stage: a candidate it
+ranks high for the query (fused dense and BM25, past the top few, which may be unjudged
+answers) that is not a positive of that query. Every other positive in the batch is a negative
+too (MultipleNegativesRankingLoss: in-batch negatives); batches never hold one text twice.
+
+Training runs sentence-transformers' loss in a plain torch loop rather than its Trainer: the
+Trainer needs `datasets` and `accelerate` (hundreds of MB, pyarrow) for a few dozen steps, and
+a loop of our own reports progress per step and stops when the job is cancelled. It runs on
+the GPU when RECSEARCH_DEVICE finds one. The result is checked like any model: its ONNX export
+is made and compared with torch before it is published, so a build with it starts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from engine.catalog.items import embedding_text
+from engine.core.errors import InvalidInput
+from engine.encoder.embedder import resolve_device
+from engine.index.encoder_store import MODEL_FOLDER, EncoderStore, tuned_name
+from engine.runtime import Runtime
+from engine.search.request import SearchRequest
+from engine.store.models import Event, Impression, Item
+from engine.users.events import EventIn
+from indexer.examples import POSITIVE_TYPES, Judgment, is_positive, stored_events
+from indexer.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+# Hard negatives come from the first stage's ranks [NEGATIVE_FROM, NEGATIVE_TO): the very top
+# is often a relevant item nobody judged.
+NEGATIVE_FROM, NEGATIVE_TO = 3, 30
+SESSION_GAP_S = 30 * 60  # two engagements further apart than this are not one visit
+
+
+@dataclass(frozen=True)
+class Pair:
+    anchor: str  # a query, or the text of an item engaged with first
+    positive: str  # the text of the item that answers it
+    negative: str | None = None  # a hard negative's text
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 3e-5
+    max_seq_length: int | None = None  # tokens while training; None: the model's own
+    seed: int = 0
+
+
+@dataclass
+class TuneReport:
+    version: str | None
+    name: str | None
+    promoted: bool
+    base: str
+    pairs: int
+    sources: dict[str, int]
+    hard_negatives: int
+    steps: int
+    device: str
+    tuning_seconds: float
+    first_loss: float
+    last_loss: float
+    size_bytes: int
+    options: dict[str, Any] = field(default_factory=dict)
+    onnx_check: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def item_texts(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    """id → what the encoder reads for the item, for the ids that exist."""
+    wanted = list(dict.fromkeys(ids))
+    out: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        rows = session.execute(
+            select(Item.id, Item.title, Item.text, Item.category, Item.tags).where(
+                Item.id.in_(wanted[start : start + 500])
+            )
+        )
+        for row in rows:
+            out[row.id] = embedding_text(row.title, row.text, row.category, row.tags or [])
+    return out
+
+
+def judgment_pairs(
+    runtime: Runtime,
+    session: Session,
+    judgments: Sequence[Judgment],
+    *,
+    seed: int = 0,
+    progress: Progress = no_progress,
+) -> list[Pair]:
+    """One pair per judged positive, with a hard negative from the engine's first stage."""
+    by_query: dict[str, dict[str, float]] = {}
+    for j in judgments:
+        if j.grade > 0:
+            by_query.setdefault(j.query, {})[j.item_id] = j.grade
+    texts = item_texts(session, (i for docs in by_query.values() for i in docs))
+    rng = random.Random(seed)
+    searcher = runtime.searcher
+    pairs: list[Pair] = []
+    for n, (query, docs) in enumerate(by_query.items()):
+        stage = searcher.first_stage(session, SearchRequest(q=query, k=NEGATIVE_TO))
+        ranked = [stage.candidates[i].item_id for i in hybrid_order(stage)]
+        pool = [i for i in ranked[NEGATIVE_FROM:NEGATIVE_TO] if i not in docs]
+        negatives = item_texts(session, pool)
+        for item_id in docs:
+            if item_id not in texts:
+                continue  # judged but not in the catalog
+            negative = negatives.get(rng.choice(pool)) if pool else None
+            pairs.append(Pair(query, texts[item_id], negative))
+        progress("negatives", n + 1, len(by_query))
+    return pairs
+
+
+def clicked_judgments(session: Session, positive_rating: float) -> list[Judgment]:
+    """(query, item) from the serve-time log: a search's text and a result of it that an
+    event naming the search's request_id engaged with (click, cart, purchase, good rating)."""
+    engaged = or_(
+        Event.type.in_(POSITIVE_TYPES),
+        (Event.type == "rating") & (Event.value >= positive_rating),
+    )
+    rows = session.execute(
+        select(Impression.query, Impression.item_id)
+        .join(
+            Event,
+            (Event.request_id == Impression.request_id) & (Event.item_id == Impression.item_id),
+        )
+        .where(Impression.query.is_not(None), engaged)
+        .distinct()
+        .order_by(Impression.query, Impression.item_id)
+    )
+    return [Judgment(str(query), str(item_id), 1.0) for query, item_id in rows]
+
+
+def hybrid_order(stage: Any) -> np.ndarray:
+    """Candidate positions by min-max fused dense and BM25 score (the evaluation's hybrid)."""
+    sims = stage.x[:, stage.names.index("query_sim")]
+    bm25 = np.array([c.lexical_score for c in stage.candidates])
+    return np.argsort(-(minmax(sims) + minmax(bm25)), kind="stable")
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    spread = float(values.max() - values.min()) if values.size else 0.0
+    return (values - values.min()) / spread if spread > 1e-12 else np.zeros_like(values)
+
+
+def event_pairs(
+    session: Session,
+    events: Sequence[EventIn],
+    positive_rating: float,
+    *,
+    gap_s: float = SESSION_GAP_S,
+) -> list[Pair]:
+    """Consecutive engagements of one user within gap_s: (earlier item, later item).
+
+    `events` is the history to learn from, oldest first: pass only the training prefix when
+    later events are held out.
+    """
+    last: dict[str, tuple[str, float]] = {}
+    found: list[tuple[str, str]] = []
+    for event in events:
+        if event.item_id is None or not is_positive(event, positive_rating):
+            continue
+        ts = event.ts.timestamp() if event.ts is not None else 0.0
+        before = last.get(event.user_id)
+        if before is not None and before[0] != event.item_id and ts - before[1] <= gap_s:
+            found.append((before[0], event.item_id))
+        last[event.user_id] = (event.item_id, ts)
+    texts = item_texts(session, (i for pair in found for i in pair))
+    seen: set[tuple[str, str]] = set()
+    pairs = []
+    for a, b in found:
+        if a in texts and b in texts and (a, b) not in seen:
+            seen.add((a, b))
+            pairs.append(Pair(texts[a], texts[b]))
+    return pairs
+
+
+def tune_from_history(
+    runtime: Runtime,
+    session: Session,
+    *,
+    judgments: Sequence[Judgment] = (),
+    use_log: bool = True,
+    options: TuneOptions = TuneOptions(),
+    promote: bool = False,
+    progress: Progress = no_progress,
+) -> TuneReport:
+    """Gather the positives (the judgments given; unless use_log is False, the searches'
+    clicked results and the event history's same-visit pairs) and tune on them."""
+    pairs: list[Pair] = []
+    sources: dict[str, int] = {}
+    threshold = runtime.settings.positive_rating
+    labelled = {"judgments": list(judgments)}
+    if use_log:
+        runtime.impressions.flush()
+        labelled["clicks"] = clicked_judgments(session, threshold)
+    for source, rows in labelled.items():
+        if rows:
+            found = judgment_pairs(runtime, session, rows, seed=options.seed, progress=progress)
+            sources[source] = len(found)
+            pairs += found
+    if use_log:
+        found = event_pairs(session, stored_events(session), threshold)
+        sources["events"] = len(found)
+        pairs += found
+    if len(pairs) < 2:
+        raise InvalidInput(
+            f"nothing to learn from: {sources or 'no source'} pairs. The encoder learns from "
+            "judgments (--judgments FILE: query, item_id, grade), from clicked search results "
+            "(events naming the search's request_id) and from users engaging with two items "
+            "in one visit (click, cart, purchase or a good rating, 30 minutes apart at most)"
+        )
+    return tune_encoder(
+        runtime, pairs, sources, options=options, promote=promote, progress=progress
+    )
+
+
+def batches(pairs: Sequence[Pair], size: int, rng: random.Random) -> list[list[Pair]]:
+    """Shuffled batches in which no text appears twice (a repeat would be its own negative)."""
+    waiting = list(pairs)
+    rng.shuffle(waiting)
+    out: list[list[Pair]] = []
+    while waiting:
+        batch: list[Pair] = []
+        texts: set[str] = set()
+        rest: list[Pair] = []
+        for pair in waiting:
+            own = {pair.anchor, pair.positive, pair.negative or pair.positive}
+            if len(batch) < size and not own & texts:
+                batch.append(pair)
+                texts |= own
+            else:
+                rest.append(pair)
+        out.append(batch)
+        waiting = rest
+    return out
+
+
+def tune_encoder(
+    runtime: Runtime,
+    pairs: Sequence[Pair],
+    sources: Mapping[str, int],
+    *,
+    options: TuneOptions = TuneOptions(),
+    promote: bool = False,
+    progress: Progress = no_progress,
+) -> TuneReport:
+    """Fine-tune RECSEARCH_MODEL on pairs and publish the result as an encoder version."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import (
+        MultipleNegativesRankingLoss,
+    )
+
+    if len(pairs) < 2:
+        raise InvalidInput(
+            f"{len(pairs)} training pairs: the encoder learns from at least 2 positives "
+            "(judgments with grade > 0, or users engaging with two items in one visit)"
+        )
+    settings = runtime.settings
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    torch.manual_seed(options.seed)
+    rng = random.Random(options.seed)
+    if settings.encoder_threads:
+        torch.set_num_threads(settings.encoder_threads)
+    model = SentenceTransformer(
+        settings.model_path(), device=device, local_files_only=settings.model_offline
+    )
+    saved_length = model.max_seq_length
+    if options.max_seq_length:
+        model.max_seq_length = options.max_seq_length
+    loss_fn = MultipleNegativesRankingLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)
+    plan = [batches(pairs, options.batch_size, rng) for _ in range(options.epochs)]
+    steps = sum(len(epoch) for epoch in plan)
+    warmup = max(1, steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / steps)
+    )
+    model.train()
+    losses: list[float] = []
+    for epoch in plan:
+        for batch in epoch:
+            with_negative = all(p.negative is not None for p in batch)
+            columns = [[p.anchor for p in batch], [p.positive for p in batch]]
+            if with_negative:
+                columns.append([p.negative or "" for p in batch])
+            features = [_to(model.preprocess(column), device) for column in columns]
+            loss = loss_fn(features, None)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(float(loss.item()))
+            progress("tune", len(losses), steps)
+    model.eval()
+    model.max_seq_length = saved_length
+    store = EncoderStore.of(settings)
+    staging = store.stage()
+    folder = staging / MODEL_FOLDER
+    model.save(str(folder))
+    check = _export_and_check(runtime, folder)
+    tuning_s = time.perf_counter() - started
+    report = TuneReport(
+        version=None,
+        name=None,
+        promoted=promote,
+        base=settings.model_name(),
+        pairs=len(pairs),
+        sources=dict(sources),
+        hard_negatives=sum(1 for p in pairs if p.negative is not None),
+        steps=steps,
+        device=device,
+        tuning_seconds=round(tuning_s, 2),
+        first_loss=round(losses[0], 4),
+        last_loss=round(float(np.mean(losses[-max(1, len(losses) // 10) :])), 4),
+        size_bytes=_size(folder),
+        options=asdict(options),
+        onnx_check=check,
+    )
+    manifest = {
+        "base": settings.model_name(),
+        "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "report": report.to_dict(),
+    }
+    version = store.save(staging, manifest, promote=promote)
+    report.version = version
+    report.name = tuned_name(settings.model_name(), version)
+    log.info(
+        "encoder %s: %d pairs, %d steps in %.0f s%s",
+        report.name,
+        len(pairs),
+        steps,
+        tuning_s,
+        " (promoted)" if promote else "",
+    )
+    return report
+
+
+def _to(features: dict[str, Any], device: str) -> dict[str, Any]:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+
+
+def _export_and_check(runtime: Runtime, folder: Path) -> dict[str, Any] | None:
+    """The ONNX export of the tuned model, checked against torch (None with the torch
+    encoder): made now, under the model's digest, so serving it loads from the cache."""
+    settings = runtime.settings
+    if settings.encoder == "torch":
+        return None
+    from engine.encoder.onnx_cache import load_onnx_encoder
+
+    _, check = load_onnx_encoder(settings.replace(model=str(folder)), settings.encoder)
+    return {
+        "backend": check.backend,
+        "mean_cosine": round(check.mean_cosine, 6),
+        "min_cosine": round(check.min_cosine, 6),
+        "texts": check.texts,
+    }
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

@@ -1,0 +1,192 @@
+"""Tuned encoders: positives from judgments and from the event history, batches without
+repeats, and a tuned encoder as a version that a build embeds with, that serving follows
+through its index, and that promote and rollback move."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from engine.core.config import Settings
+from engine.core.errors import NotFound, NotReady
+from engine.index.encoder_store import MODEL_FOLDER, EncoderStore, build_encoder, encoder_settings
+from engine.runtime import Runtime
+from engine.search.request import SearchRequest
+from engine.users.events import EventIn
+from indexer.build import build
+from indexer.encoder_tuning import Pair, batches, clicked_judgments, event_pairs, item_texts
+from indexer.examples import Judgment
+from indexer.ingest import ingest
+from tests.conftest import SAMPLE_CATALOG, write_jsonl
+from tests.indexer.test_train import description_judgments
+from web.cli import Context, cli
+
+
+def test_batches_hold_no_text_twice_and_use_every_pair_once() -> None:
+    rng = random.Random(3)
+    # Queries with several answers, and answers shared between queries: the hard case.
+    pairs = [
+        Pair(f"q{rng.randrange(20)}", f"d{rng.randrange(30)}", f"n{rng.randrange(40)}")
+        for _ in range(200)
+    ]
+    out = batches(pairs, 16, random.Random(0))
+    assert sorted(map(repr, (p for b in out for p in b))) == sorted(map(repr, pairs))
+    for batch in out:
+        assert 1 <= len(batch) <= 16
+        texts = [t for p in batch for t in {p.anchor, p.positive, p.negative}]
+        assert len(texts) == len(set(texts)), batch
+    assert len(out[0]) == 16  # the shuffle fills the first batches
+
+
+def test_event_pairs_are_one_users_consecutive_engagements_in_one_visit(
+    runtime: Runtime,
+) -> None:
+    with runtime.write_session() as session:
+        ingest(runtime, session, SAMPLE_CATALOG)
+    t0 = datetime(2026, 1, 1, 12)
+
+    def at(minutes: float, user: str, item: str, kind: str, value: float | None = None) -> EventIn:
+        return EventIn(user, item, kind, t0 + timedelta(minutes=minutes), value)
+
+    events = [
+        at(0, "u1", "paris-france", "click"),
+        at(5, "u1", "london-united-kingdom", "purchase"),  # pair 1
+        at(6, "u2", "berlin-germany", "click"),
+        at(7, "u1", "london-united-kingdom", "click"),  # the same item again: no pair
+        at(8, "u2", "amsterdam-netherlands", "view"),  # a view is no engagement
+        at(9, "u2", "amsterdam-netherlands", "rating", 2.0),  # a poor rating neither
+        at(10, "u2", "amsterdam-netherlands", "rating", 5.0),  # pair 2: berlin → amsterdam
+        at(200, "u1", "berlin-germany", "click"),  # hours later: another visit
+        at(201, "u1", "no-such-item", "click"),  # not in the catalog: left out
+    ]
+    with runtime.session() as session:
+        pairs = event_pairs(session, events, runtime.settings.positive_rating)
+        texts = item_texts(session, ["paris-france", "london-united-kingdom", "berlin-germany"])
+        texts.update(item_texts(session, ["amsterdam-netherlands"]))
+    assert pairs == [
+        Pair(texts["paris-france"], texts["london-united-kingdom"]),
+        Pair(texts["berlin-germany"], texts["amsterdam-netherlands"]),
+    ]
+    assert texts["paris-france"].startswith("Paris, France Category: city.")
+
+
+def test_encoder_versions_promote_and_roll_back(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    store = EncoderStore.of(settings)
+    assert build_encoder(settings) == (settings.model_name(), settings)
+    versions = []
+    for n in range(2):
+        staging = store.stage()
+        shutil.copytree(settings.model_path(), staging / MODEL_FOLDER)
+        versions.append(store.save(staging, {"base": settings.model_name(), "n": n}, promote=True))
+    assert versions == ["v000001", "v000002"] and store.current_version() == "v000002"
+    assert store.rollback_target() == "v000001"
+    name, chosen = build_encoder(settings)
+    assert name == f"{settings.model_name()}@v000002"
+    assert Path(chosen.model) == store.model_folder("v000002")
+    assert build_encoder(settings, "v000001")[0] == f"{settings.model_name()}@v000001"
+    store.promote("v000001")
+    assert store.current_version() == "v000001" and store.rollback_target() == "v000002"
+    with pytest.raises(NotFound):
+        build_encoder(settings, "v000009")
+    # An index names its encoder; one this process cannot load is not served.
+    assert encoder_settings(settings, settings.model_name()) is settings
+    for unknown in ("other-model", "other-model@v000001", f"{settings.model_name()}@v000007"):
+        with pytest.raises(NotReady, match="recsearch build"):
+            encoder_settings(settings, unknown)
+
+
+@pytest.mark.slow
+def test_a_tuned_encoder_is_built_with_served_through_its_index_and_rolled_back(
+    one_runtime: Runtime, seed_index: Path, tmp_path: Path
+) -> None:
+    runtime = one_runtime
+    shutil.copytree(seed_index, runtime.settings.index_dir)
+    with runtime.write_session() as session:
+        ingest(runtime, session, SAMPLE_CATALOG)
+    with runtime.session() as session:
+        base_build = build(runtime, session)
+    base_name = runtime.settings.model_name()
+    judgments = description_judgments(24)
+    path = write_jsonl(
+        tmp_path / "judgments.jsonl",
+        [{"query": j.query, "item_id": j.item_id, "grade": j.grade} for j in judgments],
+    )
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args), obj=context)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    out = run("train", "--encoder", "--judgments", str(path), "--batch-size", "8")
+    assert f"encoder v000001 ({base_name}@v000001): 24 pairs (24 from judgments" in out
+    assert "not promoted" in out
+    store = EncoderStore.of(runtime.settings)
+    report: dict[str, Any] = store.manifest("v000001")["report"]
+    # 24 pairs in batches of 8, a batch short where a hard negative repeats a text
+    assert report["hard_negatives"] == 24 and 3 <= report["steps"] <= 5
+    assert report["onnx_check"]["mean_cosine"] >= 0.9999  # exported and checked before publish
+    assert store.current_version() is None  # not promoted: builds still embed with the base
+    assert "v000001  24 pairs" in run("encoder", "list")
+
+    # The tuned weights differ from the base's: its vectors move.
+    tuned = runtime.embedder_for(f"{base_name}@v000001")
+    base = runtime.embedder_for(base_name)
+    probe = "a quiet beach town with coral reefs"
+    assert float(tuned.encode_query(probe) @ base.encode_query(probe)) < 0.9999
+
+    run("encoder", "promote", "v000001")
+    run("build")
+    artifact = runtime.live.get()
+    assert artifact.version != base_build.version
+    assert artifact.model_name == f"{base_name}@v000001"
+    assert artifact.manifest["model"]["encoder_version"] == "v000001"
+    # Serving follows the index: queries and the index's vectors are the tuned encoder's.
+    assert runtime.embedder is tuned
+    with runtime.session() as session:
+        texts = item_texts(session, artifact.ids[:5])
+    expected = tuned.encode([texts[i] for i in artifact.ids[:5]])
+    assert np.allclose(np.asarray(artifact.vectors())[:5], expected, atol=1e-5)
+    assert runtime.searcher.encoder_for(artifact) is tuned
+    assert runtime.search(SearchRequest(q=probe, k=3)).results  # end to end
+
+    # An index rollback brings its encoder back with it.
+    run("rollback", base_build.version)
+    assert runtime.live.get().version == base_build.version
+    assert runtime.embedder is base
+    assert runtime.live.get().manifest["model"].get("encoder_version") is None
+
+
+def test_clicked_search_results_are_query_positives(client: Any, built: Runtime) -> None:
+    shown = {
+        q: client.get(f"/v1/search?q={q}&k=5").get_json()
+        for q in ("beach", "museums", "ski resort")
+    }
+    item = {q: body["results"][1]["id"] for q, body in shown.items()}
+    events = [
+        {"user_id": "a", "item_id": item["beach"], "type": "click"},
+        {"user_id": "a", "item_id": item["museums"], "type": "rating", "value": 2.0},  # poor
+        {"user_id": "b", "item_id": item["ski resort"], "type": "purchase"},
+        # A click on an item the search did not show, or with no search: not its answer.
+        {"user_id": "b", "item_id": shown["beach"]["results"][4]["id"], "type": "view"},
+        {"user_id": "c", "item_id": item["museums"], "type": "click"},
+    ]
+    for event, q in zip(events, ("beach", "museums", "ski resort", "beach", None), strict=True):
+        if q is not None:
+            event["request_id"] = shown[q]["request_id"]
+    assert client.post("/v1/events", json={"events": events}).status_code == 200
+    built.impressions.flush()
+    with built.session() as session:
+        found = clicked_judgments(session, built.settings.positive_rating)
+    assert found == [
+        Judgment("beach", item["beach"], 1.0),
+        Judgment("ski resort", item["ski resort"], 1.0),
+    ]
