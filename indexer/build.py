@@ -22,6 +22,7 @@ from engine.core.clock import utcnow
 from engine.core.config import Settings
 from engine.core.errors import Conflict, InvalidInput
 from engine.encoder.embedder import Embedder
+from engine.encoder.prompts import built_document_prompt
 from engine.index.ann import RowLabels, create_index
 from engine.index.ann.faiss import choose_factory
 from engine.index.artifact import IndexStore, write_artifact_files
@@ -164,6 +165,7 @@ def build(
                 "normalized": True,
                 "encoder": embedder.batch_encoder,
                 "encoder_version": tuned_version(name),
+                **embedder.prompts.manifest_fields(),
             },
             "metric": "inner_product",
             "index": index_section,
@@ -320,6 +322,7 @@ def _same_build(
         _same_store(index, settings)
         and previous.get("catalog_fingerprint") == fingerprint
         and previous.get("model", {}).get("name") == embedder.name
+        and built_document_prompt(previous) == embedder.prompts.document
         and index.get("factory") == factory
         and index.get("params", {}).get("efSearch", settings.hnsw_ef_search)
         == settings.hnsw_ef_search

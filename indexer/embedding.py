@@ -28,6 +28,7 @@ from engine.catalog.items import (
 )
 from engine.core.errors import NotReady
 from engine.encoder.embedder import Embedder
+from engine.encoder.prompts import built_document_prompt
 from engine.index import stored_vectors
 from engine.index.artifact import IndexStore
 from engine.store.models import Item
@@ -117,6 +118,8 @@ def embed_catalog(
 ) -> tuple[np.ndarray, int, float]:
     """All item vectors, reusing the previous version's for texts that did not change and
     those the embedding follower stored since (so a rebuild after live writes encodes none).
+    Neither is reused when the previous version's items had another document prompt: the
+    stored vectors carry no prompt, and may be from before the change.
 
     The rest are encoded by site (default: embedder, here); (vectors, reused, seconds).
     """
@@ -126,7 +129,14 @@ def embed_catalog(
     todo = list(range(n))
     reused = 0
     old = None
-    if previous and previous["model"]["name"] == embedder.name:
+    same_prompt = previous is None or built_document_prompt(previous) == embedder.prompts.document
+    if not same_prompt:
+        log.info(
+            "the document prompt changed from %r to %r: every item is encoded again",
+            built_document_prompt(previous or {}),
+            embedder.prompts.document,
+        )
+    if previous and previous["model"]["name"] == embedder.name and same_prompt:
         try:
             old = store.load(previous["version"])
         except NotReady as exc:  # e.g. its Milvus collection was dropped: embed everything
@@ -143,7 +153,7 @@ def embed_catalog(
                 else:
                     vectors[row] = old_vectors[old_row]
             reused = n - len(todo)
-    if todo:
+    if todo and same_prompt:
         found = stored_vectors.load_matching(
             session, {rows.ids[r]: rows.text_hashes[r] for r in todo}
         )

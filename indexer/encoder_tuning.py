@@ -12,11 +12,10 @@ ranks high for the query (fused dense and BM25, past the top few, which may be u
 answers) that is not a positive of that query. Every other positive in the batch is a negative
 too (MultipleNegativesRankingLoss: in-batch negatives); batches never hold one text twice.
 
-Training runs sentence-transformers' loss in a plain torch loop rather than its Trainer: the
-Trainer needs `datasets` and `accelerate` (hundreds of MB, pyarrow) for a few dozen steps, and
-a loop of our own reports progress per step and stops when the job is cancelled. It runs on
-the GPU when RECSEARCH_DEVICE finds one. The result is checked like any model: its ONNX export
-is made and compared with torch before it is published, so a build with it starts at once.
+sentence-transformers' loss runs in a plain torch loop, not its Trainer (which needs
+`datasets` and `accelerate`, pyarrow included, for a few dozen steps): ours reports progress
+per step and stops when the job is cancelled. It uses the GPU when RECSEARCH_DEVICE finds one.
+The ONNX export is made and checked against torch before the version is published.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ from sqlalchemy.orm import Session
 from engine.catalog.items import embedding_text
 from engine.core.errors import InvalidInput
 from engine.encoder.embedder import resolve_device
+from engine.encoder.onnx_encoder import model_folder
+from engine.encoder.prompts import resolve_prompts
 from engine.index.encoder_store import MODEL_FOLDER, EncoderStore, tuned_name
 from engine.runtime import Runtime
 from engine.search.request import SearchRequest
@@ -58,6 +59,7 @@ class Pair:
     anchor: str  # a query, or the text of an item engaged with first
     positive: str  # the text of the item that answers it
     negative: str | None = None  # a hard negative's text
+    item_anchor: bool = False  # the anchor is an item's text (gets the document prompt)
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def event_pairs(
     for a, b in found:
         if a in texts and b in texts and (a, b) not in seen:
             seen.add((a, b))
-            pairs.append(Pair(texts[a], texts[b]))
+            pairs.append(Pair(texts[a], texts[b], item_anchor=True))
     return pairs
 
 
@@ -304,14 +306,20 @@ def tune_encoder(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / steps)
     )
+    # Trained as it serves: queries with the query prompt, items with the document prompt.
+    prompts = resolve_prompts(settings, model_folder(settings))
+    doc = prompts.document
     model.train()
     losses: list[float] = []
     for epoch in plan:
         for batch in epoch:
             with_negative = all(p.negative is not None for p in batch)
-            columns = [[p.anchor for p in batch], [p.positive for p in batch]]
+            columns = [
+                [(doc if p.item_anchor else prompts.query) + p.anchor for p in batch],
+                [doc + p.positive for p in batch],
+            ]
             if with_negative:
-                columns.append([p.negative or "" for p in batch])
+                columns.append([doc + (p.negative or "") for p in batch])
             features = [_to(model.preprocess(column), device) for column in columns]
             loss = loss_fn(features, None)
             loss.backward()
@@ -322,6 +330,9 @@ def tune_encoder(
             progress("tune", len(losses), steps)
     model.eval()
     model.max_seq_length = saved_length
+    # The folder names the prompts it was tuned with, so it resolves to them when it serves.
+    model.prompts = {"query": prompts.query, "document": doc}
+    model.default_prompt_name = None
     store = EncoderStore.of(settings)
     staging = store.stage()
     folder = staging / MODEL_FOLDER

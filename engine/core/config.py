@@ -40,6 +40,8 @@ PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 ENCODERS = ("onnx", "onnx-int8", "torch")
 VECTOR_STORES = ("faiss", "milvus")
+# Settings for which an empty variable is a value (no prompt), not "keep the default".
+EMPTY_IS_A_VALUE = ("query_prompt", "document_prompt")
 # Milvus names: a letter or underscore, then letters, digits and underscores. The alias is
 # also the prefix of each version's collection name (<alias>_<built at>_<random>), so it
 # leaves room for that suffix under Milvus's 255 characters.
@@ -78,6 +80,13 @@ class Settings(BaseModel):
     encoder: Literal["onnx", "onnx-int8", "torch"] = "onnx"
     # onnxruntime intra-op threads (torch's too, when set); 0: the cores this process may use.
     encoder_threads: int = Field(default=0, ge=0)
+    # Text put before each query / each item's text before encoding (instruction-tuned models:
+    # e5's "query: ", bge's "Represent this sentence ..."). None (unset): the model folder's
+    # prompts (config_sentence_transformers.json: "query"; "document", else "passage", else
+    # "corpus"); "" is no prompt. A folder with a default_prompt_name needs both set
+    # (engine/encoder/prompts.py says why).
+    query_prompt: str | None = None
+    document_prompt: str | None = None
 
     # "auto" picks flat below auto_flat_max_items and HNSW above; or flat | hnsw | ivf,
     # or any FAISS factory string (e.g. "IVF1024,PQ32").
@@ -310,8 +319,9 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every RECSEARCH_<FIELD> variable (empty ones keep the default); raise
-        ConfigError naming a bad value or a variable that names no setting."""
+        """Read every RECSEARCH_<FIELD> variable (empty ones keep the default, except the
+        prompts', where empty is no prompt); raise ConfigError naming a bad value or a variable
+        that names no setting."""
         env = os.environ if environ is None else environ
         values: dict[str, str] = {}
         for name, raw in env.items():
@@ -320,7 +330,7 @@ class Settings(BaseModel):
             field = name[len(PREFIX) :].lower()
             if field not in cls.model_fields:
                 raise ConfigError(f"{name} is not a recsearch setting{_nearest(field)}")
-            if raw != "":
+            if raw != "" or field in EMPTY_IS_A_VALUE:
                 values[field] = raw
         return cls(**values)
 

@@ -3,7 +3,8 @@
 Backends: "onnx" (ONNX Runtime on a graph exported once and checked against torch, see
 engine/encoder/onnx_export.py and engine/encoder/onnx_encoder.py), "onnx-int8" (the same
 graph with int8 weights) and "torch" (sentence-transformers). Batches (builds) run on the device
-RECSEARCH_DEVICE picks.
+RECSEARCH_DEVICE picks. Items are encoded after the document prompt, queries after the query
+prompt (engine/encoder/prompts.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -19,6 +21,8 @@ from cachetools import LRUCache
 from engine.core.config import ENCODERS, Settings
 from engine.core.errors import ConfigError
 from engine.core.values import is_device
+from engine.encoder.onnx_encoder import model_folder
+from engine.encoder.prompts import Prompts, prompts_from_config, resolve_prompts
 
 if TYPE_CHECKING:
     from engine.encoder.onnx_cache import ProbeCheck
@@ -27,12 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class TextEncoder(Protocol):
-    """One backend: texts in, (len(texts), dim) float32 unit vectors out."""
+    """One backend: texts in, (len(texts), dim) float32 unit vectors out, each text encoded
+    after prompt ("" for none)."""
 
     backend: str
     dim: int
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray: ...
 
 
 class TorchEncoder:
@@ -66,15 +71,37 @@ class TorchEncoder:
             raise ConfigError(f"RECSEARCH_MODEL={settings.model!r} does not report its dimension")
         self.dim = int(dim)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def prompts(self, settings: Settings) -> Prompts:
+        """The prompts settings and the model give: from the folder's configuration file, as
+        the ONNX encoder reads it, for a local folder; else from what sentence-transformers
+        loaded (a hub name it resolves, e.g. with its organization prefix, has no folder here).
+        """
+        path = Path(settings.model_path())
+        if path.is_dir():
+            return resolve_prompts(settings, path)
+        return prompts_from_config(settings, loaded_prompt_config(self.model))
+
+    def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
         vectors = self.model.encode(
             list(texts),
+            # Always explicit: "" too overrides the folder's default_prompt_name.
+            prompt=prompt,
             batch_size=max(1, len(texts)),
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def loaded_prompt_config(model: Any) -> dict[str, Any]:
+    """A loaded SentenceTransformer's prompts and default_prompt_name, as its folder's
+    config_sentence_transformers.json saved them."""
+    # sentence-transformers 6 adds "query" and "document" as "" when the folder saves
+    # neither; dropped, so that a saved "passage" prompt is found, as in the file.
+    placeholders = getattr(type(model), "_default_prompts", {})
+    saved = {k: v for k, v in model.prompts.items() if not (k in placeholders and v == "")}
+    return {"prompts": saved, "default_prompt_name": model.default_prompt_name}
 
 
 def resolve_device(requested: str) -> str:
@@ -113,7 +140,8 @@ class Embedder:
     Every vector it returns is float32 and L2-normalized, so inner product is cosine.
     `encoder` is the backend for queries; `batch_encoder` the one that encodes batches, which
     differs on a GPU where onnxruntime has no CUDA provider (torch on CUDA encodes them).
-    `check` is the ONNX export's agreement with torch (None for torch).
+    `check` is the ONNX export's agreement with torch (None for torch). `prompts` are what
+    items (encode) and queries (encode_query) are prefixed with.
     """
 
     def __init__(self, settings: Settings, *, query_cache_size: int = 1024) -> None:
@@ -128,14 +156,19 @@ class Embedder:
         self.check: ProbeCheck | None = None
         self._query: TextEncoder
         self._batch: TextEncoder
+        self.prompts: Prompts
         if settings.encoder == "torch":
             torch_cuda, _ = _cuda_support()
             if self.device != "cpu" and not torch_cuda:
                 self.device = _no_gpu(settings, "torch sees no CUDA device")
-            self._query = self._batch = TorchEncoder(settings, self.device)
+            torch_encoder = TorchEncoder(settings, self.device)
+            self.prompts = torch_encoder.prompts(settings)
+            self._query = self._batch = torch_encoder
         else:
             from engine.encoder.onnx_cache import load_onnx_encoder
 
+            # Before the export: an ambiguous prompt stops the start before seconds of work.
+            self.prompts = resolve_prompts(settings, model_folder(settings))
             self._query, self.check = load_onnx_encoder(settings, settings.encoder)
             self._batch = self._query
             if self.device != "cpu":
@@ -152,12 +185,15 @@ class Embedder:
                 f"dimensions, the query encoder {self.dim}"
             )
         log.info(
-            "encoder %s for queries, %s on %s for batches (model %s, %d dims)",
+            "encoder %s for queries, %s on %s for batches (model %s, %d dims; query prompt %r, "
+            "document prompt %r)",
             self.encoder,
             self.batch_encoder,
             self.device,
             self.name,
             self.dim,
+            self.prompts.query,
+            self.prompts.document,
         )
         # Query text → its vector (read-only), least recently used out first.
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(query_cache_size, 1))
@@ -169,7 +205,8 @@ class Embedder:
         *,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """(len(texts), dim) float32, L2-normalized; calls progress(n) after each batch.
+        """(len(texts), dim) float32, L2-normalized, for items (the document prompt); calls
+        progress(n) after each batch.
 
         Texts are batched longest first (as sentence-transformers does), so a batch pads to
         texts of similar length; rows come back in the input's order.
@@ -178,18 +215,19 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            out[rows] = self._batch.embed([texts[i] for i in rows])
+            out[rows] = self._batch.embed([texts[i] for i in rows], prompt=self.prompts.document)
             if progress is not None:
                 progress(len(rows))
         return out
 
     def encode_query(self, text: str) -> np.ndarray:
-        """(dim,) float32, L2-normalized; repeated queries come from an LRU cache."""
+        """(dim,) float32, L2-normalized, after the query prompt; repeated queries come from
+        an LRU cache."""
         with self._lock:
             cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vector = self._query.embed([text])[0].astype(np.float32, copy=True)
+        vector = self._query.embed([text], prompt=self.prompts.query)[0].astype(np.float32)
         vector.setflags(write=False)
         with self._lock:
             self._cache[text] = vector

@@ -211,13 +211,21 @@ def _ensure_export(
 
 
 def _probe_check(encoder: OnnxEncoder, spec: ModelSpec, backend: str, path: Path) -> ProbeCheck:
-    """Cosines to torch's vectors, each probe text encoded alone and all in one padded batch."""
+    """Cosines to torch's vectors, each probe text encoded alone and all in one padded batch.
+
+    Both sides encode without a prompt: the empty prompt, given explicitly, keeps a folder's
+    default_prompt_name off the torch side too.
+    """
     from sentence_transformers import SentenceTransformer
 
     log.info("checking %s against torch on %d probe texts", path, len(PROBE_TEXTS))
     reference = SentenceTransformer(str(spec.folder), device="cpu", local_files_only=True)
     expected = reference.encode(
-        list(PROBE_TEXTS), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        list(PROBE_TEXTS),
+        prompt="",
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
     )
     alone = np.concatenate([encoder.embed([text]) for text in PROBE_TEXTS])
     batched = encoder.embed(list(PROBE_TEXTS))

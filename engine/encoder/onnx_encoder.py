@@ -33,6 +33,9 @@ class ModelSpec:
     do_lower_case: bool
     pooling: tuple[str, ...]  # sentence-transformers pooling modes, concatenated in this order
     normalize: bool  # the model ends with a Normalize module
+    # Pooling's include_prompt: False leaves a prompt's tokens out of the pooling (they still
+    # go through the transformer), as instructor-style models are trained.
+    include_prompt: bool = True
 
 
 def model_folder(settings: Settings) -> Path:
@@ -55,7 +58,7 @@ def model_folder(settings: Settings) -> Path:
 
 def read_spec(folder: Path, model_setting: str) -> ModelSpec:
     """The model's modules (modules.json) as a ModelSpec; ConfigError for a module this
-    backend cannot reproduce (Dense, a default prompt, ...)."""
+    backend cannot reproduce (Dense, ...). Prompts are engine.encoder.prompts' business."""
 
     def unsupported(what: str) -> ConfigError:
         return ConfigError(
@@ -69,22 +72,22 @@ def read_spec(folder: Path, model_setting: str) -> ModelSpec:
     transformer: Path | None = None
     pooling: tuple[str, ...] = ("mean",) if not modules_file.is_file() else ()
     normalize = False
+    include_prompt = True
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         path = folder / module.get("path", "")
         if kind == "Transformer" and transformer is None:
             transformer = path
         elif kind == "Pooling" and transformer is not None and not pooling:
-            pooling = _pooling_modes(read_json(path / "config.json"))
+            pooling_config = read_json(path / "config.json")
+            pooling = _pooling_modes(pooling_config)
+            include_prompt = bool(pooling_config.get("include_prompt", True))
         elif kind == "Normalize" and pooling:
             normalize = True
         else:
             raise unsupported(f"module {module.get('type')!r} in {modules_file}")
     if transformer is None or not pooling:
         raise unsupported(f"a module list without a Transformer and a Pooling ({modules_file})")
-    st_config = folder / "config_sentence_transformers.json"
-    if st_config.is_file() and read_json(st_config).get("default_prompt_name"):
-        raise unsupported("a default prompt")
     bert_config = transformer / "sentence_bert_config.json"
     config = read_json(bert_config) if bert_config.is_file() else {}
     max_len = config.get("max_seq_length")
@@ -106,6 +109,7 @@ def read_spec(folder: Path, model_setting: str) -> ModelSpec:
         do_lower_case=bool(config.get("do_lower_case", False)),
         pooling=pooling,
         normalize=normalize,
+        include_prompt=include_prompt,
     )
 
 
@@ -129,17 +133,27 @@ def _pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def pool(
-    token_embeddings: np.ndarray, attention_mask: np.ndarray, modes: Sequence[str]
+    token_embeddings: np.ndarray,
+    attention_mask: np.ndarray,
+    modes: Sequence[str],
+    *,
+    prompt_tokens: int = 0,
 ) -> np.ndarray:
     """Sentence vectors as sentence-transformers' Pooling computes them.
 
     token_embeddings (batch, seq, hidden) float32, attention_mask (batch, seq) of 0/1;
-    returns (batch, hidden * len(modes)) float32, the modes concatenated.
+    returns (batch, hidden * len(modes)) float32, the modes concatenated. prompt_tokens: the
+    first tokens of each text (after any left padding) left out, as Pooling(include_prompt=
+    False) leaves out a prompt's.
     """
     x = token_embeddings.astype(np.float32, copy=False)
-    mask = attention_mask.astype(np.float32)[:, :, None]  # (batch, seq, 1)
     batch, seq, _ = x.shape
     rows = np.arange(batch)
+    original_mask = attention_mask
+    if prompt_tokens:
+        start = attention_mask.argmax(axis=1) + prompt_tokens  # (batch,) past padding and prompt
+        attention_mask = np.where(np.arange(seq)[None, :] < start[:, None], 0, attention_mask)
+    mask = attention_mask.astype(np.float32)[:, :, None]  # (batch, seq, 1)
     parts: list[np.ndarray] = []
     for mode in modes:
         if mode == "cls":  # the first unmasked token (the first one, with right padding)
@@ -150,7 +164,7 @@ def pool(
             count = np.clip(mask.sum(axis=1), 1e-9, None)
             parts.append((x * mask).sum(axis=1) / (count if mode == "mean" else np.sqrt(count)))
         elif mode == "weightedmean":
-            pad = attention_mask.argmax(axis=1)[:, None, None]  # left padding, if any
+            pad = original_mask.argmax(axis=1)[:, None, None]  # left padding, if any
             weights = mask * (np.arange(1, seq + 1, dtype=np.float32)[None, :, None] - pad)
             parts.append((x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None))
         elif mode == "lasttoken":
@@ -208,16 +222,36 @@ class OnnxEncoder:
         self.input_names = [i.name for i in self.session.get_inputs()]
         hidden = self.session.get_outputs()[0].shape[-1]
         self.dim = int(hidden) * len(spec.pooling)
+        self._prompt_tokens: dict[str, int] = {}
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32, L2-normalized."""
+    def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalized; prompt goes before each text, as
+        sentence-transformers' encode(texts, prompt=prompt) puts it."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        batch = [t.lower() for t in texts] if self.spec.do_lower_case else list(texts)
+        batch = [prompt + t for t in texts]
+        if self.spec.do_lower_case:
+            batch = [t.lower() for t in batch]
         tokens = self.tokenize(batch)
         feeds = {name: tokens[name] for name in self.input_names}
         (token_embeddings,) = self.session.run(None, feeds)  # (batch, seq, hidden)
-        return l2_normalize(pool(token_embeddings, tokens["attention_mask"], self.spec.pooling))
+        skip = self.prompt_tokens(prompt) if prompt and not self.spec.include_prompt else 0
+        return l2_normalize(
+            pool(token_embeddings, tokens["attention_mask"], self.spec.pooling, prompt_tokens=skip)
+        )
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many leading tokens prompt makes, as sentence-transformers counts them for
+        Pooling(include_prompt=False): the prompt tokenized alone, less a closing special token
+        ([SEP]), so [CLS] counts as the prompt's."""
+        count = self._prompt_tokens.get(prompt)
+        if count is None:
+            text = prompt.lower() if self.spec.do_lower_case else prompt
+            ids = self.tokenize([text])["input_ids"][0]
+            special = set(getattr(self.tokenizer, "all_special_ids", ()))
+            count = len(ids) - (1 if len(ids) and int(ids[-1]) in special else 0)
+            self._prompt_tokens[prompt] = count
+        return count
 
     def tokenize(self, batch: list[str]) -> dict[str, np.ndarray]:
         """The graph's inputs (and attention_mask) as (batch, seq) int64 arrays: what

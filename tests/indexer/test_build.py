@@ -57,6 +57,8 @@ def test_build_publishes_a_self_describing_version(runtime: Runtime, tmp_path: P
         "normalized": True,
         "encoder": runtime.embedder.batch_encoder,
         "encoder_version": None,  # RECSEARCH_MODEL's, not a tuned version
+        "query_prompt": "",
+        "document_prompt": "",
     }
     assert manifest["metric"] == "inner_product"
     assert manifest["index"]["backend"] == "faiss" and manifest["index"]["factory"] == "Flat"

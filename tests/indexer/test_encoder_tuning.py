@@ -71,8 +71,8 @@ def test_event_pairs_are_one_users_consecutive_engagements_in_one_visit(
         texts = item_texts(session, ["paris-france", "london-united-kingdom", "berlin-germany"])
         texts.update(item_texts(session, ["amsterdam-netherlands"]))
     assert pairs == [
-        Pair(texts["paris-france"], texts["london-united-kingdom"]),
-        Pair(texts["berlin-germany"], texts["amsterdam-netherlands"]),
+        Pair(texts["paris-france"], texts["london-united-kingdom"], item_anchor=True),
+        Pair(texts["berlin-germany"], texts["amsterdam-netherlands"], item_anchor=True),
     ]
     assert texts["paris-france"].startswith("Paris, France Category: city.")
 

@@ -136,12 +136,23 @@ def mini_beir(target: Path, n_train: int = 60, n_test: int = 40, extra_docs: int
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"needs the datasets in {SHARED_DATA}")
-def test_evaluate_beir_through_the_engine(one_runtime: Runtime, tmp_path: Path) -> None:
+def test_evaluate_beir_through_the_engine(
+    one_runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runtime = one_runtime  # one database: the metrics do not depend on it
-    from indexer.evaluate import evaluate_beir
+    from indexer import evaluate
+    from indexer.encoder_tuning import TuneOptions, tune_encoder
 
+    tuned_on: list[Any] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Any:  # the real tuning, its pairs kept
+        tuned_on.extend(args[1])
+        return tune_encoder(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "tune_encoder", watched)
     folder = mini_beir(tmp_path / "mini-scifact")
-    result: dict[str, Any] = evaluate_beir(runtime, folder)
+    tune = TuneOptions(batch_size=16, max_seq_length=128)
+    result: dict[str, Any] = evaluate.evaluate_beir(runtime, folder, tune=tune)
     metrics = result["metrics"]
     assert set(metrics) == {
         "dense",
@@ -173,6 +184,22 @@ def test_evaluate_beir_through_the_engine(one_runtime: Runtime, tmp_path: Path) 
     assert metrics["hybrid"]["ndcg@10"] >= min(
         metrics["dense"]["ndcg@10"], metrics["lexical"]["ndcg@10"]
     )
+
+    # The tuned encoder: trained on the train split's judgments alone, then every figure again.
+    tuned = result["encoder_tuned"]
+    assert set(tuned["metrics"]) == set(metrics) and tuned["tuning_s"] > 0
+    name = f"{runtime.settings.model_name()}@v000001"
+    assert tuned["encoder"]["name"] == name and runtime.live.get().model_name == name
+    assert tuned["index"]["version"] != result["index"]["version"]
+    test_rows = (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    train_queries = {texts[r.split("\t")[0]] for r in train_rows}
+    test_only = {texts[r.split("\t")[0]] for r in test_rows} - train_queries
+    anchors = {pair.anchor for pair in tuned_on}
+    assert anchors == train_queries and not anchors & test_only
+    assert len(tuned_on) == tuned["encoder"]["pairs"] == prior["clicks"]  # one per judgment
+    for values in tuned["metrics"].values():
+        assert 0 <= values["ndcg@10"] <= 1
+    assert tuned["metrics"]["dense"]["ndcg@10"] > 0.5
     assert ModelStore(runtime.settings.model_dir).current_version() is None
 
 

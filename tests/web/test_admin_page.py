@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from engine.index.artifact import IndexStore
 from engine.runtime import Runtime
-from tests.conftest import ROOT
+from tests.conftest import PG_URL, ROOT
 from web import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -197,3 +197,31 @@ def test_inspector_catalog_rules_and_experiments(
     page.locator("#experiments tbody tr .experiment-promote").click()
     page.wait_for_function(f"{state} === 'promoted'")
     assert ModelStore(built.settings.model_dir).current_version() == candidate
+
+
+def test_tune_encoder_job_with_progress(page, server: tuple[str, str], built: Runtime) -> None:  # type: ignore[no-untyped-def]
+    if PG_URL and built.settings.database_url.startswith("sqlite"):
+        pytest.skip("one database is enough for a browser walk: PostgreSQL runs it")
+    from engine.index.encoder_store import EncoderStore
+    from indexer.events import load_events
+
+    with built.write_session() as session:  # same-visit engagements: the encoder's positives
+        load_events(built, session, ROOT / "data" / "events.jsonl")
+    base, key = server
+    sign_in(page, base, key)
+    page.fill("#tune-epochs", "1")
+    page.check("#tune-promote")
+    page.click("#tune-encoder")
+    page.wait_for_function(
+        "/^running · tune \\d+%/.test(document.getElementById('tune-text').textContent)"
+    )
+    page.wait_for_function(
+        "document.getElementById('tune-text').textContent.startsWith('done: encoder')",
+        timeout=300_000,
+    )
+    assert page.text_content("#tune-text") == "done: encoder v000001"
+    store = EncoderStore.of(built.settings)
+    assert store.current_version() == "v000001"  # promoted: the next build embeds with it
+    report = store.manifest("v000001")["report"]
+    assert report["sources"]["events"] > 0 and report["promoted"] is True
+    page.wait_for_selector("#jobs tbody tr td:text('train-encoder')")

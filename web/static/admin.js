@@ -169,7 +169,7 @@ async function follow(job, textId, withBar) {
     await new Promise((r) => setTimeout(r, 400));
   }
   $(textId).textContent = job.state === "succeeded"
-    ? `done: ${job.kind === "build" ? "published " : "model "}${job.result.version}`
+    ? `done: ${{ build: "published ", train: "model ", "train-encoder": "encoder " }[job.kind] || ""}${job.result.version}`
     : `${job.state}${job.error ? ": " + job.error : ""}`;
   if (withBar && job.state === "succeeded") $("progress-bar").style.width = "100%";
   refresh();
@@ -185,6 +185,12 @@ $("train").addEventListener("click", async () => {
   const body = JSON.stringify({ source: $("train-source").value, promote: $("train-promote").checked });
   try { follow(await api("/train", { method: "POST", body }), "train-text", false); }
   catch (e) { $("train-text").textContent = e.message; }
+});
+
+$("tune-encoder").addEventListener("click", async () => {
+  const body = JSON.stringify({ epochs: Number($("tune-epochs").value), promote: $("tune-promote").checked });
+  try { follow(await api("/train-encoder", { method: "POST", body }), "tune-text", false); }
+  catch (e) { $("tune-text").textContent = e.message; }
 });
 
 // One rendering of explained results: the playground, the user inspector, similar items.
