@@ -51,8 +51,7 @@ from engine.search.request import SearchRequest  # noqa: E402
 from indexer.build import build  # noqa: E402
 from indexer.click_prior import click_state, cross_fitted_states, judgment_clicks  # noqa: E402
 from indexer.datasets import beir_qrels, beir_queries  # noqa: E402
-from indexer.encoder_tuning import minmax  # noqa: E402
-from indexer.evaluate import DEPTH, import_beir, mean_ndcg  # noqa: E402
+from indexer.evaluate import DEPTH, import_beir, mean_ndcg, minmax  # noqa: E402
 from indexer.examples import Judgment, judgment_examples  # noqa: E402
 from indexer.progress import no_progress  # noqa: E402
 from indexer.train import train_from_examples  # noqa: E402

@@ -19,7 +19,7 @@ from indexer import ablation
 from indexer.build import BuildReport, build
 from indexer.click_prior import click_state, cross_fitted_states, judgment_clicks
 from indexer.datasets import beir_items, beir_qrels, beir_queries
-from indexer.encoder_tuning import TuneOptions, hybrid_order, judgment_pairs, tune_encoder
+from indexer.encoder_tuning import TuneOptions, judgment_pairs, tune_encoder
 from indexer.examples import Judgment, judgment_examples
 from indexer.progress import Progress, no_progress
 from indexer.train import train_from_examples
@@ -227,6 +227,18 @@ def _measure(
         "model": {"version": train_report.version, "promoted": promote, **train_report.to_dict()},
         "train_seconds": round(train_s, 2),
     }
+
+
+def hybrid_order(stage: Any) -> np.ndarray:
+    """Candidate positions by min-max fused dense and BM25 score (the evaluation's hybrid)."""
+    sims = stage.x[:, stage.names.index("query_sim")]
+    bm25 = np.array([c.lexical_score for c in stage.candidates])
+    return np.argsort(-(minmax(sims) + minmax(bm25)), kind="stable")
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    spread = float(values.max() - values.min()) if values.size else 0.0
+    return (values - values.min()) / spread if spread > 1e-12 else np.zeros_like(values)
 
 
 def mean_ndcg(
