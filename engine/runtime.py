@@ -8,6 +8,7 @@ import threading
 from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -16,8 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.catalog.item_watch import ItemWatch
 from engine.core.clock import Clock, utcnow
 from engine.core.config import Settings
+from engine.core.errors import ConfigError, NotReady
 from engine.core.files import make_private_dir
 from engine.encoder.embedder import Embedder
+from engine.encoder.onnx_encoder import model_folder
+from engine.encoder.prompts import built_document_prompt, resolve_prompts
 from engine.index.ann import item_writer
 from engine.index.artifact import IndexStore, LiveIndex
 from engine.index.delta import Delta
@@ -103,7 +107,7 @@ class Runtime:
         self.live = LiveIndex(
             IndexStore(settings.index_dir),
             settings.index_poll_s,
-            lambda name: encoder_settings(self.settings, name),  # NotReady for an unknown one
+            self._check_encoder,
         )
         for versions in (self.live.store, ModelStore(settings.model_dir)):
             try:  # what builds and trainings killed mid-way left (a crash, a full disk)
@@ -155,6 +159,29 @@ class Runtime:
     def _start_following(self) -> None:
         self.follower.start()
         self.listener.start()
+
+    def _check_encoder(self, manifest: dict[str, Any]) -> None:
+        """NotReady for an index this process cannot encode for: built with an encoder it
+        does not know, or its items encoded after another document prompt than the one this
+        process would give new items (engine.encoder.prompts)."""
+        name = str(manifest["model"]["name"])
+        settings = encoder_settings(self.settings, name)
+        loaded = self._embedders.get(name)
+        try:
+            ours = (
+                loaded.prompts.document
+                if loaded is not None
+                else resolve_prompts(settings, model_folder(settings)).document
+            )
+        except ConfigError:
+            return  # no folder to read here: the encoder itself says why when it loads
+        built = built_document_prompt(manifest)
+        if built != ours:
+            raise NotReady(
+                f"index {manifest.get('version')} was built with document prompt {built!r} but "
+                f"this process encodes items with {ours!r} (RECSEARCH_DOCUMENT_PROMPT or the "
+                "model's prompts): set it back, or run `recsearch build`"
+            )
 
     @property
     def embedder(self) -> Embedder:

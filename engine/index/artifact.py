@@ -221,16 +221,17 @@ class LiveIndex(LiveVersion[IndexArtifact]):
         self,
         store: IndexStore,
         poll_s: float,
-        model_name: str | Callable[[str], object] | None = None,
+        model_name: str | Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         """model_name: the encoder this process encodes with (an index built with another is
-        NotReady), or a callable that raises NotReady for an encoder it cannot serve."""
+        NotReady), or a callable given a version's manifest that raises NotReady for a version
+        it cannot encode for."""
 
         def load(version: str) -> IndexArtifact:
             loaded = store.load(version)
             built_with = loaded.model_name
             if callable(model_name):
-                model_name(built_with)
+                model_name(loaded.manifest)
             elif model_name is not None and built_with != model_name:
                 raise NotReady(
                     f"index {version} was built with model {built_with!r} but this process "

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.core.config import Settings
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, NotReady
 from engine.encoder.embedder import Embedder, loaded_prompt_config
 from engine.encoder.onnx_cache import FILES, _probe_check, folder_digest
 from engine.encoder.onnx_encoder import OnnxEncoder, pool, read_spec
@@ -309,5 +309,9 @@ def test_the_manifest_records_the_prompts_and_reuse_needs_the_same_document_prom
     assert first.reused == 0
     # A manifest from before prompts were recorded was built without one.
     assert built_document_prompt({"model": {"name": "all-MiniLM-L6-v2"}}) == ""
+    # A process that would encode new items without the prompt does not serve v000003.
+    with pytest.raises(NotReady, match="built with document prompt 'passage: ' but this process"):
+        plain.live.get()
+    assert prompted.live.get().version == "v000003"
     plain.close()
     prompted.close()

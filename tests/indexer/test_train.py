@@ -195,8 +195,15 @@ def test_evaluate_beir_through_the_engine(
     train_queries = {texts[r.split("\t")[0]] for r in train_rows}
     test_only = {texts[r.split("\t")[0]] for r in test_rows} - train_queries
     anchors = {pair.anchor for pair in tuned_on}
-    assert anchors == train_queries and not anchors & test_only
-    assert len(tuned_on) == tuned["encoder"]["pairs"] == prior["clicks"]  # one per judgment
+    assert anchors <= train_queries and not anchors & test_only
+    # A quarter of the train queries is kept out of the tuning: the tuned run's ranker's.
+    assert len(anchors) == tuned["tuned_on_queries"] == len(train_queries) - tuned["ranker_queries"]
+    assert tuned["ranker_queries"] == round(len(train_queries) * 0.25)
+    ranker = tuned["model"]
+    assert 0 < ranker["train_queries"] + ranker["validation_queries"] <= tuned["ranker_queries"]
+    judged_pairs = {(texts[r.split("\t")[0]], r.split("\t")[1]) for r in train_rows}
+    assert len(tuned_on) == tuned["encoder"]["pairs"]  # one per judgment of those queries
+    assert len(tuned_on) == sum(1 for q, _ in judged_pairs if q in anchors)
     for values in tuned["metrics"].values():
         assert 0 <= values["ndcg@10"] <= 1
     assert tuned["metrics"]["dense"]["ndcg@10"] > 0.5
