@@ -52,7 +52,7 @@ from engine.index.schemas import VersionBody
 from engine.runtime import Runtime
 from engine.search.request import SearchQuery
 from engine.users.events import EVENT_TYPES, EventBody
-from indexer.schemas import TrainBody
+from indexer.schemas import TrainBody, TrainEncoderBody
 from tests.conftest import ROOT, SAMPLE_CATALOG
 
 # A 100 kB id is a fair example; Hypothesis only warns that printing it costs something.
@@ -83,6 +83,7 @@ ROUTES = {
     ("GET", "/static/<path:filename>"),
     ("POST", "/admin/api/rebuild"),
     ("POST", "/admin/api/train"),
+    ("POST", "/admin/api/train-encoder"),
     ("GET", "/admin/api/jobs"),
     ("GET", "/admin/api/jobs/<int:job_id>"),
     ("POST", "/admin/api/jobs/<int:job_id>/cancel"),
@@ -319,6 +320,7 @@ BODY_ROUTES: dict[str, tuple[dict[str, Any], list[str]]] = {
         list(EventBody.model_fields),
     ),
     "/admin/api/train": ({"source": "events"}, list(TrainBody.model_fields)),
+    "/admin/api/train-encoder": ({"epochs": 1}, list(TrainEncoderBody.model_fields)),
     "/admin/api/rollback": ({"version": "v000001"}, list(VersionBody.model_fields)),
     "/admin/api/promote": ({"version": "v000001"}, list(VersionBody.model_fields)),
     "/admin/api/rebuild": ({}, []),
