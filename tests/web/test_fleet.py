@@ -71,7 +71,8 @@ def _followers(db_url: str) -> int:
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
                     "AND ((classid::bigint << 32) | objid::bigint) = :key "
                     # Advisory keys are per database; another test run's is not this one's.
-                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    "AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"key": key},
             ).scalar_one()
