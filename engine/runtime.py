@@ -24,6 +24,7 @@ from engine.encoder.onnx_encoder import model_folder
 from engine.encoder.prompts import built_document_prompt, resolve_prompts
 from engine.index.ann import item_writer
 from engine.index.artifact import IndexStore, LiveIndex
+from engine.index.chunks import embed_chunks
 from engine.index.delta import Delta
 from engine.index.embedding_follower import EmbeddingFollower
 from engine.index.encoder_store import build_encoder, encoder_settings
@@ -139,6 +140,7 @@ class Runtime:
             leadership_for(self.db, "embedding-follower"),
             settings.delta_poll_s / 2,
             on_stored=lambda: self.delta.wake(),
+            embed_chunks=lambda texts: embed_chunks(self.embedder, self.settings, texts),
         )
         # With Milvus, the follower also writes each new vector (and each deletion) into the
         # serving collection; FAISS has no writer (None): its delta serves new items.

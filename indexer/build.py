@@ -21,6 +21,7 @@ from engine.catalog.items import (
 from engine.core.clock import utcnow
 from engine.core.config import Settings
 from engine.core.errors import Conflict, InvalidInput
+from engine.encoder.chunking import ChunkSpec
 from engine.encoder.embedder import Embedder
 from engine.encoder.prompts import built_document_prompt
 from engine.index.ann import RowLabels, create_index
@@ -31,6 +32,7 @@ from engine.index.encoder_store import build_encoder, tuned_version
 from engine.index.lexical import LexicalIndex
 from engine.runtime import Runtime
 from engine.store.models import IndexVersion
+from indexer.chunking import chunk_catalog, index_chunks
 from indexer.embedding import EmbeddingSite, LocalEmbedding, embed_catalog, load_catalog
 from indexer.progress import Progress, no_progress
 from indexer.recall import measure_recall
@@ -127,6 +129,7 @@ def build(
     vectors, reused, embed_s = embed_catalog(
         rows, embedder, store, previous, progress, session, site
     )
+    chunked = chunk_catalog(rows, embedder, site, store, previous, session, progress, settings)
 
     if settings.vector_store == "milvus":
         _drop_stale_collections(settings, store)
@@ -142,6 +145,10 @@ def build(
             progress("index", min(n, start + _ADD_CHUNK), n)
 
         recall = measure_recall(index, vectors, settings.recall_sample, progress)
+        if chunked is not None:
+            index_chunks(chunked, settings, settings.recall_sample)
+            if chunked.recall_at_10 is not None and chunked.recall_at_10 < recall:
+                recall = chunked.recall_at_10  # the gate holds for both indexes
         progress("lexical", 0, n)
         lexical = LexicalIndex.build(rows.texts)
         progress("lexical", n, n)
@@ -182,6 +189,7 @@ def build(
             "embedding": embedding,
             "recall_at_10": recall,
             "recall_sample": min(settings.recall_sample, n),
+            "chunks": None if chunked is None else chunked.save(staging),
             "engine_version": __version__,
             "host": platform.node(),
         }
@@ -323,7 +331,13 @@ def _same_build(
         and previous.get("catalog_fingerprint") == fingerprint
         and previous.get("model", {}).get("name") == embedder.name
         and built_document_prompt(previous) == embedder.prompts.document
+        and ChunkSpec.from_dict(previous.get("chunks")) == _chunk_spec(embedder, settings)
         and index.get("factory") == factory
         and index.get("params", {}).get("efSearch", settings.hnsw_ef_search)
         == settings.hnsw_ef_search
     )
+
+
+def _chunk_spec(embedder: Embedder, settings: Settings) -> ChunkSpec | None:
+    chunker = embedder.chunker(settings)
+    return None if chunker is None else chunker.spec

@@ -87,6 +87,12 @@ class Settings(BaseModel):
     # (engine/encoder/prompts.py says why).
     query_prompt: str | None = None
     document_prompt: str | None = None
+    # Items longer than the model's window are also embedded as overlapping windows of it
+    # (chunks; overlap tokens shared by neighbours, at most max_chunks an item), and an item's
+    # query similarity is the best of its chunks (MaxP). Off: only an item's first window.
+    chunking: bool = True
+    chunk_overlap: int = Field(default=64, ge=0)
+    max_chunks: int = Field(default=16, ge=1)
 
     # "auto" picks flat below auto_flat_max_items and HNSW above; or flat | hnsw | ivf,
     # or any FAISS factory string (e.g. "IVF1024,PQ32").

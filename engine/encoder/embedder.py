@@ -21,6 +21,7 @@ from cachetools import LRUCache
 from engine.core.config import ENCODERS, Settings
 from engine.core.errors import ConfigError
 from engine.core.values import is_device
+from engine.encoder.chunking import Chunker
 from engine.encoder.onnx_encoder import model_folder
 from engine.encoder.prompts import Prompts, prompts_from_config, resolve_prompts
 
@@ -38,6 +39,10 @@ class TextEncoder(Protocol):
     dim: int
 
     def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray: ...
+
+    def window(self) -> tuple[Any, int]:
+        """The model's tokenizer and how many tokens it reads (max_seq_length)."""
+        ...
 
 
 class TorchEncoder:
@@ -80,6 +85,9 @@ class TorchEncoder:
         if path.is_dir():
             return resolve_prompts(settings, path)
         return prompts_from_config(settings, loaded_prompt_config(self.model))
+
+    def window(self) -> tuple[Any, int]:
+        return self.model.tokenizer, int(self.model.max_seq_length or 512)
 
     def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
         vectors = self.model.encode(
@@ -195,6 +203,7 @@ class Embedder:
             self.prompts.query,
             self.prompts.document,
         )
+        self._chunkers: dict[tuple[int, int], Chunker] = {}
         # Query text → its vector (read-only), least recently used out first.
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(query_cache_size, 1))
         self._lock = threading.Lock()
@@ -219,6 +228,19 @@ class Embedder:
             if progress is not None:
                 progress(len(rows))
         return out
+
+    def chunker(self, settings: Settings) -> Chunker | None:
+        """What cuts items into windows as settings say (engine.encoder.chunking); None with
+        chunking off."""
+        if not settings.chunking:
+            return None
+        key = (settings.chunk_overlap, settings.max_chunks)
+        found = self._chunkers.get(key)
+        if found is None:
+            tokenizer, length = self._batch.window()
+            found = Chunker(tokenizer, length, self.prompts.document, *key)
+            self._chunkers[key] = found
+        return found
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dim,) float32, L2-normalized, after the query prompt; repeated queries come from

@@ -240,6 +240,9 @@ class OnnxEncoder:
             pool(token_embeddings, tokens["attention_mask"], self.spec.pooling, prompt_tokens=skip)
         )
 
+    def window(self) -> tuple[Any, int]:
+        return self.tokenizer, self.spec.max_seq_length
+
     def prompt_tokens(self, prompt: str) -> int:
         """How many leading tokens prompt makes, as sentence-transformers counts them for
         Pooling(include_prompt=False): the prompt tokenized alone, less a closing special token

@@ -6,7 +6,8 @@ Layout of one version under settings.index_dir:
                        its collection instead), items.json (row → id, category, text hash,
                        and what a search returns and ranks on: title, tags, attributes,
                        created_at), vectors.npy ((n, dim) float32 unit vectors: reused by the
-                       next build), lexical/ (BM25)
+                       next build), lexical/ (BM25), chunks*.npy / chunks.faiss (the windows
+                       of long items after their first: engine.index.chunks)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.catalog.filters import Columns, Schema
 from engine.core.errors import InvalidInput, NotFound, NotReady, Problem
 from engine.core.files import write_json_durably
 from engine.index.ann import AnnIndex, RowLabels, load_index
+from engine.index.chunks import Chunks
 from engine.index.lexical import LexicalIndex
 from engine.index.live_version import LiveVersion
 from engine.index.versions import MANIFEST, VersionStore
@@ -64,6 +66,8 @@ class IndexArtifact:
     lexical: LexicalIndex | None = None
     # Row-aligned with ids; None for a version built before items carried their fields.
     items: list[ItemFields] | None = None
+    # The windows of long items after their first (engine.index.chunks); None: not chunked.
+    chunks: Chunks | None = None
     _filter_cache: tuple[Schema, Columns] | None = field(default=None, repr=False)
     _facet_cache: FacetColumns | None = field(default=None, repr=False)
 
@@ -211,6 +215,7 @@ class IndexStore(VersionStore):
             text_hashes=rows["text_hashes"],
             lexical=_load_lexical(folder, len(rows["ids"])),
             items=items,
+            chunks=_load_chunks(folder, manifest, len(rows["ids"])),
         )
 
 
@@ -252,6 +257,14 @@ class LiveIndex(LiveVersion[IndexArtifact]):
             return self.get()
         except NotReady:
             return None
+
+
+def _load_chunks(folder: Path, manifest: dict[str, Any], size: int) -> Chunks | None:
+    section = manifest.get("chunks")
+    if not section or not section.get("count"):
+        return None
+    with _LOADING:  # .npy files (see _LOADING)
+        return Chunks.load(folder, section, size)
 
 
 def _load_lexical(folder: Path, size: int) -> LexicalIndex | None:

@@ -116,6 +116,32 @@ class Corpus:
                     found[i] = True
         return out, found
 
+    def query_sims(
+        self, item_ids: Sequence[str], vectors: np.ndarray, query: np.ndarray
+    ) -> np.ndarray:
+        """(n,) each item's similarity to the query: the best of its vector (vectors, as
+        vectors() gave them) and its chunks, the delta's for an item re-embedded since the
+        build, else the version's (MaxP, engine.index.chunks)."""
+        sims = vectors @ query
+        chunks, delta = self.artifact.chunks, self.delta
+        has_delta_chunks = delta is not None and delta.chunk_rows is not None
+        if chunks is None and not has_delta_chunks:
+            return sims
+        rows = np.full(len(item_ids), -1, dtype=np.int64)
+        row_of = self.artifact.ann.rows.get
+        for i, item_id in enumerate(item_ids):
+            fresh = delta.row_of(item_id) if delta is not None else None
+            if fresh is not None and delta is not None:
+                if has_delta_chunks:
+                    sims[i] = max(sims[i], float(delta.best_of(query, np.array([fresh]))[0]))
+                continue
+            row = row_of(item_id)
+            if row is not None:
+                rows[i] = row
+        if chunks is not None:
+            sims = np.maximum(sims, chunks.best(query, rows))
+        return sims
+
 
 def _load_fields(session: Session, item_ids: list[str]) -> dict[str, ItemFields]:
     query = select(

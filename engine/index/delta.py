@@ -29,8 +29,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.catalog.fields import ItemFields
 from engine.catalog.items import INDEXED_COLUMNS, embedding_text, settled_before, text_hash
 from engine.core.poller import Poller
+from engine.encoder.chunking import ChunkSpec
 from engine.index import stored_vectors
 from engine.index.artifact import IndexArtifact, LiveIndex
+from engine.index.chunks import maxp
 from engine.index.lexical import LexicalIndex, best_first
 from engine.store.models import Item
 
@@ -60,6 +62,10 @@ class DeltaSnapshot:
     lexical: LexicalIndex | None = None
     items: dict[str, ItemFields] = field(default_factory=dict)
     pending: frozenset[str] = frozenset()
+    # The windows of long items after their first (engine.index.chunks), cut as the serving
+    # version's are, and the row of the item each belongs to.
+    chunk_vectors: np.ndarray | None = None
+    chunk_rows: np.ndarray | None = None
     _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _shadows: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     _by_category: dict[str | None, np.ndarray] = field(default_factory=dict, init=False, repr=False)
@@ -93,18 +99,28 @@ class DeltaSnapshot:
         """
         if not self.ids or k <= 0:
             return []
+        every = self.best_of(query)
         if category is None:
             rows = None
-            scores = self.vectors @ query
+            scores = every
         else:
             rows = self._by_category.get(category)
             if rows is None:
                 return []
-            scores = self.vectors[rows] @ query
+            scores = every[rows]
         best = best_first(scores, k)
         picked = best if rows is None else rows[best]
         ids = self.ids
         return [(ids[r], s) for r, s in zip(picked.tolist(), scores[best].tolist(), strict=True)]
+
+    def best_of(self, query: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Each row's similarity to the query: the best of its vector and its chunks (MaxP);
+        rows: those rows only (default: all)."""
+        sims = (self.vectors if rows is None else self.vectors[rows]) @ query
+        if self.chunk_rows is None or not self.chunk_rows.size or self.chunk_vectors is None:
+            return sims
+        best = maxp(self.vectors @ query, self.chunk_vectors @ query, self.chunk_rows)
+        return best if rows is None else best[rows]
 
     def lexical_search(
         self,
@@ -162,6 +178,7 @@ class _State:
     # Rows read past the settled horizon come back next poll: id → updated_at already seen.
     seen: dict[str, datetime] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # text hash → (dim,) float32
+    chunks: dict[str, np.ndarray] = field(default_factory=dict)  # text hash → (c, dim) float32
 
 
 class Delta:
@@ -238,10 +255,10 @@ class Delta:
                 rows = session.execute(query).all()
                 fresh = [r for r in rows if state.seen.get(r.id) != r.updated_at]
                 changed = _apply(state, artifact, model, fresh)
-                changed = _load_pending(session, state) or changed
+                changed = _load_pending(session, state, artifact) or changed
             if state.pending and self.catch_up is not None and self.catch_up():
                 with self.sessions() as session:  # a new transaction sees what was stored
-                    changed = _load_pending(session, state) or changed
+                    changed = _load_pending(session, state, artifact) or changed
             for row in fresh:
                 state.seen[row.id] = row.updated_at
             newest = max((r.updated_at for r in rows), default=state.watermark)
@@ -294,15 +311,20 @@ def _apply(state: _State, artifact: IndexArtifact, model: str, rows: Sequence[An
     return bool(rows)
 
 
-def _load_pending(session: Session, state: _State) -> bool:
-    """Take the stored vectors of pending items whose text they match; True if any."""
+def _load_pending(session: Session, state: _State, artifact: IndexArtifact) -> bool:
+    """Take the stored vectors of pending items whose text they match, with their chunks
+    when the version is chunked and they were cut alike; True if any."""
     if not state.pending:
         return False
     wanted = {i: e.text_hash for i, e in state.pending.items()}
     found = stored_vectors.load_matching(session, wanted)
+    spec = ChunkSpec.from_dict(artifact.manifest.get("chunks"))
+    chunks = stored_vectors.load_chunks(session, wanted, spec.tag(), artifact.dim) if spec else {}
     for item_id, vector in found.items():
         entry = state.pending.pop(item_id)
         state.vectors[entry.text_hash] = vector
+        if item_id in chunks:
+            state.chunks[entry.text_hash] = chunks[item_id]
         state.entries[item_id] = entry
     return bool(found)
 
@@ -316,7 +338,16 @@ def _snapshot_of(state: _State, dim: int) -> DeltaSnapshot:
         if ids
         else np.zeros((0, dim), np.float32)
     )
+    pieces = [state.chunks.get(e.text_hash) for e in entries]
+    counts = [0 if p is None else len(p) for p in pieces]
+    chunk_rows = np.repeat(np.arange(len(entries)), counts) if sum(counts) else None
     return DeltaSnapshot(
+        chunk_vectors=(
+            np.concatenate([p for p in pieces if p is not None and len(p)]).astype(np.float32)
+            if chunk_rows is not None
+            else None
+        ),
+        chunk_rows=chunk_rows,
         base_version=state.version,
         watermark=state.watermark,
         ids=ids,

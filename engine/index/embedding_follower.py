@@ -88,10 +88,15 @@ class EmbeddingFollower:
         *,
         sink: VectorSink | None = None,
         on_stored: Callable[[], None] | None = None,
+        embed_chunks: Callable[[list[str]], tuple[list[np.ndarray], str] | None] | None = None,
     ) -> None:
+        """embed_chunks: texts → each one's chunk vectors and the spec that cut them
+        (engine.index.chunks.embed_chunks), stored with the vector; None (or a None result):
+        chunking is off."""
         self.sessions = sessions
         self.live = live
         self.embed = embed
+        self.embed_chunks = embed_chunks
         self.leadership = leadership
         self.poll_s = max(poll_s, 0.02)
         self.sink = sink
@@ -229,9 +234,16 @@ class EmbeddingFollower:
         if todo:
             new_hashes = list(dict.fromkeys(by_id[i] for i in todo))  # one encode per text
             vectors = self.embed([texts[h] for h in new_hashes])
+            chunked = None
+            if self.embed_chunks is not None:
+                chunked = self.embed_chunks([texts[h] for h in new_hashes])
             encoded = len(new_hashes)
             self.embedded += encoded
             of_hash = dict(zip(new_hashes, vectors, strict=True))
+            chunks = None
+            if chunked is not None:
+                chunks_of = dict(zip(new_hashes, chunked[0], strict=True))
+                chunks = ([chunks_of[by_id[i]] for i in todo], chunked[1])
             with self.sessions() as session:
                 session.connection(execution_options=WRITE_INTENT)
                 stored_vectors.save(
@@ -241,6 +253,7 @@ class EmbeddingFollower:
                     np.stack([of_hash[by_id[i]] for i in todo]),
                     model,
                     utcnow(),
+                    chunks,
                 )
                 announce(session)  # every server's delta loads them at commit
                 session.commit()

@@ -56,6 +56,23 @@ def load_matching(session: Session, wanted: Mapping[str, str]) -> dict[str, np.n
     return out
 
 
+def load_chunks(
+    session: Session, wanted: Mapping[str, str], spec: str, dim: int
+) -> dict[str, np.ndarray]:
+    """The stored chunk vectors ((c, dim) float32; c = 0 for a text of one window) of the
+    items whose stored text hash is the wanted one and whose chunks were cut as spec says
+    (engine.encoder.chunking.ChunkSpec.tag); the others are left out."""
+    out: dict[str, np.ndarray] = {}
+    for chunk in _chunks(list(wanted)):
+        query = select(ItemVector.item_id, ItemVector.text_hash, ItemVector.chunks).where(
+            ItemVector.item_id.in_(chunk), ItemVector.chunk_spec == spec
+        )
+        for row in session.execute(query):
+            if wanted[row.item_id] == row.text_hash and row.chunks is not None:
+                out[row.item_id] = from_bytes(row.chunks).reshape(-1, dim)
+    return out
+
+
 def save(
     session: Session,
     item_ids: Sequence[str],
@@ -63,9 +80,11 @@ def save(
     vectors: np.ndarray,
     model: str,
     now: datetime,
+    chunks: tuple[Sequence[np.ndarray], str] | None = None,
 ) -> None:
     """Insert or replace the vectors ((n, dim) float32, row-aligned with the ids) in the
-    caller's transaction."""
+    caller's transaction. chunks: each item's chunk vectors ((c, dim), row-aligned) and the
+    spec they were cut by; None: stored without (a reader wanting chunks embeds them)."""
     if not item_ids:
         return
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -77,11 +96,23 @@ def save(
             "model": stmt.excluded.model,
             "vector": stmt.excluded.vector,
             "updated_at": stmt.excluded.updated_at,
+            "chunks": stmt.excluded.chunks,
+            "chunk_spec": stmt.excluded.chunk_spec,
         },
     )
+    extra: Sequence[np.ndarray | None] = [None] * len(item_ids) if chunks is None else chunks[0]
+    spec = None if chunks is None else chunks[1]
     rows = [
-        {"item_id": i, "text_hash": h, "model": model, "vector": to_bytes(v), "updated_at": now}
-        for i, h, v in zip(item_ids, text_hashes, vectors, strict=True)
+        {
+            "item_id": i,
+            "text_hash": h,
+            "model": model,
+            "vector": to_bytes(v),
+            "updated_at": now,
+            "chunks": None if c is None else to_bytes(c),
+            "chunk_spec": None if c is None else spec,
+        }
+        for i, h, v, c in zip(item_ids, text_hashes, vectors, extra, strict=True)
     ]
     session.execute(stmt, rows)
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from engine.catalog.fields import ItemFields
 from engine.catalog.filters import Filters
 from engine.core.config import Settings
+from engine.index.artifact import IndexArtifact
 from engine.index.corpus import Corpus
 from engine.search.context import Context
 from engine.search.request import SearchRequest
@@ -243,6 +244,8 @@ def _retrieve(
             ]
             if rows.size and rows[0][-1] >= 0:  # a full list: rows past it may remain
                 floor = float(scores[0][-1])
+        if artifact.chunks is not None:  # items whose best window is not their first
+            pairs = _with_chunks(pairs, artifact, vector, fetch_k, allowed, exclude, stale)
         ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
         live.check([*merged, *also])
@@ -279,6 +282,30 @@ def _retrieve(
             c.lexical_rank, c.lexical_score = hit
         out.append(c)
     return out
+
+
+def _with_chunks(
+    pairs: list[tuple[str, float]],
+    artifact: IndexArtifact,
+    vector: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None,
+    exclude: set[str],
+    stale: frozenset[str],
+) -> list[tuple[str, float]]:
+    """The index's hits merged with the items of the k chunks nearest the vector, each item
+    at its best score (MaxP). Chunks are the version's in every backend: an item rewritten
+    since the build (stale) is the delta's, chunks and all."""
+    best = dict(pairs)
+    assert artifact.chunks is not None
+    ids = artifact.ids
+    for row, score in artifact.chunks.search(vector, k, allowed):
+        item_id = ids[row]
+        if item_id in exclude or item_id in stale:
+            continue
+        if score > best.get(item_id, -np.inf):
+            best[item_id] = score
+    return list(best.items())
 
 
 def _lexical(

@@ -21,8 +21,11 @@ def compute(
     item_vectors: np.ndarray,
     context: Context,
     names: Sequence[str] = BASE_FEATURES,
+    query_sims: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(n_candidates, len(names)) float64; item_vectors is (n, dim) unit float32.
+    """(n_candidates, len(names)) float64; item_vectors is (n, dim) unit float32; query_sims:
+    each candidate's similarity to the query when it is not its vector's (the best of its
+    chunks: engine.index.chunks).
 
     Similarities are matrix products; what each candidate carries is read in one pass over
     the candidates (a pass per feature cost more than the products at 100+ candidates).
@@ -38,7 +41,7 @@ def compute(
             x[:, col[name]] = values
 
     if context.query is not None:
-        sims = item_vectors @ context.query
+        sims = item_vectors @ context.query if query_sims is None else query_sims
         put("query_sim", sims)
         spread = float(sims.max() - sims.min())
         put("query_sim_norm", (sims - sims.min()) / spread if spread > 1e-9 else 1.0)
@@ -133,5 +136,7 @@ def of_candidates(
     None when there are no candidates)."""
     if not candidates:
         return np.zeros((0, len(names))), None
-    vectors, _ = corpus.vectors(session, [c.item_id for c in candidates])
-    return compute(candidates, vectors, context, names), vectors
+    ids = [c.item_id for c in candidates]
+    vectors, _ = corpus.vectors(session, ids)
+    sims = corpus.query_sims(ids, vectors, context.query) if context.query is not None else None
+    return compute(candidates, vectors, context, names, sims), vectors

@@ -214,6 +214,11 @@ class ItemVector(Base):
     # (dim,) float32, L2-normalized, little-endian bytes.
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # The windows of the text after the first, (c, dim) float32 like vector (empty: a text
+    # that fits one window), cut as chunk_spec says (engine.encoder.chunking.ChunkSpec.tag);
+    # both None when stored without chunking.
+    chunks: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    chunk_spec: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ItemTombstone(Base):

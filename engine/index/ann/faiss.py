@@ -72,7 +72,8 @@ class FaissIndex(AnnIndex):
     @classmethod
     def load(cls, folder: Path, description: dict[str, Any]) -> FaissIndex:
         # mmap keeps a large index out of the heap until its pages are touched.
-        index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_MMAP)
+        file = description.get("file", INDEX_FILE)
+        index = faiss.read_index(str(folder / file), faiss.IO_FLAG_MMAP)
         return cls(index, description["factory"], dict(description.get("params", {})))
 
     def _apply_search_params(self) -> None:
@@ -115,9 +116,9 @@ class FaissIndex(AnnIndex):
         params._selector_ref = selector  # the SWIG object does not own it; keep it alive
         return params
 
-    def save(self, folder: Path) -> dict[str, Any]:
-        faiss.write_index(self.index, str(folder / INDEX_FILE))
-        return self.description
+    def save(self, folder: Path, file: str = INDEX_FILE) -> dict[str, Any]:
+        faiss.write_index(self.index, str(folder / file))
+        return {**self.description, "file": file}
 
     @property
     def size(self) -> int:
