@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.catalog.items import upsert_items
 from engine.index.ann.faiss import exact_top_k
+from engine.index.chunks import maxp
 from engine.ranking.metrics import ndcg_at_k, recall_at_k
 from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
@@ -184,8 +185,7 @@ def _measure(
         for n, qid in enumerate(test_ids):
             text = queries[qid]
             qv = runtime.embedder.encode_query(text)
-            _, exact = exact_top_k(qv[None, :], vectors, DEPTH)
-            runs["dense"].append([artifact.ids[r] for r in exact[0]])
+            runs["dense"].append([artifact.ids[r] for r in exact_dense(artifact, vectors, qv)])
             _, approx = artifact.ann.search(qv, DEPTH)
             runs["dense_ann"].append([artifact.ids[r] for r in approx[0] if r >= 0])
             lexical = artifact.lexical
@@ -246,6 +246,16 @@ def _measure(
         "model": {"version": train_report.version, "promoted": promote, **train_report.to_dict()},
         "train_seconds": round(train_s, 2),
     }
+
+
+def exact_dense(artifact: Any, vectors: np.ndarray, qv: np.ndarray) -> list[int]:
+    """The DEPTH rows nearest the query by exact search, each item at its best window's
+    similarity when the version holds chunks (MaxP, engine.index.chunks)."""
+    chunks = artifact.chunks
+    if chunks is None:
+        return exact_top_k(qv[None, :], vectors, DEPTH)[1][0].tolist()
+    sims = maxp(vectors @ qv, np.asarray(chunks.vectors) @ qv, chunks.items)
+    return np.argsort(-sims, kind="stable")[:DEPTH].tolist()
 
 
 def hybrid_order(stage: Any) -> np.ndarray:

@@ -129,11 +129,14 @@ class Corpus:
             return sims
         rows = np.full(len(item_ids), -1, dtype=np.int64)
         row_of = self.artifact.ann.rows.get
+        fresh_best: np.ndarray | None = None  # the delta's MaxP, for all its rows at once
         for i, item_id in enumerate(item_ids):
             fresh = delta.row_of(item_id) if delta is not None else None
             if fresh is not None and delta is not None:
                 if has_delta_chunks:
-                    sims[i] = max(sims[i], float(delta.best_of(query, np.array([fresh]))[0]))
+                    if fresh_best is None:
+                        fresh_best = delta.best_of(query)
+                    sims[i] = max(sims[i], float(fresh_best[fresh]))
                 continue
             row = row_of(item_id)
             if row is not None:

@@ -116,9 +116,8 @@ class DeltaSnapshot:
     def best_of(self, query: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Each row's similarity to the query: the best of its vector and its chunks (MaxP);
         rows: those rows only (default: all)."""
-        sims = (self.vectors if rows is None else self.vectors[rows]) @ query
         if self.chunk_rows is None or not self.chunk_rows.size or self.chunk_vectors is None:
-            return sims
+            return (self.vectors if rows is None else self.vectors[rows]) @ query
         best = maxp(self.vectors @ query, self.chunk_vectors @ query, self.chunk_rows)
         return best if rows is None else best[rows]
 

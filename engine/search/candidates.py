@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from engine.catalog.fields import ItemFields
 from engine.catalog.filters import Filters
 from engine.core.config import Settings
-from engine.index.artifact import IndexArtifact
 from engine.index.corpus import Corpus
 from engine.search.context import Context
 from engine.search.request import SearchRequest
@@ -219,7 +218,11 @@ def _retrieve(
     lexical = (
         _lexical(corpus, q, want, allowed, stale, exclude, category, settings, typos) if q else {}
     )
-    extra = delta.search(vector, want, category) if delta is not None and from_delta else []
+    # A live index holds new items' first windows only: their others are the delta's.
+    if delta is not None and (from_delta or delta.chunk_rows is not None):
+        extra = delta.search(vector, want, category)
+    else:
+        extra = []
     extra = [(i, sc) for i, sc in extra if i not in exclude]
     # Enough to fill `want` after what is skipped; few shadowed rows rank this high, so a big
     # delta adds at most `want` more (the loop below fetches further when they do).
@@ -245,7 +248,8 @@ def _retrieve(
             if rows.size and rows[0][-1] >= 0:  # a full list: rows past it may remain
                 floor = float(scores[0][-1])
         if artifact.chunks is not None:  # items whose best window is not their first
-            pairs = _with_chunks(pairs, artifact, vector, fetch_k, allowed, exclude, stale)
+            windows = artifact.chunks.search(vector, fetch_k, allowed)
+            pairs = _with_chunks(pairs, windows, ids, exclude, stale)
         ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
         live.check([*merged, *also])
@@ -286,20 +290,16 @@ def _retrieve(
 
 def _with_chunks(
     pairs: list[tuple[str, float]],
-    artifact: IndexArtifact,
-    vector: np.ndarray,
-    k: int,
-    allowed: np.ndarray | None,
+    hits: list[tuple[int, float]],
+    ids: list[str],
     exclude: set[str],
     stale: frozenset[str],
 ) -> list[tuple[str, float]]:
-    """The index's hits merged with the items of the k chunks nearest the vector, each item
-    at its best score (MaxP). Chunks are the version's in every backend: an item rewritten
-    since the build (stale) is the delta's, chunks and all."""
+    """The index's hits merged with its chunks' (item row, score), each item at its best
+    (MaxP). Chunks are the version's in every backend: an item rewritten since the build
+    (stale) is the delta's, chunks and all."""
     best = dict(pairs)
-    assert artifact.chunks is not None
-    ids = artifact.ids
-    for row, score in artifact.chunks.search(vector, k, allowed):
+    for row, score in hits:
         item_id = ids[row]
         if item_id in exclude or item_id in stale:
             continue

@@ -187,3 +187,32 @@ def test_a_build_whose_chunk_index_recalls_too_little_is_not_published(
     with pytest.raises(Conflict, match="recall@10 0.500"):
         ingest_and_build(runtime, notes())
     assert runtime.live.store.current_version() is None
+
+
+@pytest.mark.parametrize("store", ["lite", "server"])
+def test_chunks_serve_a_milvus_version_and_its_new_items(
+    store: str, request: pytest.FixtureRequest, sqlite_settings: Settings, embedder: Embedder
+) -> None:
+    """A Milvus collection holds each item's first window; the version's other windows are
+    searched beside it, and a new item's in the delta (the collection takes only its first)."""
+    from tests.index.test_milvus import store_settings, strong, target_of
+
+    target = target_of(request, store)
+    assert target is not None
+    settings = store_settings(sqlite_settings, target, **strong(target))
+    rt = Runtime(settings, embedder=embedder)
+    try:
+        ingest_and_build(rt, notes({k: v for k, v in TAILS.items() if k != "volcano"}))
+        artifact = rt.live.get()
+        assert artifact.manifest["index"]["backend"] == "milvus"
+        assert artifact.chunks is not None and artifact.chunks.size >= 3
+        for key in ("jazz", "rocket"):
+            assert first_stage(rt, QUERIES[key])[0][0] == key
+        first_stage(rt, "warm up")  # starts the follower, which writes into the collection
+        with rt.write_session() as session:
+            upsert_items(session, notes({"volcano": TAILS["volcano"]}))
+        snapshot = rt.delta.refresh()
+        assert snapshot is not None and snapshot.chunk_rows is not None
+        assert first_stage(rt, QUERIES["volcano"])[0][0] == "volcano"
+    finally:
+        rt.close()
