@@ -10,26 +10,42 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.core.config import Settings
-from engine.runtime import Runtime
-from indexer.progress import Progress
+if TYPE_CHECKING:  # imported where a command runs: `--help` loads click and this tree only
+    from engine.core.config import Settings
+    from engine.runtime import Runtime
+    from indexer.progress import Progress
 
 MAX_PROBLEMS_SHOWN = 50
 
 
 class Context:
-    def __init__(self, settings: Settings, quiet: bool, runtime: Runtime | None = None) -> None:
-        self.settings = settings
+    """What a command gets: the settings (read from RECSEARCH_* when settings is None, on
+    first use) and a runtime made on first use; tests hand in both."""
+
+    def __init__(
+        self, settings: Settings | None, quiet: bool, runtime: Runtime | None = None
+    ) -> None:
+        self._settings = settings
         self.quiet = quiet
         self._runtime = runtime
 
     @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from engine.core.config import Settings
+
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
     def runtime(self) -> Runtime:
         if self._runtime is None:
+            from engine.runtime import Runtime
+
             self._runtime = Runtime(self.settings)
         return self._runtime
 
@@ -77,7 +93,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ctx.obj is None:  # tests hand in a context with a shared encoder
-        ctx.obj = Context(Settings.from_env(), quiet)
+        ctx.obj = Context(None, quiet)  # RECSEARCH_* are read when a command first needs them
 
 
 @contextmanager

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from engine.core.errors import InvalidInput
 from web.cli.base import (
     Context,
     cli,
@@ -84,6 +83,7 @@ def events(obj: Context, file: Path, skip_invalid: bool, rejects: Path | None) -
 def delete(obj: Context, ids: tuple[str, ...], missing_ok: bool) -> None:
     """Delete items by id (all or nothing unless --missing-ok)."""
     from engine.catalog.items import delete_items
+    from engine.core.errors import InvalidInput
 
     with obj.runtime.write_session() as session:
         missing = delete_items(session, list(ids))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from engine.core.errors import NotFound, RecsearchError
-from indexer.progress import Progress
 from web.cli.base import Context, cli, pass_ctx, progress_bar
+
+if TYPE_CHECKING:
+    from indexer.progress import Progress
 
 T = TypeVar("T")
 
@@ -27,6 +28,7 @@ def run_as_job(
     of the history: running as cli:HOST:PID, its progress on the terminal and in SQL, and
     stopped by a cancel from any process at its next progress report (exit 1). Returns
     work's value and raises what it raised; Conflict when a job of this kind is active."""
+    from engine.core.errors import RecsearchError
     from engine.core.processes import current
     from indexer.jobs import FOREGROUND, JobRunner
 
@@ -73,6 +75,7 @@ def run_as_job(
 def jobs(obj: Context, job_id: int | None, cancel: bool, limit: int, as_json: bool) -> None:
     """The job history (builds and trainings, from the CLI, the admin page and workers), one
     job's details with ID, or --cancel it."""
+    from engine.core.errors import NotFound
     from indexer.jobs import JobRunner
     from indexer.schemas import JobList
 
