@@ -58,13 +58,17 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "chunking.json")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the data dir here (a rerun reuses its vectors)"
+    )
     args = parser.parse_args()
     if not SCIFACT.is_dir():
         sys.exit(f"needs BEIR SciFact in {SCIFACT}")
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.workdir or Path(tmp)
         for name, chunking in (("off", False), ("on", True)):
-            runtime = Runtime(Settings(data_dir=Path(tmp), index_poll_s=0.0, chunking=chunking))
+            runtime = Runtime(Settings(data_dir=data_dir, index_poll_s=0.0, chunking=chunking))
             try:
                 result = evaluate_beir(runtime, SCIFACT)
                 result["chunks"] = runtime.live.get().manifest.get("chunks")

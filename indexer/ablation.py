@@ -18,7 +18,7 @@ from indexer.train import fit_ranker
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     # the query's vector against the item's, as a score and as ranks in the candidates
-    "dense": ("query_sim", "query_sim_norm", "ann_rank"),
+    "dense": ("query_sim", "query_sim_norm", "head_sim", "ann_rank"),
     # BM25, as a score and as a rank
     "lexical": ("lexical_score", "lexical_rank"),
     # what past users did with the item: clicks, carts, ratings (the learned prior)

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from engine.core.config import Settings
-from engine.core.errors import NotReady
+from engine.core.errors import InvalidInput, NotFound, NotReady
 from engine.encoder.chunking import ChunkSpec
 from engine.encoder.embedder import Embedder
 from engine.index import chunks as chunk_files
@@ -131,15 +131,26 @@ def index_chunks(build: ChunkBuild, settings: Settings, sample: int) -> None:
 def _previous_chunks(
     store: IndexStore, previous: dict[str, Any] | None, spec: ChunkSpec, embedder: Embedder
 ) -> dict[str, np.ndarray]:
-    """Text hash → (c, dim) chunk vectors of the previous version, when it was cut alike by
-    this encoder (a version of one window per item holds c = 0 for each)."""
-    if not previous or ChunkSpec.from_dict(previous.get("chunks")) != spec:
-        return {}
-    if previous["model"]["name"] != embedder.name:
-        return {}
+    """Text hash → (c, dim) chunk vectors of the newest kept version cut alike by this
+    encoder (the current one first: a rollback, or a build without chunking, may stand
+    between); a version's short items hold c = 0."""
     from engine.encoder.prompts import built_document_prompt
 
-    if built_document_prompt(previous) != embedder.prompts.document:
+    def alike(manifest: dict[str, Any]) -> bool:
+        return (
+            ChunkSpec.from_dict(manifest.get("chunks")) == spec
+            and manifest["model"]["name"] == embedder.name
+            and built_document_prompt(manifest) == embedder.prompts.document
+        )
+
+    candidates = [previous] if previous else []
+    for version in reversed(store.versions()):
+        try:
+            candidates.append(store.manifest(version))
+        except (NotFound, InvalidInput, OSError, ValueError):
+            continue
+    previous = next((m for m in candidates if alike(m)), None)
+    if previous is None:
         return {}
     try:
         old = store.load(previous["version"])

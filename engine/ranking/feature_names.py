@@ -16,8 +16,10 @@ BASE_FEATURES = (
     "user_activity",  # log(1 + events)
     "user_tenure",  # log(1 + days since the first event)
     # x(u, q, c): cross features
-    "query_sim",  # cosine(query, item)
+    "query_sim",  # cosine(query, item): of its best window when items are chunked (MaxP)
     "query_sim_norm",  # query_sim min-max scaled over this request's candidates
+    "head_sim",  # cosine(query, the item's first window: title and opening); = query_sim
+    # for an item of one window
     "lexical_score",  # BM25 / the best BM25 of this request
     "user_sim",  # cosine(user taste vector, item)
     "session_sim",  # cosine(mean of the session's items, item)

@@ -41,8 +41,10 @@ def compute(
             x[:, col[name]] = values
 
     if context.query is not None:
-        sims = item_vectors @ context.query if query_sims is None else query_sims
+        head = item_vectors @ context.query
+        sims = head if query_sims is None else query_sims
         put("query_sim", sims)
+        put("head_sim", head)
         spread = float(sims.max() - sims.min())
         put("query_sim_norm", (sims - sims.min()) / spread if spread > 1e-9 else 1.0)
     if context.user_vector is not None:

@@ -125,6 +125,19 @@ def test_a_later_window_finds_the_item(runtime: Runtime, embedder: Embedder) -> 
     assert again.version != report.version
     rebuilt = runtime.live.get().manifest["chunks"]
     assert rebuilt["encoded"] == 0 and rebuilt["reused"] == section["count"]
+    # A build without chunking in between: the next chunked build finds the windows in the
+    # older version.
+    off = Runtime(runtime.settings.replace(chunking=False), embedder=embedder)
+    try:
+        with off.session() as session:
+            assert build(off, session).version is not None
+        assert off.live.get().chunks is None
+    finally:
+        off.close()
+    with runtime.session() as session:
+        build(runtime, session)
+    again_on = runtime.live.get().manifest["chunks"]
+    assert again_on["encoded"] == 0 and again_on["reused"] == section["count"]
 
 
 def test_without_chunking_the_tail_is_never_read(tmp_path: Any, embedder: Embedder) -> None:
