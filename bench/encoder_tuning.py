@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "encoder_tuning.json"
     )
+    parser.add_argument(
+        "--workdir", type=Path, help="the data dir to use and keep (reuses its base build)"
+    )
     args = parser.parse_args()
     if not SCIFACT.is_dir():
         sys.exit(f"needs BEIR SciFact in {SCIFACT}")
@@ -85,7 +88,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = Runtime(Settings(data_dir=Path(tmp), index_poll_s=0.0))
+        runtime = Runtime(Settings(data_dir=args.workdir or Path(tmp), index_poll_s=0.0))
         try:
             result = evaluate_beir(runtime, SCIFACT, tune=options)
         finally:
