@@ -12,7 +12,6 @@ import numpy as np
 
 from engine.catalog.items import upsert_items
 from engine.index.ann.faiss import exact_top_k
-from engine.index.chunks import maxp
 from engine.ranking.metrics import ndcg_at_k, recall_at_k
 from engine.ranking.ranker import LinearRanker
 from engine.runtime import Runtime
@@ -186,8 +185,7 @@ def _measure(
             text = queries[qid]
             qv = runtime.embedder.encode_query(text)
             runs["dense"].append([artifact.ids[r] for r in exact_dense(artifact, vectors, qv)])
-            _, approx = artifact.ann.search(qv, DEPTH)
-            runs["dense_ann"].append([artifact.ids[r] for r in approx[0] if r >= 0])
+            runs["dense_ann"].append([artifact.ids[r] for r in ann_dense(artifact, qv)])
             lexical = artifact.lexical
             lexical_rows: list[int] = (
                 lexical.search(text, DEPTH)[0].tolist() if lexical is not None else []
@@ -251,11 +249,36 @@ def _measure(
 def exact_dense(artifact: Any, vectors: np.ndarray, qv: np.ndarray) -> list[int]:
     """The DEPTH rows nearest the query by exact search, each item at its best window's
     similarity when the version holds chunks (MaxP, engine.index.chunks)."""
+    scores, rows = exact_top_k(qv[None, :], vectors, DEPTH)
     chunks = artifact.chunks
     if chunks is None:
-        return exact_top_k(qv[None, :], vectors, DEPTH)[1][0].tolist()
-    sims = maxp(vectors @ qv, np.asarray(chunks.vectors) @ qv, chunks.items)
-    return np.argsort(-sims, kind="stable")[:DEPTH].tolist()
+        return [r for r in rows[0].tolist() if r >= 0]
+    # Enough windows that every item of the exact top DEPTH has its best one among them.
+    k = DEPTH * max(1, int(artifact.manifest["chunks"]["max_chunks"]))
+    found, windows = exact_top_k(qv[None, :], np.asarray(chunks.vectors), k)
+    best = [(int(chunks.items[w]), s) for s, w in zip(found[0], windows[0], strict=True)]
+    return _best_first(rows[0], scores[0], best)
+
+
+def ann_dense(artifact: Any, qv: np.ndarray) -> list[int]:
+    """exact_dense through the published indexes (the items', and the windows')."""
+    scores, rows = artifact.ann.search(qv, DEPTH)
+    chunks = artifact.chunks
+    if chunks is None:
+        return [r for r in rows[0].tolist() if r >= 0]
+    k = DEPTH * max(1, int(artifact.manifest["chunks"]["max_chunks"]))
+    return _best_first(rows[0], scores[0], chunks.search(qv, k))
+
+
+def _best_first(
+    rows: np.ndarray, scores: np.ndarray, windows: list[tuple[int, float]]
+) -> list[int]:
+    """The DEPTH best rows, each at the best of its own score and its windows' (MaxP)."""
+    best: dict[int, float] = {}
+    for row, score in [*zip(rows.tolist(), scores.tolist(), strict=True), *windows]:
+        if row >= 0 and score > best.get(row, -np.inf):
+            best[row] = float(score)
+    return sorted(best, key=lambda r: (-best[r], r))[:DEPTH]
 
 
 def hybrid_order(stage: Any) -> np.ndarray:

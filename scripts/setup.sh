@@ -26,5 +26,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c 'import torch, faiss, sentence_transformers, engine, indexer, web' \
     || { echo "install failed; see the pip output above" >&2; exit 1; }
+  if [ -z "$extras" ]; then
+    # The serving install also makes the encoder's ONNX export, once per model and library
+    # versions, into the per-user cache (RECSEARCH_CACHE_DIR, default ~/.cache/recsearch) that
+    # every data dir shares; where this fails, the first build makes it.
+    echo "preparing the encoder (the model exported to ONNX once for this machine)" >&2
+    .venv/bin/python -c '
+import logging
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from engine.core.config import Settings
+from engine.encoder.onnx_cache import load_onnx_encoder
+settings = Settings.from_env()
+if settings.encoder != "torch":
+    load_onnx_encoder(settings, settings.encoder)
+' || echo "could not prepare the encoder now; the first build will" >&2
+  fi
   echo "$want" >"$stamp"
 fi

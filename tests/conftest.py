@@ -74,11 +74,26 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"skipped {report.nodeid}: {report.longrepr[2]}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def encoder_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This run's encoder cache, in its temp folder, in place of the user's (~/.cache/recsearch):
+    the default cache_dir of every Settings made here, and RECSEARCH_CACHE_DIR for the commands
+    and servers the tests start. All reuse the session encoder's ONNX export, and nothing is
+    written to the user's cache."""
+    import engine.core.config
+
+    folder = tmp_path_factory.mktemp("encoder") / "var"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.core.config, "user_cache_dir", lambda environ: folder)
+        patch.setenv("RECSEARCH_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+def embedder(encoder_cache: Path) -> Embedder:
     """The real all-MiniLM-L6-v2 on the default encoder, loaded once and shared; it holds no
-    state. Its ONNX export (seconds) goes to this run's temp folder, not ./var."""
-    return Embedder(Settings(data_dir=tmp_path_factory.mktemp("encoder") / "var"))
+    state. Its ONNX export (seconds) goes to this run's encoder cache, not ./var nor ~/.cache."""
+    return Embedder(Settings(data_dir=encoder_cache))
 
 
 @pytest.fixture(scope="session")

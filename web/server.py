@@ -18,6 +18,10 @@ Why these choices:
   in the API's JSON shape {"error", "message"}, not gunicorn's HTML page (JsonErrorWorker).
 - SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish within
   graceful_timeout, then exits; a worker that dies is replaced by the arbiter.
+- One line says when the server is ready (Readiness): the worker that finishes loading last
+  logs "recsearch ready on URL: N workers loaded X s after listening", with the index it
+  serves. A worker loads in a couple of seconds: the ONNX encoder (no torch, no transformers:
+  engine.encoder.onnx_cache) and the index version.
 - Metrics add up across workers: prometheus_client's multiprocess mode, in a folder made
   fresh for this server start under /dev/shm (metrics_root: 0700; not the data dir, whose
   disk may fill), set in the
@@ -35,6 +39,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +116,10 @@ def run(
     metrics_dir = fresh_metrics_dir()
     use_metrics_dir(metrics_dir)
     loopback = host in LOCAL_HOSTS
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    readiness = Readiness(workers, f"http://{bind}")
     options: dict[str, Any] = {
-        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "bind": bind,
         "workers": workers,
         "threads": threads,
         "worker_class": json_error_worker(),
@@ -123,6 +130,7 @@ def run(
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",
+        "when_ready": readiness.listening,
         "post_fork": _post_fork(spinning),
         "child_exit": _child_exit(metrics_dir),
         "on_exit": _on_exit(metrics_dir),
@@ -149,6 +157,7 @@ def run(
             except Exception:  # serve anyway: health, the admin API (a rollback) still work
                 log.exception("loading the serving index at worker start failed")
             tune_process()
+            readiness.loaded(serving(runtime))
             return app
 
     log.info(
@@ -162,6 +171,58 @@ def run(
         spinning,
     )
     Server().run()
+
+
+class Readiness:
+    """The server's ready line, logged once through gunicorn's log by the worker that ends the
+    first round of loading: how many workers, how long after gunicorn began listening, what
+    they serve. A worker started later (one replacing a worker that died) logs its own line.
+
+    Made in the master before gunicorn forks the workers: they share its counter (shared
+    memory) and the monotonic time listening() recorded (gunicorn's when_ready hook).
+    """
+
+    def __init__(self, workers: int, url: str) -> None:
+        import multiprocessing
+
+        self.workers = workers
+        self.url = url
+        self.listening_at = time.monotonic()
+        self.count = multiprocessing.Value("i", 0)
+
+    def listening(self, server: Any) -> None:
+        self.listening_at = time.monotonic()
+
+    def loaded(self, serving: str) -> None:
+        """Called by each worker when it has loaded what it serves."""
+        with self.count.get_lock():
+            self.count.value += 1
+            count = self.count.value
+        gunicorn_log = logging.getLogger("gunicorn.error")
+        if count == self.workers:
+            gunicorn_log.info(
+                "recsearch ready on %s: %d worker%s loaded %.1f s after listening; %s",
+                self.url,
+                self.workers,
+                "" if self.workers == 1 else "s",
+                time.monotonic() - self.listening_at,
+                serving,
+            )
+        elif count > self.workers:
+            gunicorn_log.info(
+                "recsearch worker %d ready (it replaces one); %s", os.getpid(), serving
+            )
+
+
+def serving(runtime: Any) -> str:
+    """What a worker serves, for the ready line: the index version and the encoder."""
+    try:
+        version = runtime.live.store.current_version()
+    except Exception:  # the line must not stop the worker; /readyz says what is wrong
+        version = None
+    if version is None:
+        return "no index yet: `recsearch ingest FILE` then `recsearch build`"
+    return f"index {version}, encoder {runtime.settings.encoder}"
 
 
 def json_error_worker() -> type:

@@ -60,6 +60,9 @@ class Settings(BaseModel):
     )
 
     data_dir: Path = Path("var")
+    # What every data dir of this user shares: the encoder's ONNX exports (<it>/encoders/).
+    # $XDG_CACHE_HOME/recsearch, else ~/.cache/recsearch; None: data_dir/encoders.
+    cache_dir: Path | None = Field(default_factory=lambda: user_cache_dir(os.environ))
     # SQLAlchemy URL; None means an SQLite file inside data_dir.
     database_url: str | None = None
     # PostgreSQL streaming replicas for search reads: SQLAlchemy URLs, comma-separated.
@@ -339,6 +342,12 @@ class Settings(BaseModel):
             if raw != "" or field in EMPTY_IS_A_VALUE:
                 values[field] = raw
         return cls(**values)
+
+
+def user_cache_dir(environ: Mapping[str, str]) -> Path:
+    """$XDG_CACHE_HOME/recsearch (when absolute, as XDG asks), else ~/.cache/recsearch."""
+    xdg = Path(environ.get("XDG_CACHE_HOME", ""))
+    return (xdg if xdg.is_absolute() else Path.home() / ".cache") / "recsearch"
 
 
 def describe(error: ValidationError) -> str:

@@ -10,6 +10,7 @@ prompt (engine/encoder/prompts.py).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from engine.encoder.onnx_encoder import model_folder
 from engine.encoder.prompts import Prompts, prompts_from_config, resolve_prompts
 
 if TYPE_CHECKING:
-    from engine.encoder.onnx_cache import ProbeCheck
+    from engine.encoder.onnx_check import ProbeCheck
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,11 @@ def loaded_prompt_config(model: Any) -> dict[str, Any]:
 
 
 def resolve_device(requested: str) -> str:
-    """ "cpu" or "cuda[:N]": auto is CUDA where torch or onnxruntime sees a device.
+    """ "cpu" or "cuda[:N]": auto is CUDA where onnxruntime or torch sees a device.
 
-    Raises ConfigError for an unknown value, and for cuda on a machine without CUDA.
+    onnxruntime is asked first; torch (1-2 s to import) only where a CUDA driver is installed,
+    so a CPU-only machine resolves auto without importing it. Raises ConfigError for an
+    unknown value, and for cuda on a machine without CUDA.
     """
     if not is_device(requested):
         raise ConfigError(
@@ -123,8 +126,7 @@ def resolve_device(requested: str) -> str:
         )
     if requested == "cpu":
         return "cpu"
-    torch_cuda, ort_cuda = _cuda_support()
-    if torch_cuda or ort_cuda:
+    if _ort_cuda() or ((requested != "auto" or _has_cuda_driver()) and _torch_cuda()):
         return "cuda" if requested == "auto" else requested
     if requested == "auto":
         return "cpu"
@@ -134,12 +136,28 @@ def resolve_device(requested: str) -> str:
     )
 
 
-def _cuda_support() -> tuple[bool, bool]:
+def _ort_cuda() -> bool:
     import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def _torch_cuda() -> bool:
     import torch
 
-    ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    return torch.cuda.is_available(), ort_cuda
+    return bool(torch.cuda.is_available())
+
+
+def _has_cuda_driver() -> bool:
+    """Whether the NVIDIA driver's CUDA library loads here: without it, torch sees no device."""
+    import ctypes
+
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
 
 
 class Embedder:
@@ -150,6 +168,10 @@ class Embedder:
     differs on a GPU where onnxruntime has no CUDA provider (torch on CUDA encodes them).
     `check` is the ONNX export's agreement with torch (None for torch). `prompts` are what
     items (encode) and queries (encode_query) are prefixed with.
+
+    With the ONNX encoder and RECSEARCH_DEVICE=auto, the batch device is resolved when batches
+    first need it (`device`, `batch_encoder`, encode, chunker): a process that only searches
+    (the CLI's search, a server worker) never looks for a GPU, nor loads torch to do so.
     """
 
     def __init__(self, settings: Settings, *, query_cache_size: int = 1024) -> None:
@@ -157,47 +179,38 @@ class Embedder:
             raise ConfigError(
                 f"RECSEARCH_ENCODER={settings.encoder!r}: expected one of {', '.join(ENCODERS)}"
             )
-        self.device = resolve_device(settings.device)
+        lazy = settings.encoder != "torch" and settings.device == "auto"
+        # An explicit device is checked before any export: a machine without it stops here.
+        self._device: str | None = None if lazy else resolve_device(settings.device)
+        self._settings = settings
         self.name = settings.model_name()
         self.encoder = settings.encoder
         self.batch_size = settings.embed_batch_size
         self.check: ProbeCheck | None = None
         self._query: TextEncoder
-        self._batch: TextEncoder
+        self._batch_encoder: TextEncoder | None = None
+        self._batch_lock = threading.Lock()
         self.prompts: Prompts
         if settings.encoder == "torch":
-            torch_cuda, _ = _cuda_support()
-            if self.device != "cpu" and not torch_cuda:
-                self.device = _no_gpu(settings, "torch sees no CUDA device")
-            torch_encoder = TorchEncoder(settings, self.device)
+            device = self._device or "cpu"
+            if device != "cpu" and not _torch_cuda():
+                device = _no_gpu(settings, "torch sees no CUDA device")
+            self._device = device
+            torch_encoder = TorchEncoder(settings, device)
             self.prompts = torch_encoder.prompts(settings)
-            self._query = self._batch = torch_encoder
+            self._query = self._batch_encoder = torch_encoder
         else:
             from engine.encoder.onnx_cache import load_onnx_encoder
 
             # Before the export: an ambiguous prompt stops the start before seconds of work.
             self.prompts = resolve_prompts(settings, model_folder(settings))
             self._query, self.check = load_onnx_encoder(settings, settings.encoder)
-            self._batch = self._query
-            if self.device != "cpu":
-                gpu = _gpu_batch_encoder(settings, self.device)
-                if gpu is None:
-                    self.device = _no_gpu(settings, "neither onnxruntime nor torch opened it")
-                else:
-                    self._batch = gpu
-        self.batch_encoder = self._batch.backend
+            if not lazy:
+                self._batch_encoder = self._batch_for(self._device or "cpu")
         self.dim = self._query.dim
-        if self._batch.dim != self.dim:
-            raise ConfigError(
-                f"RECSEARCH_DEVICE={self.device}: the batch encoder gives {self._batch.dim} "
-                f"dimensions, the query encoder {self.dim}"
-            )
         log.info(
-            "encoder %s for queries, %s on %s for batches (model %s, %d dims; query prompt %r, "
-            "document prompt %r)",
+            "encoder %s for queries (model %s, %d dims; query prompt %r, document prompt %r)",
             self.encoder,
-            self.batch_encoder,
-            self.device,
             self.name,
             self.dim,
             self.prompts.query,
@@ -207,6 +220,49 @@ class Embedder:
         # Query text → its vector (read-only), least recently used out first.
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(query_cache_size, 1))
         self._lock = threading.Lock()
+
+    @property
+    def _batch(self) -> TextEncoder:
+        """The encoder of batches, on the device resolved (once) when first asked for."""
+        found = self._batch_encoder
+        if found is None:
+            with self._batch_lock:
+                found = self._batch_encoder
+                if found is None:
+                    found = self._batch_for(resolve_device(self._settings.device))
+                    self._batch_encoder = found
+        return found
+
+    def _batch_for(self, device: str) -> TextEncoder:
+        """The ONNX encoder's batch encoder on device: the query encoder on the CPU, else a
+        GPU one (_gpu_batch_encoder); sets self._device to where it runs."""
+        settings = self._settings
+        batch = self._query
+        if device != "cpu":
+            gpu = _gpu_batch_encoder(settings, device)
+            if gpu is None:
+                device = _no_gpu(settings, "neither onnxruntime nor torch opened it")
+            else:
+                batch = gpu
+        if batch.dim != self._query.dim:
+            raise ConfigError(
+                f"RECSEARCH_DEVICE={device}: the batch encoder gives {batch.dim} dimensions, "
+                f"the query encoder {self._query.dim}"
+            )
+        self._device = device
+        log.info("encoder %s on %s for batches", batch.backend, device)
+        return batch
+
+    @property
+    def device(self) -> str:
+        """Where batches are encoded: "cpu" or "cuda[:N]"."""
+        self._batch  # noqa: B018  (resolves the device on first use: _batch_for sets it)
+        return self._device or "cpu"
+
+    @property
+    def batch_encoder(self) -> str:
+        """The backend that encodes batches ("onnx", "onnx-int8" or "torch")."""
+        return self._batch.backend
 
     def encode(
         self,
@@ -263,15 +319,14 @@ class Embedder:
 def _gpu_batch_encoder(settings: Settings, device: str) -> TextEncoder | None:
     """onnxruntime's CUDA provider on the fp32 export (int8 is a CPU format), else torch on
     CUDA; None when neither reaches the device."""
-    torch_cuda, ort_cuda = _cuda_support()
-    if ort_cuda:
+    if _ort_cuda():
         from engine.encoder.onnx_cache import load_onnx_encoder
 
         encoder, _ = load_onnx_encoder(settings, "onnx", device=device)
         if "CUDAExecutionProvider" in encoder.providers:
             return encoder
         log.warning("onnxruntime could not open %s; batches fall back to torch", device)
-    if torch_cuda:
+    if _torch_cuda():
         return TorchEncoder(settings, device)
     return None
 

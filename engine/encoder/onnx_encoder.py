@@ -1,8 +1,10 @@
 """A sentence-transformers model run by ONNX Runtime: the model's own tokenizer and truncation,
 the exported transformer graph, then its pooling and L2 normalization in numpy.
 
-engine/encoder/onnx_export.py makes the graph (once per model, checked against torch) and builds
-this.
+engine/encoder/onnx_export.py makes the graph (once per model, checked against torch),
+engine/encoder/onnx_cache.py keeps it, with the tokenizer saved beside it
+(engine/encoder/fast_tokenizer.py), and builds this: serving imports neither transformers nor
+torch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
+from engine.encoder.fast_tokenizer import FastTokenizer, from_transformers, transformers_tokenizer
 
 FALLBACK = "set RECSEARCH_ENCODER=torch to encode with torch instead"
 
@@ -194,14 +197,24 @@ class OnnxEncoder:
         backend: str,
         threads: int,
         device: str = "cpu",
+        tokenizer: Any = None,
     ) -> None:
+        """tokenizer: a FastTokenizer (the saved one, engine.encoder.fast_tokenizer) or
+        transformers' tokenizer; None loads transformers' (which imports torch)."""
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         self.spec = spec
         self.backend = backend
-        self.tokenizer = AutoTokenizer.from_pretrained(str(spec.transformer), local_files_only=True)
-        self._core = tokenizer_core(self.tokenizer, spec.max_seq_length)
+        self.tokenizer = (
+            tokenizer if tokenizer is not None else transformers_tokenizer(spec.transformer)
+        )
+        fast = (
+            self.tokenizer
+            if isinstance(self.tokenizer, FastTokenizer)
+            else from_transformers(self.tokenizer, spec.max_seq_length)
+        )
+        self._core = fast.backend_tokenizer if fast is not None else None
+        self._special_ids = set(getattr(fast or self.tokenizer, "all_special_ids", ()))
         # Fast tokenizers fail with "Already borrowed" when one instance tokenizes in two threads.
         self._tokenize_lock = threading.Lock()
         options = ort.SessionOptions()
@@ -251,7 +264,7 @@ class OnnxEncoder:
         if count is None:
             text = prompt.lower() if self.spec.do_lower_case else prompt
             ids = self.tokenize([text])["input_ids"][0]
-            special = set(getattr(self.tokenizer, "all_special_ids", ()))
+            special = self._special_ids
             count = len(ids) - (1 if len(ids) and int(ids[-1]) in special else 0)
             self._prompt_tokens[prompt] = count
         return count
@@ -278,31 +291,10 @@ class OnnxEncoder:
 
 
 def tokenizer_core(tokenizer: Any, max_length: int) -> Any:
-    """The fast tokenizer's Rust core, copied and set once to truncate and pad as
-    tokenizer(batch, padding=True, truncation="longest_first", max_length=max_length) does;
-    None for a tokenizer that has no core (a slow one) or no padding token, which keep that
-    call.
-
-    That call sets truncation and padding on the shared core and wraps the result in
-    transformers' Python layers each time: 0.46 ms of a query's encode here, against
-    0.13 ms for the core's own encode_batch and the arrays (bench/onnx_fusion.py times
-    both). The copy is only read, so nothing is reset per call.
-    """
-    from tokenizers import Tokenizer
-
-    if not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token_id is None:
-        return None
-    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    core.enable_truncation(
-        max_length, stride=0, strategy="longest_first", direction=tokenizer.truncation_side
-    )
-    core.enable_padding(
-        direction=tokenizer.padding_side,
-        pad_id=tokenizer.pad_token_id,
-        pad_type_id=tokenizer.pad_token_type_id,
-        pad_token=tokenizer.pad_token,
-    )
-    return core
+    """transformers' tokenizer's Rust core, set to truncate and pad as the encoder calls it
+    (engine.encoder.fast_tokenizer.from_transformers); None where it keeps transformers' call."""
+    fast = from_transformers(tokenizer, max_length)
+    return fast.backend_tokenizer if fast is not None else None
 
 
 def available_cores() -> int:

@@ -16,11 +16,13 @@ from click.testing import CliRunner
 from engine.core.config import Settings
 from engine.core.errors import ConfigError
 from engine.encoder.embedder import Embedder, describe_encoder, resolve_device
+from engine.encoder.fast_tokenizer import FastTokenizer, from_transformers, transformers_tokenizer
 from engine.encoder.onnx_cache import (
     FILES,
     MIN_MEAN_COSINE,
     cache_problem,
     folder_digest,
+    library_key,
     load_onnx_encoder,
 )
 from engine.encoder.onnx_encoder import OnnxEncoder, pool, read_spec, tokenizer_core
@@ -38,9 +40,10 @@ QUERIES = ["skiing in the alps", "Eiffel Tower", "street food", "quiet beach", "
 
 @pytest.fixture(scope="session")
 def shared_dir(embedder: Embedder) -> Path:
-    """The data dir holding the session encoder's export (data_dir/encoders/<hash>/...)."""
+    """The folder holding the session encoder's export (<it>/encoders/<hash>/<libraries>/...):
+    this run's encoder cache, and a data dir whose own exports those are."""
     assert embedder.check is not None
-    return Path(embedder.check.model_file).parents[2]
+    return Path(embedder.check.model_file).parents[3]
 
 
 @pytest.fixture(scope="session")
@@ -62,14 +65,15 @@ def reference(torch_embedder: Embedder) -> tuple[list[str], np.ndarray]:
 
 
 def copy_cache(shared_dir: Path, tmp_path: Path) -> Path:
-    """A private copy of the session's exports: tests that break them break only this one."""
+    """A private copy of the session's exports: tests that break them break only this one
+    (its Settings need cache_dir=it: the default is the session's cache)."""
     data_dir = tmp_path / "var"
     shutil.copytree(shared_dir / "encoders", data_dir / "encoders")
     return data_dir
 
 
 def export_file(data_dir: Path, backend: str = "onnx") -> Path:
-    return data_dir / "encoders" / folder_digest(MODEL_FOLDER) / FILES[backend]
+    return data_dir / "encoders" / folder_digest(MODEL_FOLDER) / library_key() / FILES[backend]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -155,6 +159,7 @@ def _garble_meta(path: Path) -> None:
         (_edit_meta(model_hash="0" * 64), "model_hash '000"),
         (_edit_meta(opset=13), "opset 13, expected 17"),
         (_edit_meta(format=0), f"format 0, expected {EXPORT_FORMAT}"),
+        (_edit_meta(versions={"torch": "1.0"}), "versions {'torch': '1.0'}, expected"),
         (_garble_meta, "no readable metadata"),
         (lambda path: path.unlink(), "unreadable"),
     ],
@@ -177,7 +182,7 @@ def test_broken_or_mismatched_exports_are_exported_again(
 ) -> None:  # type: ignore[no-untyped-def]
     data_dir = copy_cache(shared_dir, tmp_path)
     tamper(export_file(data_dir))
-    again = Embedder(Settings(data_dir=data_dir))
+    again = Embedder(Settings(data_dir=data_dir, cache_dir=data_dir))
     assert not again.check.reused and again.check.mean_cosine >= 0.9999  # checked afresh
     assert cache_problem(export_file(data_dir), folder_digest(MODEL_FOLDER)) is None
     texts = list(PROBE_TEXTS)
@@ -214,7 +219,7 @@ def test_a_failed_check_names_the_figure_and_the_fallback(shared_dir: Path, tmp_
     meta_path.write_text(json.dumps(meta))
     for _ in range(2):
         with pytest.raises(ConfigError) as info:
-            Embedder(Settings(data_dir=data_dir))
+            Embedder(Settings(data_dir=data_dir, cache_dir=data_dir))
         message = str(info.value)
         assert "RECSEARCH_ENCODER=onnx" in message and "RECSEARCH_ENCODER=torch" in message
         figure = float(message.split("mean cosine ")[1].split()[0])
@@ -270,9 +275,37 @@ def test_describe_encoder_reads_old_manifests_as_torch() -> None:
 def test_cuda_without_a_gpu_is_a_config_error(tmp_path: Path) -> None:
     for encoder in ("onnx", "torch"):
         with pytest.raises(ConfigError, match="RECSEARCH_DEVICE=cuda: no CUDA device"):
-            Embedder(Settings(data_dir=tmp_path, device="cuda", encoder=encoder))
+            Embedder(
+                Settings(data_dir=tmp_path, cache_dir=tmp_path, device="cuda", encoder=encoder)
+            )
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
     assert not (tmp_path / "encoders").exists()  # refused before any export
+
+
+def test_auto_looks_for_a_gpu_when_a_batch_first_needs_one(
+    embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RECSEARCH_DEVICE=auto with the ONNX encoder: loading and queries look for no GPU (a
+    search never imports torch for it); the first batch does, once, asking onnxruntime, then
+    torch only where a CUDA driver loads."""
+    import engine.encoder.embedder as embedder_module
+
+    asked: list[str] = []
+
+    def answer(who: str, value: bool):  # type: ignore[no-untyped-def]
+        return lambda: asked.append(who) or value
+
+    monkeypatch.setattr(embedder_module, "_ort_cuda", answer("onnxruntime", False))
+    monkeypatch.setattr(embedder_module, "_has_cuda_driver", answer("driver", True))
+    monkeypatch.setattr(embedder_module, "_torch_cuda", answer("torch", False))
+    lazy = Embedder(Settings(data_dir=tmp_path / "var"))  # the session's cached export
+    assert lazy.encode_query("a quiet beach").shape == (384,) and asked == []
+    assert lazy.device == "cpu" and asked == ["onnxruntime", "driver", "torch"]
+    assert lazy.batch_encoder == "onnx" and lazy.encode(["a lake"]).shape == (1, 384)
+    assert len(asked) == 3  # resolved once
+    asked.clear()
+    monkeypatch.setattr(embedder_module, "_has_cuda_driver", answer("driver", False))
+    assert resolve_device("auto") == "cpu" and asked == ["onnxruntime", "driver"]  # no torch
 
 
 @pytest.mark.parametrize(
@@ -313,11 +346,15 @@ def test_pooling_matches_sentence_transformers(modes: tuple[str, ...]) -> None:
     assert np.allclose(pool(tokens, mask, modes), expected, atol=1e-5)
 
 
-def test_the_tokenizer_core_tokenizes_as_the_transformers_call(embedder: Embedder) -> None:
-    """The encoder tokenizes with the fast tokenizer's core, set once: the same ids, masks
-    and types as transformers' call, for one text, a padded batch, and texts truncated."""
+def test_the_saved_tokenizer_tokenizes_as_the_transformers_call(embedder: Embedder) -> None:
+    """The encoder tokenizes with the tokenizer saved beside its export (no transformers
+    loaded): the same ids, masks and types as transformers' call, for one text, a padded
+    batch, and texts truncated."""
     encoder = embedder._query
-    assert isinstance(encoder, OnnxEncoder) and encoder._core is not None
+    assert isinstance(encoder, OnnxEncoder) and isinstance(encoder.tokenizer, FastTokenizer)
+    assert encoder._core is encoder.tokenizer.backend_tokenizer
+    reference = transformers_tokenizer(encoder.spec.transformer)
+    assert encoder.tokenizer.all_special_ids == reference.all_special_ids
     long = " ".join(["mountain lakes and alpine huts"] * 200)  # far past max_seq_length
     batches = [
         [QUERIES[0]],
@@ -327,7 +364,7 @@ def test_the_tokenizer_core_tokenizes_as_the_transformers_call(embedder: Embedde
         list(PROBE_TEXTS),
     ]
     for batch in batches:
-        expected = encoder.tokenizer(
+        expected = reference(
             batch,
             padding=True,
             truncation="longest_first",
@@ -344,22 +381,27 @@ def test_the_tokenizer_core_tokenizes_as_the_transformers_call(embedder: Embedde
 
 def test_a_tokenizer_without_a_core_keeps_the_transformers_call(embedder: Embedder) -> None:
     encoder = embedder._query
-    assert isinstance(encoder, OnnxEncoder)
+    assert isinstance(encoder, OnnxEncoder) and embedder.check is not None
 
     class Slow:
         is_fast = False
         pad_token_id = 0
 
-    assert tokenizer_core(Slow(), 256) is None
-    no_pad = encoder.tokenizer.__class__.from_pretrained(str(encoder.spec.transformer))
+    assert from_transformers(Slow(), 256) is None and tokenizer_core(Slow(), 256) is None
+    no_pad = transformers_tokenizer(encoder.spec.transformer)
     no_pad.pad_token = None
-    assert tokenizer_core(no_pad, 256) is None
-    encoder_core, encoder._core = encoder._core, None
-    try:
-        vectors = encoder.embed(list(QUERIES))
-    finally:
-        encoder._core = encoder_core
-    np.testing.assert_allclose(vectors, encoder.embed(list(QUERIES)), atol=1e-6)
+    assert from_transformers(no_pad, 256) is None
+    # An encoder on transformers' tokenizer, its core taken away, calls the tokenizer.
+    called = OnnxEncoder(
+        encoder.spec,
+        embedder.check.model_file.read_bytes(),
+        backend="onnx",
+        threads=1,
+        tokenizer=transformers_tokenizer(encoder.spec.transformer),
+    )
+    assert called._core is not None
+    called._core = None
+    np.testing.assert_allclose(called.embed(list(QUERIES)), encoder.embed(list(QUERIES)), atol=1e-6)
 
 
 def test_modules_the_onnx_encoder_cannot_run_are_refused(tmp_path: Path) -> None:
@@ -390,7 +432,7 @@ def test_a_fusion_that_changes_the_vectors_is_dropped(
         return 0.999
 
     monkeypatch.setattr(onnx_export, "_agreement", disagree)
-    unfused = Embedder(Settings(data_dir=tmp_path))
+    unfused = Embedder(Settings(data_dir=tmp_path, cache_dir=tmp_path))
     assert seen, "the fused graph was not compared with the traced one"
     meta = json.loads(Path(str(export_file(tmp_path)) + ".json").read_text())
     assert meta["graph"] == {"attention": "eager", "fused": {}}
@@ -412,12 +454,12 @@ def test_cls_pooling_model_is_exported_and_checked(tmp_path: Path) -> None:
     )
     modules = json.loads((folder / "modules.json").read_text())[:2]
     (folder / "modules.json").write_text(json.dumps(modules))
-    settings = Settings(data_dir=tmp_path / "var", model=str(folder))
+    settings = Settings(data_dir=tmp_path / "var", cache_dir=tmp_path / "var", model=str(folder))
     spec = read_spec(folder, settings.model)
     assert spec.pooling == ("cls",) and not spec.normalize
     cls_embedder = Embedder(settings)
     assert cls_embedder.check.mean_cosine >= 0.9999
-    assert cls_embedder.check.model_file.parent.name == folder_digest(folder)
+    assert cls_embedder.check.model_file.parents[1].name == folder_digest(folder)
     torch_cls = Embedder(settings.replace(encoder="torch", device="cpu"))
     texts = list(PROBE_TEXTS)
     assert cosines(cls_embedder.encode(texts), torch_cls.encode(texts)).min() > 0.9999
@@ -429,7 +471,7 @@ def test_concurrent_first_starts_export_once(
 ) -> None:
     """Two loaders on an empty cache: one exports under the lock, the other reuses its file."""
     caplog.set_level("INFO", logger="engine.encoder.onnx_cache")
-    settings = Settings(data_dir=tmp_path / "var")
+    settings = Settings(data_dir=tmp_path / "var", cache_dir=tmp_path / "var")
     results: list[object] = []
 
     def start() -> None:
@@ -450,5 +492,11 @@ def test_concurrent_first_starts_export_once(
         ".lock",
         "model.onnx",
         "model.onnx.json",
+        "tokenizer-core.json",
     ]
     assert sum(r.getMessage().startswith("exported ") for r in caplog.records) == 1
+    # One progress line when the export starts and one when it is ready, both shown by a
+    # command at its default level (WARNING).
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum(m.startswith("exporting the encoder's model") for m in said) == 1, said
+    assert sum(m.startswith("ONNX encoder ready in ") for m in said) == 1, said

@@ -16,7 +16,8 @@ import pytest
 from engine.core.config import Settings
 from engine.core.errors import ConfigError, NotReady
 from engine.encoder.embedder import Embedder, loaded_prompt_config
-from engine.encoder.onnx_cache import FILES, _probe_check, folder_digest
+from engine.encoder.onnx_cache import FILES, folder_digest, library_key
+from engine.encoder.onnx_check import probe_check
 from engine.encoder.onnx_encoder import OnnxEncoder, pool, read_spec
 from engine.encoder.prompts import (
     Prompts,
@@ -38,9 +39,10 @@ ENCODERS = ["onnx", "torch"]
 
 @pytest.fixture(scope="session")
 def shared_dir(embedder: Embedder) -> Path:
-    """The data dir holding the session encoder's export (data_dir/encoders/<hash>/...)."""
+    """The folder holding the session encoder's export (<it>/encoders/<hash>/<libraries>/...),
+    used as a data dir whose own exports those are."""
     assert embedder.check is not None
-    return Path(embedder.check.model_file).parents[2]
+    return Path(embedder.check.model_file).parents[3]
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +90,8 @@ def seeded_data_dir(shared_dir: Path, folder: Path, tmp_path: Path) -> Path:
     would make the same file in seconds.
     """
     data_dir = tmp_path / "var"
-    source = shared_dir / "encoders" / folder_digest(MODEL_FOLDER)
-    target = data_dir / "encoders" / folder_digest(folder)
+    source = shared_dir / "encoders" / folder_digest(MODEL_FOLDER) / library_key()
+    target = data_dir / "encoders" / folder_digest(folder) / library_key()
     target.mkdir(parents=True)
     name = FILES["onnx"]
     (target / name).symlink_to(source / name)
@@ -102,7 +104,14 @@ def seeded_data_dir(shared_dir: Path, folder: Path, tmp_path: Path) -> Path:
 def load(encoder: str, data_dir: Path, folder: Path = MODEL_FOLDER, **prompts: str) -> Embedder:
     model = str(folder) if folder != MODEL_FOLDER else Settings().model
     return Embedder(
-        Settings(data_dir=data_dir, model=model, encoder=encoder, device="cpu", **prompts)
+        Settings(
+            data_dir=data_dir,
+            cache_dir=data_dir,
+            model=model,
+            encoder=encoder,
+            device="cpu",
+            **prompts,
+        )
     )
 
 
@@ -223,9 +232,9 @@ def test_the_probe_check_keeps_a_default_prompt_off_torch(shared_dir: Path, tmp_
     """A fresh export of a folder with a default prompt is checked without it on both sides."""
     folder = prompted_folder(tmp_path, DEFAULT_PROMPT)
     spec = read_spec(folder, str(folder))
-    path = shared_dir / "encoders" / folder_digest(MODEL_FOLDER) / FILES["onnx"]
+    path = shared_dir / "encoders" / folder_digest(MODEL_FOLDER) / library_key() / FILES["onnx"]
     encoder = OnnxEncoder(spec, path.read_bytes(), backend="onnx", threads=1)
-    assert _probe_check(encoder, spec, "onnx", path).mean_cosine >= 0.9999
+    assert probe_check(encoder, spec, "onnx", path).mean_cosine >= 0.9999
 
 
 # --- include_prompt: false (the prompt's tokens left out of the pooling) ---

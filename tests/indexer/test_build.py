@@ -69,7 +69,9 @@ def test_build_publishes_a_self_describing_version(runtime: Runtime, tmp_path: P
     assert {"index.faiss", "items.json", "vectors.npy", "manifest.json", "lexical"} <= {
         p.name for p in (runtime.settings.index_dir / "v000001").iterdir()
     }
-    assert ["load", "embed", "index", "recall", "lexical", "publish"] == list(dict.fromkeys(phases))
+    assert ["load", "embed", "chunk", "index", "recall", "lexical", "publish"] == list(
+        dict.fromkeys(phases)
+    )
     with runtime.session() as session:
         row = session.scalars(select(IndexVersion)).one()
     assert (row.version, row.item_count, row.index_type) == ("v000001", 30, "Flat")

@@ -107,10 +107,14 @@ def test_the_key_scopes_of_the_cli_are_the_engines() -> None:
 
 @pytest.fixture(scope="module")
 def search_run(
-    tmp_path_factory: pytest.TempPathFactory, embedder: Embedder, seed_index: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    embedder: Embedder,
+    seed_index: Path,
+    encoder_cache: Path,
 ) -> dict[str, object]:
     """`recsearch search` in a fresh process on a data dir with the sample catalog built (the
-    seed's vectors, the session encoder's ONNX export): its output and its loaded packages."""
+    seed's vectors; the session encoder's ONNX export and tokenizer, in this run's encoder
+    cache): its output and its loaded packages."""
     if embedder.check is None:
         pytest.skip("the session encoder is not an ONNX one")
     tmp = tmp_path_factory.mktemp("cli_startup")
@@ -127,13 +131,14 @@ def search_run(
             build(rt, session)
     finally:
         rt.close()
-    # The export the session encoder made, so that the process loads it instead of exporting.
-    (settings.data_dir / "encoders").symlink_to(embedder.check.model_file.parent.parent)
     report = tmp / "loaded.json"
     done = subprocess.run(
         [sys.executable, "-c", SEARCH, str(report)],
         cwd=ROOT,
-        env=clean_env(RECSEARCH_DATA_DIR=str(settings.data_dir)),  # its SQLite database too
+        # The data dir holds its SQLite database too; the cache, the session encoder's export.
+        env=clean_env(
+            RECSEARCH_DATA_DIR=str(settings.data_dir), RECSEARCH_CACHE_DIR=str(encoder_cache)
+        ),
         capture_output=True,
         text=True,
         timeout=300,
@@ -155,11 +160,8 @@ def test_search_loads_no_flask_nor_sentence_transformers(search_run: dict) -> No
 
 
 @pytest.mark.db
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/encoder, not the CLI: embedder.resolve_device('auto') imports torch for "
-    "torch.cuda.is_available(), and OnnxEncoder's transformers.AutoTokenizer imports torch "
-    "(~1.7 s of a ~4 s `recsearch search`); when that goes, drop this mark",
-)
 def test_search_with_the_onnx_encoder_loads_no_torch(search_run: dict) -> None:
+    """The ONNX encoder's tokenizer comes from the file saved beside the export, and
+    RECSEARCH_DEVICE=auto asks onnxruntime (and torch only where a CUDA driver is)."""
+    assert "tokenizers" in search_run["loaded"]
     assert not search_run["loaded"] & {"torch", "transformers"}

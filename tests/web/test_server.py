@@ -145,3 +145,33 @@ def test_the_server_says_how_it_split_the_cores(
     spinning = max(1, cores() // 2)
     expected = f"2 workers × 2 threads, {cores()} encoder threads each ({spinning} for pools"
     assert expected in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_the_server_logs_one_ready_line_once_its_workers_have_loaded(
+    tmp_path: Path, seed_index: Path, serve: Any
+) -> None:
+    """'recsearch ready on URL: N workers loaded ...' comes once, when every worker has loaded
+    the index and the encoder: from then on each search is answered. A worker that replaces
+    a dead one says so in a line of its own."""
+    server = serve(built_env(tmp_path / "var", seed_index))
+    deadline = time.monotonic() + 180
+    while server.log_count("recsearch ready on") == 0:
+        assert server.process.poll() is None, "".join(server.lines)
+        assert time.monotonic() < deadline, "no ready line"
+        time.sleep(0.1)
+    line = next(line for line in server.lines if "recsearch ready on" in line)
+    assert f"recsearch ready on {server.base}: 2 workers loaded " in line, line
+    assert "s after listening; index v000002, encoder onnx" in line, line
+    listening = next(i for i, text in enumerate(server.lines) if "Listening at:" in text)
+    assert listening < server.lines.index(line)
+    for _ in range(6):  # at once, from any worker: no 503 while one still loads
+        assert server.search("Eiffel Tower")[0] == "paris-france"
+
+    victim = min(server.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    while server.log_count("(it replaces one)") == 0:
+        assert time.monotonic() < deadline + 120, "".join(server.lines[-20:])
+        time.sleep(0.1)
+    assert server.log_count("recsearch ready on") == 1
+    assert server.search("Eiffel Tower")[0] == "paris-france"
