@@ -59,9 +59,11 @@ class Chunks:
         has = counts > 0
         if not has.any():
             return out
-        picks = np.concatenate([np.arange(a, b) for a, b in zip(lo[has], hi[has], strict=True)])
-        sims = np.asarray(self.vectors[picks]) @ query
-        out[has] = np.maximum.reduceat(sims, np.cumsum(counts[has]) - counts[has])
+        counts, lo = counts[has], lo[has]
+        firsts = np.cumsum(counts) - counts  # where each row's chunks begin among the picks
+        picks = np.repeat(lo - firsts, counts) + np.arange(int(counts.sum()))
+        sims = np.take(np.asarray(self.vectors), picks, axis=0) @ query
+        out[has] = np.maximum.reduceat(sims, firsts)
         return out
 
     def search(
