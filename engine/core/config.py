@@ -42,9 +42,8 @@ ENCODERS = ("onnx", "onnx-int8", "torch")
 VECTOR_STORES = ("faiss", "milvus")
 # Settings for which an empty variable is a value (no prompt), not "keep the default".
 EMPTY_IS_A_VALUE = ("query_prompt", "document_prompt")
-# Milvus names: a letter or underscore, then letters, digits and underscores. The alias is
-# also the prefix of each version's collection name (<alias>_<built at>_<random>), so it
-# leaves room for that suffix under Milvus's 255 characters.
+# Milvus names: a letter or underscore, then letters, digits and underscores; the alias is
+# the prefix of each version's collection (<alias>_<built at>_<random>), under 255 in all.
 MILVUS_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 
 
@@ -78,6 +77,8 @@ class Settings(BaseModel):
     # device, else the CPU; "cuda" without one is a ConfigError. Also "cpu" or "cuda:N".
     device: str = "auto"
     embed_batch_size: int = Field(default=64, ge=1)
+    # Queries arriving together share one encoder call of at most this many; 1: each alone.
+    query_batch: int = Field(default=32, ge=1)
     # The encoder backend for RECSEARCH_MODEL: "onnx" (exported once, checked against torch),
     # "onnx-int8" (its dynamic int8 quantization) or "torch".
     encoder: Literal["onnx", "onnx-int8", "torch"] = "onnx"
@@ -110,10 +111,9 @@ class Settings(BaseModel):
     # A build whose measured recall@10 is below this is not published.
     min_recall: float = Field(default=0.9, ge=0.0, le=1.0)
     keep_versions: int = Field(default=5, ge=1)
-    # Where item vectors live and are searched: "faiss" (an index file in each version
-    # folder; items written since the build are searched in the delta) or "milvus" (a
-    # collection per version behind an alias that moves atomically; item upserts and
-    # deletes go straight into the serving collection).
+    # Where item vectors live and are searched: "faiss" (an index file in each version folder;
+    # the delta has items written since) or "milvus" (a collection per version behind an
+    # alias that moves atomically; item writes go straight into the serving collection).
     vector_store: Literal["faiss", "milvus"] = "faiss"
     # For vector_store=milvus: a local path ending in .db runs Milvus Lite inside this
     # process (one process at a time may open it), http(s)://host:19530 reaches a Milvus

@@ -22,6 +22,7 @@ from cachetools import LRUCache
 from engine.core.config import ENCODERS, Settings
 from engine.core.errors import ConfigError
 from engine.core.values import is_device
+from engine.encoder.batcher import QueryBatcher
 from engine.encoder.chunking import Chunker
 from engine.encoder.onnx_encoder import model_folder
 from engine.encoder.prompts import Prompts, prompts_from_config, resolve_prompts
@@ -217,6 +218,8 @@ class Embedder:
             self.prompts.document,
         )
         self._chunkers: dict[tuple[int, int], Chunker] = {}
+        # Concurrent queries (a worker's threads) share one encoder call.
+        self._batcher = QueryBatcher(self._encode_queries, max_batch=settings.query_batch)
         # Query text → its vector (read-only), least recently used out first.
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(query_cache_size, 1))
         self._lock = threading.Lock()
@@ -305,11 +308,15 @@ class Embedder:
             cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vector = self._query.embed([text], prompt=self.prompts.query)[0].astype(np.float32)
+        vector = self._batcher(text)
         vector.setflags(write=False)
         with self._lock:
             self._cache[text] = vector
         return vector
+
+    def _encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32 query vectors: one call of the query encoder."""
+        return np.asarray(self._query.embed(texts, prompt=self.prompts.query), dtype=np.float32)
 
     def clear_cache(self) -> None:
         with self._lock:

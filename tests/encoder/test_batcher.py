@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine.core.config import Settings
 from engine.encoder.batcher import QueryBatcher
 from engine.encoder.embedder import Embedder
 from tests.conftest import all_at_once
@@ -102,3 +104,22 @@ def test_batches_never_exceed_max_batch(embedder: Embedder, max_batch: int) -> N
     batcher = QueryBatcher(encode, max_batch=max_batch)
     all_at_once([lambda t=t: batcher(t) for t in TEXTS[:12]])  # type: ignore[misc]
     assert max(encode.sizes) <= max_batch and sum(encode.sizes) == 12
+
+
+def test_the_embedders_concurrent_queries_share_calls(embedder: Embedder) -> None:
+    """Embedder.encode_query goes through its batcher: a burst of new texts from many threads
+    costs fewer encoder calls than texts, each text still getting its own vector."""
+    texts = [f"embedder burst {i}: tide pools and kelp forests" for i in range(24)]
+    calls_before = embedder._batcher.calls
+    found = all_at_once([lambda t=t: (t, embedder.encode_query(t)) for t in texts])  # type: ignore[misc]
+    for text, vector in found:
+        assert np.allclose(vector, alone(embedder, text), atol=1e-5)
+        assert not vector.flags.writeable  # cached vectors are shared: read-only
+    assert embedder._batcher.calls - calls_before < len(texts)
+
+
+def test_query_batch_1_encodes_each_query_alone(encoder_cache: Path) -> None:
+    one = Embedder(Settings(data_dir=encoder_cache, query_batch=1))
+    texts = [f"alone {i}" for i in range(8)]
+    all_at_once([lambda t=t: one.encode_query(t) for t in texts])  # type: ignore[misc]
+    assert one._batcher.calls == len(texts)
