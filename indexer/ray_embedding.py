@@ -91,7 +91,7 @@ class RayEmbedding:
         # Each actor builds the same encoder from the same settings, with one thread, and
         # finds the driver's checked export where the driver's encoder loaded it from.
         self.actor_settings = settings.replace(
-            encoder_threads=1, data_dir=_export_home(embedder, settings)
+            encoder_threads=1, cache_dir=_export_home(embedder, settings)
         )
         self.actors = 0
         self.items = 0
@@ -261,11 +261,12 @@ class EncoderActor:
 
 
 def _export_home(embedder: Embedder, settings: Settings) -> Any:
-    """The data folder whose encoders/ cache holds the export the driver's encoder loaded
-    (DATA_DIR/encoders/<model hash>/model.onnx), absolute; the build's own for torch."""
+    """The folder whose encoders/ holds the export the driver's encoder loaded
+    (<it>/encoders/<model digest>/<library key>/model.onnx: the per-user cache, or the data
+    dir where that was not writable), absolute; the driver's cache setting for torch."""
     if embedder.check is not None:
-        return embedder.check.model_file.resolve().parents[2]
-    return settings.data_dir.resolve()
+        return embedder.check.model_file.resolve().parents[3]
+    return settings.cache_dir
 
 
 def _is_loopback(host: str) -> bool:

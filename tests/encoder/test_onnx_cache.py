@@ -34,6 +34,7 @@ from engine.encoder.onnx_cache import (
     model_digest,
 )
 from engine.encoder.onnx_encoder import read_spec
+from indexer.ray_embedding import _export_home
 
 MODEL_FOLDER = Path(Settings().model_path())
 TEXTS = ["skiing in the alps", "a quiet beach with snorkeling", "Crème brûlée near the Seine"]
@@ -128,6 +129,14 @@ def test_an_unwritable_cache_falls_back_to_the_data_dir(
     assert fallback.check.model_file.is_relative_to(data_dir / "encoders")
     assert f"cannot export the encoder into {blocked / 'encoders'}" in caplog.text
     assert np.array_equal(fallback.encode(TEXTS), embedder.encode(TEXTS))
+    # Ray's encoder actors (indexer.ray_embedding) are told where the driver's export is.
+    for driver, settings in ((embedder, embedder._settings), (fallback, fallback._settings)):
+        assert driver.check is not None
+        home = _export_home(driver, settings)
+        actor = settings.replace(cache_dir=home, data_dir=tmp_path / "actor")
+        assert driver.check.model_file.parent == export_dir(
+            actor, driver.check.model_file.parent.parent.name
+        )
 
 
 @pytest.mark.model
