@@ -20,6 +20,9 @@ versions of torch, transformers, tokenizers, onnx and onnxruntime, which make th
                         (engine.encoder.fast_tokenizer): starts load neither transformers nor torch
     .lock               one process exports while the others wait, then reuse its result
 
+A start marks the export it loads used; a new export removes those unused for 30 days
+(engine.encoder.cache_eviction).
+
 <cache>/model-digests.json remembers each model folder's digest with its files' states, so an
 untouched folder is not hashed again at each start.
 
@@ -52,6 +55,7 @@ from engine.core.files import (
     write_atomically,
     write_json_durably,
 )
+from engine.encoder.cache_eviction import evict_unused, mark_used
 from engine.encoder.fast_tokenizer import cached_tokenizer
 from engine.encoder.onnx_check import ProbeCheck, check_record, probe_check, stored_check
 from engine.encoder.onnx_encoder import (
@@ -110,6 +114,9 @@ def load_onnx_encoder(
         with _cache_lock(cache):
             loaded, made = _ensure_export(spec, digest, backend, cache)
     meta, model_bytes = loaded
+    mark_used(cache)
+    if made:  # exports come rarely and add ~90 MB each: drop those long unused
+        evict_unused(cache.parent.parent, keep=cache)
     threads = settings.encoder_threads or available_cores()
     tokenizer = cached_tokenizer(spec.transformer, spec.max_seq_length, cache, digest)
     # The check runs on the CPU; a GPU session for builds is made from the same bytes.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import pytest
 import engine.encoder.onnx_cache as onnx_cache
 from engine.core.config import Settings
 from engine.core.config import user_cache_dir as real_user_cache_dir  # before conftest's stand-in
+from engine.core.files import locked
+from engine.encoder.cache_eviction import USED, evict_unused
 from engine.encoder.embedder import Embedder
 from engine.encoder.fast_tokenizer import (
     TOKENIZER_FILE,
@@ -221,3 +225,41 @@ def test_a_model_folder_is_hashed_again_only_when_a_file_changes(tmp_path: Path)
     memo.write_text(json.dumps(record))
     (folder / "modules.json").touch()
     assert model_digest(settings, folder) == changed
+
+
+def test_a_start_marks_its_export_used(embedder: Embedder, encoder_cache: Path) -> None:
+    again = Embedder(Settings(data_dir=encoder_cache))
+    assert again.check is not None
+    marker = again.check.model_file.parent / USED
+    assert marker.exists() and time.time() - marker.stat().st_mtime < 600
+
+
+def test_exports_unused_for_a_month_are_removed(tmp_path: Path) -> None:
+    """Old library keys and old tuned models go; the export in use, a recent one and one whose
+    lock another process holds stay; an emptied model folder goes too."""
+    root = tmp_path / "encoders"
+    now = time.time()
+    month = 31 * 86400
+
+    def export(digest: str, key: str, used_ago: float | None) -> Path:
+        folder = root / digest / key
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"x" * 1000)
+        if used_ago is not None:
+            (folder / USED).touch()
+            os.utime(folder / USED, (now - used_ago, now - used_ago))
+        else:  # never marked: its files' age counts
+            os.utime(folder / "model.onnx", (now - month, now - month))
+        return folder
+
+    keep = export("base", "new-libs", 0)
+    old_libs = export("base", "old-libs", month)
+    recent = export("tuned-1", "new-libs", 86400)
+    unmarked = export("tuned-2", "new-libs", None)
+    locked_one = export("tuned-3", "new-libs", month)
+    with locked(locked_one / ".lock"):
+        removed = evict_unused(root, keep, now=now)
+    assert sorted(removed) == sorted([old_libs, unmarked])
+    assert keep.exists() and recent.exists() and locked_one.exists()
+    assert not old_libs.exists() and not unmarked.parent.exists()
+    assert (root / "base").exists()
