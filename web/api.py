@@ -32,7 +32,7 @@ from engine.users.recording import record_events
 from engine.users.schemas import EventsBody, EventsRecorded, UserProfile
 from web.auth import require_key
 from web.contract import body, json_payload, operation, query, respond
-from web.extensions import runtime_of
+from web.extensions import runtime_of, workers_of
 from web.metrics import observe_events, observe_rejected_events, observe_search
 from web.schemas import Health, Ready
 
@@ -188,7 +188,7 @@ def healthz() -> ResponseReturnValue:
 
 @health.get("/readyz")
 @operation(
-    summary="Readiness: the database answers and an index is published",
+    summary="Readiness: the database answers, an index is published, every worker has loaded",
     tag="health",
     access="public",
     responses={200: Ready, 503: Ready},
@@ -203,7 +203,9 @@ def readyz() -> ResponseReturnValue:
         database = f"unreachable: {type(exc).__name__}"
     store = runtime.live.store
     version = store.current_version() if database == "ok" else None
-    ready = database == "ok" and version is not None
+    readiness = workers_of(current_app)
+    loaded, workers = readiness.loaded_of() if readiness is not None else (1, 1)
+    ready = database == "ok" and version is not None and loaded >= workers
     disk = disk_state(runtime.settings.data_dir)
     answer = Ready(
         status=("ready" if disk == "ok" else "degraded") if ready else "not_ready",
@@ -217,6 +219,7 @@ def readyz() -> ResponseReturnValue:
         index="no index published: run `recsearch build`"
         if version is None and database == "ok"
         else None,
+        workers=f"{min(loaded, workers)} of {workers} loaded" if readiness is not None else None,
     )
     response = respond(answer, 200 if ready else 503)
     if not ready:

@@ -52,6 +52,11 @@ class Ready(BaseModel):
     index: str | None = Field(
         default=None, exclude_if=absent, description="what to do when no index is published"
     )
+    workers: str | None = Field(
+        default=None,
+        exclude_if=absent,
+        description='under `recsearch serve`: "N of M loaded"; not ready until all M have',
+    )
 
 
 class ErrorBody(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from engine.runtime import Runtime
+from web.extensions import WORKERS
 
 
 def assert_error(response: Any, status: int, error: str, fragment: str) -> dict[str, Any]:
@@ -50,6 +51,32 @@ def test_search_get_and_post(client: Any, built: Runtime) -> None:
     assert len(filtered) == 7 and {r["category"] for r in filtered} == {"city"}
     ready = client.get("/readyz").get_json()
     assert ready["status"] == "ready" and ready["index_version"] == body["index_version"]
+    assert "workers" not in ready  # one process: no workers to wait for
+
+
+def test_readyz_waits_for_every_worker_of_the_first_round(client: Any, built: Runtime) -> None:
+    """Under `recsearch serve` a worker that has loaded says not ready while another still
+    loads (it would share the cores with that loading), and ready once all have."""
+
+    class Loaded:
+        def __init__(self) -> None:
+            self.count = 1
+
+        def loaded_of(self) -> tuple[int, int]:
+            return self.count, 2
+
+    loaded = Loaded()
+    client.application.extensions[WORKERS] = loaded
+    try:
+        starting = client.get("/readyz")
+        assert starting.status_code == 503 and starting.headers["Retry-After"]
+        assert starting.get_json()["workers"] == "1 of 2 loaded"
+        assert starting.get_json()["status"] == "not_ready"
+        loaded.count = 3  # a worker replacing a dead one counts too
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.get_json()["workers"] == "2 of 2 loaded"
+    finally:
+        del client.application.extensions[WORKERS]
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,8 @@ def test_the_server_logs_one_ready_line_once_its_workers_have_loaded(
     assert listening < server.lines.index(line)
     for _ in range(6):  # at once, from any worker: no 503 while one still loads
         assert server.search("Eiffel Tower")[0] == "paris-france"
+        status, ready = get(f"{server.base}/readyz")
+        assert status == 200 and ready["workers"] == "2 of 2 loaded", ready
 
     victim = min(server.worker_pids())
     os.kill(victim, signal.SIGKILL)
