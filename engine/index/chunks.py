@@ -40,6 +40,9 @@ class Chunks:
         self.ann = ann
         # Chunks of item row r are starts[r]:starts[r + 1].
         self.starts = np.searchsorted(items, np.arange(n_items + 1)).astype(np.int64)
+        # How many each row has, and a last row of none that row -1 (not in this version)
+        # reads: best() looks rows up without masking them first.
+        self._count = np.append(np.diff(self.starts), 0)
 
     @property
     def size(self) -> int:
@@ -52,14 +55,11 @@ class Chunks:
         if not len(rows) or not self.size:
             return out
         rows = np.asarray(rows, dtype=np.int64)
-        known = rows >= 0
-        lo = np.where(known, self.starts[np.clip(rows, 0, None)], 0)
-        hi = np.where(known, self.starts[np.clip(rows, 0, None) + 1], 0)
-        counts = hi - lo
+        counts = self._count[rows]
         has = counts > 0
         if not has.any():
             return out
-        counts, lo = counts[has], lo[has]
+        counts, lo = counts[has], self.starts[rows[has]]
         firsts = np.cumsum(counts) - counts  # where each row's chunks begin among the picks
         picks = np.repeat(lo - firsts, counts) + np.arange(int(counts.sum()))
         sims = np.take(np.asarray(self.vectors), picks, axis=0) @ query
@@ -80,13 +80,12 @@ class Chunks:
             if not allowed.size:
                 return []
         scores, found = self.ann.search(query, k, allowed_rows=allowed)
-        out: dict[int, float] = {}
-        for score, chunk in zip(scores[0].tolist(), found[0].tolist(), strict=True):
-            if chunk >= 0:
-                row = int(self.items[chunk])
-                if row not in out:
-                    out[row] = score
-        return list(out.items())
+        hit = found[0] >= 0
+        rows, scores = self.items[found[0][hit]], scores[0][hit]
+        # Best first, so each item's first hit is its best: the first of each row, in order.
+        _, first = np.unique(rows, return_index=True)
+        first.sort()
+        return list(zip(rows[first].tolist(), scores[first].tolist(), strict=True))
 
     @classmethod
     def load(cls, folder: Path, section: dict[str, Any], n_items: int) -> Chunks:

@@ -8,6 +8,7 @@ version built before versions held fields, fall back to SQL and the encoder.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import select
@@ -47,9 +48,10 @@ class Corpus:
 
     def unknown(self, item_ids: Sequence[str]) -> list[str]:
         """The ids neither the version nor its delta holds (only SQL can say if they exist)."""
-        rows = self.artifact.ann.rows
         fresh = self.delta.items if self.delta is not None else {}
-        return [i for i in item_ids if i not in rows and i not in fresh]
+        # As a set difference (in C, a lookup of each id); nearly always empty.
+        unknown = set(item_ids).difference(self.artifact.ann.rows, fresh)
+        return [i for i in item_ids if i in unknown] if unknown else []
 
     def fields(self, session: Session, item_ids: Sequence[str]) -> dict[str, ItemFields]:
         """Fields of the given items that exist: the delta's for items written since the
@@ -73,40 +75,43 @@ class Corpus:
             out.update(_load_fields(session, missing))
         return out
 
-    def vectors(self, session: Session, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """((n, dim) float32 unit vectors, (n,) bool found) for the given ids, in order.
+    def places(self, item_ids: Sequence[str]) -> Places:
+        """Where each item's vector is: its delta row, else its row in the version (one
+        lookup of each id, for vectors() and query_sims() alike)."""
+        delta = self.delta if self.delta is not None and self.delta.size else None
+        row_of = self.artifact.ann.rows.get
+        if delta is None:
+            return Places(None, np.array([row_of(i, -1) for i in item_ids], dtype=np.int64))
+        fresh_of = delta.row_of
+        fresh = np.array([-1 if (r := fresh_of(i)) is None else r for i in item_ids], np.int64)
+        rows = np.array([row_of(i, -1) for i in item_ids], dtype=np.int64)
+        rows[fresh >= 0] = -1  # the delta's vector replaces the version's row
+        return Places(fresh, rows)
+
+    def vectors(
+        self, session: Session, item_ids: Sequence[str], places: Places | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """((n, dim) float32 unit vectors, (n,) bool found) for the given ids, in order;
+        places: theirs, when the caller has them.
 
         The delta's vector for an item re-embedded since the build, else the version's row
         (read in row order from the memory map), else encoded from SQL (ItemVectors); rows
         of ids found nowhere are zero.
         """
-        n = len(item_ids)
-        out = np.zeros((n, self.dim), dtype=np.float32)
-        found = np.zeros(n, dtype=bool)
-        positions: list[int] = []
-        rows: list[int] = []
-        missing: list[int] = []
-        delta = self.delta if self.delta is not None and self.delta.size else None
-        row_of = self.artifact.ann.rows.get
-        for i, item_id in enumerate(item_ids):
-            fresh = delta.row_of(item_id) if delta is not None else None
-            if fresh is not None and delta is not None:
-                out[i] = delta.vectors[fresh]
-                found[i] = True
-                continue
-            row = row_of(item_id)
-            if row is None:
-                missing.append(i)
-            else:
-                positions.append(i)
-                rows.append(row)
-        if rows:
-            order = np.argsort(rows)  # sequential reads of the memory map
-            where = np.asarray(positions)[order]
+        fresh, rows = places if places is not None else self.places(item_ids)
+        out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
+        found = rows >= 0
+        if fresh is not None and self.delta is not None:
+            held_fresh = np.flatnonzero(fresh >= 0)
+            out[held_fresh] = self.delta.vectors[fresh[held_fresh]]
+            found[held_fresh] = True
+        where = np.flatnonzero(rows >= 0)
+        if where.size:
+            where = where[np.argsort(rows[where])]  # sequential reads of the memory map
             # As a plain ndarray: indexing np.memmap itself builds a memmap subclass per call.
             held = np.asarray(self.artifact.vectors())
-            out[where] = held[np.asarray(rows)[order]]
-            found[where] = True
+            out[where] = held[rows[where]]
+        missing = np.flatnonzero(~found).tolist()
         if missing:
             encoded = self._fallback.get(session, [item_ids[i] for i in missing])
             for i in missing:
@@ -117,33 +122,36 @@ class Corpus:
         return out, found
 
     def query_sims(
-        self, item_ids: Sequence[str], vectors: np.ndarray, query: np.ndarray
+        self,
+        item_ids: Sequence[str],
+        vectors: np.ndarray,
+        query: np.ndarray,
+        places: Places | None = None,
     ) -> np.ndarray:
         """(n,) each item's similarity to the query: the best of its vector (vectors, as
         vectors() gave them) and its chunks, the delta's for an item re-embedded since the
-        build, else the version's (MaxP, engine.index.chunks)."""
+        build, else the version's (MaxP, engine.index.chunks); places: as vectors() took."""
         sims = vectors @ query
         chunks, delta = self.artifact.chunks, self.delta
         has_delta_chunks = delta is not None and delta.chunk_rows is not None
         if chunks is None and not has_delta_chunks:
             return sims
-        rows = np.full(len(item_ids), -1, dtype=np.int64)
-        row_of = self.artifact.ann.rows.get
-        fresh_best: np.ndarray | None = None  # the delta's MaxP, for all its rows at once
-        for i, item_id in enumerate(item_ids):
-            fresh = delta.row_of(item_id) if delta is not None else None
-            if fresh is not None and delta is not None:
-                if has_delta_chunks:
-                    if fresh_best is None:
-                        fresh_best = delta.best_of(query)
-                    sims[i] = max(sims[i], float(fresh_best[fresh]))
-                continue
-            row = row_of(item_id)
-            if row is not None:
-                rows[i] = row
+        fresh, rows = places if places is not None else self.places(item_ids)
+        if fresh is not None and has_delta_chunks and delta is not None:
+            held_fresh = np.flatnonzero(fresh >= 0)
+            if held_fresh.size:
+                best = delta.best_of(query)[fresh[held_fresh]]
+                sims[held_fresh] = np.maximum(sims[held_fresh], best)
         if chunks is not None:
             sims = np.maximum(sims, chunks.best(query, rows))
         return sims
+
+
+class Places(NamedTuple):
+    """Where the vectors of some items are, aligned with them."""
+
+    fresh: np.ndarray | None  # (n,) int64 the delta's row, -1 if not; None: the delta holds none
+    rows: np.ndarray  # (n,) int64 the version's row, -1 if not the version's (or the delta's)
 
 
 def _load_fields(session: Session, item_ids: list[str]) -> dict[str, ItemFields]:

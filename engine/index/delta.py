@@ -69,6 +69,7 @@ class DeltaSnapshot:
     _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _shadows: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     _by_category: dict[str | None, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _version_rows: frozenset[int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Once per snapshot (in the refresh thread), not per search: after a bulk update the
@@ -86,6 +87,18 @@ class DeltaSnapshot:
 
     def row_of(self, item_id: str) -> int | None:
         return self._rows.get(item_id)
+
+    def version_rows(self, artifact: IndexArtifact) -> frozenset[int]:
+        """The rows that the items written since the build hold in the version (base_version's
+        artifact), whose fields are stale: found once per snapshot, not per search (two
+        threads may both find them: the same set)."""
+        rows = self._version_rows
+        if rows is None or artifact.version != self.base_version:
+            row_of = artifact.ann.rows.get
+            rows = frozenset(r for i in self.items if (r := row_of(i)) is not None)
+            if artifact.version == self.base_version:
+                self._version_rows = rows
+        return rows
 
     def shadows(self) -> frozenset[str]:
         """Items whose row in the index version is stale: re-embedded, or about to be."""

@@ -4,6 +4,7 @@ Sources: the ANN index (with the delta's exact search) around the context vector
 and delta) for a query, items co-visited with the user's latest ones, and the most popular
 items when there is no context at all. Item fields come from the corpus; whether each
 candidate still exists, and its popularity, come from the state in one read for all sources.
+BM25 and the version's windows (chunks) are searched in engine.search.sources.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from engine.core.config import Settings
 from engine.index.corpus import Corpus
 from engine.search.context import Context
 from engine.search.request import SearchRequest
+from engine.search.sources import by_score, lexical_hits, with_windows
 from engine.store.models import Item
 from engine.users.decay import as_of
 from engine.users.state import StateView, Stored, latest_items
@@ -149,7 +151,8 @@ class _Live:
         self._checked: set[str] = set()
 
     def check(self, item_ids: Sequence[str]) -> None:
-        new = [i for i in dict.fromkeys(item_ids) if i not in self._checked]
+        checked = self._checked
+        new = [i for i in dict.fromkeys(item_ids) if i not in checked]
         if new:
             found = self.state.live_items(new)
             if self.where is not None:  # an item that does not match is not there for us
@@ -216,7 +219,9 @@ def _retrieve(
     if is_live:
         limit = _LIVE_LIMIT  # the collection may hold more items than the build's rows
     lexical = (
-        _lexical(corpus, q, want, allowed, stale, exclude, category, settings, typos) if q else {}
+        lexical_hits(corpus, q, want, allowed, stale, exclude, category, settings, typos)
+        if q
+        else {}
     )
     # A live index holds new items' first windows only: their others are the delta's.
     if delta is not None and (from_delta or delta.chunk_rows is not None):
@@ -249,8 +254,8 @@ def _retrieve(
                 floor = float(scores[0][-1])
         if artifact.chunks is not None:  # items whose best window is not their first
             windows = artifact.chunks.search(vector, fetch_k, allowed)
-            pairs = _with_chunks(pairs, windows, ids, exclude, stale)
-        ann_ids = [i for i, _ in sorted(pairs + extra, key=lambda p: -p[1])]
+            pairs = with_windows(pairs, windows, ids, exclude, stale)
+        ann_ids = [i for i, _ in sorted(pairs + extra, key=by_score, reverse=True)]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
         live.check([*merged, *also])
         stored = live.stored  # the ids that exist
@@ -259,8 +264,9 @@ def _retrieve(
         # Done when `want` live items score at least the floor (no row not fetched can come
         # before them), or nothing more is left to fetch. Otherwise many rows were skipped
         # (deleted since the build, or shadowed by the delta): look further down.
-        certain = {i for i, _ in pairs} | {i for i, sc in extra if sc >= floor}
-        if sum(1 for i in found if i in certain) >= want or fetch_k >= limit:
+        # Every certain id is in `merged`, so those found are the certain ones that exist.
+        certain = dict(pairs).keys() | {i for i, sc in extra if sc >= floor}
+        if fetch_k >= limit or len(certain & stored.keys()) >= want:
             break
         fetch_k = min(limit, fetch_k * 4)
     kept: list[tuple[int, str, int | None]] = []  # (found position, id, ANN rank)
@@ -273,79 +279,26 @@ def _retrieve(
                 continue
             rank = kept_ann - 1
         kept.append((position, item_id, rank))
-    fields = corpus.fields(live.session, [i for _, i, _ in kept])
-    out: list[Candidate] = []
+    fields = corpus.fields(live.session, [i for _, i, _ in kept]).get
     popularity = live.popularity
+    absent = (None, 0.0)  # no BM25 hit: (lexical rank, lexical score)
+    out: list[Candidate] = []
     for position, item_id, rank in kept:
-        item = fields.get(item_id)
-        if item is None:
-            continue
-        c = Candidate(item_id, position, item, popularity(item_id), ann_rank=rank)
-        hit = lexical.get(item_id)
-        if hit is not None:
-            c.lexical_rank, c.lexical_score = hit
-        out.append(c)
-    return out
-
-
-def _with_chunks(
-    pairs: list[tuple[str, float]],
-    hits: list[tuple[int, float]],
-    ids: list[str],
-    exclude: set[str],
-    stale: frozenset[str],
-) -> list[tuple[str, float]]:
-    """The index's hits merged with its chunks' (item row, score), each item at its best
-    (MaxP). Chunks are the version's in every backend: an item rewritten since the build
-    (stale) is the delta's, chunks and all."""
-    best = dict(pairs)
-    for row, score in hits:
-        item_id = ids[row]
-        if item_id in exclude or item_id in stale:
-            continue
-        if score > best.get(item_id, -np.inf):
-            best[item_id] = score
-    return list(best.items())
-
-
-def _lexical(
-    corpus: Corpus,
-    q: str,
-    want: int,
-    allowed: np.ndarray | None,
-    stale: frozenset[str],
-    exclude: set[str],
-    category: str | None,
-    settings: Settings,
-    typos: bool = True,
-) -> dict[str, tuple[int, float]]:
-    """BM25 hits of the index and the delta: id → (rank, score), best first; rows of the
-    index that are stale (the delta holds the item) or excluded are skipped. typos: correct
-    misspelt words, over both vocabularies (engine.index.typos)."""
-    artifact, delta = corpus.artifact, corpus.delta
-    found: list[tuple[str, float]] = []
-    beside = corpus.delta_lexical()
-    if artifact.lexical is not None and (allowed is None or allowed.size):
-        ids = artifact.ids
-        k = want + len(exclude) + min(len(stale), want)
-        while True:
-            rows, scores = artifact.lexical.search(
-                q, k, allowed, typo_tolerance=typos, others=beside
+        item = fields(item_id)
+        if item is not None:
+            lexical_rank, lexical_score = lexical.get(item_id, absent)
+            out.append(
+                Candidate(
+                    item_id,
+                    position,
+                    item,
+                    popularity(item_id),
+                    rank,
+                    lexical_rank,
+                    lexical_score,
+                )
             )
-            found = [
-                (i, sc)
-                for r, sc in zip(rows.tolist(), scores.tolist(), strict=True)
-                if (i := ids[r]) not in exclude and i not in stale
-            ]
-            if len(found) >= want or rows.size < k:  # enough, or every match was read
-                break
-            k *= 4
-        del found[want:]  # the best `want` of the index, as if the skipped rows were not there
-    if delta is not None:
-        hits = delta.lexical_search(q, want, category, typo_tolerance=typos, base=artifact.lexical)
-        found += [(i, sc) for i, sc in hits if i not in exclude]
-    ranked = sorted(found, key=lambda p: -p[1])
-    return {i: (rank, sc) for rank, (i, sc) in enumerate(ranked[: settings.lexical_candidates])}
+    return out
 
 
 def _covisited(context: Context, settings: Settings) -> list[tuple[str, float]]:

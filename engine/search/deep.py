@@ -80,16 +80,22 @@ class Walk:
         """Place the tier's candidates not placed above, up to `need` results in all;
         returns whether the tier found any candidate the tiers above had not."""
         candidates = ranked.candidates
-        new = [c.item_id for c in candidates if c.item_id not in self._seen]
-        self._seen.update(new)
+        seen = self._seen
+        found_new = any(c.item_id not in seen for c in candidates)  # at once on a first tier
+        seen.update(c.item_id for c in candidates)
         if self._tiers == 0:  # the same items are pinned in every tier: the first says where
             self.pins = [(pos, Placed(stage, ranked, j)) for pos, j in ranked.applied.pins]
             self._ids.update(p.item_id for _, p in self.pins)
         self._tiers += 1
-        order = [j for j in ranked.applied.order if candidates[j].item_id not in self._ids]
+        taken = self._ids  # nothing yet on a first tier without pins: the rules' order
+        order = (
+            [j for j in ranked.applied.order if candidates[j].item_id not in taken]
+            if taken
+            else ranked.applied.order
+        )
         want = need - len(self.placed)
         if want <= 0 or not order:
-            return bool(new)
+            return found_new
         picked = np.stack(self._vectors) if self._vectors else None
         picks = diversified(
             self.request, stage, ranked, want, order=order, picked=picked, counts=self._counts
@@ -102,7 +108,7 @@ class Walk:
             if diverse:
                 assert stage.vectors is not None
                 self._vectors.append(stage.vectors[ranked.rows[j]])
-        return bool(new)
+        return found_new
 
     def interleaved(self, stage: Stage, ranked: Ranked, picks: list[tuple[int, float]]) -> None:
         """A first page mixed with an experiment's model (engine.search.rank.interleave)."""

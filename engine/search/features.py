@@ -139,6 +139,8 @@ def of_candidates(
     if not candidates:
         return np.zeros((0, len(names))), None
     ids = [c.item_id for c in candidates]
-    vectors, _ = corpus.vectors(session, ids)
-    sims = corpus.query_sims(ids, vectors, context.query) if context.query is not None else None
+    places = corpus.places(ids)
+    vectors, _ = corpus.vectors(session, ids, places)
+    query = context.query
+    sims = corpus.query_sims(ids, vectors, query, places) if query is not None else None
     return compute(candidates, vectors, context, names, sims), vectors

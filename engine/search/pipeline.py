@@ -120,7 +120,7 @@ class Searcher:
         InvalidInput for filters or facets the catalog cannot answer, NotFound for an unknown
         similar_to. Pages hold: see engine.search.deep."""
         started = time.perf_counter()
-        rules = [] if request.similar_to else live_rules(self.rules(), self.clock(), request.q)
+        rules = [] if request.similar_to else self._live_rules(request.q)
         ready = self.prepare(session, request)
         ranker = self.ranker()  # one model for every tier, even if another is promoted meanwhile
         need = request.offset + request.k + 1  # one more says whether a next page exists
@@ -251,6 +251,12 @@ class Searcher:
         """
         ready = self.prepare(session, request, state)
         return self.stage_at(session, ready, request, include)
+
+    def _live_rules(self, query: str | None) -> list[Rule]:
+        """The rules live now for this query; none without a rule at all (most catalogs), and
+        then the query's text is not normalized to match them."""
+        every = self.rules()
+        return live_rules(every, self.clock(), query) if every else []
 
     def _experiment_for(self, request: SearchRequest) -> Running | None:
         """The running experiment when this search falls in its share (first pages only)."""

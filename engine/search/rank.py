@@ -42,10 +42,21 @@ def rank(stage: Stage, ranker: LinearRanker, rules: list[Rule]) -> Ranked | None
     found_order = np.array([c.rank for c in stage.candidates])
     rows = np.lexsort((found_order, -logits)).tolist()
     candidates = [stage.candidates[i] for i in rows]
-    applied = apply_rules(
-        rules, [c.item_id for c in candidates], [c.item for c in candidates], logits[rows]
-    )
+    if rules:
+        applied = apply_rules(
+            rules, [c.item_id for c in candidates], [c.item for c in candidates], logits[rows]
+        )
+    else:
+        applied = _unruled(logits[rows])
     return Ranked(ranker, rows, candidates, applied, ranker.probability(applied.logits))
+
+
+def _unruled(logits: np.ndarray) -> Applied:
+    """What applying no rule makes of logits already in ranked order: the same order, as
+    engine.ranking.rules.apply would give it (its stable sort of a sorted list), without
+    a pass over the candidates."""
+    adjusted = np.asarray(logits, dtype=np.float64).copy()
+    return Applied(list(range(len(adjusted))), adjusted, {}, [], 0)
 
 
 def interleave(

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    Field,
+    GetJsonSchemaHandler,
+    PrivateAttr,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from engine.core.contract import absent
 
@@ -62,13 +72,32 @@ class SearchHit(BaseModel):
     explanation: Explanation | None = Field(
         default=None, exclude_if=absent, description="with explain=true"
     )
-    _left_out: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """As written, a hit promises no field: a request's `fields` leaves some out."""
+        if handler.mode == "serialization":
+            return {}
+        return handler(core_schema)
 
     def only(self, fields: tuple[str, ...] | None) -> SearchHit:
         """This hit, writing only the given fields (and id, highlights, explanation)."""
-        if fields is not None:
-            self._left_out = frozenset(LISTED_FIELDS) - set(fields)
-        return self
+        if fields is None:
+            return self
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        selected = _SelectedHit.model_construct(self.model_fields_set, **values)
+        selected._left_out = frozenset(LISTED_FIELDS) - set(fields)
+        return selected
+
+
+class _SelectedHit(SearchHit):
+    """A hit that leaves out the fields its request did not pick. Only these hits are written
+    through a serializer of their own (SearchOut.results serializes each hit as its class):
+    on every hit it cost most of the response's serialization."""
+
+    _left_out: frozenset[str] = PrivateAttr(default=frozenset())
 
     @model_serializer(mode="wrap")
     def _without_left_out(self, write: SerializerFunctionWrapHandler) -> Any:
@@ -90,7 +119,7 @@ Mode = Literal["search", "recommend", "popular", "similar"]
 class SearchOut(BaseModel):
     """A page of results, how it was found, and how to ask for the next page."""
 
-    results: list[SearchHit]
+    results: list[SerializeAsAny[SearchHit]]  # as its class: _SelectedHit leaves fields out
     index_version: str
     took_ms: float
     mode: Mode

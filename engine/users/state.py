@@ -133,7 +133,11 @@ class SqlState:
         if watch is None:
             return self._read_live(item_ids)
         gone, deleted, popularity = self._since_horizon(watch), watch.deleted, watch.popularity
-        out = {i: popularity.get(i, _NONE) for i in item_ids if i not in gone and i not in deleted}
+        get = popularity.get
+        if gone or deleted:
+            out = {i: get(i, _NONE) for i in item_ids if i not in gone and i not in deleted}
+        else:  # nearly always: nothing deleted since the version was built
+            out = {i: get(i, _NONE) for i in item_ids}
         unknown = self.unknown(list(out)) if self.unknown is not None else []
         if unknown:  # not in the version or its delta (rare): SQL says whether they exist
             for item_id in unknown:
