@@ -1,16 +1,10 @@
 """The train-encoder job: fine-tune the sentence-transformers model on the engine's own
 positives and publish it as an encoder version (engine.index.encoder_store).
 
-Positives:
-- judgments: (query, item) with grade > 0;
-- the serve-time log: a search's text and a result an event naming its request_id engaged
-  with (impressions.query);
-- the event history, for recommendation: two items one user engaged with (click, cart,
-  purchase, a good rating) one after the other within a session's gap, the earlier as anchor.
-Each query pair gets one hard negative, mined by the engine's own first stage: a candidate it
-ranks high for the query (fused dense and BM25, past the top few, which may be unjudged
-answers) that is not a positive of that query. Every other positive in the batch is a negative
-too (MultipleNegativesRankingLoss: in-batch negatives); batches never hold one text twice.
+The positives, each query's with a hard negative from the engine's own first stage, come
+from indexer.encoder_pairs (judgments, clicked search results, same-visit engagements). Every
+other positive in the batch is a negative too (MultipleNegativesRankingLoss: in-batch
+negatives); batches never hold one text twice.
 
 sentence-transformers' loss runs in a plain torch loop, not its Trainer (which needs
 `datasets` and `accelerate`, pyarrow included, for a few dozen steps): ours reports progress
@@ -23,44 +17,26 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from engine.catalog.items import embedding_text
 from engine.core.errors import InvalidInput
 from engine.encoder.embedder import resolve_device
 from engine.encoder.onnx_encoder import model_folder
 from engine.encoder.prompts import resolve_prompts
 from engine.index.encoder_store import MODEL_FOLDER, EncoderStore, tuned_name
 from engine.runtime import Runtime
-from engine.search.request import SearchRequest
-from engine.store.models import Event, Impression, Item
-from engine.users.events import EventIn
-from indexer.examples import POSITIVE_TYPES, Judgment, is_positive, stored_events
+from indexer.encoder_pairs import Pair, clicked_judgments, event_pairs, judgment_pairs
+from indexer.examples import Judgment, stored_events
 from indexer.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
-
-# Hard negatives: the first stage's dense candidates that are not answers, ranks
-# [NEGATIVE_FROM, NEGATIVE_TO) of them. The very top is often a relevant item nobody judged
-# (BM25's top more so: negatives from the fused order tuned SciFact to 0.677, these to 0.69).
-NEGATIVE_FROM, NEGATIVE_TO = 3, 20
-SESSION_GAP_S = 30 * 60  # two engagements further apart than this are not one visit
-
-
-@dataclass(frozen=True)
-class Pair:
-    anchor: str  # a query, or the text of an item engaged with first
-    positive: str  # the text of the item that answers it
-    negative: str | None = None  # a hard negative's text
-    item_anchor: bool = False  # the anchor is an item's text (gets the document prompt)
 
 
 @dataclass(frozen=True)
@@ -70,6 +46,11 @@ class TuneOptions:
     learning_rate: float = 3e-5
     max_seq_length: int | None = None  # tokens while training; None: the model's own
     seed: int = 0
+    # A long item in a query's pair is its window nearest the query, the one that scores it
+    # when served (MaxP), not its first (indexer.encoder_pairs.best_windows). Off: on SciFact
+    # it tuned dense to 0.681 (first windows: 0.682) and the rankers over it lower; with lr
+    # 5e-5, dense to 0.691 but reranked to 0.787 (first windows, 3e-5: 0.792).
+    windows: bool = False
 
 
 @dataclass
@@ -94,108 +75,6 @@ class TuneReport:
         return asdict(self)
 
 
-def item_texts(session: Session, ids: Iterable[str]) -> dict[str, str]:
-    """id → what the encoder reads for the item, for the ids that exist."""
-    wanted = list(dict.fromkeys(ids))
-    out: dict[str, str] = {}
-    for start in range(0, len(wanted), 500):
-        rows = session.execute(
-            select(Item.id, Item.title, Item.text, Item.category, Item.tags).where(
-                Item.id.in_(wanted[start : start + 500])
-            )
-        )
-        for row in rows:
-            out[row.id] = embedding_text(row.title, row.text, row.category, row.tags or [])
-    return out
-
-
-def judgment_pairs(
-    runtime: Runtime,
-    session: Session,
-    judgments: Sequence[Judgment],
-    *,
-    seed: int = 0,
-    progress: Progress = no_progress,
-) -> list[Pair]:
-    """One pair per judged positive, with a hard negative from the engine's first stage."""
-    by_query: dict[str, dict[str, float]] = {}
-    for j in judgments:
-        if j.grade > 0:
-            by_query.setdefault(j.query, {})[j.item_id] = j.grade
-    texts = item_texts(session, (i for docs in by_query.values() for i in docs))
-    rng = random.Random(seed)
-    searcher = runtime.searcher
-    pairs: list[Pair] = []
-    for n, (query, docs) in enumerate(by_query.items()):
-        stage = searcher.first_stage(session, SearchRequest(q=query, k=NEGATIVE_TO + len(docs)))
-        dense = sorted((c for c in stage.candidates if c.ann_rank is not None), key=_ann_rank)
-        pool = [c.item_id for c in dense if c.item_id not in docs][NEGATIVE_FROM:NEGATIVE_TO]
-        negatives = item_texts(session, pool)
-        for item_id in docs:
-            if item_id not in texts:
-                continue  # judged but not in the catalog
-            negative = negatives.get(rng.choice(pool)) if pool else None
-            pairs.append(Pair(query, texts[item_id], negative))
-        progress("negatives", n + 1, len(by_query))
-    return pairs
-
-
-def _ann_rank(candidate: Any) -> int:
-    return int(candidate.ann_rank or 0)
-
-
-def clicked_judgments(session: Session, positive_rating: float) -> list[Judgment]:
-    """(query, item) from the serve-time log: a search's text and a result of it that an
-    event naming the search's request_id engaged with (click, cart, purchase, good rating)."""
-    engaged = or_(
-        Event.type.in_(POSITIVE_TYPES),
-        (Event.type == "rating") & (Event.value >= positive_rating),
-    )
-    rows = session.execute(
-        select(Impression.query, Impression.item_id)
-        .join(
-            Event,
-            (Event.request_id == Impression.request_id) & (Event.item_id == Impression.item_id),
-        )
-        .where(Impression.query.is_not(None), engaged)
-        .distinct()
-        .order_by(Impression.query, Impression.item_id)
-    )
-    return [Judgment(str(query), str(item_id), 1.0) for query, item_id in rows]
-
-
-def event_pairs(
-    session: Session,
-    events: Sequence[EventIn],
-    positive_rating: float,
-    *,
-    gap_s: float = SESSION_GAP_S,
-) -> list[Pair]:
-    """Consecutive engagements of one user within gap_s: (earlier item, later item).
-
-    `events` is the history to learn from, oldest first: pass only the training prefix when
-    later events are held out.
-    """
-    last: dict[str, tuple[str, float]] = {}
-    found: list[tuple[str, str]] = []
-    for event in events:
-        if event.item_id is None or not is_positive(event, positive_rating):
-            continue
-        ts = event.ts.timestamp() if event.ts is not None else 0.0
-        before = last.get(event.user_id)
-        if before is not None and before[0] != event.item_id and ts - before[1] <= gap_s:
-            found.append((before[0], event.item_id))
-        last[event.user_id] = (event.item_id, ts)
-    texts = item_texts(session, (i for pair in found for i in pair))
-    seen: set[tuple[str, str]] = set()
-    pairs = []
-    for a, b in found:
-        if a in texts and b in texts and (a, b) not in seen:
-            seen.add((a, b))
-            pairs.append(Pair(texts[a], texts[b], item_anchor=True))
-    return pairs
-
-
 def tune_from_history(
     runtime: Runtime,
     session: Session,
@@ -217,7 +96,14 @@ def tune_from_history(
         labelled["clicks"] = clicked_judgments(session, threshold)
     for source, rows in labelled.items():
         if rows:
-            found = judgment_pairs(runtime, session, rows, seed=options.seed, progress=progress)
+            found = judgment_pairs(
+                runtime,
+                session,
+                rows,
+                seed=options.seed,
+                windows=options.windows,
+                progress=progress,
+            )
             sources[source] = len(found)
             pairs += found
     if use_log:

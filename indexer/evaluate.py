@@ -21,7 +21,8 @@ from indexer import ablation
 from indexer.build import BuildReport, build
 from indexer.click_prior import click_state, cross_fitted_states, judgment_clicks
 from indexer.datasets import beir_items, beir_qrels, beir_queries
-from indexer.encoder_tuning import TuneOptions, judgment_pairs, tune_encoder
+from indexer.encoder_pairs import judgment_pairs
+from indexer.encoder_tuning import TuneOptions, tune_encoder
 from indexer.examples import Judgment, judgment_examples
 from indexer.progress import Progress, no_progress
 from indexer.train import train_from_examples
@@ -93,7 +94,12 @@ def evaluate_beir(
         t = time.perf_counter()
         with runtime.session() as session:
             pairs = judgment_pairs(
-                runtime, session, as_judgments(tune_on), seed=tune.seed, progress=progress
+                runtime,
+                session,
+                as_judgments(tune_on),
+                seed=tune.seed,
+                windows=tune.windows,
+                progress=progress,
             )
         tuned = tune_encoder(
             runtime, pairs, {"train judgments": len(pairs)}, options=tune, progress=progress

@@ -1,6 +1,7 @@
-"""Tuned encoders: positives from judgments and from the event history, batches without
-repeats, and a tuned encoder as a version that a build embeds with, that serving follows
-through its index, and that promote and rollback move."""
+"""Tuned encoders: positives from judgments and from the event history, a long item's window
+nearest the query as its positive, batches without repeats, and a tuned encoder as a version
+that a build embeds with, that serving follows through its index, and that promote and
+rollback move."""
 
 from __future__ import annotations
 
@@ -14,17 +15,27 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from engine.catalog.items import ItemIn, upsert_items
 from engine.core.config import Settings
 from engine.core.errors import NotFound, NotReady
+from engine.encoder.embedder import Embedder
 from engine.index.encoder_store import MODEL_FOLDER, EncoderStore, build_encoder, encoder_settings
 from engine.runtime import Runtime
 from engine.search.request import SearchRequest
 from engine.users.events import EventIn
 from indexer.build import build
-from indexer.encoder_tuning import Pair, batches, clicked_judgments, event_pairs, item_texts
+from indexer.encoder_pairs import (
+    Pair,
+    clicked_judgments,
+    event_pairs,
+    item_texts,
+    judgment_pairs,
+)
+from indexer.encoder_tuning import batches
 from indexer.examples import Judgment
 from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG, write_jsonl
+from tests.index.test_chunks import FILLER, QUERIES, TAILS, ingest_and_build, notes
 from tests.indexer.test_train import description_judgments
 from web.cli import Context, cli
 
@@ -77,6 +88,46 @@ def test_event_pairs_are_one_users_consecutive_engagements_in_one_visit(
         Pair(texts["berlin-germany"], texts["amsterdam-netherlands"], item_anchor=True),
     ]
     assert texts["paris-france"].startswith("Paris, France Category: city.")
+
+
+def test_a_long_items_positive_and_negative_are_its_windows_nearest_the_query(
+    runtime: Runtime, embedder: Embedder
+) -> None:
+    # Council notes whose tails, past the model's window, tell them apart (MaxP serves them
+    # by the tail's window); one more written after the build: its windows are encoded here.
+    more = {
+        "orchard": "Finally, an old orchard lets families pick their own apples in autumn.",
+        "chess": "Finally, the library hosts a chess tournament for players of every age.",
+    }
+    ingest_and_build(runtime, notes({**TAILS, **more}))  # enough for a hard negative each
+    late = "Finally, a retired keeper shows visitors the old lighthouse lamp at dusk."
+    with runtime.write_session() as session:
+        upsert_items(session, [ItemIn(id="late", title="Late notes", text=FILLER * 4 + late)])
+    tails = {**TAILS, "late": late}
+    queries = {**QUERIES, "late": "visiting an old lighthouse with its keeper"}
+    judgments = [Judgment(q, key, 1.0) for key, q in queries.items()]
+    with runtime.session() as session:
+        plain = judgment_pairs(runtime, session, judgments)
+        windowed = judgment_pairs(runtime, session, judgments, windows=True)
+        texts = item_texts(session, [*tails, *more])
+    chunker = embedder.chunker(runtime.settings)
+    assert chunker is not None
+
+    def nearest(query: str, text: str) -> str:  # the oracle: every window encoded afresh
+        cut = [text, *chunker.extra(text)]
+        assert len(cut) >= 2  # each note is longer than one window
+        return cut[int(np.argmax(embedder.encode(cut) @ embedder.encode_query(query)))]
+
+    by_text = {text: key for key, text in texts.items()}
+    assert len(windowed) == len(plain) == len(judgments)
+    for j, before, pair in zip(judgments, plain, windowed, strict=True):
+        assert before.positive == texts[j.item_id]  # without windows: the whole text
+        assert pair.positive == nearest(j.query, texts[j.item_id]) != texts[j.item_id]
+        assert pair.positive.endswith(tails[j.item_id])
+        # The same hard negative (one seed), as its window nearest the query.
+        assert before.negative is not None and pair.negative is not None
+        assert pair.negative == nearest(j.query, texts[by_text[before.negative]])
+    assert sum(p.negative != b.negative for p, b in zip(windowed, plain, strict=True)) >= 1
 
 
 def test_encoder_versions_promote_and_roll_back(tmp_path: Path) -> None:
