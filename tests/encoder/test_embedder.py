@@ -490,6 +490,7 @@ def test_concurrent_first_starts_export_once(
     assert cache_problem(path, folder_digest(MODEL_FOLDER)) is None
     assert sorted(p.name for p in path.parent.iterdir()) == [
         ".lock",
+        ".used",  # each start marks the export it loads (engine.encoder.cache_eviction)
         "model.onnx",
         "model.onnx.json",
         "tokenizer-core.json",
