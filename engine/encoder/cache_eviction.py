@@ -11,7 +11,6 @@ removed; one removed and wanted again later is simply exported again.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,10 +25,8 @@ MAX_UNUSED_S = 30 * 24 * 3600.0  # 30 days
 
 def mark_used(export: Path) -> None:
     """Record that an export folder served a start now (nothing, on a read-only cache)."""
-    marker = export / USED
     try:
-        marker.touch()
-        os.utime(marker)
+        (export / USED).touch()  # sets the mtime to now, existing or not
     except OSError:
         pass
 
