@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import stat
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ class Runtime:
         # Encoders by name: RECSEARCH_MODEL's and tuned versions (engine.index.encoder_store),
         # each loaded on first use. Serving follows the live index's encoder.
         self._embedders: dict[str, Embedder] = {embedder.name: embedder} if embedder else {}
+        self._crowded: Callable[[], bool] | None = None  # set by share_cores
         # RECSEARCH_VERSION_SHARING=database: index and model versions are published to, and
         # followed from, the database (engine.store.published); registered for the folders,
         # so every store of them in this process (a build, a promote) shares them too.
@@ -203,8 +204,19 @@ class Runtime:
                 if found is None:
                     found = Embedder(encoder_settings(self.settings, name))
                     found.name = name
+                    if self._crowded is not None:
+                        found.share_cores(self._crowded)
                     self._embedders[name] = found
         return found
+
+    def share_cores(self, crowded: Callable[[], bool]) -> None:
+        """Serving: every encoder, now and later, encodes a query on every core only while
+        crowded() says no other request is under way (Embedder.share_cores)."""
+        with self._lock:
+            self._crowded = crowded
+            embedders = list(self._embedders.values())
+        for embedder in embedders:
+            embedder.share_cores(crowded)
 
     def build_embedder(self, version: str | None = None) -> Embedder:
         """What a build embeds with: encoder `version`, else the promoted one, else

@@ -11,19 +11,26 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from engine.core.config import Settings
 from engine.runtime import Runtime
 from web import admin, api, auth, errors, metrics, openapi, ratelimit
-from web.extensions import EXTENSION
+from web.extensions import EXTENSION, IN_FLIGHT
+from web.inflight import InFlight
 from web.json_provider import OrjsonProvider
 from web.proxy import trust_proxies
 
 
 def create_app(
-    settings: Settings | None = None, *, runtime: Runtime | None = None, loopback: bool = False
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    loopback: bool = False,
+    in_flight: InFlight | None = None,
 ) -> Flask:
     """Build the app; engine objects live in app.extensions["recsearch"] as a Runtime.
 
     With no arguments it reads RECSEARCH_* from the environment (what gunicorn calls:
     `gunicorn -w 4 'web:create_app()'`). loopback says the server listens on 127.0.0.1 only,
     which opens search, events and /metrics without a key under RECSEARCH_OPEN_ENDPOINTS=auto.
+    in_flight counts the requests under way (web.inflight; `recsearch serve` shares one
+    between its workers), app.extensions["recsearch.in_flight"].
     """
     if runtime is None:
         runtime = Runtime(settings or Settings.from_env())
@@ -52,7 +59,9 @@ def create_app(
     app.register_blueprint(api.health)
     admin.init(app)
     openapi.init(app)
-    app.wsgi_app = trust_proxies(app.wsgi_app, proxies)  # type: ignore[method-assign]
+    in_flight = in_flight or InFlight()
+    app.extensions[IN_FLIGHT] = in_flight
+    app.wsgi_app = in_flight.wrap(trust_proxies(app.wsgi_app, proxies))  # type: ignore[method-assign]
     logging.getLogger(__name__).info("recsearch app ready on %s", runtime.settings.db_url)
     return app
 

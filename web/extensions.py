@@ -11,6 +11,7 @@ from engine.runtime import Runtime
 
 EXTENSION = "recsearch"
 WORKERS = "recsearch.workers"
+IN_FLIGHT = "recsearch.in_flight"  # web.inflight.InFlight: requests under way
 
 
 def runtime_of(app: Flask) -> Runtime:

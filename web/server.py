@@ -8,9 +8,11 @@ Why these choices:
   OpenMP, MKL, OpenBLAS) get max(1, cores // workers) threads per worker, so workers ×
   threads ≤ cores: oversubscribed, they turned a 15 ms torch query into 233 ms on a busy
   2-core machine (NOTES.md). ONNX Runtime's pool does not spin here (engine.encoder.onnx_encoder),
-  so each worker's ONNX encoder gets every core: a lone request then encodes on all of
-  them, and concurrent ones share the cores through the OS. RECSEARCH_ENCODER_THREADS
-  overrides both.
+  so each worker's ONNX encoder gets every core, used only while its request is the only
+  one under way in the server (web.inflight counts them across workers, Runtime.share_cores):
+  a lone request encodes on all the cores, a crowded one on one thread of a second session,
+  leaving the other cores to the requests beside it. RECSEARCH_ENCODER_THREADS overrides
+  both (1: always one thread).
 - gthread workers: a request waits on SQL and the encoder, so a few threads per worker
   overlap those waits; `--threads` sets how many.
 - Requests gunicorn refuses before the app sees them (a request line over
@@ -47,6 +49,7 @@ from engine.core import processes
 from engine.core.config import Settings
 from engine.core.files import make_private_dir
 from engine.core.processes import remove_leftovers
+from web.inflight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,12 @@ def encoder_threads(settings: Settings, workers: int) -> int:
     162.8 (97.0 / 148.9). One thread per worker left a core idle whenever one request ran
     alone, and made `serve` slower than `--dev` at one connection; every core gives up about
     a tenth of the throughput at saturation for a quarter off the latency of a lone request.
-    RECSEARCH_ENCODER_THREADS=1 takes the other side.
+    Since Runtime.share_cores the server takes both sides: every core for a lone request,
+    one thread while others are under way. bench/serve_load.py, search only, serve-sqlite,
+    one session, every core always / shared / one thread (requests/s, p99 ms): at 1
+    connection 93.9 and 84.4 (18.0, 19.4) / 91.4 and 77.9 (18.3, 20.6) / 73.7 (22.0); at 4
+    85.9 and 128.6 (80.0, 90.2) / 139.8 and 139.6 (50.7, 49.0) / 138.1 (51.1); at 16 136.0
+    and 143.8 (184.7, 170.3) / 141.6 and 135.8 (168.1, 171.5) / 136.3 (218.1).
     """
     configured = int(getattr(settings, "encoder_threads", 0) or 0)
     if configured > 0 or getattr(settings, "encoder", "onnx") == "torch":
@@ -118,6 +126,7 @@ def run(
     loopback = host in LOCAL_HOSTS
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     readiness = Readiness(workers, f"http://{bind}")
+    in_flight = InFlight(slots=max(8, 4 * workers))  # shared: made before the fork
     options: dict[str, Any] = {
         "bind": bind,
         "workers": workers,
@@ -131,8 +140,8 @@ def run(
         "errorlog": "-",
         "loglevel": "info",
         "when_ready": readiness.listening,
-        "post_fork": _post_fork(spinning),
-        "child_exit": _child_exit(metrics_dir),
+        "post_fork": _post_fork(spinning, in_flight),
+        "child_exit": _child_exit(metrics_dir, in_flight),
         "on_exit": _on_exit(metrics_dir),
     }
 
@@ -145,7 +154,7 @@ def run(
             from web.app import create_app
             from web.extensions import WORKERS
 
-            app = create_app(settings, loopback=loopback)
+            app = create_app(settings, loopback=loopback, in_flight=in_flight)
             app.extensions[WORKERS] = readiness  # /readyz: 503 until the first round loads
             runtime = app.extensions["recsearch"]
             runtime.searcher  # noqa: B018
@@ -158,6 +167,7 @@ def run(
                 runtime.watch.ready()  # items' popularity and deletions, read whole once
             except Exception:  # serve anyway: health, the admin API (a rollback) still work
                 log.exception("loading the serving index at worker start failed")
+            runtime.share_cores(in_flight.crowded)
             tune_process()
             readiness.loaded(serving(runtime))
             return app
@@ -294,8 +304,9 @@ def tune_process() -> None:
     gc.freeze()
 
 
-def _post_fork(threads: int) -> Any:
+def _post_fork(threads: int, in_flight: InFlight) -> Any:
     def post_fork(server: Any, worker: Any) -> None:
+        in_flight.claim(worker.age)
         # A torch imported before the fork sized its pool for the whole machine; one imported
         # later in the worker reads OMP_NUM_THREADS instead.
         torch = sys.modules.get("torch")
@@ -346,10 +357,11 @@ def use_metrics_dir(folder: Path) -> None:
         values.ValueClass = values.get_value_class()
 
 
-def _child_exit(folder: Path) -> Any:
+def _child_exit(folder: Path, in_flight: InFlight) -> Any:
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
+        in_flight.clear(worker.age)
         # The dead worker's "live" gauges (serving version, delta size) go; its counts stay.
         multiprocess.mark_process_dead(worker.pid, str(folder))
 

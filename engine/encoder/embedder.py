@@ -40,7 +40,9 @@ class TextEncoder(Protocol):
     backend: str
     dim: int
 
-    def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray: ...
+    def embed(self, texts: Sequence[str], *, prompt: str = "", narrow: bool = False) -> np.ndarray:
+        """narrow: others want the cores now, run on one thread if the backend can choose."""
+        ...
 
     def window(self) -> tuple[Any, int]:
         """The model's tokenizer and how many tokens it reads (max_seq_length)."""
@@ -91,7 +93,8 @@ class TorchEncoder:
     def window(self) -> tuple[Any, int]:
         return self.model.tokenizer, int(self.model.max_seq_length or 512)
 
-    def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, prompt: str = "", narrow: bool = False) -> np.ndarray:
+        # narrow: torch's pool is sized once per process (web.server.pool_threads).
         vectors = self.model.encode(
             list(texts),
             # Always explicit: "" too overrides the folder's default_prompt_name.
@@ -220,6 +223,8 @@ class Embedder:
         self._chunkers: dict[tuple[int, int], Chunker] = {}
         # Concurrent queries (a worker's threads) share one encoder call.
         self._batcher = QueryBatcher(self._encode_queries, max_batch=settings.query_batch)
+        # Whether other requests are under way beside this one (set by a server: share_cores).
+        self._crowded: Callable[[], bool] = _alone
         # Query text → its vector (read-only), least recently used out first.
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(query_cache_size, 1))
         self._lock = threading.Lock()
@@ -315,8 +320,21 @@ class Embedder:
         return vector
 
     def _encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32 query vectors: one call of the query encoder."""
-        return np.asarray(self._query.embed(texts, prompt=self.prompts.query), dtype=np.float32)
+        """(len(texts), dim) float32 query vectors: one call of the query encoder, on one
+        thread when the batch or the server says other requests are under way."""
+        narrow = len(texts) > 1 or self._crowded()
+        return np.asarray(
+            self._query.embed(texts, prompt=self.prompts.query, narrow=narrow), dtype=np.float32
+        )
+
+    def share_cores(self, crowded: Callable[[], bool]) -> None:
+        """Serving: a query is encoded on every core the encoder has only while crowded() says
+        no other request is under way (in any worker); otherwise on one thread, leaving the
+        rest to them. Makes the encoder's one-thread session now, not in a request."""
+        prepare = getattr(self._query, "prepare_narrow", None)
+        if prepare is not None:
+            prepare()
+        self._crowded = crowded
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -353,3 +371,7 @@ def describe_encoder(serving: str, manifest: Mapping[str, Any]) -> str:
     """
     built = manifest.get("model", {}).get("encoder", "torch")
     return serving if built == serving else f"{serving} (index built with {built})"
+
+
+def _alone() -> bool:
+    return False

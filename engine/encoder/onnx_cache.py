@@ -120,7 +120,9 @@ def load_onnx_encoder(
     threads = settings.encoder_threads or available_cores()
     tokenizer = cached_tokenizer(spec.transformer, spec.max_seq_length, cache, digest)
     # The check runs on the CPU; a GPU session for builds is made from the same bytes.
-    encoder = OnnxEncoder(spec, model_bytes, backend=backend, threads=threads, tokenizer=tokenizer)
+    encoder = OnnxEncoder(
+        spec, model_bytes, backend=backend, threads=threads, tokenizer=tokenizer, path=path
+    )
     check = stored_check(meta, path, backend)
     if check is None:
         check = probe_check(encoder, spec, backend, path)

@@ -198,9 +198,11 @@ class OnnxEncoder:
         threads: int,
         device: str = "cpu",
         tokenizer: Any = None,
+        path: Path | None = None,
     ) -> None:
         """tokenizer: a FastTokenizer (the saved one, engine.encoder.fast_tokenizer) or
-        transformers' tokenizer; None loads transformers' (which imports torch)."""
+        transformers' tokenizer; None loads transformers' (which imports torch). path: the
+        file model_bytes were read from (checked), for the one-thread session (embed)."""
         import onnxruntime as ort
 
         self.spec = spec
@@ -231,15 +233,26 @@ class OnnxEncoder:
             device_id = int(device.partition(":")[2] or 0)
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         self.session = ort.InferenceSession(model_bytes, options, providers=providers)
+        # A one-thread session over the same graph (read again from path), made on first use:
+        # see embed(narrow=True). None: narrow calls use self.session.
+        self._narrow: Any = None
+        self._narrow_from = path if threads > 1 and device == "cpu" else None
+        self._narrow_lock = threading.Lock()
         self.providers: list[str] = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         hidden = self.session.get_outputs()[0].shape[-1]
         self.dim = int(hidden) * len(spec.pooling)
         self._prompt_tokens: dict[str, int] = {}
 
-    def embed(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, prompt: str = "", narrow: bool = False) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalized; prompt goes before each text, as
-        sentence-transformers' encode(texts, prompt=prompt) puts it."""
+        sentence-transformers' encode(texts, prompt=prompt) puts it.
+
+        narrow: run on one thread, not the session's pool, because other work (a request
+        beside this one, another worker's) wants the other cores right now. On two cores with
+        two workers, every core per call took about a tenth off the throughput at 4 and 16
+        connections (its threads wait on each other while the other worker holds a core),
+        and one thread per call a quarter onto a lone request's latency (web/server.py)."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         batch = [prompt + t for t in texts]
@@ -247,7 +260,8 @@ class OnnxEncoder:
             batch = [t.lower() for t in batch]
         tokens = self.tokenize(batch)
         feeds = {name: tokens[name] for name in self.input_names}
-        (token_embeddings,) = self.session.run(None, feeds)  # (batch, seq, hidden)
+        session = self._narrow_session() if narrow else self.session
+        (token_embeddings,) = session.run(None, feeds)  # (batch, seq, hidden)
         skip = self.prompt_tokens(prompt) if prompt and not self.spec.include_prompt else 0
         return l2_normalize(
             pool(token_embeddings, tokens["attention_mask"], self.spec.pooling, prompt_tokens=skip)
@@ -255,6 +269,29 @@ class OnnxEncoder:
 
     def window(self) -> tuple[Any, int]:
         return self.tokenizer, self.spec.max_seq_length
+
+    def _narrow_session(self) -> Any:
+        """The one-thread session, made the first time it is asked for; self.session where
+        that already has one thread, runs on a GPU or came from no file."""
+        if self._narrow is None and self._narrow_from is not None:
+            with self._narrow_lock:
+                source = self._narrow_from
+                if self._narrow is None and source is not None:
+                    import onnxruntime as ort
+
+                    options = ort.SessionOptions()
+                    options.intra_op_num_threads = 1
+                    options.inter_op_num_threads = 1
+                    options.log_severity_level = 3
+                    self._narrow = ort.InferenceSession(
+                        str(source), options, providers=["CPUExecutionProvider"]
+                    )
+                    self._narrow_from = None
+        return self._narrow if self._narrow is not None else self.session
+
+    def prepare_narrow(self) -> None:
+        """Make the one-thread session now (at a server's start), not in a request."""
+        self._narrow_session()
 
     def prompt_tokens(self, prompt: str) -> int:
         """How many leading tokens prompt makes, as sentence-transformers counts them for

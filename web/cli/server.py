@@ -50,10 +50,12 @@ def serve(obj: Context, host: str, port: int, workers: int, threads: int, dev: b
     opened = ", ".join(sorted(open_areas(settings, host in LOCAL_HOSTS))) or "nothing"
     if dev:
         from web.app import create_app
+        from web.extensions import IN_FLIGHT
 
         runtime = obj.runtime
         app = create_app(runtime=runtime, loopback=host in LOCAL_HOSTS)
         runtime.searcher  # load the model before the first request, not during it  # noqa: B018
+        runtime.share_cores(app.extensions[IN_FLIGHT].crowded)
         runtime.watch.ready()
         tune_process()
         opened = ", ".join(sorted(app.config["RECSEARCH_OPEN"])) or "nothing"
