@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TuneOptions:
-    epochs: int = 1
+    # Two passes: on SciFact's train split (682 pairs, 44 steps) dense 0.682 -> 0.698,
+    # reranked without the prior 0.746 -> 0.756, with it 0.792 -> 0.794 against one pass, in
+    # 720 s on 2 quiet cores (bench/encoder_tuning.py; the base: 0.656 / 0.732 / 0.781).
+    epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 3e-5
     max_seq_length: int | None = None  # tokens while training; None: the model's own

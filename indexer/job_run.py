@@ -210,7 +210,7 @@ def execute(runtime: Runtime, kind: str, params: dict[str, Any], progress: Any) 
             tuned = tune_from_history(
                 runtime,
                 session,
-                options=TuneOptions(epochs=int(params.get("epochs", 1))),
+                options=TuneOptions(epochs=int(params.get("epochs", TuneOptions.epochs))),
                 promote=bool(params.get("promote", False)),
                 progress=progress,
             )

@@ -52,7 +52,7 @@ class TrainEncoderBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(
-        default=1, ge=1, le=20, description="passes over the positives (each a few minutes)"
+        default=2, ge=1, le=20, description="passes over the positives (each a few minutes)"
     )
     promote: Flag = Field(
         default=False, description="make it the encoder the next builds embed with"

@@ -83,7 +83,7 @@ def test_tuned_encoder_learns_from_the_training_prefix_only(
     monkeypatch.setattr(module, "event_pairs", watched_pairs)
     monkeypatch.setattr(module, "tune_encoder", watched_tune)
     monkeypatch.setattr(recording, "record_events", watched_record)
-    tune = TuneOptions(batch_size=8, max_seq_length=32)
+    tune = TuneOptions(epochs=1, batch_size=8, max_seq_length=32)  # one: quick enough for CI
     result: dict[str, Any] = module.evaluate_movielens(runtime, folder, tune=tune, tune_pairs=40)
 
     # What was held out, and what the ranker learns from, as the evaluation defines them.

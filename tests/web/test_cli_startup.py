@@ -105,6 +105,14 @@ def test_the_key_scopes_of_the_cli_are_the_engines() -> None:
     assert CLI_SCOPES == SCOPES
 
 
+def test_the_cli_tunes_the_encoder_for_as_many_epochs_as_the_indexer() -> None:
+    from indexer.encoder_tuning import TuneOptions
+    from indexer.schemas import TrainEncoderBody
+    from web.cli.models import TUNE_EPOCHS
+
+    assert TUNE_EPOCHS == TuneOptions.epochs == TrainEncoderBody().epochs
+
+
 @pytest.fixture(scope="module")
 def search_run(
     tmp_path_factory: pytest.TempPathFactory,

@@ -11,6 +11,10 @@ import click
 from web.cli.base import Context, cli, pass_ctx, progress_bar
 from web.cli.jobs import run_as_job
 
+# indexer.encoder_tuning.TuneOptions.epochs, spelt out so that `--help` loads no torch
+# (tests/web/test_cli_startup.py checks that the two agree).
+TUNE_EPOCHS = 2
+
 
 @cli.command()
 @click.option(
@@ -37,7 +41,7 @@ from web.cli.jobs import run_as_job
     help="Fine-tune the encoder instead, on --judgments, or on the log (clicked search results "
     "and same-visit item pairs), or both (--from-events too): a new encoder version.",
 )
-@click.option("--epochs", type=click.IntRange(1, 20), default=1, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 20), default=TUNE_EPOCHS, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2, 512), default=32, show_default=True)
 @pass_ctx
 def train(
@@ -206,7 +210,7 @@ def evaluate() -> None:
 @click.option(
     "--encoder-epochs",
     type=click.IntRange(0, 20),
-    default=1,
+    default=TUNE_EPOCHS,
     show_default=True,
     help="Then fine-tune the encoder on the train split for this many epochs, build with it "
     "and measure again (encoder_tuned); 0 skips it.",
