@@ -2,7 +2,8 @@
 one side by side, measured in one run by `evaluate_beir(tune=...)`.
 
     .venv/bin/python bench/encoder_tuning.py [--epochs 1] [--batch-size 32]
-        [--max-seq-length N] [--learning-rate 3e-5] [--windows | --no-windows]
+        [--max-seq-length N] [--learning-rate 5e-5] [--seed 0]
+        [--windows | --no-windows]
         [--workdir DIR] [--out PATH]
 
 SciFact (../shared/data) is imported into a scratch data dir and built with the base encoder;
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=TuneOptions.learning_rate)
     parser.add_argument(
+        "--seed", type=int, default=TuneOptions.seed, help="the pairs' order and the model's init"
+    )
+    parser.add_argument(
         "--windows",
         action=argparse.BooleanOptionalAction,
         default=TuneOptions.windows,
@@ -95,6 +99,7 @@ def main() -> None:
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
         learning_rate=args.learning_rate,
+        seed=args.seed,
         windows=args.windows,
     )
     with tempfile.TemporaryDirectory() as tmp:
