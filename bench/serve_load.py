@@ -1,7 +1,8 @@
 """Mixed load on `recsearch serve` (gunicorn workers) vs the dev server vs txtai, on SciFact.
 
     .venv/bin/python bench/serve_load.py [--duration 20] [--connections 1,4,16]
-        [--targets serve-pg,serve-sqlite,dev-sqlite,txtai,fleet-pg] [--workers 2] [--rounds 1]
+        [--targets serve-pg,serve-sqlite,dev-sqlite,txtai,fleet-pg,serve-sqlite-int8q]
+        [--workers 2] [--rounds 1]
         [--rebuild admin|cli|none] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
         [--cached]
 
@@ -49,6 +50,9 @@ percentiles, not the worse of two; each server's own numbers are kept under "ser
 the sum over both servers' processes. The rebuild starts on the first server (--rebuild
 admin posts to it), and the cell reports the version each server searches with afterwards.
 
+serve-sqlite-int8q: serve-sqlite with RECSEARCH_QUERY_ENCODER=onnx-int8 (queries through the
+int8 export, over the same index of fp32 item vectors).
+
 The txtai target needs bench/txtai_peer.sh's venv and index (outside the repo; minutes:
 `bench/txtai_peer.sh index`); it is skipped with a note when they are missing.
 Prints a table and writes JSON (default bench/results/serve_load.json). Needs Debian's `wrk`.
@@ -94,6 +98,7 @@ class Target:
     name: str
     kind: str  # serve | dev | txtai | fleet (two serve processes on one store)
     store: str | None  # sqlite | postgresql (None for txtai)
+    env: tuple[tuple[str, str], ...] = ()  # settings of its own, over its store's
 
 
 TARGETS = {
@@ -101,6 +106,10 @@ TARGETS = {
     "serve-sqlite": Target("serve-sqlite", "serve", "sqlite"),
     "dev-sqlite": Target("dev-sqlite", "dev", "sqlite"),
     "dev-pg": Target("dev-pg", "dev", "postgresql"),
+    # Queries through the int8 export, over the same fp32 index as serve-sqlite.
+    "serve-sqlite-int8q": Target(
+        "serve-sqlite-int8q", "serve", "sqlite", (("RECSEARCH_QUERY_ENCODER", "onnx-int8"),)
+    ),
     "txtai": Target("txtai", "txtai", None),
     "fleet-pg": Target("fleet-pg", "fleet", "postgresql"),
 }
@@ -816,7 +825,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for round_no in range(args.rounds):
         for target in targets:
-            env = envs[target.store] if target.store else None
+            env = {**envs[target.store], **dict(target.env)} if target.store else None
             rows += run_target(target, env, scripts, args, round_no)
 
     print(

@@ -242,7 +242,10 @@ def serving(runtime: Any) -> str:
         version = None
     if version is None:
         return "no index yet: `recsearch ingest FILE` then `recsearch build`"
-    return f"index {version}, encoder {runtime.settings.encoder}"
+    settings = runtime.settings
+    query = settings.query_encoder
+    encoder = settings.encoder if query == "same" else f"{settings.encoder} (queries {query})"
+    return f"index {version}, encoder {encoder}"
 
 
 def json_error_worker() -> type:

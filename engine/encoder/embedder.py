@@ -169,7 +169,9 @@ class Embedder:
 
     Every vector it returns is float32 and L2-normalized, so inner product is cosine.
     `encoder` is the backend for queries; `batch_encoder` the one that encodes batches, which
-    differs on a GPU where onnxruntime has no CUDA provider (torch on CUDA encodes them).
+    differs with RECSEARCH_QUERY_ENCODER (int8 queries over fp32 items: the query encoder is
+    half the time of a search under load, the items' vectors keep full precision), and on a
+    GPU where onnxruntime has no CUDA provider (torch on CUDA encodes them).
     `check` is the ONNX export's agreement with torch (None for torch). `prompts` are what
     items (encode) and queries (encode_query) are prefixed with.
 
@@ -188,7 +190,10 @@ class Embedder:
         self._device: str | None = None if lazy else resolve_device(settings.device)
         self._settings = settings
         self.name = settings.model_name()
-        self.encoder = settings.encoder
+        # The backend that encodes queries (RECSEARCH_QUERY_ENCODER, else RECSEARCH_ENCODER).
+        self.encoder = (
+            settings.encoder if settings.query_encoder == "same" else settings.query_encoder
+        )
         self.batch_size = settings.embed_batch_size
         self.check: ProbeCheck | None = None
         self._query: TextEncoder
@@ -208,7 +213,7 @@ class Embedder:
 
             # Before the export: an ambiguous prompt stops the start before seconds of work.
             self.prompts = resolve_prompts(settings, model_folder(settings))
-            self._query, self.check = load_onnx_encoder(settings, settings.encoder)
+            self._query, self.check = load_onnx_encoder(settings, self.encoder)
             if not lazy:
                 self._batch_encoder = self._batch_for(self._device or "cpu")
         self.dim = self._query.dim
@@ -246,7 +251,11 @@ class Embedder:
         GPU one (_gpu_batch_encoder); sets self._device to where it runs."""
         settings = self._settings
         batch = self._query
-        if device != "cpu":
+        if device == "cpu" and settings.encoder != self.encoder:  # queries have their own
+            from engine.encoder.onnx_cache import load_onnx_encoder
+
+            batch, _ = load_onnx_encoder(settings, settings.encoder)
+        elif device != "cpu":
             gpu = _gpu_batch_encoder(settings, device)
             if gpu is None:
                 device = _no_gpu(settings, "neither onnxruntime nor torch opened it")

@@ -228,29 +228,35 @@ def test_a_failed_check_names_the_figure_and_the_fallback(shared_dir: Path, tmp_
     assert stored == pytest.approx(figure, abs=1e-5)
 
 
+def build_sample(runtime: Runtime, tmp_path: Path) -> Runtime:
+    """runtime with the sample catalog's first 80 items ingested and built."""
+    catalog = write_jsonl(
+        tmp_path / "c.jsonl", SAMPLE_CATALOG.read_text(encoding="utf-8").splitlines()[:80]
+    )
+    with runtime.write_session() as session:
+        ingest(runtime, session, catalog)
+    with runtime.session() as session:
+        build(runtime, session)
+    return runtime
+
+
+def top_ids(runtime: Runtime, q: str) -> list[str]:
+    with runtime.session() as session:
+        return [hit.id for hit in runtime.searcher.search(session, SearchRequest(q=q, k=5)).results]
+
+
 def test_index_built_with_torch_serves_onnx_queries(
     embedder: Embedder, torch_embedder: Embedder, sqlite_settings: Settings, tmp_path: Path
 ) -> None:
     from web import create_app
 
-    catalog = write_jsonl(
-        tmp_path / "c.jsonl", SAMPLE_CATALOG.read_text(encoding="utf-8").splitlines()[:80]
-    )
-    built_with_torch = Runtime(sqlite_settings, embedder=torch_embedder)
-    with built_with_torch.write_session() as session:
-        ingest(built_with_torch, session, catalog)
-    with built_with_torch.session() as session:
-        build(built_with_torch, session)
+    built_with_torch = build_sample(Runtime(sqlite_settings, embedder=torch_embedder), tmp_path)
     manifest = json.loads((sqlite_settings.index_dir / "v000001" / "manifest.json").read_text())
     assert manifest["model"]["encoder"] == "torch"
 
     serving = Runtime(sqlite_settings, embedder=embedder)
     for q in QUERIES:
-        results = []
-        for runtime in (built_with_torch, serving):
-            with runtime.session() as session:
-                response = runtime.searcher.search(session, SearchRequest(q=q, k=5))
-            results.append([hit.id for hit in response.results])
+        results = [top_ids(runtime, q) for runtime in (built_with_torch, serving)]
         assert results[0][:3] == results[1][:3] and len(set(results[0]) & set(results[1])) >= 4
 
     ready = create_app(runtime=serving).test_client().get("/readyz")
@@ -264,6 +270,37 @@ def test_index_built_with_torch_serves_onnx_queries(
     assert same["encoder"] == "torch"
     built_with_torch.close()
     serving.close()
+
+
+def test_int8_queries_search_an_index_of_fp32_items(
+    embedder: Embedder,
+    int8_embedder: Embedder,
+    shared_dir: Path,
+    sqlite_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """RECSEARCH_QUERY_ENCODER=onnx-int8: queries through the quantized export, items (builds,
+    the delta) through RECSEARCH_ENCODER's, bit for bit as without it; the index says so."""
+    from web import create_app
+
+    mixed = Embedder(Settings(data_dir=shared_dir, query_encoder="onnx-int8"))
+    assert (mixed.encoder, mixed.batch_encoder) == ("onnx-int8", "onnx")
+    assert np.array_equal(mixed.encode(QUERIES), embedder.encode(QUERIES))
+    for q in QUERIES:
+        mixed_query, int8_query = mixed.encode_query(q), int8_embedder.encode_query(q)
+        assert np.array_equal(mixed_query, int8_query)
+        assert 0.98 < float(mixed_query @ embedder.encode_query(q)) < 0.99999  # not fp32's
+    runtime = build_sample(Runtime(sqlite_settings, embedder=mixed), tmp_path)
+    manifest = json.loads((sqlite_settings.index_dir / "v000001" / "manifest.json").read_text())
+    assert manifest["model"]["encoder"] == "onnx"  # the items' vectors: full precision
+    full = Runtime(sqlite_settings, embedder=embedder)
+    for q in QUERIES:
+        found = [top_ids(serving, q) for serving in (runtime, full)]
+        assert found[0][:2] == found[1][:2] and len(set(found[0]) & set(found[1])) >= 4
+    ready = create_app(runtime=runtime).test_client().get("/readyz").get_json()
+    assert ready["encoder"] == "onnx-int8 (index built with onnx)"
+    runtime.close()
+    full.close()
 
 
 def test_describe_encoder_reads_old_manifests_as_torch() -> None:
@@ -314,6 +351,7 @@ def test_auto_looks_for_a_gpu_when_a_batch_first_needs_one(
         ("RECSEARCH_ENCODER", "tensorrt", "RECSEARCH_ENCODER='tensorrt': expected one of onnx"),
         ("RECSEARCH_DEVICE", "gpu", "RECSEARCH_DEVICE='gpu': expected auto, cpu, cuda"),
         ("RECSEARCH_ENCODER_THREADS", "-1", "RECSEARCH_ENCODER_THREADS='-1' is out of range"),
+        ("RECSEARCH_QUERY_ENCODER", "int4", "RECSEARCH_QUERY_ENCODER='int4': expected one of"),
     ],
 )
 def test_encoder_settings_name_the_variable(name: str, value: str, fragment: str) -> None:
@@ -322,6 +360,12 @@ def test_encoder_settings_name_the_variable(name: str, value: str, fragment: str
     assert fragment in str(info.value)
     s = Settings.from_env({})
     assert (s.encoder, s.device, s.encoder_threads) == ("onnx", "auto", 0)
+    assert s.query_encoder == "same"
+
+
+def test_int8_queries_need_an_onnx_item_encoder() -> None:
+    with pytest.raises(ConfigError, match="RECSEARCH_QUERY_ENCODER=onnx-int8 needs an ONNX"):
+        Settings.from_env({"RECSEARCH_ENCODER": "torch", "RECSEARCH_QUERY_ENCODER": "onnx-int8"})
 
 
 @pytest.mark.model  # sentence-transformers' own pooling modules, loaded per mode

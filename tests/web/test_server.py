@@ -177,3 +177,18 @@ def test_the_server_logs_one_ready_line_once_its_workers_have_loaded(
         time.sleep(0.1)
     assert server.log_count("recsearch ready on") == 1
     assert server.search("Eiffel Tower")[0] == "paris-france"
+
+
+def test_the_ready_line_names_the_query_encoder_when_queries_have_their_own(
+    tmp_path: Path,
+) -> None:
+    from engine.core.config import Settings
+    from engine.runtime import Runtime
+    from web.server import serving
+
+    runtime = Runtime(Settings(data_dir=tmp_path / "var", query_encoder="onnx-int8"))
+    assert serving(runtime).startswith("no index yet")  # loads no encoder to say so
+    versions = iter(["v000003"])
+    runtime.live.store.current_version = lambda: next(versions)  # type: ignore[method-assign]
+    assert serving(runtime) == "index v000003, encoder onnx (queries onnx-int8)"
+    runtime.close()
