@@ -243,8 +243,9 @@ def serving(runtime: Any) -> str:
     if version is None:
         return "no index yet: `recsearch ingest FILE` then `recsearch build`"
     settings = runtime.settings
-    query = settings.query_encoder
-    encoder = settings.encoder if query == "same" else f"{settings.encoder} (queries {query})"
+    encoder = settings.encoder
+    if settings.query_backend != encoder:
+        encoder = f"{encoder} (queries {settings.query_backend})"
     return f"index {version}, encoder {encoder}"
 
 

@@ -294,6 +294,11 @@ class Settings(BaseModel):
         return self.half_life_days * 86_400.0
 
     @property
+    def query_backend(self) -> str:
+        """The backend that encodes queries: RECSEARCH_QUERY_ENCODER, else RECSEARCH_ENCODER."""
+        return self.encoder if self.query_encoder == "same" else self.query_encoder
+
+    @property
     def milvus_target(self) -> str:
         """The Milvus URI builds and writers use: a server URL, or Milvus Lite's .db path
         made absolute (the manifest records it, and any process may read that)."""

@@ -190,10 +190,7 @@ class Embedder:
         self._device: str | None = None if lazy else resolve_device(settings.device)
         self._settings = settings
         self.name = settings.model_name()
-        # The backend that encodes queries (RECSEARCH_QUERY_ENCODER, else RECSEARCH_ENCODER).
-        self.encoder = (
-            settings.encoder if settings.query_encoder == "same" else settings.query_encoder
-        )
+        self.encoder = settings.query_backend
         self.batch_size = settings.embed_batch_size
         self.check: ProbeCheck | None = None
         self._query: TextEncoder
