@@ -48,6 +48,7 @@ from engine.store.notify import Listener
 from engine.store.published import PublishedVersions, share, unshare
 from engine.store.replicas import ReplicaRouter, replica_urls
 from engine.users.impressions import ImpressionLog
+from engine.users.taste import TasteFollower
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,17 @@ class Runtime:
             on_stored=lambda: self.delta.wake(),
             embed_chunks=lambda texts: embed_chunks(self.embedder, self.settings, texts),
         )
+        # Users' taste vectors follow the serving encoder (engine.users.taste): the same
+        # elected process re-encodes them after a switch, once workers have had a few index
+        # polls to follow, then once more.
+        self.tastes = TasteFollower(
+            self.sessions,
+            settings,
+            self.vectors,
+            self.follower.leadership,
+            max(settings.index_poll_s, 1.0),
+            settle_s=5 * max(settings.index_poll_s, 1.0),
+        )
         # With Milvus, the follower also writes each new vector (and each deletion) into the
         # serving collection; FAISS has no writer (None): its delta serves new items.
         self.follower.set_sink(item_writer(settings))
@@ -161,6 +173,7 @@ class Runtime:
 
     def _start_following(self) -> None:
         self.follower.start()
+        self.tastes.start()
         self.listener.start()
 
     def _check_encoder(self, manifest: dict[str, Any]) -> None:
@@ -332,6 +345,7 @@ class Runtime:
         self.rules.close()
         self.experiments.close()
         self.api_keys.close()
+        self.tastes.close()
         self.follower.close()
         self.impressions.close()
         self.db.dispose()

@@ -96,6 +96,9 @@ class UserFeatures(Base):
     # (dim,) float64 decayed, weighted sum of item embeddings; its direction is the taste.
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     vector_weight: Mapped[float] = mapped_column(Float, default=0.0)
+    # The encoder whose item vectors `vector` sums (an index's model name); NULL: unknown
+    # (written before the first build, or before this column). engine.users.taste.
+    vector_encoder: Mapped[str | None] = mapped_column(String(256))
     category_affinity: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     tag_affinity: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     # [[item_id, type, iso_ts], ...] newest first, at most settings.recent_items.

@@ -47,6 +47,8 @@ class UserState:
     ref_ts: datetime | None = None
     vector: np.ndarray | None = None  # (dim,) float64, decayed weighted sum
     vector_weight: float = 0.0
+    # The encoder whose item vectors `vector` sums (engine.users.taste); None: unknown.
+    encoder: str | None = None
     category_affinity: dict[str, float] = field(default_factory=dict)
     tag_affinity: dict[str, float] = field(default_factory=dict)
     recent: list[list[str]] = field(default_factory=list)
@@ -67,6 +69,7 @@ class UserState:
             ref_ts=row.ref_ts,
             vector=vector,
             vector_weight=row.vector_weight or 0.0,
+            encoder=getattr(row, "vector_encoder", None),  # a search's read leaves it out
             category_affinity=dict(row.category_affinity or {}),
             tag_affinity=dict(row.tag_affinity or {}),
             recent=[list(r) for r in row.recent or []],
@@ -84,6 +87,7 @@ class UserState:
             "ref_ts": self.ref_ts,
             "vector": None if self.vector is None else self.vector.astype(np.float64).tobytes(),
             "vector_weight": self.vector_weight,
+            "vector_encoder": self.encoder,
             "category_affinity": dict(self.category_affinity),
             "tag_affinity": dict(self.tag_affinity),
             "recent": [list(r) for r in self.recent],

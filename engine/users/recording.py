@@ -18,7 +18,7 @@ from engine.core.errors import InvalidInput, Problem
 from engine.index.vectors import ItemVectors
 from engine.store import sql_bulk
 from engine.store.models import Covisit, Event, Item, ItemStats, UserFeatures
-from engine.users import covisit
+from engine.users import covisit, taste
 from engine.users.decay import rebase
 from engine.users.events import EventIn
 from engine.users.profile import UserState, event_weight
@@ -98,7 +98,7 @@ def record_events(
 
     weights = settings.type_weights()
     weight_of = {id(e): event_weight(e, settings, weights) for e in new}
-    vector_of = vectors.get(session, {e.item_id for e in new if weight_of[id(e)] != 0.0})
+    space, vector_of = vectors.lookup(session, {e.item_id for e in new if weight_of[id(e)] != 0.0})
     half_life_s = settings.half_life_s
 
     by_user: dict[str, list[EventIn]] = defaultdict(list)
@@ -109,9 +109,14 @@ def record_events(
     # cannot deadlock.
     pairs: Counter[tuple[str, str]] = Counter()
     users = []
+    stale: dict[str, UserState] = {}  # users whose taste vector lies in another encoder's space
     now = utcnow()
     for row in _locked_rows(session, UserFeatures, "user_id", sorted(by_user)):
         state = UserState.from_row(row)
+        if taste.stale(row, space):
+            stale[row.user_id] = state
+        else:
+            state.encoder = space
         for event in by_user[row.user_id]:
             if weight_of[id(event)] > 0 and settings.covisit_window > 0:
                 others = covisit.partners(state.recent, event, settings.covisit_window)
@@ -126,8 +131,15 @@ def record_events(
                 half_life_s,
                 settings.recent_items,
             )
-        users.append(state.values(now))
-    sql_bulk.update_rows(session, UserFeatures, "user_id", users)
+        users.append(state)
+    if stale:  # summed again from the log, the events just stored included
+        found, tastes = taste.reencode(
+            session, settings, vectors, {user: s.ref_ts for user, s in stale.items()}
+        )
+        for user, state in stale.items():
+            state.vector, state.vector_weight = tastes[user]
+            state.encoder = found
+    sql_bulk.update_rows(session, UserFeatures, "user_id", [s.values(now) for s in users])
 
     by_item: dict[str, list[EventIn]] = defaultdict(list)
     for event in new:

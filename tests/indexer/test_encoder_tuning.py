@@ -37,6 +37,8 @@ from indexer.ingest import ingest
 from tests.conftest import SAMPLE_CATALOG, write_jsonl
 from tests.index.test_chunks import FILLER, QUERIES, TAILS, ingest_and_build, notes
 from tests.indexer.test_train import description_judgments
+from tests.users.test_recording import first_occurrences, record, seeded_stream
+from tests.users.test_taste import assert_same_taste, reference, users
 from web.cli import Context, cli
 
 
@@ -167,6 +169,13 @@ def test_a_tuned_encoder_is_built_with_served_through_its_index_and_rolled_back(
     with runtime.session() as session:
         base_build = build(runtime, session)
     base_name = runtime.settings.model_name()
+    # Users with taste vectors in the base encoder's space, before any switch. The test
+    # re-encodes them itself: the runtime's follower would race it (test_taste tests it).
+    runtime.tastes.close()
+    events = first_occurrences(seeded_stream(list(runtime.live.get().ids[:30]), 150, seed=8))
+    record(runtime, events, batch=50)
+    base_tastes = users(runtime)
+    tasted = sorted(u for u, s in base_tastes.items() if s.vector is not None)
     judgments = description_judgments(24)
     path = write_jsonl(
         tmp_path / "judgments.jsonl",
@@ -213,11 +222,40 @@ def test_a_tuned_encoder_is_built_with_served_through_its_index_and_rolled_back(
     assert runtime.searcher.encoder_for(artifact) is tuned
     assert runtime.search(SearchRequest(q=probe, k=3)).results  # end to end
 
-    # An index rollback brings its encoder back with it.
+    # Users' taste vectors follow: one user's next event sums them again in the tuned space,
+    # the command does every other user; each is then what recording every event with the
+    # tuned encoder's item vectors leaves.
+    tuned_name = f"{base_name}@v000001"
+    later = EventIn(tasted[0], artifact.ids[40], "purchase", max(e.ts for e in events))
+    record(runtime, [later], batch=1)
+    assert users(runtime)[tasted[0]].encoder == tuned_name
+    assert {users(runtime)[u].encoder for u in tasted[1:]} == {base_name}
+    out = run("encoder", "reencode-users")
+    assert f"{len(tasted) - 1} users' taste vectors re-encoded with {tuned_name}" in out
+    in_tuned = reference(runtime, [*events, later])
+    switched = users(runtime)
+    for user in tasted:
+        assert switched[user].encoder == tuned_name
+        assert_same_taste(switched[user], in_tuned[user])
+        # The old vector pointed elsewhere: the sum really changed space.
+        cosine = float(
+            switched[user].unit_vector() @ base_tastes[user].unit_vector()  # type: ignore[operator]
+        )
+        assert cosine < 0.9999
+
+    # An index rollback brings its encoder back with it, and the tastes back to the base's.
     run("rollback", base_build.version)
     assert runtime.live.get().version == base_build.version
     assert runtime.embedder is base
     assert runtime.live.get().manifest["model"].get("encoder_version") is None
+    run("encoder", "reencode-users")
+    in_base = reference(runtime, [*events, later])
+    back = users(runtime)
+    for user in tasted:
+        assert back[user].encoder == base_name
+        assert_same_taste(back[user], in_base[user])
+        if user != tasted[0]:
+            assert_same_taste(back[user], base_tastes[user])  # the round trip is exact
 
 
 def test_clicked_search_results_are_query_positives(client: Any, built: Runtime) -> None:

@@ -112,3 +112,25 @@ def encoder_rollback(obj: Context) -> None:
         raise NotFound("no earlier encoder version was promoted here")
     store.promote(target)
     click.echo(f"encoder {target} is promoted again: run `recsearch build` to serve with it")
+
+
+@encoder.command("reencode-users")
+@pass_ctx
+def encoder_reencode_users(obj: Context) -> None:
+    """Recompute users' taste vectors with the serving index's encoder, from the event log
+    (servers do this on their own after the serving encoder changes)."""
+    from engine.core.errors import NotReady
+    from engine.users.taste import reencode_stale
+
+    runtime = obj.runtime
+    artifact = runtime.live.get_or_none()
+    if artifact is None:
+        raise NotReady("no index is published yet: run `recsearch build` first")
+    space = artifact.model_name
+
+    def report(done: int) -> None:
+        if not obj.quiet:
+            click.echo(f"  {done} users re-encoded", err=True)
+
+    count = reencode_stale(runtime.sessions, runtime.settings, runtime.vectors, space, report)
+    click.echo(f"{count} users' taste vectors re-encoded with {space}; every user is in its space")
