@@ -150,7 +150,7 @@ def test_evaluate_beir_through_the_engine(
         return tune_encoder(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "tune_encoder", watched)
-    folder = mini_beir(tmp_path / "mini-scifact")
+    folder = mini_beir(tmp_path / "mini-scifact", extra_docs=120)
     tune = TuneOptions(epochs=1, batch_size=16, max_seq_length=128)  # one: quick enough for CI
     result: dict[str, Any] = evaluate.evaluate_beir(runtime, folder, tune=tune)
     metrics = result["metrics"]
