@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.core.config import Settings
@@ -54,6 +54,21 @@ Taste = tuple[np.ndarray | None, float]  # the decayed vector sum and its weight
 def stale(row: Any, space: str | None) -> bool:
     """Whether a user_features row's taste vector lies in another space than `space`."""
     return row.vector is not None and row.vector_encoder != space
+
+
+def taste_counts(session: Session, space: str) -> tuple[int, int]:
+    """(users with a taste vector, those of them in another space than `space`)."""
+    count = select(func.count()).select_from(UserFeatures)
+    tasted = session.scalar(count.where(UserFeatures.vector.is_not(None)))
+    return tasted or 0, session.scalar(count.where(*_stale_rows(space))) or 0
+
+
+def _stale_rows(space: str) -> tuple[Any, ...]:
+    """The conditions of stale(), in SQL."""
+    return (
+        UserFeatures.vector.is_not(None),
+        or_(UserFeatures.vector_encoder.is_(None), UserFeatures.vector_encoder != space),
+    )
 
 
 def reencode(
@@ -109,14 +124,7 @@ def reencode_stale(
             session.connection(execution_options=WRITE_INTENT)
             ids = session.scalars(
                 select(UserFeatures.user_id)
-                .where(
-                    UserFeatures.user_id > after,
-                    UserFeatures.vector.is_not(None),
-                    or_(
-                        UserFeatures.vector_encoder.is_(None),
-                        UserFeatures.vector_encoder != space,
-                    ),
-                )
+                .where(UserFeatures.user_id > after, *_stale_rows(space))
                 .order_by(UserFeatures.user_id)
                 .limit(BATCH)
             ).all()

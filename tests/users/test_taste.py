@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from engine.runtime import Runtime
@@ -25,6 +26,7 @@ from tests.users.test_recording import (
     record,
     seeded_stream,
 )
+from web.cli import Context, cli
 
 
 def users(runtime: Runtime) -> dict[str, UserState]:
@@ -39,6 +41,13 @@ def mark(runtime: Runtime, space: str | None, user_ids: list[str] | None = None)
         statement = statement.where(UserFeatures.user_id.in_(user_ids))
     with runtime.write_session() as session:
         session.execute(statement)
+
+
+def status(runtime: Runtime) -> str:
+    context = Context(runtime.settings, quiet=True, runtime=runtime)
+    result = CliRunner().invoke(cli, ["status"], obj=context)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def reference(runtime: Runtime, events: list[EventIn]) -> dict[str, UserState]:
@@ -77,6 +86,10 @@ def test_stale_tastes_are_summed_again_from_the_log_and_written_events_stamp_the
     # Rows from before the column (NULL) and from another encoder's index are both stale.
     mark(built, None, with_taste[:4])
     mark(built, f"{space}@v000009", with_taste[4:])
+    assert (
+        f"users      {len(with_taste)} with a taste vector, {len(with_taste)} of them in another "
+        "encoder's space" in status(built)
+    )
     progress: list[int] = []
     count = reencode_stale(built.sessions, built.settings, built.vectors, space, progress.append)
     assert count == len(with_taste) and progress[-1] == count
@@ -86,6 +99,7 @@ def test_stale_tastes_are_summed_again_from_the_log_and_written_events_stamp_the
         assert again[user].encoder == (space if user in with_taste else recorded[user].encoder)
         assert again[user].event_count == recorded[user].event_count  # nothing else moved
     assert reencode_stale(built.sessions, built.settings, built.vectors, space) == 0
+    assert f"users      {len(with_taste)} with a taste vector\n" in status(built)
 
     # An event for a stale user: the write sums the user again, with the new event.
     user = with_taste[0]

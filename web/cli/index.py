@@ -212,6 +212,7 @@ def status(obj: Context) -> None:
     from engine.ranking.model_store import ModelStore
     from engine.store.db import current_revision
     from engine.store.models import Item
+    from engine.users.taste import taste_counts
 
     runtime = obj.runtime
     store = IndexStore(runtime.settings.index_dir)
@@ -237,6 +238,17 @@ def status(obj: Context) -> None:
         )
     built = store.manifest(index.version)
     click.echo(f"encoder    {describe_encoder(runtime.settings.encoder, built)}")
+    with runtime.session() as session:
+        tasted, stale = taste_counts(session, str(built["model"]["name"]))
+    click.echo(
+        f"users      {tasted} with a taste vector"
+        + (
+            f", {stale} of them in another encoder's space: servers re-encode them, or run "
+            "`recsearch encoder reencode-users`"
+            if stale
+            else ""
+        )
+    )
     click.echo(f"versions   {', '.join(store.versions())}")
     live = ModelStore(runtime.settings.model_dir).current_version()
     click.echo(f"model      {live or 'prior (hand-set weights; train one with `recsearch train`)'}")
