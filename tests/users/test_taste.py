@@ -7,6 +7,7 @@ tests/indexer/test_encoder_tuning.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from engine.runtime import Runtime
+from engine.search.request import SearchRequest
 from engine.store.election import SoleLeadership
 from engine.store.models import Item, UserFeatures
 from engine.users.events import EventIn
@@ -145,3 +147,24 @@ def test_a_follower_that_does_not_lead_leaves_the_rows(built: Runtime) -> None:
     assert follower.run_once() == 0
     stale: Any = {s.encoder for s in users(built).values() if s.vector is not None}
     assert stale == {"old-encoder"}
+
+
+def test_a_serving_runtime_re_encodes_stale_tastes_on_its_own(built: Runtime) -> None:
+    """The runtime's follower (started with its first search, on the embedding follower's
+    election) finds rows another encoder's index left and re-encodes them."""
+    record(built, seeded_stream(item_ids(built)[:20], 80, seed=6, users=5), batch=80)
+    recorded = users(built)
+    mark(built, "old-encoder")
+    built.search(SearchRequest(q="a quiet beach", k=3))  # starts the followers
+    space = built.live.get().model_name
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = users(built)
+        if all(s.encoder == space for s in now.values() if s.vector is not None):
+            break
+        time.sleep(0.1)
+    for user, state in users(built).items():
+        if state.vector is not None:
+            assert state.encoder == space
+            assert_same_taste(state, recorded[user])
+    assert built.tastes.reencoded == sum(1 for s in recorded.values() if s.vector is not None)
