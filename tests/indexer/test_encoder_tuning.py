@@ -208,7 +208,9 @@ def test_a_tuned_encoder_is_built_with_served_through_its_index_and_rolled_back(
     assert float(tuned.encode_query(probe) @ base.encode_query(probe)) < 0.9999
 
     run("encoder", "promote", "v000001")
-    run("build")
+    built = run("build")
+    stale = f"{len(tasted)} users' taste vectors are in another encoder's space"
+    assert f"{stale} than {base_name}@v000001's" in built
     artifact = runtime.live.get()
     assert artifact.version != base_build.version
     assert artifact.model_name == f"{base_name}@v000001"
@@ -244,7 +246,7 @@ def test_a_tuned_encoder_is_built_with_served_through_its_index_and_rolled_back(
         assert cosine < 0.9999
 
     # An index rollback brings its encoder back with it, and the tastes back to the base's.
-    run("rollback", base_build.version)
+    assert f"{stale} than {base_name}'s" in run("rollback", base_build.version)
     assert runtime.live.get().version == base_build.version
     assert runtime.embedder is base
     assert runtime.live.get().manifest["model"].get("encoder_version") is None

@@ -82,6 +82,22 @@ def build(
     where = report.embedding
     if where.get("where") == "ray":
         click.echo(f"embedded on Ray at {where['address']} by {where['actors']} actor(s)")
+    _say_stale_tastes(obj, report.version)
+
+
+def _say_stale_tastes(obj: Context, version: str) -> None:
+    """After the serving index changed: how many taste vectors its encoder leaves stale."""
+    from engine.users.taste import taste_counts
+
+    runtime = obj.runtime
+    name = str(runtime.live.store.manifest(version)["model"]["name"])
+    with runtime.session() as session:
+        _, stale = taste_counts(session, name)
+    if stale:
+        click.echo(
+            f"{stale} users' taste vectors are in another encoder's space than {name}'s: "
+            "running servers re-encode them now, or run `recsearch encoder reencode-users`"
+        )
 
 
 # The CLI's name for a SearchQuery field where it is not --field-name.
@@ -198,6 +214,7 @@ def rollback(obj: Context, version: str) -> None:
     version = validate(VersionBody, {"version": version}).version  # the admin API's checks
     obj.runtime.live.store.point_current_at(version)
     click.echo(f"index {version} is current")
+    _say_stale_tastes(obj, version)
 
 
 @cli.command()
