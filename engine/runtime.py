@@ -119,7 +119,9 @@ class Runtime:
             except OSError:
                 log.warning("could not remove leftovers in %s", versions.root, exc_info=True)
         # Item vectors come from the index; only items newer than it load the encoder.
-        self.vectors = ItemVectors(self.live, lambda: self.embedder)
+        self.vectors = ItemVectors(
+            self.live, lambda name: self.embedder_for(name or settings.model_name())
+        )
         self.model = live_model(settings.model_dir, settings.models_poll_s)
         # Merchandising rules and the running online experiment (if any): read on the first
         # search, then again every second by threads of their own (engine.core.reloaded).

@@ -93,7 +93,7 @@ class Searcher:
         self.live = live or LiveIndex(
             IndexStore(settings.index_dir), settings.index_poll_s, embedder.name
         )
-        self.vectors = vectors or ItemVectors(self.live, lambda: embedder)
+        self.vectors = vectors or ItemVectors(self.live, lambda _name: embedder)
         prior = LinearRanker.prior()
         self.ranker = ranker or (lambda: prior)
         self.impressions = impressions

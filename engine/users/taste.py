@@ -16,7 +16,8 @@ vector is recomputed from the event log with the serving index's item vectors:
   that workers still on the old index wrote meanwhile;
 - `recsearch encoder reencode-users` does the same to completion from the command line.
 
-Events of items no longer in the catalog drop out of a recomputed sum.
+Events of items that neither the serving index nor the catalog holds drop out of a recomputed
+sum.
 """
 
 from __future__ import annotations

@@ -85,6 +85,10 @@ def build(
     _say_stale_tastes(obj, report.version)
 
 
+# What to do about taste vectors a new serving encoder leaves stale (engine.users.taste).
+REENCODE_HINT = "running servers re-encode them, or run `recsearch encoder reencode-users`"
+
+
 def _say_stale_tastes(obj: Context, version: str) -> None:
     """After the serving index changed: how many taste vectors its encoder leaves stale."""
     from engine.users.taste import taste_counts
@@ -96,7 +100,7 @@ def _say_stale_tastes(obj: Context, version: str) -> None:
     if stale:
         click.echo(
             f"{stale} users' taste vectors are in another encoder's space than {name}'s: "
-            "running servers re-encode them now, or run `recsearch encoder reencode-users`"
+            + REENCODE_HINT
         )
 
 
@@ -259,12 +263,7 @@ def status(obj: Context) -> None:
         tasted, stale = taste_counts(session, str(built["model"]["name"]))
     click.echo(
         f"users      {tasted} with a taste vector"
-        + (
-            f", {stale} of them in another encoder's space: servers re-encode them, or run "
-            "`recsearch encoder reencode-users`"
-            if stale
-            else ""
-        )
+        + (f", {stale} of them in another encoder's space: {REENCODE_HINT}" if stale else "")
     )
     click.echo(f"versions   {', '.join(store.versions())}")
     live = ModelStore(runtime.settings.model_dir).current_version()
