@@ -83,6 +83,7 @@ def evaluate_movielens(
     max_users: int | None = None,
     tune: TuneOptions | None = None,
     tune_pairs: int = TUNE_PAIRS,
+    validation: bool = False,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Leave-last-out on MovieLens: per user, the last movie rated >= 4 is held out; the
@@ -95,6 +96,10 @@ def evaluate_movielens(
     part of it before the events the ranker learns from (tuning_events); an index is built
     with it, the history is recorded again (users' taste vectors are sums of item vectors),
     and every figure is measured again under "encoder_tuned", with tuning_s.
+
+    validation: the test's held-out movies and every later event are dropped first, and the
+    same split is made of what is left (each user's last liked movie before the test one is
+    held out): figures to choose settings by, which never see a test movie.
 
     max_users keeps the first N users (by id) and only the movies they rated: for tests.
     """
@@ -125,6 +130,8 @@ def evaluate_movielens(
 
         now = utcnow()
         events = [validate_event(r, now=now) for r in ratings]
+        if validation:
+            events, _ = split_last_liked(events)
         history, held = split_last_liked(events)
         _record(rt, history, progress)
 
@@ -151,6 +158,7 @@ def evaluate_movielens(
         result: dict[str, Any] = {
             "dataset": f"movielens:{folder.name}",
             "protocol": "leave-last-out: last movie rated >= 4 per user; history before it only",
+            "split": "validation" if validation else "test",
             "users": len(users),
             "items": len(items),
             "history_events": len(history),

@@ -32,8 +32,16 @@ from engine.catalog.items import settled_before
 from engine.core.poller import Poller
 from engine.store.models import Item, ItemStats, ItemTombstone
 
-# A decayed sum as stored: (value, as of when); engine.users.decay.as_of reads it at a moment.
-Stored = tuple[float, datetime | None]
+# An item's interactions as stored: its popularity, a decayed sum, as (value, as of when),
+# which engine.users.decay.as_of reads at a moment; and how many events it has had in all.
+Stored = tuple[float, datetime | None, int]
+
+
+def event_total(counts: dict[str, int] | None) -> int:
+    """An item's events of every type (item_stats.counts), the count co-visits are damped by
+    (engine.search.candidates)."""
+    return sum(counts.values()) if counts else 0
+
 
 # How often the poll reads every tombstone instead of those written since the last poll.
 # The table holds about a day of deletions (indexer.build prunes it), an index scan.
@@ -78,15 +86,17 @@ class ItemWatch:
         with self._lock, self.sessions() as session:
             since = self.horizon
             horizon = settled_before(session)  # before the reads: see the module's docstring
-            stats = select(ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts)
+            stats = select(
+                ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts, ItemStats.counts
+            )
             tombstones = select(ItemTombstone.item_id, ItemTombstone.deleted_at)
             resync = since is None or time.monotonic() - self._synced_at >= self.resync_s
             if since is not None:
                 stats = stats.where(ItemStats.updated_at >= since)
             if not resync:
                 tombstones = tombstones.where(ItemTombstone.deleted_at >= since)
-            for item_id, popularity, ref in session.execute(stats):
-                self.popularity[item_id] = (popularity or 0.0, ref)
+            for item_id, popularity, ref, counts in session.execute(stats):
+                self.popularity[item_id] = (popularity or 0.0, ref, event_total(counts))
             if resync:
                 # The table as it stands: a re-written id has no tombstone left, a pruned one
                 # is gone. Swapped in whole, so a reader sees the old set or the new one.

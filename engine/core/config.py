@@ -177,6 +177,9 @@ class Settings(BaseModel):
     candidates: int = Field(default=50, ge=1)
     lexical_candidates: int = Field(default=50, ge=0)
     covisit_candidates: int = Field(default=50, ge=0)
+    # Co-visit weights are divided by (1 + the item's events in all)^this before they rank
+    # (0: raw counts, which favour the most popular items).
+    covisit_damping: float = Field(default=0.3, ge=0, le=1)
     # Numeric item attributes used as ranking features ("attr:<name>"), comma-separated.
     feature_attributes: str = ""
     # Ratings at or above this are positives in training.

@@ -97,7 +97,8 @@ def gather(
             request.typo_tolerance,
         )
     if covisited:
-        _add_covisited(candidates, covisited, category, live)
+        damped = _damped(covisited, live, settings.covisit_damping, settings.covisit_candidates)
+        _add_covisited(candidates, damped, category, live)
     if include:
         found = {c.item_id for c in candidates}
         for c in live.candidates([i for i in include if i not in found]):
@@ -176,7 +177,7 @@ class _Live:
         return out
 
     def popularity(self, item_id: str) -> float:
-        value, ref = self.stored[item_id]
+        value, ref, _ = self.stored[item_id]
         if not value:  # most items: no interactions, nothing to decay
             return value
         return as_of(value, ref, self.state.now, self.half_life_s)
@@ -303,15 +304,36 @@ def _retrieve(
 
 def _covisited(context: Context, settings: Settings) -> list[tuple[str, float]]:
     """Items co-visited with the user's latest ones (or with the item a similar-items request
-    names), with their weight, best first; the state read them with the user
-    (StateView.user_with_covisits) or for the item (StateView.covisited)."""
+    names), with their summed weight, most first; the state read them with the user
+    (StateView.user_with_covisits) or for the item (StateView.covisited). All of them: the
+    damped weight orders them (_damped), and keeps covisit_candidates."""
     if not context.covisits:
         return []
     skip = set(context.exclude)
     if context.user is not None:
         skip |= set(latest_items(context.user, settings.covisit_window))
-    found = [(i, w) for i, w in context.covisits if i not in skip]
-    return found[: settings.covisit_candidates]
+    return [(i, w) for i, w in context.covisits if i not in skip]
+
+
+def _damped(
+    covisited: list[tuple[str, float]], live: _Live, damping: float, limit: int
+) -> list[tuple[str, float]]:
+    """The co-visited items that exist, each weight divided by (1 + the item's events in
+    all)^damping, best first, at most `limit`.
+
+    A raw count favours the items everyone touches: the most co-visited with anything are
+    the most popular. Damped, an item that co-occurs with the user's latest items more than
+    its popularity explains ranks first (item-to-item lift). The count is all-time, as the
+    co-visits are, so the two are on one footing at any moment.
+    """
+    live.check([i for i, _ in covisited])
+    stored = live.stored
+    out: dict[str, float] = {}
+    for item_id, weight in covisited:
+        found = stored.get(item_id)
+        if found is not None and item_id not in out:  # the first (largest) of a repeated id
+            out[item_id] = weight / (1.0 + found[2]) ** damping if damping else weight
+    return sorted(out.items(), key=lambda kv: -kv[1])[:limit]  # stable: ties keep raw order
 
 
 def _add_covisited(

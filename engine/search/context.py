@@ -59,19 +59,22 @@ def read(
     """
     user: UserState | None = None
     covisits: list[tuple[str, float]] = []
+    # Twice as many co-visits are read as are kept when their damped weight re-ranks them
+    # (engine.search.candidates._damped): the best damped are nearly all among them.
+    covisit_reads = settings.covisit_candidates * (2 if settings.covisit_damping else 1)
     if request.user_id:
         # One read: the user's row and the co-visits of the user's latest items, enough
         # of them to drop what the context will exclude (its items, without a query).
         user, covisits = state.user_with_covisits(
             request.user_id,
             settings.covisit_window if settings.covisit_candidates > 0 else 0,
-            settings.covisit_candidates + len(request.context_items),
+            covisit_reads + len(request.context_items),
         )
     if request.similar_to:
         # Items like this one: its vector is the context, its co-visits a source.
         if not state.live_items([request.similar_to]):
             raise NotFound(f"item {request.similar_to!r}")
-        covisited = state.covisited([request.similar_to], settings.covisit_candidates, set())
+        covisited = state.covisited([request.similar_to], covisit_reads, set())
         covisits = covisited + covisits
         request = replace(request, context_items=(request.similar_to,))
     session_vectors: list[np.ndarray] = []

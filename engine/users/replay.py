@@ -58,10 +58,10 @@ class ReplayState:
             self._half_life_s,
             self.settings.recent_items,
         )
-        value, ref = self._popularity.get(event.item_id, (0.0, None))
+        value, ref, events = self._popularity.get(event.item_id, _NONE)
         new_ref, kept, age_factor = rebase(ref, event.ts, self._half_life_s)
         value = value * kept + max(weight, 0.0) * age_factor
-        self._popularity[event.item_id] = (value, new_ref)
+        self._popularity[event.item_id] = (value, new_ref, events + 1)
 
     def user(self, user_id: str) -> UserState | None:
         return self.users.get(user_id)
@@ -82,7 +82,7 @@ class ReplayState:
     def most_popular(self, limit: int, exclude: set[str], category: str | None) -> list[str]:
         ranked = sorted(self._popularity.items(), key=lambda kv: (-kv[1][0], kv[0]))
         out = []
-        for item_id, (value, _) in ranked:
+        for item_id, (value, _, _) in ranked:
             if value <= 0 or item_id in exclude:
                 continue
             if category is not None and self.items.get(item_id, (None, []))[0] != category:

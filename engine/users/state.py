@@ -32,12 +32,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from engine.catalog.item_watch import ItemWatch, Stored
+from engine.catalog.item_watch import ItemWatch, Stored, event_total
 from engine.store.db import DriverStatement
 from engine.store.models import Covisit, Item, ItemStats, ItemTombstone, UserFeatures
 from engine.users.profile import UserState, most_popular
 
-_NONE: Stored = (0.0, None)
+_NONE: Stored = (0.0, None, 0)
 
 
 class StateView(Protocol):
@@ -169,13 +169,13 @@ class SqlState:
         """The ids that exist in SQL with their stored popularity (one statement)."""
         ids = self._sql.ids(item_ids)
         found: dict[str, Stored] = dict.fromkeys(item_ids, _NONE)  # no item_stats row: 0
-        for kind, item_id, popularity, ref in self.session.execute(
+        for kind, item_id, popularity, ref, counts in self.session.execute(
             self._sql.live_items, {"ids": ids}
         ).all():
             if kind == 0:
                 found.pop(item_id, None)
             else:
-                found[item_id] = (popularity or 0.0, ref)
+                found[item_id] = (popularity or 0.0, ref, event_total(counts))
         return found
 
     def most_popular(self, limit: int, exclude: set[str], category: str | None) -> list[str]:
@@ -331,15 +331,19 @@ def _statements(session: Session) -> _Statements:
     )
     found = _STATEMENTS[dialect] = _Statements(
         user_with_covisits=user_with_covisits,
-        # Rows (1, id, popularity, ref_ts) from item_stats for the ids, and
-        # (0, id, None, None) for each id not in items (nearly always none):
+        # Rows (1, id, popularity, ref_ts, counts) from item_stats for the ids, and
+        # (0, id, None, None, None) for each id not in items (nearly always none):
         # primary-key lookups that return only what is needed. The result takes the first
-        # select's column types (DateTime), so item_stats comes first.
+        # select's column types (DateTime, JSON), so item_stats comes first.
         live_items=union_all(
-            select(literal(1), ItemStats.item_id, ItemStats.popularity, ItemStats.ref_ts).where(
-                among(ItemStats.item_id, "ids")
-            ),
-            select(literal(0), candidates.c.value, null(), null()).where(
+            select(
+                literal(1),
+                ItemStats.item_id,
+                ItemStats.popularity,
+                ItemStats.ref_ts,
+                ItemStats.counts,
+            ).where(among(ItemStats.item_id, "ids")),
+            select(literal(0), candidates.c.value, null(), null(), null()).where(
                 ~exists().where(Item.id == candidates.c.value)
             ),
         ),

@@ -56,10 +56,59 @@ def test_covisits_are_counted_and_become_candidates(built: Runtime) -> None:
     with built.session() as session:
         stage = built.searcher.first_stage(session, SearchRequest(user_id="b", q="museums", k=10))
     by_id = {c.item_id: c for c in stage.candidates}
-    assert (
-        by_id["kyoto-japan"].covisit_score == 1.0 and by_id["kyoto-japan"].covisit_rank is not None
-    )
+    # One co-visit, damped by Kyoto's one event: 1 / (1 + 1)^damping.
+    damped = 1.0 / 2.0**built.settings.covisit_damping
+    assert by_id["kyoto-japan"].covisit_score == pytest.approx(damped, rel=1e-12)
+    assert by_id["kyoto-japan"].covisit_rank is not None
     assert "tokyo-japan" not in {c.item_id for c in stage.candidates if c.covisit_rank is not None}
+
+
+def test_damped_covisits_rank_lift_above_raw_popularity(built: Runtime) -> None:
+    """Kyoto is co-visited with Tokyo three times and Seoul twice, but Kyoto has 30 events
+    and Seoul 2: damped by their event counts, Seoul ranks first (3 / 31^0.3 < 2 / 3^0.3);
+    with the damping off, the raw counts put Kyoto first. SQL and the replay agree."""
+    t = utcnow() - timedelta(hours=1)
+    tokyo, kyoto, seoul = "tokyo-japan", "kyoto-japan", "seoul-south-korea"
+    events = []
+    for n in range(3):
+        events += [EventIn(f"k{n}", tokyo, "click", t), EventIn(f"k{n}", kyoto, "click", t)]
+    for n in range(2):
+        events += [EventIn(f"s{n}", tokyo, "click", t), EventIn(f"s{n}", seoul, "click", t)]
+    events += [EventIn(f"other{n}", kyoto, "view", t) for n in range(27)]
+    events.append(EventIn("u", tokyo, "click", t + timedelta(seconds=1)))
+    events = [
+        EventIn(e.user_id, e.item_id, e.type, e.ts + timedelta(milliseconds=n))
+        for n, e in enumerate(events)
+    ]
+    with built.write_session() as session:
+        record_events(session, events, built.settings, built.vectors)
+    request = SearchRequest(user_id="u", k=10)
+
+    def covisit_order(runtime: Runtime, state: Any = None) -> list[str]:
+        with runtime.session() as session:
+            stage = runtime.searcher.first_stage(session, request, state=state)
+        hits = [c for c in stage.candidates if c.covisit_rank is not None]
+        return [c.item_id for c in sorted(hits, key=lambda c: c.covisit_rank or 0)]
+
+    assert built.settings.covisit_damping == 0.3
+    assert covisit_order(built) == [seoul, kyoto]
+    raw = Runtime(built.settings.replace(covisit_damping=0.0), embedder=built.embedder)
+    try:
+        assert covisit_order(raw) == [kyoto, seoul]
+    finally:
+        raw.close()
+
+    artifact = built.searcher.artifact()
+    vectors = artifact.vectors()
+    with built.session() as session:
+        meta = {r.id: (r.category, list(r.tags or [])) for r in session.scalars(select(Item))}
+    replay = ReplayState(
+        built.settings, meta, {i: vectors[row] for row, i in enumerate(artifact.ids)}
+    )
+    for event in events:
+        replay.apply(event)
+    replay.now = events[-1].ts
+    assert covisit_order(built, replay) == [seoul, kyoto]
 
 
 def test_replayed_features_equal_serving_features_from_the_past_only(built: Runtime) -> None:
@@ -129,3 +178,32 @@ def test_evaluate_movielens_through_the_engine(one_runtime: Runtime) -> None:
         )
     assert result["model"]["examples"] > result["model"]["positives"] > 0
     assert (runtime.settings.data_dir / "eval" / "movielens" / "recsearch.db").is_file()
+
+
+def test_the_validation_split_never_sees_a_test_movie() -> None:
+    """`evaluate movielens --split validation` holds out, per user, the last liked movie before
+    the test one, from a history that has neither the test movie nor anything after it."""
+    from indexer.evaluate_movielens import split_last_liked
+
+    t = utcnow() - timedelta(days=10)
+
+    def rating(user: str, item: str, value: float, minute: int) -> EventIn:
+        return EventIn(user, item, "rating", t + timedelta(minutes=minute), value=value)
+
+    events = [
+        rating("a", "m1", 5, 0),
+        rating("a", "m2", 4, 1),
+        rating("a", "m3", 2, 2),
+        rating("a", "m4", 5, 3),  # a's test movie
+        rating("a", "m5", 1, 4),  # after it: in neither history
+        rating("b", "m1", 4, 0),
+        rating("b", "m6", 5, 5),  # b's test movie; b has nothing to validate on
+    ]
+    history, test = split_last_liked(events)
+    assert {u: e.item_id for u, e in test.items()} == {"a": "m4", "b": "m6"}
+    val_history, val = split_last_liked(history)
+    assert {u: e.item_id for u, e in val.items()} == {"a": "m2", "b": "m1"}
+    assert [(e.user_id, e.item_id) for e in val_history] == [("a", "m1")]  # m3 came after m2
+    test_events = {(e.user_id, e.item_id) for e in test.values()}
+    assert not test_events & {(e.user_id, e.item_id) for e in [*val_history, *val.values()]}
+    assert all(e.ts <= test[e.user_id].ts for e in [*val_history, *val.values()])

@@ -258,9 +258,22 @@ def evaluate_beir_cmd(
     show_default=True,
     help="At most this many pairs tune the encoder.",
 )
+@click.option(
+    "--split",
+    type=click.Choice(["test", "validation"]),
+    default="test",
+    show_default=True,
+    help="validation: hold out each user's last liked movie before the test one, from the "
+    "history alone (for choosing settings without looking at the test movies).",
+)
 @pass_ctx
 def evaluate_movielens_cmd(
-    obj: Context, folder: Path, out: Path | None, encoder_epochs: int, encoder_pairs: int
+    obj: Context,
+    folder: Path,
+    out: Path | None,
+    encoder_epochs: int,
+    encoder_pairs: int,
+    split: str,
 ) -> None:
     """HR@10 / NDCG@10, leave-last-out: popularity, als, retrieval, reranked; with
     --encoder-epochs, again with an encoder fine-tuned on the training history."""
@@ -271,7 +284,12 @@ def evaluate_movielens_cmd(
     tune = TuneOptions(epochs=encoder_epochs) if encoder_epochs else None
     with progress_bar(not obj.quiet) as progress:
         result = evaluate_movielens(
-            obj.runtime, folder, tune=tune, tune_pairs=encoder_pairs, progress=progress
+            obj.runtime,
+            folder,
+            tune=tune,
+            tune_pairs=encoder_pairs,
+            validation=split == "validation",
+            progress=progress,
         )
     click.echo(print_table(result))
     click.echo(
