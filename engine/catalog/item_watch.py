@@ -3,9 +3,9 @@ which items were deleted and how popular each is, followed in the background.
 
 A search used to ask SQL about each of its ~200 candidates (does it still exist, how popular
 is it). Here one background poll per process keeps:
-- popularity for every item with interactions: the whole of item_stats once, then the rows
-  written since the last poll (item_stats.updated_at). Issue 9 lets popularity lag a second;
-  it lags at most one poll (delta_poll_s, 0.5 s by default).
+- popularity (and the event count) of every item with interactions: the whole of item_stats
+  once, then the rows written since the last poll (item_stats.updated_at). Issue 9 lets
+  popularity lag a second; it lags at most one poll (delta_poll_s, 0.5 s by default).
 - the deleted items: every tombstone once, then those written since, less the ids written
   again since they were deleted (a re-written id drops its tombstone, engine.catalog.items). Every
   RESYNC_S the whole tombstone table is read again in place of what was followed, so the

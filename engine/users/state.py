@@ -53,7 +53,7 @@ class StateView(Protocol):
 
     def live_items(self, item_ids: Sequence[str]) -> dict[str, Stored]:
         """The given items that exist, each with its popularity as stored (decay.as_of reads
-        it at any moment)."""
+        it at any moment) and its event count in all."""
         ...
 
     def most_popular(self, limit: int, exclude: set[str], category: str | None) -> list[str]: ...
