@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.index import lexical
 from engine.index.delta import DeltaSnapshot
 from engine.index.lexical import LexicalIndex
 from engine.index.typos import FOLDER, TypoIndex, typos, typos_allowed
@@ -130,6 +131,32 @@ def test_the_delta_corrects_over_both_vocabularies(index: LexicalIndex) -> None:
     assert index.query_terms("thulusdhoo", others=[delta.lexical]) == ["thulusdhoo"]  # type: ignore[list-item]
     hits = delta.lexical_search("thulusdho", 10, None, base=index)
     assert [i for i, _ in hits] == ["thulusdhoo"]
+
+
+def test_corrections_are_remembered_beside_the_same_indexes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index = LexicalIndex.build(TEXTS)  # a memory of its own
+    looked_up: list[str] = []
+    correct = lexical._correct
+
+    def counted(word: str, indexes: list[LexicalIndex]) -> str | None:
+        looked_up.append(word)
+        return correct(word, indexes)
+
+    monkeypatch.setattr(lexical, "_correct", counted)
+    assert index.query_terms("kyotto") == ["kyoto"]
+    assert index.query_terms("kyotto gardns") == ["kyoto", "garden"]
+    assert looked_up == ["kyotto", "gardns"]  # "kyotto" once
+    # Beside another index the words differ, so the look-up is made again.
+    other = LexicalIndex.build_if_any(["Kyotto lantern festival"])
+    assert other is not None
+    assert index.query_terms("gardns", others=[other]) == ["garden"]
+    assert looked_up == ["kyotto", "gardns", "gardns"]
+    # The memory is bounded: past FIXES_KEPT it starts over.
+    monkeypatch.setattr(lexical, "FIXES_KEPT", 2)
+    index.query_terms("muzeums intrnatonal")
+    assert len(index._fixes) <= 2
 
 
 # Few letters, so that near words are common; words of 4 to 11 letters.
