@@ -4,7 +4,8 @@ lists them, computed the same way at serving and training."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from engine.index.corpus import Corpus
 from engine.ranking.feature_names import ATTRIBUTE_PREFIX, BASE_FEATURES
 from engine.search.candidates import Candidate
 from engine.search.context import Context
+from engine.users.profile import UserState
 
 
 def compute(
@@ -36,7 +38,7 @@ def compute(
     if n == 0:
         return x
 
-    def put(name: str, values: np.ndarray | float) -> None:
+    def put(name: str, values: np.ndarray | Sequence[float] | float) -> None:
         if name in col:
             x[:, col[name]] = values
 
@@ -53,34 +55,30 @@ def compute(
         put("session_sim", item_vectors @ context.session)
 
     user = context.user
-    categories = user.normalized_affinity("category") if user is not None else {}
-    tags = user.normalized_affinity("tag") if user is not None else {}
-    seen = {r[0] for r in user.recent} if user is not None else set()
     now = context.now
     year_s = 365.0 * 86_400.0
-    log2, log1p = math.log2, math.log1p
+    log1p = math.log1p
+    weight = _rank_weight
     rows = []
-    for c in candidates:
-        item = c.item
-        created = item.created_at
-        item_tags = item.tags
-        ann, lex, co = c.ann_rank, c.lexical_rank, c.covisit_rank
+    for c in candidates:  # what every search ranks on: the sources' ranks and scores, the item
+        ann, lex, co, popular, created = (
+            c.ann_rank,
+            c.lexical_rank,
+            c.covisit_rank,
+            c.popularity,
+            c.item.created_at,
+        )
         rows.append(
             (  # rank features: 1 / log2(2 + rank), 0 when absent
                 c.lexical_score,
-                0.0 if ann is None else 1.0 / log2(2 + ann),
-                0.0 if lex is None else 1.0 / log2(2 + lex),
-                log1p(c.covisit_score),
-                0.0 if co is None else 1.0 / log2(2 + co),
-                log1p(max(c.popularity, 0.0)),
+                0.0 if ann is None else weight(ann),
+                0.0 if lex is None else weight(lex),
+                log1p(c.covisit_score) if c.covisit_score else 0.0,
+                0.0 if co is None else weight(co),
+                log1p(popular) if popular > 0.0 else 0.0,
                 0.0
                 if created is None
                 else 2.0 ** (-max(0.0, (now - created).total_seconds()) / year_s),
-                categories.get(item.category or "", 0.0),
-                sum([tags.get(t, 0.0) for t in item_tags]) / len(item_tags)
-                if tags and item_tags
-                else 0.0,
-                1.0 if c.item_id in seen else 0.0,
             )
         )
     (
@@ -91,9 +89,6 @@ def compute(
         covisit_rank,
         popularity,
         freshness,
-        category_affinity,
-        tag_affinity,
-        seen_recently,
     ) = np.array(rows, dtype=np.float64).T
     best_lexical = float(lexical.max())
     if best_lexical > 0:
@@ -109,15 +104,43 @@ def compute(
         if user.first_ts is not None:
             days = max(0.0, (now - user.first_ts).total_seconds() / 86_400.0)
             put("user_tenure", math.log1p(days))
-        put("category_affinity", category_affinity)
-        put("tag_affinity", tag_affinity)
-        put("seen_recently", seen_recently)
+        _put_affinities(put, candidates, user)
 
     for name, j in col.items():
         if name.startswith(ATTRIBUTE_PREFIX):
             attribute = name[len(ATTRIBUTE_PREFIX) :]
             x[:, j] = [_number(c.item.attributes.get(attribute)) for c in candidates]
     return x
+
+
+def _put_affinities(
+    put: Callable[[str, Sequence[float]], None], candidates: list[Candidate], user: UserState
+) -> None:
+    """The user × item features: the user's affinity to each item's category and tags, and
+    whether the user saw it recently (a pass only for what the user has)."""
+    categories = user.normalized_affinity("category")
+    tags = user.normalized_affinity("tag")
+    seen = {r[0] for r in user.recent}
+    if categories:
+        put("category_affinity", [categories.get(c.item.category or "", 0.0) for c in candidates])
+    if tags:
+        put(
+            "tag_affinity",
+            [
+                sum([tags.get(t, 0.0) for t in item_tags]) / len(item_tags)
+                if (item_tags := c.item.tags)
+                else 0.0
+                for c in candidates
+            ],
+        )
+    if seen:
+        put("seen_recently", [1.0 if c.item_id in seen else 0.0 for c in candidates])
+
+
+@lru_cache(maxsize=4096)
+def _rank_weight(rank: int) -> float:
+    """1 / log2(2 + rank): a rank feature's value."""
+    return 1.0 / math.log2(2 + rank)
 
 
 def _number(value: object) -> float:
