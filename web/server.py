@@ -17,7 +17,8 @@ Why these choices:
   overlap those waits; `--threads` sets how many.
 - Requests gunicorn refuses before the app sees them (a request line over
   LIMIT_REQUEST_LINE_BYTES, a header with a NUL or a bad name, a broken chunk) are answered
-  in the API's JSON shape {"error", "message"}, not gunicorn's HTML page (JsonErrorWorker).
+  in the API's JSON shape {"error", "message"}, not gunicorn's HTML page, and a response
+  goes out in one write, head and body (web.worker).
 - SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish within
   graceful_timeout, then exits; a worker that dies is replaced by the arbiter.
 - One line says when the server is ready (Readiness): the worker that finishes loading last
@@ -34,7 +35,6 @@ Why these choices:
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
@@ -50,6 +50,7 @@ from engine.core.config import Settings
 from engine.core.files import make_private_dir
 from engine.core.processes import remove_leftovers
 from web.inflight import InFlight
+from web.worker import Connections, serving_worker
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,12 @@ def run(
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     readiness = Readiness(workers, f"http://{bind}")
     in_flight = InFlight(slots=max(8, 4 * workers))  # shared: made before the fork
+    connections = Connections(slots=max(8, 4 * workers))
     options: dict[str, Any] = {
         "bind": bind,
         "workers": workers,
         "threads": threads,
-        "worker_class": json_error_worker(),
+        "worker_class": serving_worker(connections),
         "limit_request_line": LIMIT_REQUEST_LINE_BYTES,
         "preload_app": False,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
@@ -141,7 +143,7 @@ def run(
         "loglevel": "info",
         "when_ready": readiness.listening,
         "post_fork": _post_fork(spinning, in_flight),
-        "child_exit": _child_exit(metrics_dir, in_flight),
+        "child_exit": _child_exit(metrics_dir, in_flight, connections),
         "on_exit": _on_exit(metrics_dir),
     }
 
@@ -249,41 +251,6 @@ def serving(runtime: Any) -> str:
     return f"index {version}, encoder {encoder}"
 
 
-def json_error_worker() -> type:
-    """gunicorn's gthread worker, answering the requests gunicorn refuses itself in JSON."""
-    from gunicorn import util
-    from gunicorn.workers.gthread import ThreadWorker
-
-    class JsonErrorWorker(ThreadWorker):  # type: ignore[misc]
-        def init_process(self) -> None:
-            # Worker.handle_error writes its page through util.write_error and nothing else
-            # calls it: replacing it in this process (after the fork) changes only the shape
-            # of those pages, with gunicorn's own statuses, reasons and logging kept.
-            util.write_error = write_json_error
-            super().init_process()
-
-    return JsonErrorWorker
-
-
-def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
-    """An error gunicorn answers itself, as the app answers errors: {"error", "message"}."""
-    from gunicorn import util
-
-    from engine.core.errors import readable
-
-    error = "internal_error" if status == 500 else reason.lower().replace(" ", "_")
-    if not message:
-        message = "internal error; see the server log" if status >= 500 else reason
-    # ASCII (json.dumps escapes the rest), so the length in bytes is the length in characters;
-    # readable: gunicorn's message may quote the whole request line.
-    body = json.dumps({"error": error, "message": readable(message)}) + "\n"
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    util.write_nonblock(sock, (head + body).encode("latin-1"))
-
-
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.001
 
@@ -361,11 +328,12 @@ def use_metrics_dir(folder: Path) -> None:
         values.ValueClass = values.get_value_class()
 
 
-def _child_exit(folder: Path, in_flight: InFlight) -> Any:
+def _child_exit(folder: Path, in_flight: InFlight, connections: Connections) -> Any:
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         in_flight.clear(worker.age)
+        connections.clear(worker.age)
         # The dead worker's "live" gauges (serving version, delta size) go; its counts stay.
         multiprocess.mark_process_dead(worker.pid, str(folder))
 

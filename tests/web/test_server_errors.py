@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.serving import get
-from web.server import LIMIT_REQUEST_LINE_BYTES, write_json_error
+from web.server import LIMIT_REQUEST_LINE_BYTES
+from web.worker import write_json_error
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
