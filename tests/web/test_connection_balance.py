@@ -48,6 +48,18 @@ def held(workers: set[int], port: int) -> list[int]:
     return sorted(len(socket_inodes(pid) & connected) for pid in workers)
 
 
+def search(
+    connection: http.client.HTTPConnection, q: str, start: threading.Barrier, statuses: list[int]
+) -> None:
+    """One search on the connection, once every thread is ready (all connect at once: the
+    race gunicorn's workers run)."""
+    start.wait()
+    connection.request("GET", f"/v1/search?q={q.replace(' ', '+')}&k=3")
+    response = connection.getresponse()
+    response.read()
+    statuses.append(response.status)
+
+
 @pytest.mark.slow
 def test_connections_opened_together_are_split_between_the_workers(
     tmp_path: Path, seed_index: Path, serve: Any
@@ -62,16 +74,9 @@ def test_connections_opened_together_are_split_between_the_workers(
             http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(4)
         ]
         statuses: list[int] = []
-
-        def search(connection: http.client.HTTPConnection, n: int) -> None:
-            start.wait()  # all four connect at once: the race gunicorn's workers run
-            connection.request("GET", f"/v1/search?q=beach+{attempt}+{n}&k=3")
-            response = connection.getresponse()
-            response.read()
-            statuses.append(response.status)
-
         threads = [
-            threading.Thread(target=search, args=(c, n)) for n, c in enumerate(connections)
+            threading.Thread(target=search, args=(c, f"beach {attempt} {n}", start, statuses))
+            for n, c in enumerate(connections)
         ]
         for t in threads:
             t.start()
