@@ -4,21 +4,18 @@ encode a lone query on every core and a crowded one on one (Runtime.share_cores)
 Why across workers: wrk's and most clients' connections are kept alive, so each stays with
 the worker that accepted it. At 4 connections over 2 workers a split of 3 and 1 is common,
 and the worker with one connection would think itself alone while the other holds the
-cores. Each worker counts its own requests (a thread lock) into its own slot of an array in
-shared memory, made in the master before the fork; a reader sums the slots. A slot has one
-writer, so no lock is shared between processes: a worker killed mid-request cannot leave
-one held, and the master clears a dead worker's slot (clear). Slots are gunicorn's worker
-numbers (age) modulo their count; two live workers sharing one would only blur the hint.
+cores. Each worker counts its own requests (a thread lock) into its own slot in shared
+memory (web.slots.WorkerSlots); a reader sums the slots, and the master clears a dead
+worker's (clear).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
+from web.slots import WorkerSlots
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
@@ -27,25 +24,22 @@ class InFlight:
     """Requests under way: this process's, in its slot; the server's, summed over slots."""
 
     def __init__(self, slots: int = 1) -> None:
-        self._shared = multiprocessing.RawArray("i", max(1, slots))
-        self._counts = np.frombuffer(self._shared, dtype=np.int32)
-        self._slot = 0
+        self._slots = WorkerSlots(slots)
         self._mine = 0
         self._lock = threading.Lock()
 
     def claim(self, age: int) -> None:
         """In a worker after the fork: count in gunicorn's worker number's slot."""
-        self._slot = age % len(self._counts)
+        self._slots.claim(age)
         self._mine = 0
-        self._counts[self._slot] = 0
 
     def clear(self, age: int) -> None:
         """In the master when a worker has exited: nothing of its is under way any more."""
-        self._counts[age % len(self._counts)] = 0
+        self._slots.clear(age)
 
     def count(self) -> int:
         """Requests under way in every worker (a slot read mid-update is at most one off)."""
-        return int(self._counts.sum())
+        return int(self._slots.values.sum())
 
     def crowded(self) -> bool:
         """Another request is under way beside the caller's."""
@@ -66,4 +60,4 @@ class InFlight:
     def _add(self, step: int) -> None:
         with self._lock:
             self._mine += step
-            self._counts[self._slot] = self._mine
+            self._slots.put(self._mine)

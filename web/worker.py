@@ -18,12 +18,11 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import select
 import time
 from typing import Any
 
-import numpy as np
+from web.slots import WorkerSlots
 
 # How long at most a worker that holds more connections than another leaves a new one to the
 # other: that worker's loop wakes for the same connection and, given the GIL within a
@@ -34,31 +33,26 @@ _LOOK_EVERY_S = 0.0005
 
 
 class Connections:
-    """The connections each worker holds, in shared memory made in the master before the
-    fork: a slot per worker (gunicorn's worker number modulo their count), -1 where none
-    lives, each written only by its worker (as web.inflight.InFlight's)."""
+    """The connections each worker holds, a slot per worker (web.slots.WorkerSlots), -1
+    where none lives."""
 
     def __init__(self, slots: int) -> None:
-        self._shared = multiprocessing.RawArray("i", max(1, slots))
-        self._counts = np.frombuffer(self._shared, dtype=np.int32)
-        self._counts[:] = -1
-        self._slot = 0
+        self._slots = WorkerSlots(slots, vacant=-1)
 
     def claim(self, age: int) -> None:
-        """In a worker after the fork: count in its worker number's slot."""
-        self._slot = age % len(self._counts)
-        self._counts[self._slot] = 0
+        """In a worker after the fork."""
+        self._slots.claim(age)
 
     def clear(self, age: int) -> None:
         """In the master when a worker has exited."""
-        self._counts[age % len(self._counts)] = -1
+        self._slots.clear(age)
 
     def publish(self, held: int) -> None:
-        self._counts[self._slot] = held
+        self._slots.put(held)
 
     def ahead(self, held: int) -> bool:
         """Another live worker holds fewer connections than `held`."""
-        others = np.delete(self._counts, self._slot)
+        others = self._slots.others()
         live = others[others >= 0]
         return bool(live.size) and held > int(live.min())
 
