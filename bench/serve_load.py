@@ -4,13 +4,16 @@
         [--targets serve-pg,serve-sqlite,dev-sqlite,txtai,fleet-pg,serve-sqlite-int8q]
         [--workers 2] [--rounds 1]
         [--rebuild admin|cli|none] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
-        [--cached]
+        [--cached] [--ceiling-s 10]
 
 Every search text is unique by default (a request number after the query), so no query
 cache answers; --cached adds the search load with the texts repeated, in rows of its own
 ("cached"), never mixed with the unique ones. The verdict line compares unique-text rows
 with txtai at 4 and 16 connections against issue 28's goal (>= 5x its requests/s, p99 <=
-a quarter of its p99).
+a quarter of its p99). After each round the query encoder alone is timed for --ceiling-s
+(bench/encoder_ceiling.py: --workers processes, one thread each, unique claims, no HTTP and
+no search) at each precision the recsearch targets run, and set beside txtai's requests/s of
+that round: the most any server at that precision could serve on this machine.
 
 Setup (once, kept in --workdir): BEIR SciFact's 5,183 abstracts imported and built into a
 SQLite store and a PostgreSQL store (the second build reuses the first one's vectors), and
@@ -82,6 +85,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import encoder_ceiling  # noqa: E402
 from rest_throughput import free_port, parse_wrk, stop, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -759,6 +763,46 @@ def peer_verdict(rows: list[dict[str, Any]], connections: tuple[int, ...] = (4, 
     return out
 
 
+def ceiling_backends(targets: list[Target]) -> list[str]:
+    """The query encoders the recsearch targets run: fp32 ONNX, and int8 where a target
+    sets RECSEARCH_QUERY_ENCODER (none for a torch-only run)."""
+    found = []
+    for t in targets:
+        if t.kind == "txtai":
+            continue
+        backend = dict(t.env).get("RECSEARCH_QUERY_ENCODER", "onnx")
+        if backend != "torch" and backend not in found:
+            found.append(backend)
+    return found
+
+
+def ceiling_lines(
+    ceilings: list[dict[str, Any]], rows: list[dict[str, Any]], workers: int
+) -> list[str]:
+    """Each round's encoder-alone queries/s against txtai's requests/s in the same round: the
+    most a server at that precision could do with HTTP and search costing nothing, and how
+    that stands against the goal's 5x."""
+    out = []
+    for c in ceilings:
+        line = (
+            f"round {c['round']}: the query encoder alone ({c['backend']}, {workers} processes x "
+            f"1 thread, one unique claim a call, no HTTP, no search): {c['qps']:.1f} queries/s"
+        )
+        peer = [
+            r
+            for r in rows
+            if r["target"] == "txtai" and r["workload"] == "search" and r["round"] == c["round"]
+        ]
+        if peer:
+            line += "; " + ", ".join(
+                f"{c['qps'] / p['rps']:.2f}x txtai's req/s at {p['connections']} connections"
+                for p in peer
+                if p["rps"]
+            )
+        out.append(line)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -787,6 +831,13 @@ def main() -> None:
     parser.add_argument("--rebuild", choices=["admin", "cli", "none"], default="admin")
     parser.add_argument("--rebuild-connections", type=int, default=4)
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--ceiling-s",
+        type=float,
+        default=10,
+        help="seconds per round to time the query encoder alone (bench/encoder_ceiling.py), "
+        "the bound on requests/s at each target's precision; 0 skips it",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",") if c]
@@ -823,10 +874,16 @@ def main() -> None:
     for env in envs.values():
         seed_users(env, args.workdir, doc_ids, args.users)
     rows: list[dict[str, Any]] = []
+    ceilings: list[dict[str, Any]] = []
+    backends = ceiling_backends(targets) if args.ceiling_s > 0 else []
     for round_no in range(args.rounds):
         for target in targets:
             env = {**envs[target.store], **dict(target.env)} if target.store else None
             rows += run_target(target, env, scripts, args, round_no)
+        for backend in backends:  # after the servers, on an idle machine like theirs
+            qps = encoder_ceiling.measure(backend, args.workers, 1, args.ceiling_s, queries)
+            ceilings.append({"backend": backend, "round": round_no, "qps": qps})
+            print(json.dumps(ceilings[-1]), flush=True)
 
     print(
         f"\nSciFact: {len(doc_ids)} abstracts, {len(queries)} unique queries, every search text "
@@ -846,6 +903,8 @@ def main() -> None:
     print(table(rows))
     for line in peer_verdict(rows):
         print(line)
+    for line in ceiling_lines(ceilings, rows, args.workers):
+        print(line)
     errors = sum(r["errors"] for r in rows)
     print(f"errors in all cells: {errors}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -863,6 +922,7 @@ def main() -> None:
                 "fleet": {"servers": FLEET_SERVERS, "workers_per_server": fleet_workers},
                 "rows": rows,
                 "peer": peer_verdict(rows),
+                "encoder_ceiling": ceilings,
             },
             indent=1,
         )
