@@ -211,11 +211,6 @@ def get(base: str, path: str, timeout_s: float = 60) -> Any:
         return json.loads(response.read())
 
 
-def unique_queries(data: Path) -> list[str]:
-    queries = [json.loads(line)["text"] for line in (data / "queries.jsonl").open()]
-    return list(dict.fromkeys(queries))
-
-
 def requests_for(
     workload: str,
     queries: list[str],
@@ -859,7 +854,7 @@ def main() -> None:
         args.workdir, args.data, args.pg, {t.store for t in targets if t.store is not None}
     )
     doc_ids = [json.loads(line)["_id"] for line in (args.data / "corpus.jsonl").open()]
-    queries = unique_queries(args.data)
+    queries = encoder_ceiling.scifact_claims(args.data)
     run_id = uuid.uuid4().hex[:8]  # event_ids new to this run, so events are recorded
     scripts: dict[str, Path] = {}
     for workload in ("mix", "search", "cached"):

@@ -127,8 +127,9 @@ def run(
     loopback = host in LOCAL_HOSTS
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     readiness = Readiness(workers, f"http://{bind}")
-    in_flight = InFlight(slots=max(8, 4 * workers))  # shared: made before the fork
-    connections = Connections(slots=max(8, 4 * workers))
+    slots = max(8, 4 * workers)  # a worker's slot is its number modulo this
+    in_flight = InFlight(slots)  # shared: made before the fork
+    connections = Connections(slots)
     options: dict[str, Any] = {
         "bind": bind,
         "workers": workers,

@@ -32,27 +32,16 @@ BALANCE_WAIT_S = 0.02
 _LOOK_EVERY_S = 0.0005
 
 
-class Connections:
-    """The connections each worker holds, a slot per worker (web.slots.WorkerSlots), -1
-    where none lives."""
+class Connections(WorkerSlots):
+    """The connections each worker holds: a slot per worker (web.slots), -1 where none
+    lives."""
 
     def __init__(self, slots: int) -> None:
-        self._slots = WorkerSlots(slots, vacant=-1)
-
-    def claim(self, age: int) -> None:
-        """In a worker after the fork."""
-        self._slots.claim(age)
-
-    def clear(self, age: int) -> None:
-        """In the master when a worker has exited."""
-        self._slots.clear(age)
-
-    def publish(self, held: int) -> None:
-        self._slots.put(held)
+        super().__init__(slots, vacant=-1)
 
     def ahead(self, held: int) -> bool:
         """Another live worker holds fewer connections than `held`."""
-        others = self._slots.others()
+        others = self.others()
         live = others[others >= 0]
         return bool(live.size) and held > int(live.min())
 
@@ -77,12 +66,12 @@ def serving_worker(connections: Connections | None = None) -> type:
                     time.sleep(_LOOK_EVERY_S)
             super().accept(listener)  # taken meanwhile after all: gunicorn lets it go
             if connections is not None:
-                connections.publish(self.nr_conns)
+                connections.put(self.nr_conns)
 
         def wait_for_and_dispatch_events(self, timeout: float) -> None:
             super().wait_for_and_dispatch_events(timeout)
             if connections is not None:  # connections closed meanwhile
-                connections.publish(self.nr_conns)
+                connections.put(self.nr_conns)
 
         def init_process(self) -> None:
             if connections is not None:
