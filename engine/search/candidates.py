@@ -149,10 +149,10 @@ class _Live:
         self.half_life_s = half_life_s
         self.where = where or None
         self.stored: dict[str, Stored] = {}  # ids that exist (and match the filters)
-        self._checked: set[str] = set()
+        self.checked: set[str] = set()
 
     def check(self, item_ids: Sequence[str]) -> None:
-        checked = self._checked
+        checked = self.checked
         new = [i for i in dict.fromkeys(item_ids) if i not in checked]
         if new:
             found = self.state.live_items(new)
@@ -162,7 +162,7 @@ class _Live:
                     i: v for i, v in found.items() if i in fields and self.where.matches(fields[i])
                 }
             self.stored.update(found)
-            self._checked.update(new)
+            self.checked.update(new)
 
     def candidates(self, item_ids: Sequence[str]) -> list[Candidate]:
         """Candidates for the ids that exist, in the given order, ranked by position."""
@@ -258,21 +258,38 @@ def _retrieve(
             pairs = with_windows(pairs, windows, ids, exclude, stale)
         ann_ids = [i for i, _ in sorted(pairs + extra, key=by_score, reverse=True)]
         merged = list(dict.fromkeys([*ann_ids, *lexical]))
-        live.check([*merged, *also])
-        stored = live.stored  # the ids that exist
-        found = [i for i in merged if i in stored]
-        ann_rank = set(ann_ids)
         # Done when `want` live items score at least the floor (no row not fetched can come
         # before them), or nothing more is left to fetch. Otherwise many rows were skipped
         # (deleted since the build, or shadowed by the delta): look further down.
-        # Every certain id is in `merged`, so those found are the certain ones that exist.
-        certain = dict(pairs).keys() | {i for i, sc in extra if sc >= floor}
-        if fetch_k >= limit or len(certain & stored.keys()) >= want:
-            break
-        fetch_k = min(limit, fetch_k * 4)
-    kept: list[tuple[int, str, int | None]] = []  # (found position, id, ANN rank)
+        # Certain: every id the index (or its windows) returned, and the delta's that score
+        # at least the floor; the delta's below it are not (nearly always none).
+        below = {i for i, sc in extra if sc < floor}
+        uncertain = below - dict(pairs).keys() if below else below
+        stored = live.stored  # the ids that exist
+        # Which exist: the best `want` ANN ids first, with the BM25 hits and the other
+        # sources' ids. When all of those exist and are certain, no ANN id below them is
+        # kept (only BM25's, checked already), so the rest (about as many again, the
+        # windows' items mostly) are not looked up; otherwise every id is, as the loop asks.
+        top = ann_ids[:want]
+        live.check([*top, *lexical, *also])
+        if not (all([i in stored and i not in uncertain for i in top]) and len(top) == want):
+            live.check(ann_ids)
+            certain = dict(pairs).keys() | {i for i, sc in extra if sc >= floor}
+            if fetch_k < limit and len(certain & stored.keys()) < want:
+                fetch_k = min(limit, fetch_k * 4)
+                continue
+        break
+    ann_rank = set(ann_ids)
+    kept: list[tuple[int, str, int | None]] = []  # (position in merged, id, ANN rank)
     kept_ann = 0
-    for position, item_id in enumerate(found):
+    checked = live.checked
+    for position, item_id in enumerate(merged):
+        if item_id not in stored:
+            # Gone; or an ANN id below `want` live ones, not looked up: it counts in the
+            # ranks of the ANN ids below it that BM25 keeps, as it nearly always exists.
+            if item_id in ann_rank and item_id not in checked:
+                kept_ann += 1
+            continue
         rank = None
         if item_id in ann_rank:
             kept_ann += 1

@@ -1,6 +1,7 @@
-"""After a bulk update the delta shadows more rows than a search wants: the candidates stage
-fetches a bounded number from the index and looks further only while too few live items
-score at least the last row it fetched (engine.search.candidates._retrieve)."""
+"""The candidates stage (engine.search.candidates._retrieve): after a bulk update the delta
+shadows more rows than a search wants, and it fetches a bounded number from the index and
+looks further only while too few live items score at least the last row it fetched; and it
+looks up whether ids exist only as far down as it keeps them."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.catalog.items import ItemIn, upsert_items
+from engine.catalog.items import ItemIn, delete_items, upsert_items
 from engine.runtime import Runtime
+from engine.search.candidates import _OVERFETCH
 from engine.search.pipeline import Searcher
 from engine.search.request import SearchRequest
+from engine.users.state import SqlState
 from tests.conftest import SAMPLE_CATALOG
 
 NOW_A_MUSEUM = "Closed for the season; its old mill is now a museum of industrial history."
@@ -68,3 +71,50 @@ def test_a_bulk_update_fetches_a_bounded_number(
             assert len(ranked) >= want  # and found enough live items
         # A re-embedded item is a candidate with its new fields (the delta's), not the row's.
         assert all(c.item == snapshot.items[c.item_id] for c in candidates if c.item_id in updated)
+
+
+def test_ann_ids_below_the_best_live_ones_are_not_looked_up(
+    built: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the best `want` ANN ids all exist, the ones below them (that BM25 does not also
+    find) are never looked up; once one of the best is deleted, every id is, and the next
+    live id takes its place."""
+    asked: list[str] = []
+    live_items = SqlState.live_items
+
+    def counted(self: SqlState, item_ids: list[str]) -> Any:
+        asked.extend(item_ids)
+        return live_items(self, item_ids)
+
+    monkeypatch.setattr(SqlState, "live_items", counted)
+    want = built.settings.candidates
+    request = SearchRequest(q="snorkeling over coral reefs")
+
+    def ann_ranked() -> list[str]:
+        """The ANN-ranked candidates' ids, by ANN rank; every candidate's id into `found`."""
+        asked.clear()
+        with built.read_session() as session:
+            stage = built.searcher.first_stage(session, request)
+        found[:] = [c.item_id for c in stage.candidates]
+        ranked = sorted(
+            (c for c in stage.candidates if c.ann_rank is not None), key=lambda c: c.ann_rank
+        )
+        assert [c.ann_rank for c in ranked[:want]] == list(range(want))
+        return [c.item_id for c in ranked]
+
+    found: list[str] = []
+
+    before = ann_ranked()
+    artifact = built.searcher.artifact()
+    _, rows = artifact.ann.search(built.embedder.encode_query(request.q), 3 * want)
+    nearest = [artifact.ids[r] for r in rows[0].tolist()]
+    assert nearest[:want] == before[:want]
+    below = [i for i in nearest[want:] if i not in found]  # neither kept nor a BM25 hit
+    assert below and not set(below) & set(asked)  # fetched, not looked up
+
+    with built.write_session() as session:
+        assert delete_items(session, [nearest[0]]) == []
+    after = ann_ranked()
+    assert nearest[0] not in after
+    assert after[: want - 1] == nearest[1:want] and after[want - 1] == nearest[want]
+    assert set(nearest[: want + _OVERFETCH]) <= set(asked)  # every id fetched was looked up
