@@ -57,11 +57,18 @@ def count(
     # Rows not selected as the version holds them: excluded or deleted (gone), or judged on
     # their fresh fields (stale: the delta's, found once per snapshot; after a bulk update it
     # holds thousands, and a lookup of each per search cost more than the search).
+    stale = delta.version_rows(artifact) if delta is not None else frozenset()
+    counts_all = category is None and not where and not (facets or max_per_category)
+    if counts_all and ranked:  # past MAX_DEPTH a ranked total is MAX_DEPTH: no need to count
+        # Every id excluded or deleted takes one item at most, from the version or the delta.
+        held = len(artifact.ids) - len(stale) + len(fresh)
+        at_least = held - len(exclude) - sum(map(len, deleted))
+        if at_least > MAX_DEPTH:
+            return _selected(at_least, ranked, None)
     row_of = artifact.ann.rows.get
     gone = {r for ids in (exclude, *deleted) for i in ids if (r := row_of(i)) is not None}
-    stale = delta.version_rows(artifact) if delta is not None else frozenset()
     columns = artifact.facet_columns() if facets or max_per_category else None
-    if category is None and not where and columns is None:  # all rows but those gone
+    if counts_all:  # all rows but those gone
         total = len(artifact.ids) - len(stale) - len(gone - stale)
         total += _count_added(fresh, exclude, deleted)
         return _selected(total, ranked, None)

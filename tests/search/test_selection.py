@@ -9,6 +9,8 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from engine.catalog.items import ItemIn, delete_items, upsert_items
 from engine.core.clock import utcnow
 from engine.runtime import Runtime
@@ -65,3 +67,36 @@ def test_a_total_without_facets_counts_what_the_facets_count(built: Runtime) -> 
     with built.write_session() as session:
         delete_items(session, ["new-paris"])
     assert totals(built) == (len(ITEMS) - 1, len(ITEMS) - 1)
+
+
+def test_a_ranked_total_past_max_depth_is_that_depth_counted_or_not(
+    built: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ranked search's pages stop at MAX_DEPTH: past it, total is MAX_DEPTH ("gte"), found
+    without counting when the version's rows less every exclusion exceed it, and the same as
+    the count with facets gives; a user whose purchases bring the selection under it gets the
+    exact count."""
+    depth = len(ITEMS) - 2
+    monkeypatch.setattr("engine.search.selection.MAX_DEPTH", depth)
+
+    def total(**fields: Any) -> tuple[int, str]:
+        answers = set()
+        for facets in ((), ("category",)):
+            with built.session() as session:
+                request = SearchRequest(q="beach", k=5, facets=facets, **fields)
+                found = built.searcher.search(session, request)
+            answers.add((found.total, found.total_relation))
+        assert len(answers) == 1, answers  # counted from the mask or not, one answer
+        return answers.pop()
+
+    built.delta.refresh()
+    assert total() == (depth, "gte")
+    with built.write_session(users={"one", "three"}) as session:
+        bought = [
+            EventIn(user, item["id"], "purchase", utcnow() - timedelta(minutes=1))
+            for user, n in (("one", 1), ("three", 3))
+            for item in ITEMS[:n]
+        ]
+        record_events(session, bought, built.settings, built.vectors)
+    assert total(user_id="one") == (depth, "gte")  # one fewer is still past the depth
+    assert total(user_id="three") == (len(ITEMS) - 3, "eq")
