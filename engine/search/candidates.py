@@ -261,8 +261,8 @@ def _retrieve(
         # Done when `want` live items score at least the floor (no row not fetched can come
         # before them), or nothing more is left to fetch. Otherwise many rows were skipped
         # (deleted since the build, or shadowed by the delta): look further down.
-        # Certain: every id the index (or its windows) returned, and the delta's that score
-        # at least the floor; the delta's below it are not (nearly always none).
+        # Certain: every ANN id but the delta's that score below the floor and that the
+        # index (or its windows) did not return as well (nearly always none).
         below = {i for i, sc in extra if sc < floor}
         uncertain = below - dict(pairs).keys() if below else below
         stored = live.stored  # the ids that exist
@@ -272,10 +272,10 @@ def _retrieve(
         # windows' items mostly) are not looked up; otherwise every id is, as the loop asks.
         top = ann_ids[:want]
         live.check([*top, *lexical, *also])
-        if not (all([i in stored and i not in uncertain for i in top]) and len(top) == want):
+        if len(top) < want or not all([i in stored and i not in uncertain for i in top]):
             live.check(ann_ids)
-            certain = dict(pairs).keys() | {i for i, sc in extra if sc >= floor}
-            if fetch_k < limit and len(certain & stored.keys()) < want:
+            certain = [i for i in dict.fromkeys(ann_ids) if i in stored and i not in uncertain]
+            if fetch_k < limit and len(certain) < want:
                 fetch_k = min(limit, fetch_k * 4)
                 continue
         break
