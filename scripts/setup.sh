@@ -32,13 +32,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # every data dir shares; where this fails, the first build makes it.
     echo "preparing the encoder (the model exported to ONNX once for this machine)" >&2
     .venv/bin/python -c '
-import logging
-logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from engine.core.config import Settings
-from engine.encoder.onnx_cache import load_onnx_encoder
-settings = Settings.from_env()
-if settings.encoder != "torch":
-    load_onnx_encoder(settings, settings.encoder)
+from engine.encoder.prepare import prepare_exports
+prepare_exports(Settings.from_env())
 ' || echo "could not prepare the encoder now; the first build will" >&2
   fi
   echo "$want" >"$stamp"

@@ -33,6 +33,7 @@ def serve(obj: Context, host: str, port: int, workers: int, threads: int, dev: b
     """Serve the HTTP API: gunicorn with N workers; SIGTERM drains in-flight requests."""
     # The one place the CLI reaches into web/: serving is what this command is for.
     from engine.core.secrets import api_key
+    from engine.encoder.prepare import prepare_exports
     from web.auth import open_areas
     from web.server import LOCAL_HOSTS, encoder_threads, pool_threads, run, tune_process
 
@@ -46,6 +47,9 @@ def serve(obj: Context, host: str, port: int, workers: int, threads: int, dev: b
                 f"Milvus Lite ({settings.milvus_target}) serves one process: use --workers 1, "
                 "or set RECSEARCH_MILVUS_URI to a Milvus server (http://host:19530) for more"
             )
+    # Exports missing from the encoder cache are made now, by a child process that takes torch
+    # with it when it exits, not inside every worker (engine.encoder.prepare).
+    prepare_exports(settings)
     api_key(settings)  # created once here, not raced by the workers
     opened = ", ".join(sorted(open_areas(settings, host in LOCAL_HOSTS))) or "nothing"
     if dev:
