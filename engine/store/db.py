@@ -10,14 +10,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,9 +23,16 @@ from engine.core.errors import ConfigError
 from engine.core.files import create_private_file, locked, make_private_dir
 from engine.store import sql_bulk
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration in migrations/versions: a new migration moves it (a test compares it
+# with alembic's head_revision()).
+SCHEMA_HEAD = "0017"
+VERSION_TABLE = "alembic_version"  # alembic's default, which migrations/env.py keeps
 # An arbitrary constant: the PostgreSQL advisory lock that serializes concurrent migrators.
 _MIGRATION_LOCK_ID = 7_262_026
 
@@ -168,6 +171,8 @@ def _create_private_file(path: Path) -> None:
 
 
 def _alembic_config(connection: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -175,14 +180,27 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 def head_revision() -> str | None:
+    """The newest migration, as alembic reads it from migrations/versions (SCHEMA_HEAD)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(config).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (alembic's version table), None before the first
+    migration; one read, without importing alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return _revision_of(connection)
+
+
+def _revision_of(connection: Connection) -> str | None:
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    found = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    return None if found is None else str(found)
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
@@ -195,9 +213,11 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         if connection.dialect.name == "postgresql":
             lock = text("SELECT pg_advisory_xact_lock(:id)")
             connection.execute(lock, {"id": _MIGRATION_LOCK_ID})
-        before = MigrationContext.configure(connection).get_current_revision()
+        before = _revision_of(connection)
         head = head_revision()
         if before != head:
+            from alembic import command
+
             log.info("migrating database from %s to %s", before, head)
             command.upgrade(_alembic_config(connection), "head")
     return before, head
@@ -214,8 +234,9 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Upgrade the schema when it is behind; cheap when it is already at head."""
-    if current_revision(engine) != head_revision():
+    """Upgrade the schema when it is not at SCHEMA_HEAD; one read when it is (alembic, a
+    quarter of a second of imports for every command and worker, loads only to migrate)."""
+    if current_revision(engine) != SCHEMA_HEAD:
         upgrade(engine)
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import orjson
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
 from engine.core.config import Settings
@@ -30,6 +30,30 @@ def test_upgrade_creates_schema_and_is_idempotent(settings: Settings) -> None:
     assert {"id", "title", "text", "category", "tags", "attributes", "created_at"} <= columns
     assert upgrade(engine) == (head_revision(), head_revision())
     engine.dispose()
+
+
+def test_the_schema_head_is_alembics_and_the_revision_is_read_as_alembic_reads_it(
+    settings: Settings,
+) -> None:
+    """ensure_schema compares the database with SCHEMA_HEAD, read without alembic: a new
+    migration must move the constant, and the read must agree with alembic's own."""
+    from alembic.runtime.migration import MigrationContext
+
+    assert db.SCHEMA_HEAD == head_revision()
+    engine = make_engine(settings)
+    try:
+        ensure_schema(engine)
+        with engine.connect() as connection:
+            alembics = MigrationContext.configure(connection).get_current_revision()
+        assert current_revision(engine) == alembics == db.SCHEMA_HEAD
+        with engine.begin() as connection:  # a database one migration behind is upgraded
+            connection.execute(text("UPDATE alembic_version SET version_num = '0016'"))
+            connection.execute(text("ALTER TABLE user_features DROP COLUMN vector_encoder"))
+        assert current_revision(engine) == "0016"
+        ensure_schema(engine)
+        assert current_revision(engine) == db.SCHEMA_HEAD
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_first_use_migrates_once(settings: Settings) -> None:
